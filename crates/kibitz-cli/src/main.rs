@@ -1,1 +1,170 @@
-fn main() {}
+//! `kibitz`: one binary for Kibitz Edge. `kibitz serve` hosts every service on one listener;
+//! `kibitz signal` runs the broker alone.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use kibitz_signal::{SignalArgs, SignalState};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Kibitz Edge: self-hosted helpers for Kibitz calls.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "KIBITZ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run every service (today: the PeerJS broker) on one listener.
+    Serve(ServeArgs),
+    /// Run the PeerJS broker alone.
+    Signal(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    listen: ListenArgs,
+    #[command(flatten)]
+    signal: SignalArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct ListenArgs {
+    /// Address to listen on. Kibitz clients reach brokers as wss://HOST:443/peerjs.
+    #[arg(long, env = "KIBITZ_LISTEN", default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// PEM certificate chain: serve HTTPS/WSS (with --tls-key).
+    #[arg(long, env = "KIBITZ_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "KIBITZ_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS/WSS with a fresh self-signed certificate for localhost and 127.0.0.1.
+    #[arg(long, env = "KIBITZ_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    tls_self_signed: bool,
+    /// Milliseconds to drain requests and sockets after SIGTERM or ctrl-c.
+    #[arg(long, env = "KIBITZ_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    drain_timeout_ms: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("kibitz: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    // Library crates that log frame contents at TRACE are capped: payloads never reach logs.
+    let filter = EnvFilter::try_from_env("KIBITZ_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive("hyper=info".parse().unwrap_or_default())
+        .add_directive("h2=info".parse().unwrap_or_default())
+        .add_directive("rustls=info".parse().unwrap_or_default());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // No `log` bridge is installed, so `log` records from dependencies are dropped.
+    let _ = match format {
+        LogFormat::Human => tracing::subscriber::set_global_default(builder.finish()),
+        LogFormat::Json => tracing::subscriber::set_global_default(builder.json().finish()),
+    };
+}
+
+fn try_main(cli: Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        match cli.cmd {
+            Cmd::Serve(args) => run(args, "serve").await,
+            Cmd::Signal(args) => run(args, "signal").await,
+        }
+    })
+}
+
+async fn run(args: ServeArgs, what: &'static str) -> anyhow::Result<()> {
+    let config = args.signal.to_config().context("broker configuration")?;
+    let tls = match (&args.listen.tls_cert, &args.listen.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(kibitz_http::tls_from_pem(cert, key).context("loading the TLS certificate")?)
+        }
+        _ if args.listen.tls_self_signed => {
+            let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+            let (cfg, _pem) = kibitz_http::tls_self_signed(&names).context("self-signed TLS")?;
+            Some(cfg)
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let metrics = kibitz_http::install_metrics();
+    let readiness = kibitz_http::Readiness::ready();
+    let opts = kibitz_http::ServeOptions {
+        tls,
+        header_read_timeout: config.limits.handshake_timeout,
+        drain_timeout: Duration::from_millis(args.listen.drain_timeout_ms),
+    };
+    let path = config.path.clone();
+    let signal = SignalState::start(config);
+    // `serve` mounts every service; today the broker is the only one.
+    let app = kibitz_signal::router(signal.clone())
+        .merge(kibitz_http::ops_router(metrics, readiness.clone()));
+    let listener = tokio::net::TcpListener::bind(args.listen.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(%addr, mode = what, "listening: {scheme}://{addr}{path} (WebSocket {path}peerjs)");
+    let drain = opts.drain_timeout;
+    kibitz_http::serve(listener, app, opts, async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        readiness.set_draining();
+    })
+    .await
+    .context("serving")?;
+    signal.shutdown(drain).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

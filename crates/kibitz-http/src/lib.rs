@@ -1,1 +1,251 @@
-//! Not yet.
+//! HTTP plumbing shared by every Kibitz Edge service: the accept loop (plain or TLS, with a
+//! request-head timeout and a drain deadline), the ops routes (`/healthz`, `/readyz`,
+//! `/metrics`), and TLS configuration from PEM files or a self-signed certificate.
+//!
+//! Services build an `axum::Router`; the caller binds the listener and hands both to
+//! [`serve`]. Each request carries `axum::extract::ConnectInfo<SocketAddr>` for the client.
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::StatusCode;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+
+pub use rustls::ServerConfig as TlsConfig;
+
+/// How [`serve`] runs connections.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Terminate TLS with this configuration; plain HTTP when `None`.
+    pub tls: Option<Arc<TlsConfig>>,
+    /// Time allowed for the TLS handshake and for each HTTP request head.
+    pub header_read_timeout: Duration,
+    /// After shutdown is signalled, how long in-flight HTTP requests may take.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains HTTP connections for at
+/// most `drain_timeout`. Upgraded connections (WebSockets) belong to their service, which
+/// closes them on its own shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let tls = opts.tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning; the listener stays up.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let head_timeout = opts.header_read_timeout;
+        tokio::spawn(async move {
+            match tls {
+                None => serve_conn(builder, watcher, stream, peer, app).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_conn(builder, watcher, s, peer, app).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(opts.drain_timeout) => {
+            tracing::warn!("drain deadline passed with HTTP requests still open");
+        }
+    }
+    Ok(())
+}
+
+async fn serve_conn<S>(
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: S,
+    peer: SocketAddr,
+    app: Router,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        tower::ServiceExt::oneshot(app.clone(), req)
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::trace!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn install_metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; metrics then go there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Readiness shared by the ops routes and the shutdown path.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Ready from the start.
+    pub fn ready() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+    /// Marks the process as draining: `/readyz` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+    fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// `/healthz` (alive), `/readyz` (accepting work) and Prometheus `/metrics`.
+pub fn ops_router(metrics: PrometheusHandle, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = readiness.is_ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.render();
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        body,
+                    )
+                }
+            }),
+        )
+}
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    #[error("reading {path}: {reason}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls refused the certificate or key.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// Generating a self-signed certificate failed.
+    #[error("self-signed certificate: {0}")]
+    SelfSigned(#[from] rcgen::Error),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn server_config(
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<TlsConfig>, TlsError> {
+    let mut cfg = TlsConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    // HTTP/1.1 only: browsers open WebSockets over HTTP/1.1.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// TLS from a PEM certificate chain and a PEM private key.
+pub fn tls_from_pem(cert: &Path, key: &Path) -> Result<Arc<TlsConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pem_err = |p: &Path, e: &dyn std::fmt::Display| TlsError::Pem {
+        path: p.display().to_string(),
+        reason: e.to_string(),
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| pem_err(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(cert, &e))?;
+    if certs.is_empty() {
+        return Err(pem_err(cert, &"no certificate found"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, &e))?;
+    server_config(certs, key_der)
+}
+
+/// TLS with a fresh self-signed certificate for `names` (for local https); also returns the
+/// certificate as PEM so a caller can trust it.
+pub fn tls_self_signed(names: &[String]) -> Result<(Arc<TlsConfig>, String), TlsError> {
+    let ck = rcgen::generate_simple_self_signed(names.to_vec())?;
+    let pem = ck.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    Ok((server_config(vec![ck.cert.der().clone()], key)?, pem))
+}

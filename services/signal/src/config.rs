@@ -78,3 +78,160 @@ impl Default for Limits {
         }
     }
 }
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The path has characters a route cannot hold.
+    #[error("path {0:?} must be a plain URL path like / or /myapp")]
+    Path(String),
+    /// A value that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// The key is empty.
+    #[error("key must not be empty")]
+    EmptyKey,
+}
+
+/// Broker flags, shared by `kibitz serve` and `kibitz signal`. Every flag also reads a
+/// `KIBITZ_*` environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SignalArgs {
+    /// HTTP base path; the WebSocket is at {path}peerjs.
+    #[arg(long, env = "KIBITZ_PATH", default_value = "/")]
+    pub path: String,
+    /// PeerJS key clients must present.
+    #[arg(long, env = "KIBITZ_KEY", default_value = "peerjs")]
+    pub key: String,
+    /// Milliseconds messages for an offline id wait before the senders get EXPIRE.
+    #[arg(long, env = "KIBITZ_EXPIRE_TIMEOUT_MS", default_value_t = 5000)]
+    pub expire_timeout_ms: u64,
+    /// Milliseconds without HEARTBEAT after which a peer is disconnected.
+    #[arg(long, env = "KIBITZ_ALIVE_TIMEOUT_MS", default_value_t = 90_000)]
+    pub alive_timeout_ms: u64,
+    /// Maximum number of registered ids.
+    #[arg(long, env = "KIBITZ_CONCURRENT_LIMIT", default_value_t = 5000)]
+    pub concurrent_limit: usize,
+    /// Serve GET {path}{key}/peers (the list of connected ids).
+    #[arg(long, env = "KIBITZ_ALLOW_DISCOVERY")]
+    pub allow_discovery: bool,
+    /// Allowed CORS origin (repeat, or comma-separated in the env); none reflects any origin.
+    #[arg(
+        long = "cors-origin",
+        env = "KIBITZ_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// A reconnect with the same id and token evicts the old socket and gets OPEN
+    /// (instead of the reference's silent re-attach).
+    #[arg(long, env = "KIBITZ_TAKEOVER")]
+    pub takeover: bool,
+    /// Largest WebSocket message accepted, in bytes (larger: close 1009).
+    #[arg(long, env = "KIBITZ_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Sustained messages per second per socket (beyond the burst: close 1008).
+    #[arg(long, env = "KIBITZ_MSG_RATE", default_value_t = 200)]
+    pub msg_rate: u32,
+    /// Message burst allowed per socket above the sustained rate.
+    #[arg(long, env = "KIBITZ_MSG_BURST", default_value_t = 1000)]
+    pub msg_burst: u32,
+    /// Open broker sockets per client IP; 0 = unlimited.
+    #[arg(long, env = "KIBITZ_PER_IP_CONNECTIONS", default_value_t = 100)]
+    pub per_ip_connections: usize,
+    /// Milliseconds allowed for a TLS handshake and each HTTP request head.
+    #[arg(long, env = "KIBITZ_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+    /// Messages held for one offline id.
+    #[arg(long, env = "KIBITZ_MAX_QUEUED_PER_DST", default_value_t = 200)]
+    pub max_queued_per_dst: usize,
+    /// Messages held for all offline ids together.
+    #[arg(long, env = "KIBITZ_MAX_QUEUED_TOTAL", default_value_t = 100_000)]
+    pub max_queued_total: usize,
+    /// Bytes waiting to be written to one peer before it is closed as too slow.
+    #[arg(long, env = "KIBITZ_SEND_QUEUE_BYTES", default_value_t = 1 << 20)]
+    pub send_queue_bytes: usize,
+}
+
+/// `/`, `/myapp` or `/myapp/` → `/`, `/myapp/`, `/myapp/`.
+pub fn normalize_path(path: &str) -> Result<String, ConfigError> {
+    let trimmed = path.trim_matches('/');
+    let ok = trimmed
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-._~/".contains(c))
+        && !trimmed.contains("//");
+    if !ok {
+        return Err(ConfigError::Path(path.to_owned()));
+    }
+    Ok(if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        format!("/{trimmed}/")
+    })
+}
+
+impl SignalArgs {
+    /// Validates the flags into a [`Config`].
+    pub fn to_config(&self) -> Result<Config, ConfigError> {
+        let positive = |v: u64, name| {
+            if v == 0 {
+                Err(ConfigError::Zero(name))
+            } else {
+                Ok(v)
+            }
+        };
+        if self.key.is_empty() {
+            return Err(ConfigError::EmptyKey);
+        }
+        Ok(Config {
+            path: normalize_path(&self.path)?,
+            key: self.key.clone(),
+            expire_timeout: Duration::from_millis(positive(
+                self.expire_timeout_ms,
+                "expire-timeout-ms",
+            )?),
+            alive_timeout: Duration::from_millis(positive(
+                self.alive_timeout_ms,
+                "alive-timeout-ms",
+            )?),
+            concurrent_limit: self.concurrent_limit,
+            allow_discovery: self.allow_discovery,
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .filter(|o| !o.is_empty())
+                .cloned()
+                .collect(),
+            takeover: self.takeover,
+            limits: Limits {
+                max_frame_bytes: positive(self.max_frame_bytes as u64, "max-frame-bytes")? as usize,
+                msg_rate: positive(u64::from(self.msg_rate), "msg-rate")? as u32,
+                msg_burst: positive(u64::from(self.msg_burst), "msg-burst")? as u32,
+                per_ip_connections: self.per_ip_connections,
+                handshake_timeout: Duration::from_millis(positive(
+                    self.handshake_timeout_ms,
+                    "handshake-timeout-ms",
+                )?),
+                max_queued_per_dst: self.max_queued_per_dst,
+                max_queued_total: self.max_queued_total,
+                send_queue_bytes: positive(self.send_queue_bytes as u64, "send-queue-bytes")?
+                    as usize,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_normalise() {
+        assert_eq!(normalize_path("/").unwrap(), "/");
+        assert_eq!(normalize_path("").unwrap(), "/");
+        assert_eq!(normalize_path("myapp").unwrap(), "/myapp/");
+        assert_eq!(normalize_path("/a/b/").unwrap(), "/a/b/");
+        assert!(normalize_path("/a b").is_err());
+        assert!(normalize_path("/{key}").is_err());
+    }
+}

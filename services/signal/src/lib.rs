@@ -1,3 +1,88 @@
-//! PeerJS-compatible signaling broker (work in progress).
-mod config;
-pub use config::{Config, Limits};
+//! A PeerJS-compatible signaling broker: the unmodified `peerjs` client and the Kibitz
+//! widget use it as they would the reference `peer` server, with limits, metrics and a
+//! content-blind relay.
+//!
+//! Layout: [`core`] is the sans-IO broker (peer table, offline queues, liveness, limits);
+//! `hub` puts it behind one lock with each socket's bounded outbox and the one timer;
+//! `conn` runs a socket; `ws` is the WebSocket codec; `http` is the HTTP surface.
+//! Payloads are relayed as opaque bytes and never logged.
+
+pub mod config;
+mod conn;
+pub mod core;
+mod http;
+mod hub;
+pub mod metrics;
+mod ws;
+
+pub use config::{Config, ConfigError, Limits, SignalArgs};
+
+use hub::Hub;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A running broker: cheap to clone, shared by its router and its shutdown.
+#[derive(Debug, Clone)]
+pub struct SignalState {
+    hub: Arc<Hub>,
+    stop: CancellationToken,
+}
+
+impl SignalState {
+    /// Starts the broker's timer on the current Tokio runtime.
+    pub fn start(config: Config) -> Self {
+        let hub = Arc::new(Hub::new(config));
+        let stop = CancellationToken::new();
+        tokio::spawn(hub.clone().run_timer(stop.clone()));
+        Self { hub, stop }
+    }
+
+    /// Closes every broker socket with 1001 and waits up to `deadline` for them to finish.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.hub.close_all();
+        let wait = async {
+            while self.hub.open_sockets() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(deadline, wait).await.is_err() {
+            tracing::warn!(
+                open = self.hub.open_sockets(),
+                "drain deadline passed with sockets open"
+            );
+        }
+        self.stop.cancel();
+    }
+}
+
+/// The broker's routes: `{path}`, `{path}{key}/id`, `{path}{key}/peers`, `{path}peerjs`
+/// (WebSocket) and `/id`. Ops routes (`/healthz`, `/metrics`) are the host's to add.
+pub fn router(state: SignalState) -> axum::Router {
+    http::router(state.hub)
+}
+
+/// Runs the broker alone on `listener` (plain HTTP) until `shutdown`, with ops routes.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let metrics = kibitz_http::install_metrics();
+    let opts = kibitz_http::ServeOptions {
+        header_read_timeout: config.limits.handshake_timeout,
+        ..Default::default()
+    };
+    let state = SignalState::start(config);
+    let readiness = kibitz_http::Readiness::ready();
+    let app = router(state.clone()).merge(kibitz_http::ops_router(metrics, readiness.clone()));
+    kibitz_http::serve(listener, app, opts, async move {
+        shutdown.await;
+        readiness.set_draining();
+    })
+    .await?;
+    state.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! One broker WebSocket: reads frames in batches, feeds them to the hub under one lock, and
+//! writes everything queued for the socket in one write.
+
+use crate::core::ConnId;
+use crate::hub::{Closing, Hub, Incoming, Outbox};
+use crate::ws::{self, Decoder, Event};
+use std::future::poll_fn;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Bytes read per wake-up. Lives on the stack during one poll only, so idle sockets hold none.
+const READ_CHUNK: usize = 16 * 1024;
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Written-out buffers above this are released rather than kept for reuse.
+const KEEP_CAPACITY: usize = 4096;
+
+enum ReadOutcome {
+    /// Keep going.
+    More,
+    /// EOF, an I/O error, or the client's close frame.
+    Ended(Option<u16>),
+    /// Protocol violation: close with this code.
+    Violation(ws::Violation),
+}
+
+/// Reads whatever is available and hands every complete message to the hub.
+fn poll_read_batch<R: AsyncRead + Unpin>(
+    cx: &mut std::task::Context<'_>,
+    io: &mut R,
+    decoder: &mut Decoder,
+    hub: &Hub,
+    conn: ConnId,
+    outbox: &Outbox,
+) -> Poll<ReadOutcome> {
+    let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut rb = ReadBuf::uninit(&mut stack);
+    match Pin::new(io).poll_read(cx, &mut rb) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Err(_)) => Poll::Ready(ReadOutcome::Ended(None)),
+        Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(ReadOutcome::Ended(None)),
+        Poll::Ready(Ok(())) => {
+            hub.metrics.bytes_in.increment(rb.filled().len() as u64);
+            let mut ended = None;
+            let limit = hub.config.limits.send_queue_bytes;
+            let res = hub.messages(conn, |handle| {
+                decoder.feed(rb.filled_mut(), |ev| match ev {
+                    Event::Text(t) => handle(Incoming::Text(t)),
+                    Event::Binary(b) => handle(match std::str::from_utf8(b) {
+                        Ok(t) => Incoming::Text(t),
+                        Err(_) => Incoming::Garbage,
+                    }),
+                    Event::Ping(p) => {
+                        if !outbox.push(limit, |b| ws::encode_pong(b, p)) {
+                            hub.reject("slow_reader");
+                        }
+                    }
+                    Event::Close(code) => ended = Some(code),
+                })
+            });
+            Poll::Ready(match (res, ended) {
+                (Err(v), _) => ReadOutcome::Violation(v),
+                (Ok(()), Some(code)) => ReadOutcome::Ended(code),
+                (Ok(()), None) => ReadOutcome::More,
+            })
+        }
+    }
+}
+
+/// Runs one upgraded socket to the end.
+pub(crate) async fn run<S>(io: S, hub: Arc<Hub>, conn: ConnId, outbox: Arc<Outbox>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut decoder = Decoder::new(hub.config.limits.max_frame_bytes);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut pos = 0usize;
+    // What to do once everything queued is written.
+    let mut finish: Option<Closing> = None;
+
+    loop {
+        if pos == pending.len() {
+            if !pending.is_empty() {
+                pending.clear();
+                if pending.capacity() > KEEP_CAPACITY {
+                    pending = Vec::new();
+                }
+                pos = 0;
+            }
+            let abort = {
+                let mut st = outbox.lock();
+                st.in_flight = 0;
+                if !st.buf.is_empty() && st.close != Some(Closing::Abort) {
+                    std::mem::swap(&mut pending, &mut st.buf);
+                    st.in_flight = pending.len();
+                } else if let Some(c) = st.close {
+                    finish = Some(c);
+                }
+                st.close == Some(Closing::Abort)
+            };
+            if abort {
+                break;
+            }
+            if let Some(Closing::Graceful(code, reason)) = finish {
+                ws::encode_close(&mut pending, code, reason);
+                let _ = wr.write_all(&pending).await;
+                hub.metrics.bytes_out.increment(pending.len() as u64);
+                let _ = wr.shutdown().await;
+                linger(&mut rd).await;
+                break;
+            }
+        }
+        let writing = pos < pending.len();
+        tokio::select! {
+            biased;
+            r = poll_fn(|cx| poll_read_batch(cx, &mut rd, &mut decoder, &hub, conn, &outbox)) => {
+                match r {
+                    ReadOutcome::More => {}
+                    ReadOutcome::Ended(code) => {
+                        // Answer the client's close (echoing its code) if the socket still writes.
+                        let mut bye = Vec::new();
+                        ws::encode_close(&mut bye, code, "");
+                        let _ = tokio::time::timeout(CLOSE_LINGER, wr.write_all(&bye)).await;
+                        break;
+                    }
+                    ReadOutcome::Violation(v) => {
+                        hub.reject(if v.code == 1009 { "oversized" } else { "protocol" });
+                        tracing::debug!(conn = conn.0, code = v.code, reason = v.reason, "protocol violation");
+                        let mut bye = Vec::new();
+                        ws::encode_close(&mut bye, Some(v.code), v.reason);
+                        let _ = tokio::time::timeout(CLOSE_LINGER, wr.write_all(&bye)).await;
+                        break;
+                    }
+                }
+            }
+            w = wr.write(&pending[pos..]), if writing => match w {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    pos += n;
+                    hub.metrics.bytes_out.increment(n as u64);
+                }
+            },
+            () = outbox.notify.notified(), if !writing => {}
+        }
+    }
+    hub.closed(conn);
+}
+
+/// After our close frame, waits briefly for the client's, discarding anything else.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
+    let drain = async {
+        let mut buf = [0u8; 512];
+        loop {
+            match tokio::io::AsyncReadExt::read(rd, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+}

@@ -1,0 +1,504 @@
+//! The broker as a sans-IO state machine: peer table, offline queues, liveness, limits.
+//!
+//! The I/O layer owns sockets and one timer. It tells the core about connections and frames
+//! with `now` passed in, then drains [`Broker::poll_output`] until it returns `None`, and
+//! sleeps until [`Broker::poll_timeout`] before calling [`Broker::handle_timeout`]. After any
+//! mutation, drain the outputs. The core never reads the clock and never touches a socket.
+
+use crate::metrics::Metrics;
+use kibitz_proto::peerjs::{self, ClientFrame, Dst, MessageType};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A socket, numbered by the I/O layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// Why the broker closes a socket; the I/O layer turns it into a close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// After an admission error, as the reference does: a close frame with no status (1005).
+    Rejected,
+    /// No `HEARTBEAT` within `alive_timeout` (also no status, as the reference).
+    Dead,
+    /// Takeover mode: a newer socket with the same id and token replaced this one.
+    Replaced,
+    /// Too many messages per second (1008).
+    RateLimited,
+    /// Repeated frames that are not PeerJS JSON (1007).
+    Garbage,
+}
+
+/// What the core asks the I/O layer to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send a text frame.
+    Send {
+        /// To this socket.
+        conn: ConnId,
+        /// The frame.
+        text: String,
+    },
+    /// Close the socket after what was sent before.
+    Close {
+        /// This socket.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Query parameters of a WebSocket connection (last value wins on repeats).
+#[derive(Debug, Default, Clone)]
+pub struct OpenParams {
+    /// `key`.
+    pub key: Option<String>,
+    /// `id`.
+    pub id: Option<String>,
+    /// `token`.
+    pub token: Option<String>,
+}
+
+/// The parts of [`crate::Config`] the core needs.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// PeerJS key.
+    pub key: String,
+    /// Offline queue lifetime.
+    pub expire_timeout: Duration,
+    /// Heartbeat liveness.
+    pub alive_timeout: Duration,
+    /// Maximum registered ids.
+    pub concurrent_limit: usize,
+    /// Takeover instead of silent re-attach.
+    pub takeover: bool,
+    /// Messages per second per socket.
+    pub msg_rate: u32,
+    /// Burst for `msg_rate`.
+    pub msg_burst: u32,
+    /// Sockets per IP (0 = unlimited).
+    pub per_ip_connections: usize,
+    /// Queue bound per offline id.
+    pub max_queued_per_dst: usize,
+    /// Queue bound over all offline ids.
+    pub max_queued_total: usize,
+}
+
+/// Malformed frames tolerated on one socket before it is closed with 1007.
+const GARBAGE_LIMIT: u32 = 32;
+
+struct Peer {
+    token: String,
+    conn: ConnId,
+    last_ping: Instant,
+    /// Registration number: tells a live registration from an older one with the same id.
+    seq: u64,
+    /// When this registration's entry in `alive` is filed for.
+    filed: Instant,
+}
+
+struct Conn {
+    /// The registration this socket speaks for: the id and its registration number. A
+    /// same-token re-attach keeps the registration, so the older socket still speaks for the
+    /// id as in the reference; once the registration ends, none of its sockets do.
+    id: Option<(Arc<str>, u64)>,
+    ip: Option<IpAddr>,
+    tokens: f64,
+    refilled: Instant,
+    garbage: u32,
+}
+
+struct Queue {
+    deadline: (Instant, u64),
+    msgs: VecDeque<(Arc<str>, String)>,
+}
+
+/// The broker's state. See the module docs for the run loop.
+pub struct Broker {
+    cfg: CoreConfig,
+    peers: HashMap<Arc<str>, Peer>,
+    conns: HashMap<ConnId, Conn>,
+    per_ip: HashMap<IpAddr, usize>,
+    queues: HashMap<Arc<str>, Queue>,
+    /// Queue expiry order.
+    queue_deadlines: BTreeMap<(Instant, u64), Arc<str>>,
+    queued_total: usize,
+    /// One entry per registration: (earliest possible death, seq) -> id. Heartbeats only bump
+    /// `last_ping`; an entry that comes due for a live peer is re-filed.
+    alive: BTreeMap<(Instant, u64), Arc<str>>,
+    seq: u64,
+    out: VecDeque<Output>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("peers", &self.peers.len())
+            .field("conns", &self.conns.len())
+            .field("queued", &self.queued_total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker with no peers.
+    pub fn new(cfg: CoreConfig, metrics: Metrics) -> Self {
+        Self {
+            cfg,
+            peers: HashMap::new(),
+            conns: HashMap::new(),
+            per_ip: HashMap::new(),
+            queues: HashMap::new(),
+            queue_deadlines: BTreeMap::new(),
+            queued_total: 0,
+            alive: BTreeMap::new(),
+            seq: 0,
+            out: VecDeque::new(),
+            metrics,
+        }
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Broker::handle_timeout`] should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let alive = self.alive.first_key_value().map(|(k, _)| k.0);
+        let queue = self.queue_deadlines.first_key_value().map(|(k, _)| k.0);
+        match (alive, queue) {
+            (Some(a), Some(q)) => Some(a.min(q)),
+            (a, q) => a.or(q),
+        }
+    }
+
+    /// Number of registered ids.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether `id` is registered right now.
+    pub fn is_registered(&self, id: &str) -> bool {
+        self.peers.contains_key(id)
+    }
+
+    /// Registered ids in registration order (for discovery).
+    pub fn peer_ids(&self) -> Vec<String> {
+        let mut ids: Vec<(u64, &Arc<str>)> = self.peers.iter().map(|(id, p)| (p.seq, id)).collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id.to_string()).collect()
+    }
+
+    fn send(&mut self, conn: ConnId, text: String) {
+        self.out.push_back(Output::Send { conn, text });
+    }
+
+    fn reject(&mut self, conn: ConnId, text: String, reason: &'static str) {
+        self.metrics.rejected(reason);
+        self.send(conn, text);
+        self.out.push_back(Output::Close {
+            conn,
+            reason: CloseReason::Rejected,
+        });
+    }
+
+    /// A WebSocket was upgraded on the broker path; admits it or rejects it in-band.
+    pub fn handle_open(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        ip: Option<IpAddr>,
+        params: OpenParams,
+    ) {
+        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        let (Some(key), Some(id), Some(token)) = (
+            nonempty(params.key),
+            nonempty(params.id),
+            nonempty(params.token),
+        ) else {
+            return self.reject(
+                conn,
+                peerjs::error_frame(peerjs::MSG_INVALID_PARAMS),
+                "bad_params",
+            );
+        };
+        if key != self.cfg.key {
+            return self.reject(
+                conn,
+                peerjs::error_frame(peerjs::MSG_INVALID_KEY),
+                "bad_key",
+            );
+        }
+        if let Some(ip) = ip {
+            let live = self.per_ip.get(&ip).copied().unwrap_or(0);
+            if self.cfg.per_ip_connections > 0 && live >= self.cfg.per_ip_connections {
+                return self.reject(
+                    conn,
+                    peerjs::error_frame("Too many connections from this address"),
+                    "ip_limit",
+                );
+            }
+        }
+        let id: Arc<str> = Arc::from(id);
+        let existing = self.peers.get(&id).map(|p| (p.token == token, p.conn));
+        match existing {
+            Some((false, _)) => {
+                return self.reject(conn, peerjs::ID_TAKEN.to_owned(), "id_taken");
+            }
+            Some((true, old)) => {
+                let seq = self.peers.get(&id).map_or(0, |p| p.seq);
+                self.attach(now, conn, ip, &id, seq);
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    peer.conn = conn;
+                }
+                if self.cfg.takeover {
+                    if let Some(c) = self.conns.get_mut(&old) {
+                        c.id = None;
+                    }
+                    self.out.push_back(Output::Close {
+                        conn: old,
+                        reason: CloseReason::Replaced,
+                    });
+                    self.send(conn, peerjs::OPEN.to_owned());
+                }
+            }
+            None => {
+                if self.peers.len() >= self.cfg.concurrent_limit {
+                    return self.reject(
+                        conn,
+                        peerjs::error_frame(peerjs::MSG_LIMIT),
+                        "concurrent_limit",
+                    );
+                }
+                self.seq += 1;
+                let seq = self.seq;
+                let filed = now + self.cfg.alive_timeout;
+                self.peers.insert(
+                    id.clone(),
+                    Peer {
+                        token,
+                        conn,
+                        last_ping: now,
+                        seq,
+                        filed,
+                    },
+                );
+                self.alive.insert((filed, seq), id.clone());
+                self.metrics.peers.set(self.peers.len() as f64);
+                self.attach(now, conn, ip, &id, seq);
+                self.send(conn, peerjs::OPEN.to_owned());
+            }
+        }
+        self.flush_queue(&id, conn);
+    }
+
+    fn attach(&mut self, now: Instant, conn: ConnId, ip: Option<IpAddr>, id: &Arc<str>, seq: u64) {
+        if let Some(ip) = ip {
+            *self.per_ip.entry(ip).or_insert(0) += 1;
+        }
+        self.conns.insert(
+            conn,
+            Conn {
+                id: Some((id.clone(), seq)),
+                ip,
+                tokens: f64::from(self.cfg.msg_burst),
+                refilled: now,
+                garbage: 0,
+            },
+        );
+    }
+
+    fn flush_queue(&mut self, id: &str, conn: ConnId) {
+        if let Some(q) = self.queues.remove(id) {
+            self.queue_deadlines.remove(&q.deadline);
+            self.queued_total -= q.msgs.len();
+            self.metrics.queued.set(self.queued_total as f64);
+            for (_, text) in q.msgs {
+                self.send(conn, text);
+            }
+        }
+    }
+
+    /// A socket closed (for any reason). Frees its id if it was the id's current socket.
+    pub fn handle_close(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(ip) = c.ip
+            && let Some(n) = self.per_ip.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        if let Some((id, _)) = c.id
+            && self.peers.get(&id).is_some_and(|p| p.conn == conn)
+        {
+            self.unregister(&id);
+        }
+    }
+
+    fn unregister(&mut self, id: &str) {
+        if let Some(p) = self.peers.remove(id) {
+            self.alive.remove(&(p.filed, p.seq));
+            self.metrics.peers.set(self.peers.len() as f64);
+        }
+    }
+
+    /// A complete text (or UTF-8 binary) message arrived on an admitted socket.
+    pub fn handle_message(&mut self, now: Instant, conn: ConnId, text: &str) {
+        let rate = f64::from(self.cfg.msg_rate);
+        let burst = f64::from(self.cfg.msg_burst);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let elapsed = now.saturating_duration_since(c.refilled).as_secs_f64();
+        c.tokens = (c.tokens + elapsed * rate).min(burst);
+        c.refilled = now;
+        if c.tokens < 1.0 {
+            self.metrics.rejected("rate_limited");
+            self.out.push_back(Output::Close {
+                conn,
+                reason: CloseReason::RateLimited,
+            });
+            return;
+        }
+        c.tokens -= 1.0;
+        let Ok(frame) = ClientFrame::parse(text) else {
+            return self.garbage(conn, "malformed");
+        };
+        let Some((src, seq)) = self.conns.get(&conn).and_then(|c| c.id.clone()) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&src).filter(|p| p.seq == seq) else {
+            // The registration this socket belonged to has ended: it speaks for nobody.
+            return self.metrics.rejected("not_registered");
+        };
+        match frame.kind {
+            MessageType::Heartbeat => {
+                self.metrics.message(MessageType::Heartbeat);
+                peer.last_ping = now;
+            }
+            kind if kind.is_relayed() => {
+                let dst = match frame.dst {
+                    Dst::Id(d) => d,
+                    Dst::Missing => return self.metrics.rejected("missing_dst"),
+                    Dst::Invalid => return self.metrics.rejected("invalid_dst"),
+                };
+                let text = peerjs::relay_frame(kind, &src, &dst, frame.payload);
+                self.metrics.message(kind);
+                self.relay(now, kind, src, &dst, text);
+            }
+            _ => self.metrics.rejected("unknown_type"),
+        }
+    }
+
+    fn garbage(&mut self, conn: ConnId, reason: &'static str) {
+        self.metrics.rejected(reason);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.garbage += 1;
+            if c.garbage >= GARBAGE_LIMIT {
+                self.out.push_back(Output::Close {
+                    conn,
+                    reason: CloseReason::Garbage,
+                });
+            }
+        }
+    }
+
+    /// A binary message that is not UTF-8, or another protocol-level oddity worth counting.
+    pub fn handle_garbage(&mut self, conn: ConnId) {
+        self.garbage(conn, "not_utf8");
+    }
+
+    fn relay(&mut self, now: Instant, kind: MessageType, src: Arc<str>, dst: &str, text: String) {
+        if let Some(p) = self.peers.get(dst) {
+            let conn = p.conn;
+            self.send(conn, text);
+            return;
+        }
+        if matches!(kind, MessageType::Leave | MessageType::Expire) {
+            return;
+        }
+        if self.queued_total >= self.cfg.max_queued_total {
+            return self.metrics.rejected("queue_full");
+        }
+        let queue = match self.queues.get_mut(dst) {
+            Some(q) => q,
+            None => {
+                self.seq += 1;
+                let key = (now + self.cfg.expire_timeout, self.seq);
+                let dst: Arc<str> = Arc::from(dst);
+                self.queue_deadlines.insert(key, dst.clone());
+                self.queues.entry(dst).or_insert(Queue {
+                    deadline: key,
+                    msgs: VecDeque::new(),
+                })
+            }
+        };
+        if queue.msgs.len() >= self.cfg.max_queued_per_dst {
+            return self.metrics.rejected("queue_full");
+        }
+        queue.msgs.push_back((src, text));
+        self.queued_total += 1;
+        self.metrics.queued.set(self.queued_total as f64);
+    }
+
+    /// Runs everything due at `now`: queue expiry (one `EXPIRE` per sender) and liveness.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(entry) = self.queue_deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let dst = entry.remove();
+            let Some(q) = self.queues.remove(&dst) else {
+                continue;
+            };
+            self.queued_total -= q.msgs.len();
+            self.metrics.queued.set(self.queued_total as f64);
+            let mut senders: Vec<Arc<str>> = Vec::new();
+            for (src, _) in q.msgs {
+                if !senders.contains(&src) {
+                    senders.push(src);
+                }
+            }
+            for sender in senders {
+                self.metrics.expired.increment(1);
+                let text = peerjs::relay_frame(MessageType::Expire, &dst, &sender, None);
+                self.relay(now, MessageType::Expire, dst.clone(), &sender, text);
+            }
+        }
+        while let Some(entry) = self.alive.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, seq), id) = entry.remove_entry();
+            let Some(p) = self.peers.get_mut(&id).filter(|p| p.seq == seq) else {
+                continue;
+            };
+            let due = p.last_ping + self.cfg.alive_timeout;
+            if due > now {
+                p.filed = due;
+                self.alive.insert((due, seq), id);
+                continue;
+            }
+            let conn = p.conn;
+            self.metrics.rejected("alive_timeout");
+            self.out.push_back(Output::Close {
+                conn,
+                reason: CloseReason::Dead,
+            });
+            if let Some(q) = self.queues.remove(&id) {
+                self.queue_deadlines.remove(&q.deadline);
+                self.queued_total -= q.msgs.len();
+                self.metrics.queued.set(self.queued_total as f64);
+            }
+            self.unregister(&id);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The broker's HTTP surface: the banner, id allocation, discovery, the WebSocket upgrade,
+//! and CORS as the reference `cors` middleware does it.
+
+use crate::core::OpenParams;
+use crate::hub::Hub;
+use crate::{conn, ws};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::TokioIo;
+use kibitz_proto::peerjs;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tracing::Instrument;
+
+const JSON: &str = "application/json; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+pub(crate) fn router(hub: Arc<Hub>) -> Router {
+    let base = hub.config.path.clone();
+    let ws_path = format!("{base}peerjs");
+    let mut r = Router::new()
+        .route(&base, get(banner))
+        .route(&format!("{base}{{key}}/id"), get(new_id))
+        .route(&format!("{base}{{key}}/peers"), get(peers))
+        .route(&ws_path, get(upgrade));
+    if base != "/" {
+        r = r.route(base.trim_end_matches('/'), get(banner));
+    }
+    // The health probe Kibitz's /api/signal runs: `GET https://HOST/id` at the root.
+    r = r.route("/id", get(new_id));
+    r.fallback(not_found)
+        .layer(middleware::from_fn_with_state(hub.clone(), cors))
+        .layer(middleware::from_fn_with_state(ws_path, upgrade_guard))
+        .with_state(hub)
+}
+
+fn typed(ct: &'static str, status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r
+}
+
+async fn banner() -> Response {
+    typed(JSON, StatusCode::OK, peerjs::BANNER)
+}
+
+async fn new_id(State(hub): State<Arc<Hub>>) -> Response {
+    typed(HTML, StatusCode::OK, hub.fresh_id())
+}
+
+async fn peers(State(hub): State<Arc<Hub>>) -> Response {
+    if !hub.config.allow_discovery {
+        return typed(TEXT, StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    let body = serde_json::to_string(&hub.peer_ids()).unwrap_or_else(|_| "[]".into());
+    typed(JSON, StatusCode::OK, body)
+}
+
+async fn not_found(req: Request) -> Response {
+    if is_upgrade(req.headers()) {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    typed(TEXT, StatusCode::NOT_FOUND, "Not Found")
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.get(header::UPGRADE).is_some()
+}
+
+/// WebSocket upgrades anywhere but the broker path get 400, as the reference's `ws` does.
+async fn upgrade_guard(State(ws_path): State<String>, req: Request, next: Next) -> Response {
+    if is_upgrade(req.headers()) && req.uri().path() != ws_path {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    next.run(req).await
+}
+
+/// CORS as the `cors` middleware with `{origin: true}` or an origin list: reflect an allowed
+/// `Origin` with `Vary: Origin`; answer preflights with 204.
+async fn cors(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let allowed = origin.filter(|o| {
+        let list = &hub.config.cors_origins;
+        list.is_empty() || o.to_str().is_ok_and(|o| list.iter().any(|a| a == o))
+    });
+    let preflight = req.method() == Method::OPTIONS;
+    let request_headers = req
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned();
+    let mut resp = if preflight {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET,HEAD,PUT,PATCH,POST,DELETE"),
+        );
+        if let Some(rh) = request_headers {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, rh);
+            h.append(
+                header::VARY,
+                HeaderValue::from_static("Access-Control-Request-Headers"),
+            );
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    if let Some(o) = allowed {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+    }
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    resp
+}
+
+fn header_has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    h.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Query parameters as the reference reads them: form-urlencoded, the last repeat wins.
+fn open_params(query: Option<&str>) -> OpenParams {
+    let mut p = OpenParams::default();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "key" => p.key = Some(v.into_owned()),
+            "id" => p.id = Some(v.into_owned()),
+            "token" => p.token = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    p
+}
+
+async fn upgrade(State(hub): State<Arc<Hub>>, mut req: Request) -> Response {
+    let h = req.headers();
+    if !header_has_token(h, header::UPGRADE, "websocket") {
+        // A plain GET on the socket path, as Express would answer it.
+        return typed(TEXT, StatusCode::NOT_FOUND, "Not Found");
+    }
+    let key = h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec());
+    let version_ok = h
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let (Some(key), true, true) = (
+        key,
+        version_ok,
+        header_has_token(h, header::CONNECTION, "upgrade"),
+    ) else {
+        hub.reject("handshake");
+        return typed(TEXT, StatusCode::BAD_REQUEST, "Bad WebSocket handshake");
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        hub.reject("handshake");
+        return typed(
+            TEXT,
+            StatusCode::BAD_REQUEST,
+            "Connection cannot be upgraded",
+        );
+    };
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let params = open_params(req.uri().query());
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let (conn, outbox) = hub.open(ip, params);
+        let span = tracing::debug_span!("ws", conn = conn.0);
+        conn::run(TokioIo::new(upgraded), hub, conn, outbox)
+            .instrument(span)
+            .await;
+    });
+    let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&ws::accept_key(&key)) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_decode_plus_and_percent_and_last_wins() {
+        let p = open_params(Some("key=peerjs&id=a+b&id=x%2By+z&token=t&version=1.5.5"));
+        assert_eq!(p.id.as_deref(), Some("x+y z"));
+        assert_eq!(p.key.as_deref(), Some("peerjs"));
+        assert_eq!(p.token.as_deref(), Some("t"));
+    }
+}

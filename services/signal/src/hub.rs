@@ -1,0 +1,301 @@
+//! The seam between sockets and the sans-IO core: the core behind one lock, each socket's
+//! bounded outbox, and the one timer. A cluster backend replaces this module's insides; the
+//! connection tasks and HTTP handlers only see [`Hub`].
+
+use crate::config::Config;
+use crate::core::{Broker, CloseReason, ConnId, CoreConfig, OpenParams, Output};
+use crate::metrics::Metrics;
+use crate::ws;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::Notify;
+
+/// The one place the broker reads the clock.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn now() -> Instant {
+    Instant::now()
+}
+
+/// Frames waiting to be written to one socket, already encoded, bounded in bytes.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<OutboxState>,
+    pub(crate) notify: Notify,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct OutboxState {
+    /// Encoded frames not yet taken by the writer.
+    pub(crate) buf: Vec<u8>,
+    /// Bytes the writer took and has not finished writing.
+    pub(crate) in_flight: usize,
+    /// Set once: the socket is to be closed after what is queued (or at once if too slow).
+    pub(crate) close: Option<Closing>,
+}
+
+/// How a socket ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// Send what is queued, then a close frame with this status (None = no status).
+    Graceful(Option<u16>, &'static str),
+    /// The peer could not keep up: drop it without flushing.
+    Abort,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(OutboxState::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        // A panic while holding this lock cannot leave the buffer inconsistent for our use.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an encoded frame; returns false if that overflowed the bound (socket aborted).
+    pub(crate) fn push(&self, limit: usize, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let mut st = self.lock();
+        if st.close.is_some() {
+            return true;
+        }
+        let was_empty = st.buf.is_empty();
+        encode(&mut st.buf);
+        if st.buf.len() + st.in_flight > limit {
+            st.buf = Vec::new();
+            st.close = Some(Closing::Abort);
+            drop(st);
+            self.notify.notify_one();
+            return false;
+        }
+        drop(st);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
+    }
+
+    fn close(&self, how: Closing) {
+        let mut st = self.lock();
+        if st.close.is_none() {
+            st.close = Some(how);
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+}
+
+struct Inner {
+    core: Broker,
+    outboxes: HashMap<ConnId, Arc<Outbox>>,
+    /// The deadline the timer task sleeps until.
+    armed: Option<Instant>,
+}
+
+/// The broker shared by every connection task and handler.
+pub(crate) struct Hub {
+    inner: Mutex<Inner>,
+    timer: Notify,
+    next_conn: AtomicU64,
+    pub(crate) config: Config,
+    pub(crate) metrics: Metrics,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+fn close_status(reason: CloseReason) -> Closing {
+    match reason {
+        CloseReason::Rejected | CloseReason::Dead => Closing::Graceful(None, ""),
+        CloseReason::Replaced => Closing::Graceful(Some(1000), "replaced by a newer connection"),
+        CloseReason::RateLimited => Closing::Graceful(Some(1008), "message rate limit exceeded"),
+        CloseReason::Garbage => Closing::Graceful(Some(1007), "too many invalid frames"),
+    }
+}
+
+impl Inner {
+    fn drain(&mut self, limit: usize, metrics: &Metrics) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Send { conn, text } => {
+                    let Some(ob) = self.outboxes.get(&conn) else {
+                        continue;
+                    };
+                    if !ob.push(limit, |buf| ws::encode_text(buf, &text)) {
+                        metrics.rejected("slow_reader");
+                        tracing::debug!(conn = conn.0, "closing a peer that cannot keep up");
+                    }
+                }
+                Output::Close { conn, reason } => {
+                    if let Some(ob) = self.outboxes.get(&conn) {
+                        tracing::debug!(conn = conn.0, ?reason, "closing");
+                        ob.close(close_status(reason));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Hub {
+    pub(crate) fn new(config: Config) -> Self {
+        let metrics = Metrics::new();
+        let core = Broker::new(
+            CoreConfig {
+                key: config.key.clone(),
+                expire_timeout: config.expire_timeout,
+                alive_timeout: config.alive_timeout,
+                concurrent_limit: config.concurrent_limit,
+                takeover: config.takeover,
+                msg_rate: config.limits.msg_rate,
+                msg_burst: config.limits.msg_burst,
+                per_ip_connections: config.limits.per_ip_connections,
+                max_queued_per_dst: config.limits.max_queued_per_dst,
+                max_queued_total: config.limits.max_queued_total,
+            },
+            metrics.clone(),
+        );
+        Self {
+            inner: Mutex::new(Inner {
+                core,
+                outboxes: HashMap::new(),
+                armed: None,
+            }),
+            timer: Notify::new(),
+            next_conn: AtomicU64::new(1),
+            config,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The core's invariants hold between calls; a panic mid-call is a bug we would rather
+        // survive with a possibly stale entry than turn into a dead broker.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the core, then routes its outputs and re-arms the timer if needed.
+    fn with_core<R>(&self, f: impl FnOnce(&mut Broker) -> R) -> R {
+        let mut inner = self.lock();
+        let r = f(&mut inner.core);
+        inner.drain(self.config.limits.send_queue_bytes, &self.metrics);
+        let next = inner.core.poll_timeout();
+        if let Some(t) = next
+            && inner.armed.is_none_or(|a| t < a)
+        {
+            inner.armed = Some(t);
+            drop(inner);
+            self.timer.notify_one();
+        }
+        r
+    }
+
+    /// Registers a new socket and runs admission on it.
+    pub(crate) fn open(&self, ip: Option<IpAddr>, params: OpenParams) -> (ConnId, Arc<Outbox>) {
+        let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let outbox = Arc::new(Outbox::new());
+        self.lock().outboxes.insert(conn, outbox.clone());
+        self.metrics.connections.increment(1.0);
+        self.with_core(|core| core.handle_open(now(), conn, ip, params));
+        (conn, outbox)
+    }
+
+    /// Runs `f` with a handler for one socket's messages, all under one lock: a read batch
+    /// costs one lock and one output drain however many messages it held.
+    pub(crate) fn messages<R>(
+        &self,
+        conn: ConnId,
+        f: impl FnOnce(&mut dyn FnMut(Incoming<'_>)) -> R,
+    ) -> R {
+        let at = now();
+        self.with_core(|core| {
+            f(&mut |m| match m {
+                Incoming::Text(t) => core.handle_message(at, conn, t),
+                Incoming::Garbage => core.handle_garbage(conn),
+            })
+        })
+    }
+
+    /// The socket is gone.
+    pub(crate) fn closed(&self, conn: ConnId) {
+        let mut inner = self.lock();
+        inner.outboxes.remove(&conn);
+        inner.core.handle_close(conn);
+        inner.drain(self.config.limits.send_queue_bytes, &self.metrics);
+        drop(inner);
+        self.metrics.connections.decrement(1.0);
+    }
+
+    /// Counts a refusal that happened outside the core.
+    pub(crate) fn reject(&self, reason: &'static str) {
+        self.metrics.rejected(reason);
+    }
+
+    /// A fresh id no live peer holds (for `GET /id`).
+    pub(crate) fn fresh_id(&self) -> String {
+        loop {
+            let id = uuid::Uuid::new_v4().to_string();
+            if !self.lock().core.is_registered(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Registered ids in registration order.
+    pub(crate) fn peer_ids(&self) -> Vec<String> {
+        self.lock().core.peer_ids()
+    }
+
+    /// Closes every socket with 1001 (going away), for shutdown.
+    pub(crate) fn close_all(&self) {
+        let inner = self.lock();
+        for ob in inner.outboxes.values() {
+            ob.close(Closing::Graceful(Some(1001), "server shutting down"));
+        }
+    }
+
+    /// Number of open sockets.
+    pub(crate) fn open_sockets(&self) -> usize {
+        self.lock().outboxes.len()
+    }
+
+    /// The timer: sleeps until the core's next deadline, runs it, repeats.
+    pub(crate) async fn run_timer(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let next = {
+                let mut inner = self.lock();
+                let next = inner.core.poll_timeout();
+                inner.armed = next;
+                next
+            };
+            let sleep = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = sleep => self.with_core(|core| core.handle_timeout(now())),
+                () = self.timer.notified() => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// One message as the core sees it.
+#[derive(Debug)]
+pub(crate) enum Incoming<'a> {
+    /// A text message, or a binary one that is valid UTF-8 (the reference accepts both).
+    Text(&'a str),
+    /// A binary message that is not UTF-8.
+    Garbage,
+}

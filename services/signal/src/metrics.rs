@@ -1,0 +1,100 @@
+//! The broker's Prometheus metrics. Labels are fixed enums: never ids, IPs or payloads.
+
+use kibitz_proto::peerjs::MessageType;
+use metrics::{Counter, Gauge, counter, gauge};
+
+/// Handles to every broker metric, resolved once so the hot path does no registry lookups.
+/// Built before a recorder is installed, they are no-ops (as in unit tests).
+#[derive(Clone)]
+pub struct Metrics {
+    /// Registered ids.
+    pub peers: Gauge,
+    /// Open broker WebSockets.
+    pub connections: Gauge,
+    /// Messages waiting for offline ids.
+    pub queued: Gauge,
+    /// `EXPIRE`s generated for queues that timed out.
+    pub expired: Counter,
+    /// Bytes of WebSocket payload received.
+    pub bytes_in: Counter,
+    /// Bytes of WebSocket frames sent.
+    pub bytes_out: Counter,
+    messages: [Counter; 6],
+    rejected: Vec<(&'static str, Counter)>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Every reason a frame, connection or message is refused; the `reason` label's values.
+pub const REJECT_REASONS: &[&str] = &[
+    "bad_params",
+    "bad_key",
+    "id_taken",
+    "concurrent_limit",
+    "ip_limit",
+    "malformed",
+    "not_utf8",
+    "unknown_type",
+    "missing_dst",
+    "invalid_dst",
+    "not_registered",
+    "rate_limited",
+    "oversized",
+    "protocol",
+    "queue_full",
+    "slow_reader",
+    "alive_timeout",
+    "handshake",
+];
+
+const TYPES: [MessageType; 6] = [
+    MessageType::Heartbeat,
+    MessageType::Offer,
+    MessageType::Answer,
+    MessageType::Candidate,
+    MessageType::Leave,
+    MessageType::Expire,
+];
+
+impl Metrics {
+    /// Resolves every handle against the installed recorder.
+    pub fn new() -> Self {
+        Self {
+            peers: gauge!("kibitz_signal_peers"),
+            connections: gauge!("kibitz_signal_connections"),
+            queued: gauge!("kibitz_signal_queued_messages"),
+            expired: counter!("kibitz_signal_expired_total"),
+            bytes_in: counter!("kibitz_signal_bytes_total", "direction" => "in"),
+            bytes_out: counter!("kibitz_signal_bytes_total", "direction" => "out"),
+            messages: TYPES.map(|t| counter!("kibitz_signal_messages_total", "type" => t.as_str())),
+            rejected: REJECT_REASONS
+                .iter()
+                .map(|r| (*r, counter!("kibitz_signal_rejected_total", "reason" => *r)))
+                .collect(),
+        }
+    }
+
+    /// Counts one accepted client message of this type.
+    pub fn message(&self, kind: MessageType) {
+        if let Some(i) = TYPES.iter().position(|t| *t == kind) {
+            self.messages[i].increment(1);
+        }
+    }
+
+    /// Counts one refusal. `reason` must be one of [`REJECT_REASONS`].
+    pub fn rejected(&self, reason: &'static str) {
+        if let Some((_, c)) = self.rejected.iter().find(|(r, _)| *r == reason) {
+            c.increment(1);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
