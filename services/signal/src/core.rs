@@ -502,3 +502,312 @@ impl Broker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> CoreConfig {
+        CoreConfig {
+            key: "peerjs".into(),
+            expire_timeout: Duration::from_secs(5),
+            alive_timeout: Duration::from_secs(90),
+            concurrent_limit: 3,
+            takeover: false,
+            msg_rate: 10,
+            msg_burst: 20,
+            per_ip_connections: 2,
+            max_queued_per_dst: 3,
+            max_queued_total: 5,
+        }
+    }
+
+    struct Sim {
+        b: Broker,
+        t0: Instant,
+    }
+
+    impl Sim {
+        fn new(cfg: CoreConfig) -> Self {
+            Self {
+                b: Broker::new(cfg, Metrics::new()),
+                // Virtual time: a fixed origin, advanced only by the test.
+                t0: crate::hub::now(),
+            }
+        }
+        fn at(&self, ms: u64) -> Instant {
+            self.t0 + Duration::from_millis(ms)
+        }
+        fn open(&mut self, ms: u64, conn: u64, id: &str, token: &str) -> Vec<Output> {
+            let p = OpenParams {
+                key: Some("peerjs".into()),
+                id: Some(id.into()),
+                token: Some(token.into()),
+            };
+            self.b.handle_open(self.at(ms), ConnId(conn), None, p);
+            self.drain()
+        }
+        fn msg(&mut self, ms: u64, conn: u64, text: &str) -> Vec<Output> {
+            self.b.handle_message(self.at(ms), ConnId(conn), text);
+            self.drain()
+        }
+        fn tick(&mut self, ms: u64) -> Vec<Output> {
+            self.b.handle_timeout(self.at(ms));
+            self.drain()
+        }
+        fn drain(&mut self) -> Vec<Output> {
+            std::iter::from_fn(|| self.b.poll_output()).collect()
+        }
+    }
+
+    fn send(conn: u64, text: &str) -> Output {
+        Output::Send {
+            conn: ConnId(conn),
+            text: text.into(),
+        }
+    }
+    fn close(conn: u64, reason: CloseReason) -> Output {
+        Output::Close {
+            conn: ConnId(conn),
+            reason,
+        }
+    }
+
+    #[test]
+    fn queued_messages_follow_open_in_order() {
+        let mut s = Sim::new(cfg());
+        assert_eq!(s.open(0, 1, "a", "t"), [send(1, peerjs::OPEN)]);
+        assert!(
+            s.msg(1, 1, r#"{"type":"OFFER","dst":"b","payload":1}"#)
+                .is_empty()
+        );
+        assert!(
+            s.msg(2, 1, r#"{"type":"CANDIDATE","dst":"b","payload":2}"#)
+                .is_empty()
+        );
+        assert_eq!(
+            s.open(3, 2, "b", "t"),
+            [
+                send(2, peerjs::OPEN),
+                send(2, r#"{"type":"OFFER","src":"a","dst":"b","payload":1}"#),
+                send(2, r#"{"type":"CANDIDATE","src":"a","dst":"b","payload":2}"#),
+            ]
+        );
+        assert_eq!(
+            s.b.poll_timeout(),
+            Some(s.at(90_000)),
+            "queue deadline gone"
+        );
+    }
+
+    #[test]
+    fn one_expire_per_sender_at_the_deadline_and_none_for_offline_senders() {
+        let mut s = Sim::new(cfg());
+        s.open(0, 1, "a", "t");
+        s.open(0, 2, "b", "t");
+        s.open(0, 3, "c", "t");
+        s.msg(100, 1, r#"{"type":"OFFER","dst":"ghost"}"#);
+        s.msg(200, 1, r#"{"type":"OFFER","dst":"ghost"}"#);
+        s.msg(300, 2, r#"{"type":"OFFER","dst":"ghost"}"#);
+        s.msg(300, 3, r#"{"type":"OFFER","dst":"ghost"}"#);
+        s.b.handle_close(ConnId(3));
+        assert_eq!(s.b.poll_timeout(), Some(s.at(5100)));
+        assert!(s.tick(5099).is_empty());
+        assert_eq!(
+            s.tick(5100),
+            [
+                send(1, r#"{"type":"EXPIRE","src":"ghost","dst":"a"}"#),
+                send(2, r#"{"type":"EXPIRE","src":"ghost","dst":"b"}"#),
+            ]
+        );
+        assert_eq!(s.open(6000, 4, "ghost", "t"), [send(4, peerjs::OPEN)]);
+    }
+
+    #[test]
+    fn admission_errors_in_reference_order() {
+        let mut s = Sim::new(cfg());
+        s.b.handle_open(s.at(0), ConnId(9), None, OpenParams::default());
+        assert_eq!(
+            s.drain(),
+            [
+                send(9, &peerjs::error_frame(peerjs::MSG_INVALID_PARAMS)),
+                close(9, CloseReason::Rejected)
+            ]
+        );
+        let p = OpenParams {
+            key: Some("PeerJS".into()),
+            id: Some("x".into()),
+            token: Some("t".into()),
+        };
+        s.b.handle_open(s.at(0), ConnId(9), None, p);
+        assert_eq!(
+            s.drain()[0],
+            send(9, &peerjs::error_frame(peerjs::MSG_INVALID_KEY))
+        );
+        s.open(0, 1, "a", "t1");
+        assert_eq!(
+            s.open(0, 2, "a", "t2"),
+            [send(2, peerjs::ID_TAKEN), close(2, CloseReason::Rejected)]
+        );
+        s.open(0, 3, "b", "t");
+        s.open(0, 4, "c", "t");
+        assert_eq!(
+            s.open(0, 5, "d", "t")[0],
+            send(5, &peerjs::error_frame(peerjs::MSG_LIMIT))
+        );
+        // Re-attach at the limit succeeds, silently.
+        assert!(s.open(0, 6, "a", "t1").is_empty());
+    }
+
+    #[test]
+    fn reattach_routes_to_the_new_socket_and_old_close_keeps_the_id() {
+        let mut s = Sim::new(cfg());
+        s.open(0, 1, "a", "t");
+        s.open(0, 2, "b", "t");
+        assert!(s.open(0, 3, "a", "t").is_empty());
+        assert_eq!(
+            s.msg(1, 2, r#"{"type":"OFFER","dst":"a"}"#),
+            [send(3, r#"{"type":"OFFER","src":"b","dst":"a"}"#)]
+        );
+        // The old socket still speaks for "a".
+        assert_eq!(
+            s.msg(1, 1, r#"{"type":"OFFER","dst":"b"}"#),
+            [send(2, r#"{"type":"OFFER","src":"a","dst":"b"}"#)]
+        );
+        s.b.handle_close(ConnId(1));
+        assert!(s.b.is_registered("a"));
+        s.b.handle_close(ConnId(3));
+        assert!(!s.b.is_registered("a"));
+    }
+
+    #[test]
+    fn an_ended_registration_speaks_for_nobody() {
+        let mut s = Sim::new(cfg());
+        s.open(0, 1, "a", "t");
+        s.open(0, 2, "a", "t"); // re-attach: 1 is superseded but bound
+        s.b.handle_close(ConnId(2)); // registration ends
+        s.open(0, 3, "a", "other"); // someone else takes the id
+        s.open(0, 4, "b", "t");
+        // The leftover socket cannot send as the new owner of "a".
+        assert!(s.msg(1, 1, r#"{"type":"OFFER","dst":"b"}"#).is_empty());
+        assert_eq!(
+            s.msg(1, 3, r#"{"type":"OFFER","dst":"b"}"#),
+            [send(4, r#"{"type":"OFFER","src":"a","dst":"b"}"#)]
+        );
+    }
+
+    #[test]
+    fn takeover_mode_opens_the_new_socket_and_closes_the_old() {
+        let mut s = Sim::new(CoreConfig {
+            takeover: true,
+            ..cfg()
+        });
+        s.open(0, 1, "a", "t");
+        assert_eq!(
+            s.open(0, 2, "a", "t"),
+            [close(1, CloseReason::Replaced), send(2, peerjs::OPEN)]
+        );
+        s.open(0, 3, "b", "t");
+        assert!(s.msg(1, 1, r#"{"type":"OFFER","dst":"b"}"#).is_empty());
+        s.b.handle_close(ConnId(1));
+        assert!(s.b.is_registered("a"));
+    }
+
+    #[test]
+    fn liveness_counts_only_heartbeats() {
+        let mut s = Sim::new(cfg());
+        s.open(0, 1, "a", "t");
+        s.open(0, 2, "b", "t");
+        s.msg(60_000, 1, r#"{"type":"HEARTBEAT"}"#);
+        s.msg(60_000, 2, r#"{"type":"OFFER","dst":"a"}"#);
+        assert_eq!(s.tick(90_000), [close(2, CloseReason::Dead)]);
+        assert!(!s.b.is_registered("b") && s.b.is_registered("a"));
+        assert_eq!(s.b.poll_timeout(), Some(s.at(150_000)));
+        assert_eq!(s.tick(150_000), [close(1, CloseReason::Dead)]);
+        assert_eq!(s.b.poll_timeout(), None);
+    }
+
+    #[test]
+    fn limits_rate_queue_and_ip() {
+        let mut s = Sim::new(cfg());
+        s.open(0, 1, "a", "t");
+        for _ in 0..20 {
+            assert!(s.msg(0, 1, r#"{"type":"HEARTBEAT"}"#).is_empty());
+        }
+        assert_eq!(
+            s.msg(0, 1, r#"{"type":"HEARTBEAT"}"#),
+            [close(1, CloseReason::RateLimited)]
+        );
+        // Refill: 10/s.
+        assert!(s.msg(1000, 1, r#"{"type":"HEARTBEAT"}"#).is_empty());
+
+        let mut s = Sim::new(cfg());
+        s.open(0, 1, "a", "t");
+        for i in 0..4 {
+            s.msg(i, 1, r#"{"type":"OFFER","dst":"x"}"#);
+        }
+        for i in 0..4 {
+            s.msg(i, 1, r#"{"type":"OFFER","dst":"y"}"#);
+        }
+        assert_eq!(
+            s.b.queued_total, 5,
+            "3 for x (per-dst cap), 2 for y (total cap)"
+        );
+
+        let mut s = Sim::new(cfg());
+        let ip: IpAddr = [127, 0, 0, 9].into();
+        for (conn, id) in [(1, "a"), (2, "b"), (3, "c")] {
+            let p = OpenParams {
+                key: Some("peerjs".into()),
+                id: Some(id.into()),
+                token: Some("t".into()),
+            };
+            s.b.handle_open(s.at(0), ConnId(conn), Some(ip), p);
+        }
+        let out = s.drain();
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[3], close(3, CloseReason::Rejected));
+        s.b.handle_close(ConnId(1));
+        assert!(s.b.per_ip.get(&ip) == Some(&1));
+    }
+
+    #[test]
+    fn garbage_is_counted_then_closed() {
+        let mut s = Sim::new(CoreConfig {
+            msg_burst: 1000,
+            ..cfg()
+        });
+        s.open(0, 1, "a", "t");
+        for bad in [
+            "nope",
+            "null",
+            "[1]",
+            r#"{"type":"OFFER","dst":5}"#,
+            r#"{"type":"BOGUS"}"#,
+        ] {
+            assert!(s.msg(0, 1, bad).is_empty(), "{bad}");
+        }
+        for _ in 0..GARBAGE_LIMIT - 4 {
+            s.msg(0, 1, "\u{0}");
+        }
+        assert_eq!(s.msg(0, 1, "x"), [close(1, CloseReason::Garbage)]);
+    }
+
+    #[test]
+    fn leave_and_expire_to_offline_are_dropped() {
+        let mut s = Sim::new(cfg());
+        s.open(0, 1, "a", "t");
+        s.msg(0, 1, r#"{"type":"LEAVE","dst":"ghost"}"#);
+        s.msg(0, 1, r#"{"type":"EXPIRE","dst":"ghost"}"#);
+        s.msg(0, 1, r#"{"type":"LEAVE"}"#);
+        assert_eq!(s.b.queued_total, 0);
+        assert!(
+            s.b.is_registered("a"),
+            "LEAVE without dst does not deregister"
+        );
+        assert_eq!(
+            s.msg(0, 1, r#"{"type":"LEAVE","dst":"a"}"#),
+            [send(1, r#"{"type":"LEAVE","src":"a","dst":"a"}"#)]
+        );
+    }
+}
