@@ -1,1 +1,150 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: an in-process broker on 127.0.0.1:0 and a small
+//! WebSocket client for it.
+
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use kibitz_signal::{Config, Limits};
+
+/// A broker running in this process; stopped when dropped.
+#[derive(Debug)]
+pub struct Broker {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts a broker with `config` on 127.0.0.1:0.
+pub async fn start(config: Config) -> Broker {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(kibitz_signal::serve(listener, config, async move {
+        let _ = rx.await;
+    }));
+    Broker {
+        addr,
+        stop: Some(tx),
+    }
+}
+
+impl Broker {
+    /// `ws://…/peerjs?key=peerjs&id=…&token=…`.
+    pub fn ws_url(&self, id: &str, token: &str) -> String {
+        format!(
+            "ws://{}/peerjs?key=peerjs&id={id}&token={token}&version=1.5.5",
+            self.addr
+        )
+    }
+
+    /// Connects as `id` and expects `OPEN`.
+    pub async fn peer(&self, id: &str) -> Client {
+        let mut c = self.connect(id, &format!("tok-{id}")).await;
+        c.expect(r#"{"type":"OPEN"}"#).await;
+        c
+    }
+
+    /// Connects as `id` with `token`; reads nothing.
+    pub async fn connect(&self, id: &str, token: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url(id, token))
+            .await
+            .expect("websocket connect");
+        Client { ws }
+    }
+}
+
+/// What a client saw next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// A text frame.
+    Text(String),
+    /// A close frame with this code (1005 when it had none).
+    Closed(u16),
+    /// The connection ended without a close frame.
+    Gone,
+    /// Nothing within the wait.
+    Nothing,
+}
+
+/// A test WebSocket client.
+#[derive(Debug)]
+pub struct Client {
+    /// The socket.
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Sends a text frame.
+    pub async fn send(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a text frame, tolerating a socket the server already closed.
+    pub async fn try_send(&mut self, msg: Message) -> bool {
+        self.ws.send(msg).await.is_ok()
+    }
+
+    /// The next thing that happens within `wait` (pings and pongs skipped).
+    pub async fn next_within(&mut self, wait: Duration) -> Seen {
+        loop {
+            match tokio::time::timeout(wait, self.ws.next()).await {
+                Err(_) => return Seen::Nothing,
+                Ok(None) | Ok(Some(Err(_))) => return Seen::Gone,
+                Ok(Some(Ok(Message::Text(t)))) => return Seen::Text(t.to_string()),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return Seen::Closed(f.map_or(1005, |f: CloseFrame| f.code.into()));
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// The next text frame, failing the test on anything else within 5 s.
+    pub async fn recv(&mut self) -> String {
+        match self.next_within(Duration::from_secs(5)).await {
+            Seen::Text(t) => t,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Asserts the next frame is exactly `text`.
+    pub async fn expect(&mut self, text: &str) {
+        assert_eq!(self.recv().await, text);
+    }
+
+    /// Asserts the server closes the socket (close frame with `code`, or a dropped
+    /// connection when `code` is `None`) within 5 s, skipping text frames before it.
+    pub async fn expect_closed(&mut self, code: Option<u16>) {
+        loop {
+            match self.next_within(Duration::from_secs(5)).await {
+                Seen::Text(_) => continue,
+                Seen::Closed(c) => {
+                    assert_eq!(Some(c), code, "close code");
+                    return;
+                }
+                Seen::Gone => {
+                    assert!(code.is_none(), "connection dropped without close {code:?}");
+                    return;
+                }
+                Seen::Nothing => panic!("socket still open"),
+            }
+        }
+    }
+}

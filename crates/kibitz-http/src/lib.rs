@@ -9,8 +9,8 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,12 +53,14 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: browsers open WebSockets over it, and its head timeout also covers a
+    // connection that never sends a byte (protocol sniffing for h2 would wait forever).
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let draining = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
     let tls = opts.tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
@@ -77,15 +79,15 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         let app = app.clone();
-        let watcher = graceful.watcher();
+        let draining = draining.clone();
         let tls = tls.clone();
         let head_timeout = opts.header_read_timeout;
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             match tls {
-                None => serve_conn(builder, watcher, stream, peer, app).await,
+                None => serve_conn(builder, draining, stream, peer, app).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_conn(builder, watcher, s, peer, app).await,
+                        Ok(Ok(s)) => serve_conn(builder, draining, s, peer, app).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -94,8 +96,10 @@ pub async fn serve(
         });
     }
     drop(listener);
+    draining.cancel();
+    tracker.close();
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = tracker.wait() => {}
         () = tokio::time::sleep(opts.drain_timeout) => {
             tracing::warn!("drain deadline passed with HTTP requests still open");
         }
@@ -104,8 +108,8 @@ pub async fn serve(
 }
 
 async fn serve_conn<S>(
-    builder: auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    builder: http1::Builder,
+    draining: tokio_util::sync::CancellationToken,
     stream: S,
     peer: SocketAddr,
     app: Router,
@@ -116,8 +120,19 @@ async fn serve_conn<S>(
         req.extensions_mut().insert(ConnectInfo(peer));
         tower::ServiceExt::oneshot(app.clone(), req)
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = draining.cancelled() => {
+            // Finish the request in flight, then close; the caller bounds how long.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::trace!(error = %e, "connection ended with an error");
     }
 }

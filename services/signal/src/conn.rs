@@ -84,16 +84,16 @@ where
     let mut finish: Option<Closing> = None;
 
     loop {
-        if pos == pending.len() {
-            if !pending.is_empty() {
-                pending.clear();
-                if pending.capacity() > KEEP_CAPACITY {
-                    pending = Vec::new();
-                }
-                pos = 0;
+        if pos == pending.len() && !pending.is_empty() {
+            pending.clear();
+            if pending.capacity() > KEEP_CAPACITY {
+                pending = Vec::new();
             }
-            let abort = {
-                let mut st = outbox.lock();
+            pos = 0;
+        }
+        let abort = {
+            let mut st = outbox.lock();
+            if pending.is_empty() {
                 st.in_flight = 0;
                 if !st.buf.is_empty() && st.close != Some(Closing::Abort) {
                     std::mem::swap(&mut pending, &mut st.buf);
@@ -101,19 +101,19 @@ where
                 } else if let Some(c) = st.close {
                     finish = Some(c);
                 }
-                st.close == Some(Closing::Abort)
-            };
-            if abort {
-                break;
             }
-            if let Some(Closing::Graceful(code, reason)) = finish {
-                ws::encode_close(&mut pending, code, reason);
-                let _ = wr.write_all(&pending).await;
-                hub.metrics.bytes_out.increment(pending.len() as u64);
-                let _ = wr.shutdown().await;
-                linger(&mut rd).await;
-                break;
-            }
+            st.close == Some(Closing::Abort)
+        };
+        if abort {
+            break;
+        }
+        if let Some(Closing::Graceful(code, reason)) = finish {
+            ws::encode_close(&mut pending, code, reason);
+            let _ = wr.write_all(&pending).await;
+            hub.metrics.bytes_out.increment(pending.len() as u64);
+            let _ = wr.shutdown().await;
+            linger(&mut rd).await;
+            break;
         }
         let writing = pos < pending.len();
         tokio::select! {
@@ -145,7 +145,8 @@ where
                     hub.metrics.bytes_out.increment(n as u64);
                 }
             },
-            () = outbox.notify.notified(), if !writing => {}
+            // Also while a write is stuck, so an abort is seen at once.
+            () = outbox.notify.notified() => {}
         }
     }
     hub.closed(conn);
