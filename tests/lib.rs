@@ -1,6 +1,9 @@
 //! Shared helpers for the end-to-end tests: an in-process broker on 127.0.0.1:0 and a small
 //! WebSocket client for it.
 
+// Test support: a failed set-up step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::time::Duration;

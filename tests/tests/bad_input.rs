@@ -1,6 +1,7 @@
 //! Bad input of every kind: each gets a clear in-band answer or close code, never a crash,
 //! a hang, or harm to others. An unrelated pair relays between every case.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use kibitz_e2e::{Broker, Client, Config, Limits, Seen, start};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
