@@ -370,8 +370,16 @@ impl Broker {
         }
         c.tokens -= 1.0;
         let Ok(frame) = ClientFrame::parse(text) else {
+            tracing::trace!(conn = conn.0, len = text.len(), "frame is not PeerJS JSON");
             return self.garbage(conn, "malformed");
         };
+        // Sizes and types only: the payload never reaches a log.
+        tracing::trace!(
+            conn = conn.0,
+            kind = frame.kind.as_str(),
+            len = text.len(),
+            "frame"
+        );
         let Some((src, seq)) = self.conns.get(&conn).and_then(|c| c.id.clone()) else {
             return;
         };

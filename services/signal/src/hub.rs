@@ -204,6 +204,7 @@ impl Hub {
         let outbox = Arc::new(Outbox::new());
         self.lock().outboxes.insert(conn, outbox.clone());
         self.metrics.connections.increment(1.0);
+        tracing::debug!(conn = conn.0, ip = ?ip, "socket open");
         self.with_core(|core| core.handle_open(now(), conn, ip, params));
         (conn, outbox)
     }
