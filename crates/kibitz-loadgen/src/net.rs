@@ -1,0 +1,266 @@
+//! Connecting to a PeerJS broker and speaking just enough of its protocol.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Where to connect and how.
+#[derive(Debug, Clone)]
+pub struct Target {
+    addr: SocketAddrV4,
+    base_url: String,
+    key: String,
+    src_ips: u8,
+}
+
+impl Target {
+    /// `url` is `ws://HOST:PORT/PATH`; HOST must be an IPv4 loopback address or
+    /// `localhost` (this tool only ever talks to the local machine).
+    pub fn new(url: &str, key: &str, src_ips: u8) -> Result<Self> {
+        let uri: Uri = url.parse().with_context(|| format!("bad url {url:?}"))?;
+        if uri.scheme_str() != Some("ws") {
+            bail!("url must start with ws:// (got {url:?})");
+        }
+        let host = uri.host().ok_or_else(|| anyhow!("url has no host"))?;
+        let ip: Ipv4Addr = if host == "localhost" {
+            Ipv4Addr::LOCALHOST
+        } else {
+            host.parse()
+                .with_context(|| format!("host {host:?} is not an IPv4 address"))?
+        };
+        if !ip.is_loopback() {
+            bail!("refusing to target non-loopback address {ip}");
+        }
+        let port = uri.port_u16().unwrap_or(80);
+        if src_ips == 0 || src_ips > 254 {
+            bail!("--src-ips must be 1..=254");
+        }
+        let path = uri.path().trim_end_matches('/');
+        Ok(Self {
+            addr: SocketAddrV4::new(ip, port),
+            base_url: format!("ws://{ip}:{port}{path}"),
+            key: key.to_owned(),
+            src_ips,
+        })
+    }
+
+    /// Loopback source address for the `idx`th connection (127.0.0.1..=127.0.0.k).
+    fn src_addr(&self, idx: usize) -> Ipv4Addr {
+        // src_ips <= 254, so the result fits in a u8 without wrapping.
+        let last = 1 + (idx % usize::from(self.src_ips)) as u8;
+        Ipv4Addr::new(127, 0, 0, last)
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// TCP connect from a spread source address, then the WebSocket handshake.
+    pub async fn connect(&self, idx: usize, id: &str, read_buf: usize) -> Result<Ws> {
+        let sock = TcpSocket::new_v4().context("socket")?;
+        let src = SocketAddr::V4(SocketAddrV4::new(self.src_addr(idx), 0));
+        sock.bind(src).with_context(|| format!("bind {src}"))?;
+        let stream = sock
+            .connect(SocketAddr::V4(self.addr))
+            .await
+            .context("tcp connect")?;
+        stream.set_nodelay(true).context("nodelay")?;
+        let url = format!(
+            "{}?key={}&id={id}&token=lgtok{idx}&version=1.5.5",
+            self.base_url, self.key
+        );
+        let cfg = WebSocketConfig::default().read_buffer_size(read_buf);
+        let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, stream, Some(cfg))
+            .await
+            .context("websocket handshake")?;
+        Ok(ws)
+    }
+
+    /// Connect and wait for the server's `OPEN`, all within `timeout`.
+    pub async fn open(
+        &self,
+        idx: usize,
+        id: &str,
+        read_buf: usize,
+        timeout: Duration,
+    ) -> Result<Ws> {
+        let fut = async {
+            let mut ws = self.connect(idx, id, read_buf).await?;
+            wait_open(&mut ws).await?;
+            Ok(ws)
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => bail!("timed out after {timeout:?} waiting for OPEN"),
+        }
+    }
+}
+
+/// A server message, parsed only as far as the load generator needs.
+#[derive(Debug, Deserialize)]
+pub struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: &'a str,
+    #[serde(default)]
+    pub payload: Option<Payload>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Payload {
+    #[serde(default)]
+    pub t: Option<u64>,
+}
+
+async fn wait_open(ws: &mut Ws) -> Result<()> {
+    while let Some(msg) = ws.next().await {
+        match msg.context("read")? {
+            Message::Text(text) => {
+                let m: Incoming<'_> = serde_json::from_str(text.as_str())
+                    .with_context(|| format!("bad server message {:?}", text.as_str()))?;
+                match m.kind {
+                    "OPEN" => return Ok(()),
+                    "ERROR" | "ID-TAKEN" | "INVALID-KEY" => {
+                        bail!("server refused: {}", text.as_str())
+                    }
+                    _ => {}
+                }
+            }
+            Message::Close(frame) => bail!("closed before OPEN: {frame:?}"),
+            _ => {}
+        }
+    }
+    bail!("connection ended before OPEN")
+}
+
+/// Best-effort close handshake; never blocks longer than `timeout`.
+pub async fn close_quietly(mut ws: Ws, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        if ws.close(None).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+pub fn heartbeat() -> Message {
+    Message::text(r#"{"type":"HEARTBEAT"}"#)
+}
+
+/// What one inbound frame meant to a load task.
+#[derive(Debug)]
+pub enum Event {
+    /// An OFFER carrying our timestamp `t` (nanoseconds since the shared base).
+    Offer(u64),
+    /// Something we do not care about (pings, other message types).
+    Other,
+    /// A message we could not parse.
+    Bad,
+    /// The connection ended or failed.
+    Closed(String),
+}
+
+pub fn classify(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Event {
+    match msg {
+        None => Event::Closed("connection ended".into()),
+        Some(Err(e)) => Event::Closed(e.to_string()),
+        Some(Ok(Message::Close(f))) => Event::Closed(format!("server closed: {f:?}")),
+        Some(Ok(Message::Text(text))) => {
+            match serde_json::from_str::<Incoming<'_>>(text.as_str()) {
+                Ok(Incoming {
+                    kind: "OFFER",
+                    payload: Some(Payload { t: Some(t) }),
+                }) => Event::Offer(t),
+                Ok(Incoming { kind: "ERROR", .. }) => {
+                    Event::Closed(format!("server error: {}", text.as_str()))
+                }
+                Ok(_) => Event::Other,
+                Err(_) => Event::Bad,
+            }
+        }
+        Some(Ok(_)) => Event::Other,
+    }
+}
+
+/// Builds `OFFER` messages to one destination with a payload of about `size`
+/// bytes: `{"t":<nanos>,"pad":"xxx…"}`.
+#[derive(Debug, Clone)]
+pub struct OfferBuilder {
+    prefix: String,
+    pad: String,
+}
+
+impl OfferBuilder {
+    pub fn new(dst: &str, payload_size: usize) -> Self {
+        Self {
+            prefix: format!(r#"{{"type":"OFFER","dst":"{dst}","payload":{{"t":"#),
+            pad: "x".repeat(payload_size),
+        }
+    }
+
+    pub fn build(&self, t: u64) -> Message {
+        let mut s = String::with_capacity(self.prefix.len() + self.pad.len() + 32);
+        s.push_str(&self.prefix);
+        let before = s.len();
+        let _ = write!(s, "{t}");
+        let digits = s.len() - before;
+        // payload = {"t": + digits + ,"pad":" + pad + "}
+        let overhead = 5 + digits + 8 + 2;
+        let pad = self.pad.len().saturating_sub(overhead);
+        s.push_str(r#","pad":""#);
+        s.push_str(&self.pad[..pad]);
+        s.push_str(r#""}}"#);
+        Message::text(s)
+    }
+}
+
+/// Nanoseconds from `base` to `at` (0 if `at` is earlier).
+pub fn nanos_since(base: Instant, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offer_has_requested_payload_size() {
+        let b = OfferBuilder::new("peer-b", 200);
+        let Message::Text(t) = b.build(123_456_789) else {
+            panic!("not text")
+        };
+        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["type"], "OFFER");
+        assert_eq!(v["dst"], "peer-b");
+        assert_eq!(v["payload"]["t"], 123_456_789);
+        assert_eq!(v["payload"].to_string().len(), 200);
+    }
+
+    #[test]
+    fn classify_reads_reference_server_echo() {
+        let text = r#"{"type":"OFFER","dst":"b","payload":{"t":42,"pad":"xx"},"src":"a"}"#;
+        match classify(Some(Ok(Message::text(text)))) {
+            Event::Offer(42) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn target_rejects_remote_hosts() {
+        assert!(Target::new("ws://10.0.0.1:9000/peerjs", "peerjs", 1).is_err());
+        let t = Target::new("ws://localhost:9000/peerjs/", "peerjs", 4).unwrap();
+        assert_eq!(t.base_url(), "ws://127.0.0.1:9000/peerjs");
+        assert_eq!(t.src_addr(5), Ipv4Addr::new(127, 0, 0, 2));
+    }
+}

@@ -1,0 +1,284 @@
+//! `relay`: closed-loop OFFER relay between pairs of connections.
+//!
+//! Each side starts with `window` messages in flight to its partner and sends
+//! a new one for every message that arrives, so each direction keeps `window`
+//! messages in flight. Latency is one-way: both ends share one `Instant` base.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Map, Value, json};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
+
+use crate::net::{Event, OfferBuilder, Ws, classify, close_quietly, heartbeat, nanos_since};
+use crate::probe::{new_hist, percentiles, record_us, round2, window_figures};
+use crate::{Ctx, secs};
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Number of connection pairs.
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 200)]
+    size: usize,
+    /// Messages in flight per direction.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// Measurement window length.
+    #[arg(long, default_value_t = 15.0)]
+    secs: f64,
+    /// Run this long before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_secs: f64,
+    /// Heartbeat period (0 = none).
+    #[arg(long, default_value_t = 5000)]
+    heartbeat_ms: u64,
+}
+
+pub const READ_BUF: usize = 64 * 1024;
+
+/// What one connection task measured.
+#[derive(Debug)]
+pub struct ConnOut {
+    pub hist: Histogram<u64>,
+    /// Messages received whose measurement counted.
+    pub delivered: u64,
+    /// Messages sent whose measurement counted (paced) / all sent (relay).
+    pub sent: u64,
+    pub bad: u64,
+    pub error: Option<String>,
+}
+
+impl ConnOut {
+    pub fn new(hist: Histogram<u64>) -> Self {
+        Self {
+            hist,
+            delivered: 0,
+            sent: 0,
+            bad: 0,
+            error: None,
+        }
+    }
+}
+
+/// Totals over all connection tasks.
+#[derive(Debug)]
+pub struct Totals {
+    pub hist: Histogram<u64>,
+    pub delivered: u64,
+    pub sent: u64,
+    pub bad: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+pub async fn collect(mut tasks: JoinSet<ConnOut>, hist: Histogram<u64>) -> Totals {
+    let mut t = Totals {
+        hist,
+        delivered: 0,
+        sent: 0,
+        bad: 0,
+        errors: 0,
+        first_error: None,
+    };
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(o) => {
+                let _ = t.hist.add(&o.hist);
+                t.delivered += o.delivered;
+                t.sent += o.sent;
+                t.bad += o.bad;
+                if let Some(e) = o.error {
+                    t.errors += 1;
+                    t.first_error.get_or_insert(e);
+                }
+            }
+            Err(e) => {
+                t.errors += 1;
+                t.first_error.get_or_insert(format!("task failed: {e}"));
+            }
+        }
+    }
+    t
+}
+
+/// Ids for `pairs` pairs: index 2p and 2p+1 are partners.
+pub fn pair_ids(prefix: &str, tag: &str, pairs: usize) -> Vec<String> {
+    (0..pairs * 2)
+        .map(|i| {
+            format!(
+                "{prefix}{tag}{}{}",
+                i / 2,
+                if i % 2 == 0 { 'a' } else { 'b' }
+            )
+        })
+        .collect()
+}
+
+pub fn hb_interval(ms: u64, start: Instant) -> tokio::time::Interval {
+    // With heartbeats off, tick so rarely it never matters.
+    let period = if ms == 0 {
+        Duration::from_secs(86_400)
+    } else {
+        Duration::from_millis(ms)
+    };
+    let mut i = interval_at(start + period, period);
+    i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    i
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timeline {
+    base: Instant,
+    win_start: Instant,
+    end: Instant,
+}
+
+pub async fn run(ctx: &Ctx, a: &RelayArgs) -> Result<Map<String, Value>> {
+    let window = secs(a.secs, "--secs")?;
+    let warmup = secs(a.warmup_secs, "--warmup-secs")?;
+    let template = new_hist()?;
+    let ids = pair_ids(&ctx.id_prefix, "r", a.pairs);
+    let (mut socks, conn_failures, conn_err) = ctx.open_many(&ids, READ_BUF).await;
+
+    let base = Instant::now() + Duration::from_millis(50);
+    let tl = Timeline {
+        base,
+        win_start: base + warmup,
+        end: base + warmup + window,
+    };
+    let mut tasks = JoinSet::new();
+    let mut pairs_ok = 0;
+    for p in 0..a.pairs {
+        let (i, j) = (2 * p, 2 * p + 1);
+        let (Some(Some(x)), Some(Some(y))) = (
+            socks.get_mut(i).map(Option::take),
+            socks.get_mut(j).map(Option::take),
+        ) else {
+            continue;
+        };
+        pairs_ok += 1;
+        for (ws, dst) in [(x, &ids[j]), (y, &ids[i])] {
+            let b = OfferBuilder::new(dst, a.size);
+            let h = Histogram::new_from(&template);
+            tasks.spawn(conn(ws, b, tl, a.window, a.heartbeat_ms, h));
+        }
+    }
+    drop(socks);
+
+    sleep_until(tl.win_start).await;
+    let s1 = ctx.probe.snap();
+    sleep_until(tl.end).await;
+    let s2 = ctx.probe.snap();
+    let t = collect(tasks, template).await;
+
+    let mut out = Map::new();
+    out.insert("pairs".into(), json!(a.pairs));
+    out.insert("pairs_ok".into(), json!(pairs_ok));
+    out.insert("size".into(), json!(a.size));
+    out.insert("window".into(), json!(a.window));
+    out.insert("secs".into(), json!(a.secs));
+    out.insert("conn_failures".into(), json!(conn_failures));
+    out.insert("errors".into(), json!(t.errors));
+    out.insert("delivered".into(), json!(t.delivered));
+    out.insert(
+        "msg_per_s".into(),
+        json!(round2(t.delivered as f64 / window.as_secs_f64())),
+    );
+    if t.bad > 0 {
+        out.insert("bad_messages".into(), json!(t.bad));
+    }
+    percentiles("lat", &t.hist, &mut out);
+    window_figures(&s1, &s2, t.delivered, &mut out);
+    if let Some(e) = conn_err.or(t.first_error) {
+        out.insert("first_error".into(), json!(e));
+    }
+    Ok(out)
+}
+
+async fn conn(
+    mut ws: Ws,
+    b: OfferBuilder,
+    tl: Timeline,
+    window: usize,
+    heartbeat_ms: u64,
+    hist: Histogram<u64>,
+) -> ConnOut {
+    let mut out = ConnOut::new(hist);
+    if let Err(e) = run_conn(&mut ws, &b, tl, window, heartbeat_ms, &mut out).await {
+        out.error = Some(e);
+        return out;
+    }
+    close_quietly(ws, Duration::from_secs(2)).await;
+    out
+}
+
+async fn run_conn(
+    ws: &mut Ws,
+    b: &OfferBuilder,
+    tl: Timeline,
+    window: usize,
+    heartbeat_ms: u64,
+    out: &mut ConnOut,
+) -> Result<(), String> {
+    sleep_until(tl.base).await;
+    for _ in 0..window {
+        let now = Instant::now();
+        ws.feed(b.build(nanos_since(tl.base, now)))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    ws.flush().await.map_err(|e| e.to_string())?;
+    out.sent += window as u64;
+
+    let deadline = sleep_until(tl.end);
+    tokio::pin!(deadline);
+    let mut hb = hb_interval(heartbeat_ms, tl.base);
+    let handle = |ev: Event, out: &mut ConnOut| -> Result<u64, String> {
+        match ev {
+            Event::Offer(t) => {
+                let now = Instant::now();
+                if now >= tl.win_start && now < tl.end {
+                    let sent_at = tl.base + Duration::from_nanos(t);
+                    record_us(&mut out.hist, nanos_since(sent_at, now));
+                    out.delivered += 1;
+                }
+                Ok(1)
+            }
+            Event::Other => Ok(0),
+            Event::Bad => {
+                out.bad += 1;
+                Ok(0)
+            }
+            Event::Closed(e) => Err(e),
+        }
+    };
+    loop {
+        let mut to_send = 0u64;
+        tokio::select! {
+            biased;
+            _ = &mut deadline => return Ok(()),
+            m = ws.next() => to_send += handle(classify(m), out)?,
+            _ = hb.tick() => {
+                ws.feed(heartbeat()).await.map_err(|e| e.to_string())?;
+            }
+        }
+        // Take whatever else is already buffered, then answer in one write.
+        while let Some(m) = ws.next().now_or_never() {
+            to_send += handle(classify(m), out)?;
+        }
+        for _ in 0..to_send {
+            let now = Instant::now();
+            ws.feed(b.build(nanos_since(tl.base, now)))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        out.sent += to_send;
+        ws.flush().await.map_err(|e| e.to_string())?;
+    }
+}
