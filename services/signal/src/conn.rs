@@ -80,10 +80,8 @@ where
     let mut decoder = Decoder::new(hub.config.limits.max_frame_bytes);
     let mut pending: Vec<u8> = Vec::new();
     let mut pos = 0usize;
-    // What to do once everything queued is written.
-    let mut finish: Option<Closing> = None;
 
-    loop {
+    let ending = loop {
         if pos == pending.len() && !pending.is_empty() {
             pending.clear();
             if pending.capacity() > KEEP_CAPACITY {
@@ -91,29 +89,23 @@ where
             }
             pos = 0;
         }
-        let abort = {
+        let closing = {
             let mut st = outbox.lock();
             if pending.is_empty() {
                 st.in_flight = 0;
                 if !st.buf.is_empty() && st.close != Some(Closing::Abort) {
                     std::mem::swap(&mut pending, &mut st.buf);
                     st.in_flight = pending.len();
-                } else if let Some(c) = st.close {
-                    finish = Some(c);
                 }
             }
-            st.close == Some(Closing::Abort)
+            // Graceful closes wait until everything queued before them is written.
+            st.close
+                .filter(|c| *c == Closing::Abort || (pending.is_empty() && st.buf.is_empty()))
         };
-        if abort {
-            break;
-        }
-        if let Some(Closing::Graceful(code, reason)) = finish {
-            ws::encode_close(&mut pending, code, reason);
-            let _ = wr.write_all(&pending).await;
-            hub.metrics.bytes_out.increment(pending.len() as u64);
-            let _ = wr.shutdown().await;
-            linger(&mut rd).await;
-            break;
+        match closing {
+            Some(Closing::Abort) => break Ending::Abort,
+            Some(Closing::Graceful(code, reason)) => break Ending::Close(code, reason, true),
+            None => {}
         }
         let writing = pos < pending.len();
         tokio::select! {
@@ -121,25 +113,17 @@ where
             r = poll_fn(|cx| poll_read_batch(cx, &mut rd, &mut decoder, &hub, conn, &outbox)) => {
                 match r {
                     ReadOutcome::More => {}
-                    ReadOutcome::Ended(code) => {
-                        // Answer the client's close (echoing its code) if the socket still writes.
-                        let mut bye = Vec::new();
-                        ws::encode_close(&mut bye, code, "");
-                        let _ = tokio::time::timeout(CLOSE_LINGER, wr.write_all(&bye)).await;
-                        break;
-                    }
+                    // Answer the client's close, echoing its code.
+                    ReadOutcome::Ended(code) => break Ending::Close(code, "", false),
                     ReadOutcome::Violation(v) => {
                         hub.reject(if v.code == 1009 { "oversized" } else { "protocol" });
                         tracing::debug!(conn = conn.0, code = v.code, reason = v.reason, "protocol violation");
-                        let mut bye = Vec::new();
-                        ws::encode_close(&mut bye, Some(v.code), v.reason);
-                        let _ = tokio::time::timeout(CLOSE_LINGER, wr.write_all(&bye)).await;
-                        break;
+                        break Ending::Close(Some(v.code), v.reason, false);
                     }
                 }
             }
             w = wr.write(&pending[pos..]), if writing => match w {
-                Ok(0) | Err(_) => break,
+                Ok(0) | Err(_) => break Ending::Abort,
                 Ok(n) => {
                     pos += n;
                     hub.metrics.bytes_out.increment(n as u64);
@@ -148,8 +132,53 @@ where
             // Also while a write is stuck, so an abort is seen at once.
             () = outbox.notify.notified() => {}
         }
+    };
+    if let Ending::Close(code, reason, wait_for_client) = ending {
+        // Boxed: this rare path's buffers and timers stay out of every idle socket's task.
+        Box::pin(say_goodbye(
+            &mut rd,
+            &mut wr,
+            code,
+            reason,
+            wait_for_client,
+            &hub,
+        ))
+        .await;
     }
     hub.closed(conn);
+}
+
+/// How a socket's loop ended.
+enum Ending {
+    /// Drop the connection without another byte.
+    Abort,
+    /// Send a close frame (code, reason); then wait for the client's close if we started it.
+    Close(Option<u16>, &'static str, bool),
+}
+
+async fn say_goodbye<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    code: Option<u16>,
+    reason: &str,
+    wait_for_client: bool,
+    hub: &Hub,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut bye = Vec::new();
+    ws::encode_close(&mut bye, code, reason);
+    if tokio::time::timeout(CLOSE_LINGER, wr.write_all(&bye))
+        .await
+        .is_ok()
+    {
+        hub.metrics.bytes_out.increment(bye.len() as u64);
+    }
+    if wait_for_client {
+        let _ = wr.shutdown().await;
+        linger(rd).await;
+    }
 }
 
 /// After our close frame, waits briefly for the client's, discarding anything else.
