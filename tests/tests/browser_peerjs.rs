@@ -27,5 +27,8 @@ async fn official_peerjs_client_in_chromium() {
     println!("{stdout}");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "browser scenarios failed:\n{stdout}");
-    assert!(stdout.contains(" passed, 0 failed"), "no summary line:\n{stdout}");
+    assert!(
+        stdout.contains(" passed, 0 failed"),
+        "no summary line:\n{stdout}"
+    );
 }
