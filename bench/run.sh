@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark our PeerJS signalling broker against the reference server (peer@1.0.2).
 #
-#   bench/run.sh                    full run (~4 min on an idle machine)
+#   bench/run.sh                    full run (~3 min on an idle machine)
 #   bench/run.sh --quick            ~1 min sanity run with small numbers
 #   bench/run.sh --only reference   just one server (ours | reference)
 #   bench/run.sh --no-build         skip cargo build
@@ -13,7 +13,7 @@
 set -euo pipefail
 
 # ---- server commands: $PORT and $LIMIT are filled in when a server starts ----
-OURS_CMD=${OURS_CMD:-'target/release/kibitz signal --listen 127.0.0.1:$PORT --concurrent-limit $LIMIT --per-ip-connections 0 --msg-rate 1000000 --msg-burst 1000000'}
+OURS_CMD=${OURS_CMD:-'target/release/kibitz signal --listen 127.0.0.1:$PORT --concurrent-limit $LIMIT --per-ip-connections 0 --msg-rate 1000000 --msg-burst 1000000 --alive-timeout-ms 3600000'}
 REF_CMD=${REF_CMD:-'node tests/node/node_modules/peer/dist/bin/peerjs.js --host 127.0.0.1 --port $PORT --alive_timeout 3600000 --concurrent_limit $LIMIT'}
 LIMIT=20000
 SERVER_CORE=0
@@ -201,7 +201,9 @@ ROWS=(
         o=$(val ours "$scenario" "$expr")
         r=$(val reference "$scenario" "$expr")
         ratio=$(awk -v o="$o" -v r="$r" 'BEGIN {
-            if (o == "" || r == "" || r + 0 == 0) print "-"; else printf "%.2f", o / r }')
+            if (o == "" || r == "" || r + 0 == 0) print "-"
+            else if (o / r < 0.1) printf "%.2g", o / r
+            else printf "%.2f", o / r }')
         echo "| $scenario | $label | ${o:--} | ${r:--} | $ratio |"
     done
 } | tee "$OUT/table.md"

@@ -4,20 +4,30 @@
 //! replies. The timestamp in each message is its *scheduled* send time, so a
 //! late sender (or a stalled server) shows up as latency instead of silently
 //! lowering the rate (no coordinated omission).
+//!
+//! A pacer thread (sleeping with `nanosleep`, far more punctual than the
+//! runtime's 1 ms timer wheel) hands batches of due messages to one dispatcher
+//! task that owns every connection's write half; a reader task per connection
+//! owns the read half. One cross-thread wake per batch keeps the load
+//! generator's own CPU cost low.
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
+use tokio_tungstenite::tungstenite::Message;
+
 use crate::net::{Event, OfferBuilder, Ws, classify, close_quietly, heartbeat, nanos_since};
 use crate::probe::{new_hist, percentiles, record_us, round2, window_figures};
-use crate::relay::{ConnOut, READ_BUF, collect, hb_interval, pair_ids};
+use crate::relay::{ConnOut, READ_BUF, Totals, pair_ids};
 use crate::{Ctx, secs};
 
 #[derive(Debug, Args)]
@@ -40,9 +50,12 @@ pub struct PacedArgs {
     /// After the window, wait this long for in-flight messages; later ones count as lost.
     #[arg(long, default_value_t = 1.0)]
     drain_secs: f64,
-    /// Heartbeat period (0 = none).
+    /// Heartbeat period per connection (0 = none).
     #[arg(long, default_value_t = 5000)]
     heartbeat_ms: u64,
+    /// Shortest pacer sleep: larger batches, less load-generator CPU, later sends.
+    #[arg(long, default_value_t = 50)]
+    tick_us: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,8 +74,6 @@ pub async fn run(ctx: &Ctx, a: &PacedArgs) -> Result<Map<String, Value>> {
     if a.rate.is_nan() || a.rate <= 0.0 || a.pairs == 0 {
         bail!("--rate and --pairs must be positive");
     }
-    let conns = a.pairs * 2;
-    let interval_ns = 1e9 * conns as f64 / a.rate;
     let template = new_hist()?;
     let ids = pair_ids(&ctx.id_prefix, "p", a.pairs);
     let (mut socks, conn_failures, conn_err) = ctx.open_many(&ids, READ_BUF).await;
@@ -76,7 +87,8 @@ pub async fn run(ctx: &Ctx, a: &PacedArgs) -> Result<Map<String, Value>> {
         hi: nanos_since(base, win_end),
         stop: win_end + drain,
     };
-    let mut tasks = JoinSet::new();
+    let mut writers = Vec::new();
+    let mut readers = JoinSet::new();
     let mut pairs_ok = 0;
     for p in 0..a.pairs {
         let (i, j) = (2 * p, 2 * p + 1);
@@ -87,24 +99,73 @@ pub async fn run(ctx: &Ctx, a: &PacedArgs) -> Result<Map<String, Value>> {
             continue;
         };
         pairs_ok += 1;
-        for (k, ws, dst) in [(i, x, &ids[j]), (j, y, &ids[i])] {
-            let sched = Schedule {
-                // Stagger connections evenly across one interval.
-                offset_ns: interval_ns * k as f64 / conns as f64,
-                interval_ns,
-            };
-            let b = OfferBuilder::new(dst, a.size);
-            let h = Histogram::new_from(&template);
-            tasks.spawn(conn(ws, b, tl, sched, a.heartbeat_ms, h));
+        for (ws, dst) in [(x, &ids[j]), (y, &ids[i])] {
+            let (sink, stream) = ws.split();
+            let k = writers.len();
+            writers.push(Writer {
+                sink,
+                offer: OfferBuilder::new(dst, a.size),
+                dead: false,
+            });
+            readers.spawn(reader(k, stream, tl, Histogram::new_from(&template)));
         }
     }
     drop(socks);
 
-    sleep_until(win_start).await;
-    let s1 = ctx.probe.snap();
-    sleep_until(win_end).await;
-    let s2 = ctx.probe.snap();
-    let t = collect(tasks, template).await;
+    let mut totals = Totals::new(Histogram::new_from(&template));
+    let mut sinks: Vec<Option<SplitSink<Ws, Message>>> = Vec::new();
+    let mut s = (ctx.probe.snap(), ctx.probe.snap());
+    if !writers.is_empty() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pace = Pace {
+            base,
+            conns: writers.len(),
+            rate: a.rate,
+            end_ns: tl.hi,
+            tick: Duration::from_micros(a.tick_us),
+        };
+        std::thread::Builder::new()
+            .name("pacer".into())
+            .spawn(move || pacer(&tx, pace))
+            .context("spawn pacer thread")?;
+        let hb = (a.heartbeat_ms > 0).then(|| Duration::from_millis(a.heartbeat_ms));
+        let disp = tokio::spawn(dispatch(writers, rx, tl, hb, template));
+
+        sleep_until(win_start).await;
+        s.0 = ctx.probe.snap();
+        sleep_until(win_end).await;
+        s.1 = ctx.probe.snap();
+
+        match disp.await {
+            Ok(d) => {
+                totals.sent = d.sent;
+                totals.lag = Some(d.lag);
+                for e in d.errors {
+                    totals.error(e);
+                }
+                sinks = d.sinks.into_iter().map(Some).collect();
+            }
+            Err(e) => totals.error(format!("dispatcher failed: {e}")),
+        }
+    }
+    // Readers stop by themselves at tl.stop; then close every socket politely.
+    let mut closing = JoinSet::new();
+    while let Some(r) = readers.join_next().await {
+        match r {
+            Ok((k, stream, out)) => {
+                totals.add(out);
+                if let Some(sink) = sinks.get_mut(k).and_then(Option::take)
+                    && let Ok(ws) = stream.reunite(sink)
+                {
+                    closing.spawn(close_quietly(ws, Duration::from_secs(2)));
+                }
+            }
+            Err(e) => totals.error(format!("reader failed: {e}")),
+        }
+    }
+    closing.join_all().await;
+    let t = totals;
+    let (s1, s2) = s;
 
     let w = window.as_secs_f64();
     let mut out = Map::new();
@@ -127,6 +188,10 @@ pub async fn run(ctx: &Ctx, a: &PacedArgs) -> Result<Map<String, Value>> {
         out.insert("bad_messages".into(), json!(t.bad));
     }
     percentiles("lat", &t.hist, &mut out);
+    if let Some(lag) = &t.lag {
+        // How late the load generator itself was in sending (diagnostic).
+        percentiles("send_lag", lag, &mut out);
+    }
     window_figures(&s1, &s2, t.delivered, &mut out);
     if let Some(e) = conn_err.or(t.first_error) {
         out.insert("first_error".into(), json!(e));
@@ -135,55 +200,145 @@ pub async fn run(ctx: &Ctx, a: &PacedArgs) -> Result<Map<String, Value>> {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Schedule {
-    offset_ns: f64,
-    interval_ns: f64,
+struct Pace {
+    base: Instant,
+    conns: usize,
+    rate: f64,
+    end_ns: u64,
+    tick: Duration,
 }
 
-impl Schedule {
-    fn at(&self, k: u64) -> u64 {
-        (self.offset_ns + self.interval_ns * k as f64) as u64
+/// One due message: connection index and scheduled time (ns since base).
+type Due = (usize, u64);
+
+/// Message `n` is due `n / rate` seconds after `base` and goes to connection
+/// `n % conns`, so every connection sends at the same rate with start times
+/// staggered evenly. Hands each batch of due messages to the dispatcher.
+fn pacer(tx: &mpsc::UnboundedSender<Vec<Due>>, p: Pace) {
+    let interval = 1e9 / p.rate;
+    let at = |n: u64| (n as f64 * interval) as u64;
+    let mut n: u64 = 0;
+    std::thread::sleep(p.base.saturating_duration_since(Instant::now()));
+    loop {
+        let now = nanos_since(p.base, Instant::now());
+        let mut batch = Vec::new();
+        while at(n) <= now && at(n) < p.end_ns {
+            let k = usize::try_from(n % p.conns as u64).unwrap_or(0);
+            batch.push((k, at(n)));
+            n += 1;
+        }
+        if !batch.is_empty() && tx.send(batch).is_err() {
+            return;
+        }
+        let next = at(n);
+        if next >= p.end_ns {
+            return;
+        }
+        let now = nanos_since(p.base, Instant::now());
+        std::thread::sleep(Duration::from_nanos(next.saturating_sub(now)).max(p.tick));
     }
 }
 
-async fn conn(
-    mut ws: Ws,
-    b: OfferBuilder,
+#[derive(Debug)]
+struct Writer {
+    sink: SplitSink<Ws, Message>,
+    offer: OfferBuilder,
+    dead: bool,
+}
+
+#[derive(Debug)]
+struct Dispatched {
+    sinks: Vec<SplitSink<Ws, Message>>,
+    sent: u64,
+    lag: Histogram<u64>,
+    errors: Vec<String>,
+}
+
+/// Writes every due message (and staggered heartbeats) until the pacer is done.
+async fn dispatch(
+    mut w: Vec<Writer>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Due>>,
     tl: Timeline,
-    sched: Schedule,
-    heartbeat_ms: u64,
+    hb: Option<Duration>,
+    mut lag: Histogram<u64>,
+) -> Dispatched {
+    let mut sent = 0;
+    let mut errors = Vec::new();
+    let mut dirty = Vec::new();
+    // One heartbeat every hb / conns, round-robin, so each connection gets one per hb.
+    let step = hb.map_or(Duration::from_secs(86_400), |hb| {
+        hb / u32::try_from(w.len()).unwrap_or(u32::MAX).max(1)
+    });
+    let mut hb_tick = tokio::time::interval_at(tl.base + step, step.max(Duration::from_millis(1)));
+    hb_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hb_next = 0usize;
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
+                let now = Instant::now();
+                for (k, t) in batch {
+                    let Some(c) = w.get_mut(k) else { continue };
+                    if c.dead {
+                        continue;
+                    }
+                    if t >= tl.lo && t < tl.hi {
+                        sent += 1;
+                        record_us(&mut lag, nanos_since(tl.base + Duration::from_nanos(t), now));
+                    }
+                    if let Err(e) = c.sink.feed(c.offer.build(t)).await {
+                        c.dead = true;
+                        errors.push(format!("send: {e}"));
+                    } else {
+                        dirty.push(k);
+                    }
+                }
+                for k in dirty.drain(..) {
+                    if let Some(c) = w.get_mut(k)
+                        && !c.dead
+                        && let Err(e) = c.sink.flush().await
+                    {
+                        c.dead = true;
+                        errors.push(format!("send: {e}"));
+                    }
+                }
+            }
+            _ = hb_tick.tick(), if hb.is_some() => {
+                let k = hb_next % w.len().max(1);
+                hb_next += 1;
+                if let Some(c) = w.get_mut(k)
+                    && !c.dead
+                    && let Err(e) = c.sink.send(heartbeat()).await
+                {
+                    c.dead = true;
+                    errors.push(format!("send: {e}"));
+                }
+            }
+        }
+    }
+    Dispatched {
+        sinks: w.into_iter().map(|c| c.sink).collect(),
+        sent,
+        lag,
+        errors,
+    }
+}
+
+/// Reads one connection until `tl.stop`, recording latency of measured messages.
+async fn reader(
+    k: usize,
+    mut stream: SplitStream<Ws>,
+    tl: Timeline,
     hist: Histogram<u64>,
-) -> ConnOut {
+) -> (usize, SplitStream<Ws>, ConnOut) {
     let mut out = ConnOut::new(hist);
-    if let Err(e) = run_conn(&mut ws, &b, tl, sched, heartbeat_ms, &mut out).await {
-        out.error = Some(e);
-        return out;
-    }
-    close_quietly(ws, Duration::from_secs(2)).await;
-    out
-}
-
-async fn run_conn(
-    ws: &mut Ws,
-    b: &OfferBuilder,
-    tl: Timeline,
-    sched: Schedule,
-    heartbeat_ms: u64,
-    out: &mut ConnOut,
-) -> Result<(), String> {
     let stop = sleep_until(tl.stop);
     tokio::pin!(stop);
-    let mut k = 0u64;
-    let mut next = sched.at(0);
-    let mut sending = true;
-    let wake = sleep_until(tl.base + Duration::from_nanos(next));
-    tokio::pin!(wake);
-    let mut hb = hb_interval(heartbeat_ms, tl.base);
     loop {
         tokio::select! {
             biased;
-            _ = &mut stop => return Ok(()),
-            m = ws.next() => match classify(m) {
+            _ = &mut stop => break,
+            m = stream.next() => match classify(m) {
                 Event::Offer(t) => {
                     if t >= tl.lo && t < tl.hi {
                         let now = Instant::now();
@@ -194,29 +349,12 @@ async fn run_conn(
                 }
                 Event::Other => {}
                 Event::Bad => out.bad += 1,
-                Event::Closed(e) => return Err(e),
+                Event::Closed(e) => {
+                    out.error = Some(e);
+                    break;
+                }
             },
-            _ = &mut wake, if sending => {
-                let now = nanos_since(tl.base, Instant::now());
-                // Send everything that is due (catching up in one write if late).
-                while next <= now && next < tl.hi {
-                    ws.feed(b.build(next)).await.map_err(|e| e.to_string())?;
-                    if next >= tl.lo {
-                        out.sent += 1;
-                    }
-                    k += 1;
-                    next = sched.at(k);
-                }
-                ws.flush().await.map_err(|e| e.to_string())?;
-                if next >= tl.hi {
-                    sending = false;
-                } else {
-                    wake.as_mut().reset(tl.base + Duration::from_nanos(next));
-                }
-            }
-            _ = hb.tick() => {
-                ws.send(heartbeat()).await.map_err(|e| e.to_string())?;
-            }
         }
     }
+    (k, stream, out)
 }

@@ -52,6 +52,8 @@ pub struct ConnOut {
     pub sent: u64,
     pub bad: u64,
     pub error: Option<String>,
+    /// Send lateness versus schedule (paced only).
+    pub lag: Option<Histogram<u64>>,
 }
 
 impl ConnOut {
@@ -62,6 +64,7 @@ impl ConnOut {
             sent: 0,
             bad: 0,
             error: None,
+            lag: None,
         }
     }
 }
@@ -75,33 +78,51 @@ pub struct Totals {
     pub bad: u64,
     pub errors: u64,
     pub first_error: Option<String>,
+    pub lag: Option<Histogram<u64>>,
+}
+
+impl Totals {
+    pub fn new(hist: Histogram<u64>) -> Self {
+        Self {
+            hist,
+            delivered: 0,
+            sent: 0,
+            bad: 0,
+            errors: 0,
+            first_error: None,
+            lag: None,
+        }
+    }
+
+    pub fn add(&mut self, o: ConnOut) {
+        let _ = self.hist.add(&o.hist);
+        self.delivered += o.delivered;
+        self.sent += o.sent;
+        self.bad += o.bad;
+        match (&mut self.lag, o.lag) {
+            (Some(all), Some(l)) => {
+                let _ = all.add(&l);
+            }
+            (slot @ None, Some(l)) => *slot = Some(l),
+            _ => {}
+        }
+        if let Some(e) = o.error {
+            self.error(e);
+        }
+    }
+
+    pub fn error(&mut self, e: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(e);
+    }
 }
 
 pub async fn collect(mut tasks: JoinSet<ConnOut>, hist: Histogram<u64>) -> Totals {
-    let mut t = Totals {
-        hist,
-        delivered: 0,
-        sent: 0,
-        bad: 0,
-        errors: 0,
-        first_error: None,
-    };
+    let mut t = Totals::new(hist);
     while let Some(r) = tasks.join_next().await {
         match r {
-            Ok(o) => {
-                let _ = t.hist.add(&o.hist);
-                t.delivered += o.delivered;
-                t.sent += o.sent;
-                t.bad += o.bad;
-                if let Some(e) = o.error {
-                    t.errors += 1;
-                    t.first_error.get_or_insert(e);
-                }
-            }
-            Err(e) => {
-                t.errors += 1;
-                t.first_error.get_or_insert(format!("task failed: {e}"));
-            }
+            Ok(o) => t.add(o),
+            Err(e) => t.error(format!("task failed: {e}")),
         }
     }
     t
