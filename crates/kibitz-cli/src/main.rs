@@ -131,8 +131,7 @@ async fn run(args: ServeArgs, what: &'static str) -> anyhow::Result<()> {
     // `serve` mounts every service; today the broker is the only one.
     let app = kibitz_signal::router(signal.clone())
         .merge(kibitz_http::ops_router(metrics, readiness.clone()));
-    let listener = tokio::net::TcpListener::bind(args.listen.listen)
-        .await
+    let listener = kibitz_http::bind(args.listen.listen)
         .with_context(|| format!("binding {}", args.listen.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, mode = what, "listening: {scheme}://{addr}{path} (WebSocket {path}peerjs)");
