@@ -2,7 +2,8 @@
 //! writes everything queued for the socket in one write.
 
 use crate::core::ConnId;
-use crate::hub::{Closing, Hub, Incoming, Outbox};
+use crate::hub::{Hub, Incoming};
+use crate::outbox::{Attention, Closing, Outbox};
 use crate::ws::{self, Decoder, Event};
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
@@ -16,8 +17,6 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 const READ_CHUNK: usize = 16 * 1024;
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Written-out buffers above this are released rather than kept for reuse.
-const KEEP_CAPACITY: usize = 4096;
 
 enum ReadOutcome {
     /// Keep going.
@@ -46,7 +45,7 @@ fn poll_read_batch<R: AsyncRead + Unpin>(
         Poll::Ready(Ok(())) => {
             hub.metrics.bytes_in.increment(rb.filled().len() as u64);
             let mut ended = None;
-            let limit = hub.config.limits.send_queue_bytes;
+            let mut ponged = false;
             let res = hub.messages(conn, |handle| {
                 decoder.feed(rb.filled_mut(), |ev| match ev {
                     Event::Text(t) => handle(Incoming::Text(t)),
@@ -55,13 +54,17 @@ fn poll_read_batch<R: AsyncRead + Unpin>(
                         Err(_) => Incoming::Garbage,
                     }),
                     Event::Ping(p) => {
-                        if !outbox.push(limit, |b| ws::encode_pong(b, p)) {
+                        ponged = true;
+                        if !outbox.push(|b| ws::encode_pong(b, p)) {
                             hub.reject("slow_reader");
                         }
                     }
                     Event::Close(code) => ended = Some(code),
                 })
             });
+            if ponged {
+                outbox.flush();
+            }
             Poll::Ready(match (res, ended) {
                 (Err(v), _) => ReadOutcome::Violation(v),
                 (Ok(()), Some(code)) => ReadOutcome::Ended(code),
@@ -76,38 +79,12 @@ pub(crate) async fn run<S>(io: S, hub: Arc<Hub>, conn: ConnId, outbox: Arc<Outbo
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut rd, mut wr) = tokio::io::split(io);
+    let (mut rd, wr) = tokio::io::split(io);
+    // Writes are made by whoever queues a frame (see `outbox`); this task only reads,
+    // takes over stalled writes, and closes.
+    outbox.install(Box::new(wr));
     let mut decoder = Decoder::new(hub.config.limits.max_frame_bytes);
-    let mut pending: Vec<u8> = Vec::new();
-    let mut pos = 0usize;
-
     let ending = loop {
-        if pos == pending.len() && !pending.is_empty() {
-            pending.clear();
-            if pending.capacity() > KEEP_CAPACITY {
-                pending = Vec::new();
-            }
-            pos = 0;
-        }
-        let closing = {
-            let mut st = outbox.lock();
-            if pending.is_empty() {
-                st.in_flight = 0;
-                if !st.buf.is_empty() && st.close != Some(Closing::Abort) {
-                    std::mem::swap(&mut pending, &mut st.buf);
-                    st.in_flight = pending.len();
-                }
-            }
-            // Graceful closes wait until everything queued before them is written.
-            st.close
-                .filter(|c| *c == Closing::Abort || (pending.is_empty() && st.buf.is_empty()))
-        };
-        match closing {
-            Some(Closing::Abort) => break Ending::Abort,
-            Some(Closing::Graceful(code, reason)) => break Ending::Close(code, reason, true),
-            None => {}
-        }
-        let writing = pos < pending.len();
         tokio::select! {
             biased;
             r = poll_fn(|cx| poll_read_batch(cx, &mut rd, &mut decoder, &hub, conn, &outbox)) => {
@@ -122,18 +99,15 @@ where
                     }
                 }
             }
-            w = wr.write(&pending[pos..]), if writing => match w {
-                Ok(0) | Err(_) => break Ending::Abort,
-                Ok(n) => {
-                    pos += n;
-                    hub.metrics.bytes_out.increment(n as u64);
-                }
+            Attention::Close(how) = poll_fn(|cx| outbox.poll_attention(cx)) => match how {
+                Closing::Abort => break Ending::Abort,
+                Closing::Graceful(code, reason) => break Ending::Close(code, reason, true),
             },
-            // Also while a write is stuck, so an abort is seen at once.
-            () = outbox.notify.notified() => {}
         }
     };
-    if let Ending::Close(code, reason, wait_for_client) = ending {
+    if let (Ending::Close(code, reason, wait_for_client), Some(mut wr)) =
+        (ending, outbox.take_writer())
+    {
         // Boxed: this rare path's buffers and timers stay out of every idle socket's task.
         Box::pin(say_goodbye(
             &mut rd,

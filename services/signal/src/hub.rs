@@ -13,81 +13,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::Notify;
 
+pub(crate) use crate::outbox::{Closing, Outbox};
+
 /// The one place the broker reads the clock.
 #[allow(clippy::disallowed_methods)]
 pub(crate) fn now() -> Instant {
     Instant::now()
-}
-
-/// Frames waiting to be written to one socket, already encoded, bounded in bytes.
-#[derive(Debug)]
-pub(crate) struct Outbox {
-    state: Mutex<OutboxState>,
-    pub(crate) notify: Notify,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct OutboxState {
-    /// Encoded frames not yet taken by the writer.
-    pub(crate) buf: Vec<u8>,
-    /// Bytes the writer took and has not finished writing.
-    pub(crate) in_flight: usize,
-    /// Set once: the socket is to be closed after what is queued (or at once if too slow).
-    pub(crate) close: Option<Closing>,
-}
-
-/// How a socket ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Closing {
-    /// Send what is queued, then a close frame with this status (None = no status).
-    Graceful(Option<u16>, &'static str),
-    /// The peer could not keep up: drop it without flushing.
-    Abort,
-}
-
-impl Outbox {
-    fn new() -> Self {
-        Self {
-            state: Mutex::new(OutboxState::default()),
-            notify: Notify::new(),
-        }
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, OutboxState> {
-        // A panic while holding this lock cannot leave the buffer inconsistent for our use.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues an encoded frame; returns false if that overflowed the bound (socket aborted).
-    pub(crate) fn push(&self, limit: usize, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
-        let mut st = self.lock();
-        if st.close.is_some() {
-            return true;
-        }
-        let was_empty = st.buf.is_empty();
-        encode(&mut st.buf);
-        if st.buf.len() + st.in_flight > limit {
-            st.buf = Vec::new();
-            st.close = Some(Closing::Abort);
-            drop(st);
-            self.notify.notify_one();
-            return false;
-        }
-        drop(st);
-        if was_empty {
-            self.notify.notify_one();
-        }
-        true
-    }
-
-    fn close(&self, how: Closing) {
-        let mut st = self.lock();
-        if st.close.is_none() {
-            st.close = Some(how);
-        }
-        drop(st);
-        self.notify.notify_one();
-    }
 }
 
 struct Inner {
@@ -122,16 +53,20 @@ fn close_status(reason: CloseReason) -> Closing {
 }
 
 impl Inner {
-    fn drain(&mut self, limit: usize, metrics: &Metrics) {
+    /// Routes the core's outputs into outboxes; returns those to flush once the lock is gone.
+    fn drain(&mut self, metrics: &Metrics) -> Vec<Arc<Outbox>> {
+        let mut touched: Vec<Arc<Outbox>> = Vec::new();
         while let Some(out) = self.core.poll_output() {
             match out {
                 Output::Send { conn, text } => {
                     let Some(ob) = self.outboxes.get(&conn) else {
                         continue;
                     };
-                    if !ob.push(limit, |buf| ws::encode_text(buf, &text)) {
+                    if !ob.push(|buf| ws::encode_text(buf, &text)) {
                         metrics.rejected("slow_reader");
                         tracing::debug!(conn = conn.0, "closing a peer that cannot keep up");
+                    } else if !touched.iter().any(|t| Arc::ptr_eq(t, ob)) {
+                        touched.push(ob.clone());
                     }
                 }
                 Output::Close { conn, reason } => {
@@ -142,6 +77,7 @@ impl Inner {
                 }
             }
         }
+        touched
     }
 }
 
@@ -186,14 +122,19 @@ impl Hub {
     fn with_core<R>(&self, f: impl FnOnce(&mut Broker) -> R) -> R {
         let mut inner = self.lock();
         let r = f(&mut inner.core);
-        inner.drain(self.config.limits.send_queue_bytes, &self.metrics);
+        let touched = inner.drain(&self.metrics);
         let next = inner.core.poll_timeout();
-        if let Some(t) = next
-            && inner.armed.is_none_or(|a| t < a)
-        {
-            inner.armed = Some(t);
-            drop(inner);
+        let rearm = next.is_some_and(|t| inner.armed.is_none_or(|a| t < a));
+        if rearm {
+            inner.armed = next;
+        }
+        drop(inner);
+        if rearm {
             self.timer.notify_one();
+        }
+        // Socket writes happen outside the broker lock.
+        for ob in touched {
+            ob.flush();
         }
         r
     }
@@ -201,7 +142,10 @@ impl Hub {
     /// Registers a new socket and runs admission on it.
     pub(crate) fn open(&self, ip: Option<IpAddr>, params: OpenParams) -> (ConnId, Arc<Outbox>) {
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        let outbox = Arc::new(Outbox::new());
+        let outbox = Arc::new(Outbox::new(
+            self.config.limits.send_queue_bytes,
+            self.metrics.bytes_out.clone(),
+        ));
         self.lock().outboxes.insert(conn, outbox.clone());
         self.metrics.connections.increment(1.0);
         tracing::debug!(conn = conn.0, ip = ?ip, "socket open");
@@ -230,8 +174,11 @@ impl Hub {
         let mut inner = self.lock();
         inner.outboxes.remove(&conn);
         inner.core.handle_close(conn);
-        inner.drain(self.config.limits.send_queue_bytes, &self.metrics);
+        let touched = inner.drain(&self.metrics);
         drop(inner);
+        for ob in touched {
+            ob.flush();
+        }
         self.metrics.connections.decrement(1.0);
     }
 

@@ -13,6 +13,7 @@ pub mod core;
 mod http;
 mod hub;
 pub mod metrics;
+mod outbox;
 mod ws;
 
 pub use config::{Config, ConfigError, Limits, SignalArgs};
