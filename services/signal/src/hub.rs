@@ -1,6 +1,6 @@
-//! The seam between sockets and the sans-IO core: the core behind one lock, each socket's
-//! bounded outbox, and the one timer. A cluster backend replaces this module's insides; the
-//! connection tasks and HTTP handlers only see [`Hub`].
+//! The seam between sockets and the sans-IO core: the core behind one lock, the map from
+//! connection to [`Outbox`], and the one timer. A cluster backend replaces this module's
+//! insides; the connection tasks and HTTP handlers only see [`Hub`].
 
 use crate::config::Config;
 use crate::core::{Broker, CloseReason, ConnId, CoreConfig, OpenParams, Output};
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::Notify;
 
-pub(crate) use crate::outbox::{Closing, Outbox};
+use crate::outbox::{Closing, Outbox};
 
 /// The one place the broker reads the clock.
 #[allow(clippy::disallowed_methods)]

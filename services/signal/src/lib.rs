@@ -3,8 +3,9 @@
 //! content-blind relay.
 //!
 //! Layout: [`core`] is the sans-IO broker (peer table, offline queues, liveness, limits);
-//! `hub` puts it behind one lock with each socket's bounded outbox and the one timer;
-//! `conn` runs a socket; `ws` is the WebSocket codec; `http` is the HTTP surface.
+//! `hub` puts it behind one lock with the one timer (the seam a cluster backend replaces);
+//! `outbox` is a socket's bounded send side; `conn` runs a socket; `ws` is the WebSocket
+//! codec; `http` is the HTTP surface.
 //! Payloads are relayed as opaque bytes and never logged.
 
 pub mod config;
