@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::net::{Event, OfferBuilder, Ws, classify, close_quietly, heartbeat, nanos_since};
 use crate::probe::{new_hist, percentiles, record_us, round2, window_figures};
-use crate::relay::{ConnOut, READ_BUF, Totals, pair_ids};
+use crate::relay::{ConnOut, READ_BUF, Totals, directed_pairs, pair_ids};
 use crate::{Ctx, secs};
 
 #[derive(Debug, Args)]
@@ -76,7 +76,7 @@ pub async fn run(ctx: &Ctx, a: &PacedArgs) -> Result<Map<String, Value>> {
     }
     let template = new_hist()?;
     let ids = pair_ids(&ctx.id_prefix, "p", a.pairs);
-    let (mut socks, conn_failures, conn_err) = ctx.open_many(&ids, READ_BUF).await;
+    let (socks, conn_failures, conn_err) = ctx.open_many(&ids, READ_BUF).await;
 
     let base = Instant::now() + Duration::from_millis(50);
     let win_start = base + warmup;
@@ -89,28 +89,17 @@ pub async fn run(ctx: &Ctx, a: &PacedArgs) -> Result<Map<String, Value>> {
     };
     let mut writers = Vec::new();
     let mut readers = JoinSet::new();
-    let mut pairs_ok = 0;
-    for p in 0..a.pairs {
-        let (i, j) = (2 * p, 2 * p + 1);
-        let (Some(Some(x)), Some(Some(y))) = (
-            socks.get_mut(i).map(Option::take),
-            socks.get_mut(j).map(Option::take),
-        ) else {
-            continue;
-        };
-        pairs_ok += 1;
-        for (ws, dst) in [(x, &ids[j]), (y, &ids[i])] {
-            let (sink, stream) = ws.split();
-            let k = writers.len();
-            writers.push(Writer {
-                sink,
-                offer: OfferBuilder::new(dst, a.size),
-                dead: false,
-            });
-            readers.spawn(reader(k, stream, tl, Histogram::new_from(&template)));
-        }
+    let (directed, pairs_ok) = directed_pairs(socks, &ids);
+    for (ws, dst) in directed {
+        let (sink, stream) = ws.split();
+        let k = writers.len();
+        writers.push(Writer {
+            sink,
+            offer: OfferBuilder::new(dst, a.size),
+            dead: false,
+        });
+        readers.spawn(reader(k, stream, tl, Histogram::new_from(&template)));
     }
-    drop(socks);
 
     let mut totals = Totals::new(Histogram::new_from(&template));
     let mut sinks: Vec<Option<SplitSink<Ws, Message>>> = Vec::new();

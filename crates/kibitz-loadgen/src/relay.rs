@@ -141,6 +141,21 @@ pub fn pair_ids(prefix: &str, tag: &str, pairs: usize) -> Vec<String> {
         .collect()
 }
 
+/// Both directions of every pair of connections (0,1), (2,3), … that both opened: each
+/// socket with the id it sends to. Also returns how many pairs opened.
+pub fn directed_pairs<T>(socks: Vec<Option<T>>, ids: &[String]) -> (Vec<(T, &str)>, usize) {
+    let mut out = Vec::new();
+    let mut it = socks.into_iter().zip(ids);
+    while let (Some((x, xid)), Some((y, yid))) = (it.next(), it.next()) {
+        if let (Some(x), Some(y)) = (x, y) {
+            out.push((x, yid.as_str()));
+            out.push((y, xid.as_str()));
+        }
+    }
+    let pairs = out.len() / 2;
+    (out, pairs)
+}
+
 pub fn hb_interval(ms: u64, start: Instant) -> tokio::time::Interval {
     // With heartbeats off, tick so rarely it never matters.
     let period = if ms == 0 {
@@ -165,7 +180,7 @@ pub async fn run(ctx: &Ctx, a: &RelayArgs) -> Result<Map<String, Value>> {
     let warmup = secs(a.warmup_secs, "--warmup-secs")?;
     let template = new_hist()?;
     let ids = pair_ids(&ctx.id_prefix, "r", a.pairs);
-    let (mut socks, conn_failures, conn_err) = ctx.open_many(&ids, READ_BUF).await;
+    let (socks, conn_failures, conn_err) = ctx.open_many(&ids, READ_BUF).await;
 
     let base = Instant::now() + Duration::from_millis(50);
     let tl = Timeline {
@@ -174,23 +189,12 @@ pub async fn run(ctx: &Ctx, a: &RelayArgs) -> Result<Map<String, Value>> {
         end: base + warmup + window,
     };
     let mut tasks = JoinSet::new();
-    let mut pairs_ok = 0;
-    for p in 0..a.pairs {
-        let (i, j) = (2 * p, 2 * p + 1);
-        let (Some(Some(x)), Some(Some(y))) = (
-            socks.get_mut(i).map(Option::take),
-            socks.get_mut(j).map(Option::take),
-        ) else {
-            continue;
-        };
-        pairs_ok += 1;
-        for (ws, dst) in [(x, &ids[j]), (y, &ids[i])] {
-            let b = OfferBuilder::new(dst, a.size);
-            let h = Histogram::new_from(&template);
-            tasks.spawn(conn(ws, b, tl, a.window, a.heartbeat_ms, h));
-        }
+    let (directed, pairs_ok) = directed_pairs(socks, &ids);
+    for (ws, dst) in directed {
+        let b = OfferBuilder::new(dst, a.size);
+        let h = Histogram::new_from(&template);
+        tasks.spawn(conn(ws, b, tl, a.window, a.heartbeat_ms, h));
     }
-    drop(socks);
 
     sleep_until(tl.win_start).await;
     let s1 = ctx.probe.snap();
