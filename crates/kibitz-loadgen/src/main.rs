@@ -3,6 +3,7 @@
 //! Every scenario prints one human-readable line and one `RESULT {json}` line.
 
 mod churn;
+mod hello;
 mod idle;
 mod net;
 mod paced;
@@ -73,6 +74,8 @@ enum Cmd {
     Churn(churn::ChurnArgs),
     /// Print a free TCP port on 127.0.0.1 and exit (for scripts).
     FreePort,
+    /// Serve `GET /hello` -> "hello" with axum, the baseline for bench/turn.sh.
+    HelloServer(hello::HelloArgs),
 }
 
 /// Everything a scenario needs besides its own arguments.
@@ -136,6 +139,9 @@ fn run(cli: Cli) -> Result<()> {
         println!("{}", l.local_addr().context("local_addr")?.port());
         return Ok(());
     }
+    if let Cmd::HelloServer(a) = &cli.cmd {
+        return hello::run(a);
+    }
     let url = match c.port {
         Some(p) => format!("ws://127.0.0.1:{p}/peerjs"),
         None => c.url.clone(),
@@ -172,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Paced(_) => "paced",
         Cmd::Churn(_) => "churn",
         Cmd::FreePort => "free-port",
+        Cmd::HelloServer(_) => "hello-server",
     };
     out.insert("scenario".into(), json!(scenario));
     if let Some(l) = &c.label {
@@ -184,7 +191,7 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Relay(a) => relay::run(&ctx, a).await,
             Cmd::Paced(a) => paced::run(&ctx, a).await,
             Cmd::Churn(a) => churn::run(&ctx, a).await,
-            Cmd::FreePort => Ok(Map::new()),
+            Cmd::FreePort | Cmd::HelloServer(_) => Ok(Map::new()),
         }
     })?;
     out.extend(figures);
