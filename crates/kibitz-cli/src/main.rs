@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kibitz_signal::{SignalArgs, SignalState};
+use kibitz_turn_api::TurnArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,10 +29,12 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run every service (today: the PeerJS broker) on one listener.
+    /// Run every service (the PeerJS broker and /api/turn) on one listener.
     Serve(ServeArgs),
     /// Run the PeerJS broker alone.
-    Signal(ServeArgs),
+    Signal(SignalOnly),
+    /// Run /api/turn alone.
+    TurnApi(TurnOnly),
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +43,24 @@ struct ServeArgs {
     listen: ListenArgs,
     #[command(flatten)]
     signal: SignalArgs,
+    #[command(flatten)]
+    turn: TurnArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct SignalOnly {
+    #[command(flatten)]
+    listen: ListenArgs,
+    #[command(flatten)]
+    signal: SignalArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct TurnOnly {
+    #[command(flatten)]
+    listen: ListenArgs,
+    #[command(flatten)]
+    turn: TurnArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,19 +120,32 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async {
         match cli.cmd {
-            Cmd::Serve(args) => run(args, "serve").await,
-            Cmd::Signal(args) => run(args, "signal").await,
+            Cmd::Serve(a) => run(a.listen, Some(a.signal), Some(a.turn), "serve").await,
+            Cmd::Signal(a) => run(a.listen, Some(a.signal), None, "signal").await,
+            Cmd::TurnApi(a) => run(a.listen, None, Some(a.turn), "turn-api").await,
         }
     })
 }
 
-async fn run(args: ServeArgs, what: &'static str) -> anyhow::Result<()> {
-    let config = args.signal.to_config().context("broker configuration")?;
-    let tls = match (&args.listen.tls_cert, &args.listen.tls_key) {
+async fn run(
+    listen: ListenArgs,
+    signal: Option<SignalArgs>,
+    turn: Option<TurnArgs>,
+    what: &'static str,
+) -> anyhow::Result<()> {
+    let signal = signal
+        .map(|a| a.to_config())
+        .transpose()
+        .context("broker configuration")?;
+    let turn = turn
+        .map(|a| a.to_config())
+        .transpose()
+        .context("/api/turn configuration")?;
+    let tls = match (&listen.tls_cert, &listen.tls_key) {
         (Some(cert), Some(key)) => {
             Some(kibitz_http::tls_from_pem(cert, key).context("loading the TLS certificate")?)
         }
-        _ if args.listen.tls_self_signed => {
+        _ if listen.tls_self_signed => {
             let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
             let (cfg, _pem) = kibitz_http::tls_self_signed(&names).context("self-signed TLS")?;
             Some(cfg)
@@ -123,18 +157,29 @@ async fn run(args: ServeArgs, what: &'static str) -> anyhow::Result<()> {
     let readiness = kibitz_http::Readiness::ready();
     let opts = kibitz_http::ServeOptions {
         tls,
-        header_read_timeout: config.limits.handshake_timeout,
-        drain_timeout: Duration::from_millis(args.listen.drain_timeout_ms),
+        header_read_timeout: signal
+            .as_ref()
+            .map_or(Duration::from_secs(10), |c| c.limits.handshake_timeout),
+        drain_timeout: Duration::from_millis(listen.drain_timeout_ms),
     };
-    let path = config.path.clone();
-    let signal = SignalState::start(config);
-    // `serve` mounts every service; today the broker is the only one.
-    let app = kibitz_signal::router(signal.clone())
-        .merge(kibitz_http::ops_router(metrics, readiness.clone()));
-    let listener = kibitz_http::bind(args.listen.listen)
-        .with_context(|| format!("binding {}", args.listen.listen))?;
+    // Every service's routes on one router; the services never import each other.
+    let mut app = kibitz_http::ops_router(metrics, readiness.clone());
+    let mut broker = None;
+    if let Some(config) = signal {
+        tracing::info!(path = %config.path, "PeerJS broker at {}peerjs", config.path);
+        let state = SignalState::start(config);
+        app = app.merge(kibitz_signal::router(state.clone()));
+        broker = Some(state);
+    }
+    if let Some(config) = turn {
+        tracing::info!(backend = backend_name(&config.backend), "/api/turn");
+        let state = kibitz_turn_api::TurnState::new(config).context("/api/turn")?;
+        app = app.merge(kibitz_turn_api::router(state));
+    }
+    let listener =
+        kibitz_http::bind(listen.listen).with_context(|| format!("binding {}", listen.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(%addr, mode = what, "listening: {scheme}://{addr}{path} (WebSocket {path}peerjs)");
+    tracing::info!(%addr, mode = what, "listening: {scheme}://{addr}/");
     let drain = opts.drain_timeout;
     kibitz_http::serve(listener, app, opts, async move {
         shutdown_signal().await;
@@ -143,8 +188,19 @@ async fn run(args: ServeArgs, what: &'static str) -> anyhow::Result<()> {
     })
     .await
     .context("serving")?;
-    signal.shutdown(drain).await;
+    if let Some(state) = broker {
+        state.shutdown(drain).await;
+    }
     Ok(())
+}
+
+fn backend_name(b: &kibitz_turn_api::Backend) -> &'static str {
+    match b {
+        kibitz_turn_api::Backend::Hmac(_) => "hmac",
+        kibitz_turn_api::Backend::Cloudflare(_) => "cloudflare",
+        kibitz_turn_api::Backend::Static(_) => "static",
+        _ => "not configured",
+    }
 }
 
 async fn shutdown_signal() {
