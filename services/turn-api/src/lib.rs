@@ -14,7 +14,7 @@ mod mint;
 pub use config::{Backend, Config, ConfigError, Gating, HmacConfig, Secret, TurnArgs};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -196,18 +196,35 @@ async fn guard(State(state): State<TurnState>, req: Request, next: Next) -> Resp
     next.run(req).await
 }
 
-/// Which tier a caller is in, or `None` when gating refuses them.
-fn tier(gating: Option<&Gating>, headers: &HeaderMap, now: u64) -> Option<&'static str> {
+/// Which tier a caller is in, or `None` when gating refuses them. A grant is good for its own
+/// room only: when the caller names a room (`?room=`), it must match.
+fn tier(
+    gating: Option<&Gating>,
+    headers: &HeaderMap,
+    room: Option<&str>,
+    now: u64,
+) -> Option<&'static str> {
     let Some(g) = gating else {
         return Some("open");
     };
     let grant = headers.get("x-kibitz-grant")?.to_str().ok()?;
-    verify_grant(g.grant_secret.expose(), grant.trim(), now)
-        .ok()
-        .map(|_| "room")
+    let payload = verify_grant(g.grant_secret.expose(), grant.trim(), now).ok()?;
+    if room.is_some_and(|r| r != payload.room) {
+        return None;
+    }
+    Some("room")
 }
 
-async fn turn(State(state): State<TurnState>, headers: HeaderMap) -> Response {
+#[derive(Debug, serde::Deserialize)]
+struct TurnQuery {
+    room: Option<String>,
+}
+
+async fn turn(
+    State(state): State<TurnState>,
+    Query(query): Query<TurnQuery>,
+    headers: HeaderMap,
+) -> Response {
     let inner = &state.0;
     let now = unix_now();
     let ttl = inner.config.ttl_secs;
@@ -219,7 +236,12 @@ async fn turn(State(state): State<TurnState>, headers: HeaderMap) -> Response {
             json!({"iceServers": null, "configured": false}),
         );
     }
-    let Some(tier) = tier(inner.config.gating.as_ref(), &headers, now) else {
+    let Some(tier) = tier(
+        inner.config.gating.as_ref(),
+        &headers,
+        query.room.as_deref(),
+        now,
+    ) else {
         outcome("free");
         return json_response(
             StatusCode::OK,
