@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kibitz_signal::{SignalArgs, SignalState};
+use kibitz_signal_config::SignalConfigArgs;
 use kibitz_turn_api::TurnArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,12 +30,14 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run every service (the PeerJS broker and /api/turn) on one listener.
-    Serve(ServeArgs),
+    /// Run every service (the PeerJS broker, /api/turn, /api/signal and links) on one listener.
+    Serve(Box<ServeArgs>),
     /// Run the PeerJS broker alone.
     Signal(SignalOnly),
     /// Run /api/turn alone.
     TurnApi(TurnOnly),
+    /// Run /api/signal and the room-link routes alone.
+    SignalConfig(SignalConfigOnly),
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +48,16 @@ struct ServeArgs {
     signal: SignalArgs,
     #[command(flatten)]
     turn: TurnArgs,
+    #[command(flatten)]
+    signal_config: SignalConfigArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct SignalConfigOnly {
+    #[command(flatten)]
+    listen: ListenArgs,
+    #[command(flatten)]
+    signal_config: SignalConfigArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,19 +133,54 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async {
         match cli.cmd {
-            Cmd::Serve(a) => run(a.listen, Some(a.signal), Some(a.turn), "serve").await,
-            Cmd::Signal(a) => run(a.listen, Some(a.signal), None, "signal").await,
-            Cmd::TurnApi(a) => run(a.listen, None, Some(a.turn), "turn-api").await,
+            Cmd::Serve(a) => {
+                let a = *a;
+                let services = Services {
+                    signal: Some(a.signal),
+                    turn: Some(a.turn),
+                    signal_config: Some(a.signal_config),
+                };
+                run(a.listen, services, "serve").await
+            }
+            Cmd::Signal(a) => {
+                let services = Services {
+                    signal: Some(a.signal),
+                    ..Services::default()
+                };
+                run(a.listen, services, "signal").await
+            }
+            Cmd::TurnApi(a) => {
+                let services = Services {
+                    turn: Some(a.turn),
+                    ..Services::default()
+                };
+                run(a.listen, services, "turn-api").await
+            }
+            Cmd::SignalConfig(a) => {
+                let services = Services {
+                    signal_config: Some(a.signal_config),
+                    ..Services::default()
+                };
+                run(a.listen, services, "signal-config").await
+            }
         }
     })
 }
 
-async fn run(
-    listen: ListenArgs,
+/// Which services a command hosts, with their flags.
+#[derive(Debug, Default)]
+struct Services {
     signal: Option<SignalArgs>,
     turn: Option<TurnArgs>,
-    what: &'static str,
-) -> anyhow::Result<()> {
+    signal_config: Option<SignalConfigArgs>,
+}
+
+async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyhow::Result<()> {
+    let Services {
+        signal,
+        turn,
+        signal_config,
+    } = services;
     let signal = signal
         .map(|a| a.to_config())
         .transpose()
@@ -176,6 +224,19 @@ async fn run(
         let state = kibitz_turn_api::TurnState::new(config).context("/api/turn")?;
         app = app.merge(kibitz_turn_api::router(state));
     }
+    let mut selector = None;
+    if let Some(args) = signal_config {
+        let mut config = args.to_config();
+        // The broker in this process is checked in-process, not over the network.
+        if let (Some(_), Some(state)) = (&config.self_host, &broker) {
+            let state: SignalState = state.clone();
+            config.local_health = Some(std::sync::Arc::new(move || state.is_healthy()));
+        }
+        tracing::info!(hosts = ?config.hosts, "/api/signal");
+        let state = kibitz_signal_config::SignalConfigState::start(config);
+        app = app.merge(kibitz_signal_config::router(state.clone()));
+        selector = Some(state);
+    }
     let listener =
         kibitz_http::bind(listen.listen).with_context(|| format!("binding {}", listen.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
@@ -188,6 +249,9 @@ async fn run(
     })
     .await
     .context("serving")?;
+    if let Some(state) = selector {
+        state.stop();
+    }
     if let Some(state) = broker {
         state.shutdown(drain).await;
     }

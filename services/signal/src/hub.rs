@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::ws;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -33,6 +33,7 @@ pub(crate) struct Hub {
     inner: Mutex<Inner>,
     timer: Notify,
     next_conn: AtomicU64,
+    closing: AtomicBool,
     pub(crate) config: Config,
     pub(crate) metrics: Metrics,
 }
@@ -107,6 +108,7 @@ impl Hub {
             }),
             timer: Notify::new(),
             next_conn: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
             config,
             metrics,
         }
@@ -202,8 +204,14 @@ impl Hub {
         self.lock().core.peer_ids()
     }
 
+    /// Whether shutdown has begun.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
     /// Closes every socket with 1001 (going away), for shutdown.
     pub(crate) fn close_all(&self) {
+        self.closing.store(true, Ordering::Relaxed);
         let inner = self.lock();
         for ob in inner.outboxes.values() {
             ob.close(Closing::Graceful(Some(1001), "server shutting down"));

@@ -42,6 +42,12 @@ impl SignalState {
         Self { hub, stop }
     }
 
+    /// Whether the broker is serving (false once shutdown began): the in-process health check
+    /// `/api/signal` uses when the broker runs in the same process.
+    pub fn is_healthy(&self) -> bool {
+        !self.stop.is_cancelled() && !self.hub.is_closing()
+    }
+
     /// Closes every broker socket with 1001 and waits up to `deadline` for them to finish.
     pub async fn shutdown(&self, deadline: Duration) {
         self.hub.close_all();
