@@ -257,7 +257,9 @@ impl TurnArgs {
                     secrets.extend(read_lines(f)?.into_iter().map(Secret::new));
                 }
                 if self.turn_port == 53 || self.turn_tls_port == 53 {
-                    return Err(ConfigError::Invalid("browsers refuse TURN on port 53".into()));
+                    return Err(ConfigError::Invalid(
+                        "browsers refuse TURN on port 53".into(),
+                    ));
                 }
                 match (secrets.is_empty(), self.turn_host.is_empty()) {
                     (true, true) => Backend::None,
