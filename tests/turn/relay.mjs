@@ -1,0 +1,188 @@
+#!/usr/bin/env node
+// TURN relay test in headless Chromium (TURN.md §3): a page on its own origin fetches
+// iceServers from /api/turn (--api, cross-origin, so the API's CORS matters) and connects two
+// relay-only RTCPeerConnections through coturn; with credentials coturn refuses (--bad-api) it
+// must see icecandidateerror 401 and never connect. Page helpers: page.js (window.T).
+//
+//   node tests/turn/relay.mjs --api http://127.0.0.1:P/api/turn \
+//        --bad-api http://127.0.0.1:Q/api/turn --relay-ports MIN-MAX
+//
+// Prints `ok - …` / `not ok - …: reason` per scenario and `N passed, M failed`; exit 0 only if
+// everything passed.
+import http from "node:http";
+import { readFile } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+
+const here = (rel) => fileURLToPath(new URL(rel, import.meta.url));
+const require = createRequire(here("../node/package.json"));
+const { chromium } = require("playwright-core");
+
+const CHROMIUM = "/usr/bin/chromium";
+const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  // coturn and its relay addresses are on 127.0.0.1; without this flag Chromium gathers nothing
+  // on hosts whose only interface is loopback (sandboxes, CI network namespaces).
+  "--allow-loopback-in-peer-connection",
+  "--disable-features=WebRtcHideLocalIpsWithMdns",
+];
+const SCENARIO_TIMEOUT_MS = 30_000;
+const OVERALL_TIMEOUT_MS = 120_000;
+// How long the bad-credential peers are watched after gathering, for a connection that must not come.
+const SETTLE_MS = 3_000;
+
+const PAGE_HTML = `<!doctype html>
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<title>kibitz turn relay</title>
+<script src="/page.js"></script>
+`;
+
+function parseCli() {
+  const { values } = parseArgs({
+    options: {
+      api: { type: "string" },
+      "bad-api": { type: "string" },
+      "relay-ports": { type: "string" },
+    },
+  });
+  const range = /^(\d+)-(\d+)$/.exec(values["relay-ports"] ?? "");
+  if (!values.api || !values["bad-api"] || !range) {
+    console.error("usage: node tests/turn/relay.mjs --api URL --bad-api URL --relay-ports MIN-MAX");
+    process.exit(2);
+  }
+  return { api: values.api, badApi: values["bad-api"], relayPorts: [Number(range[1]), Number(range[2])] };
+}
+
+// Each runs T[fn](args) in the page.
+const scenarios = (opts) => [
+  {
+    name: "page fetches /api/turn cross-origin and gathers only relay candidates, via TURN/UDP and TURN/TCP",
+    fn: "gather",
+    args: { apiUrl: opts.api, relayPorts: opts.relayPorts },
+  },
+  {
+    name: "two relay-only peers connect through coturn, exchange data-channel messages, selected pair relay<->relay",
+    fn: "connect",
+    args: { apiUrl: opts.api, relayPorts: opts.relayPorts },
+  },
+  {
+    name: "credentials coturn refuses: icecandidateerror 401 per TURN URL, no candidates, never connects",
+    fn: "failClosed",
+    args: { apiUrl: opts.badApi, settleMs: SETTLE_MS },
+  },
+];
+
+async function startPageServer() {
+  const files = {
+    "/": { type: "text/html", body: PAGE_HTML },
+    "/page.js": { type: "text/javascript", body: await readFile(here("./page.js")) },
+  };
+  const server = http.createServer((req, res) => {
+    const file = files[new URL(req.url, "http://x").pathname];
+    res.writeHead(file ? 200 : 404, { "content-type": file?.type ?? "text/plain", "cache-control": "no-store" });
+    res.end(file?.body ?? "not found");
+  });
+  await new Promise((resolve, reject) => server.once("error", reject).listen(0, "127.0.0.1", resolve));
+  return server;
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms / 1000} s`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function oneLine(text) {
+  return String(text).replace(/\s+/g, " ").trim();
+}
+
+// Playwright prefixes errors thrown in the page with its call and appends the page stack.
+function pageErrorMessage(err) {
+  const [first, ...rest] = String(err?.message ?? err).split("\n");
+  const message = [first, ...rest.filter((line) => !/^\s+at /.test(line))].join(" ");
+  return oneLine(message).replace(/^page\.evaluate: (Error: )?/, "");
+}
+
+async function main(opts, state) {
+  state.server = await startPageServer();
+  const pageUrl = `http://127.0.0.1:${state.server.address().port}/`;
+  state.browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  const page = await (await state.browser.newContext()).newPage();
+
+  const consoleErrors = [];
+  page.on("console", (msg) => msg.type() === "error" && consoleErrors.push(oneLine(msg.text())));
+  page.on("pageerror", (err) => consoleErrors.push(`uncaught: ${oneLine(err.message)}`));
+  await page.goto(pageUrl);
+
+  for (const { name, fn, args } of scenarios(opts)) {
+    const firstError = consoleErrors.length;
+    const started = Date.now();
+    try {
+      const detail = await withTimeout(
+        page.evaluate(([f, a]) => window.T[f](a), [fn, args]),
+        SCENARIO_TIMEOUT_MS,
+        "scenario",
+      );
+      state.report(name, null, `${detail}; ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    } catch (err) {
+      const logged = [...new Set(consoleErrors.slice(firstError))].slice(0, 3);
+      const console_ = logged.length ? ` [console: ${logged.join(" | ")}]` : "";
+      state.report(name, pageErrorMessage(err) + console_);
+    }
+  }
+}
+
+async function cleanup(state) {
+  const closeServer = () =>
+    new Promise((resolve) => {
+      if (!state.server) return resolve();
+      state.server.close(resolve);
+      state.server.closeAllConnections();
+    });
+  await Promise.allSettled([
+    state.browser && withTimeout(state.browser.close(), 10_000, "browser close"),
+    withTimeout(closeServer(), 5000, "page server close"),
+  ]);
+}
+
+async function run() {
+  const opts = parseCli();
+  const results = new Map();
+  const state = {
+    report(name, failure, detail) {
+      if (results.has(name)) return;
+      results.set(name, failure);
+      console.log(failure === null ? `ok - ${name}${detail ? ` (${detail})` : ""}` : `not ok - ${name}: ${failure}`);
+    },
+  };
+
+  let fatal = null;
+  try {
+    await withTimeout(main(opts, state), OVERALL_TIMEOUT_MS, "whole run");
+  } catch (err) {
+    fatal = oneLine(err?.stack?.split("\n")[0] ?? err);
+  }
+  for (const { name } of scenarios(opts)) {
+    if (!results.has(name)) state.report(name, `not run (${fatal ?? "aborted"})`);
+  }
+  await cleanup(state);
+
+  const failed = [...results.values()].filter((f) => f !== null).length;
+  console.log(`${results.size - failed} passed, ${failed} failed`);
+  process.exit(failed === 0 && fatal === null ? 0 : 1);
+}
+
+run().catch((err) => {
+  console.error("harness crashed:", err);
+  process.exit(1);
+});
