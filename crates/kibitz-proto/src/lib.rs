@@ -2,6 +2,16 @@
 //!
 //! - [`peerjs`]: the PeerJS signaling frames a broker and its clients exchange.
 //! - [`turn`]: TURN REST credentials and Kibitz room grants.
+//! - [`room`]: room ids: normalisation, the `kbz-v1-` signaling id, fresh and page rooms.
+//! - [`gate`]: the gate descriptor a room link carries, and where its parameters ride.
+//! - [`token`]: ECDSA P-256 signed tokens, JWKs and invites, as WebCrypto makes them.
+//! - [`seal`]: passphrase-sealed blobs (PBKDF2 + AES-256-GCM), e.g. the host key in `ghk`.
+//! - [`link`]: reading pasted room links and codes, building room and share links.
 
+pub mod gate;
+pub mod link;
 pub mod peerjs;
+pub mod room;
+pub mod seal;
+pub mod token;
 pub mod turn;
