@@ -15,3 +15,6 @@ pub mod room;
 pub mod seal;
 pub mod token;
 pub mod turn;
+
+/// The RNG traits (rand_core 0.6) that key generation and sealing take, for matching versions.
+pub use rand_core;
