@@ -1,6 +1,8 @@
 //! `kibitz`: one binary for Kibitz Edge. `kibitz serve` hosts every service on one listener;
 //! `kibitz signal` runs the broker alone.
 
+mod link;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use kibitz_signal::{SignalArgs, SignalState};
@@ -38,6 +40,8 @@ enum Cmd {
     TurnApi(TurnOnly),
     /// Run /api/signal and the room-link routes alone.
     SignalConfig(SignalConfigOnly),
+    /// Create or read Kibitz room links.
+    Link(link::LinkArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,6 +131,9 @@ fn init_logs(format: LogFormat) {
 }
 
 fn try_main(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::Link(args) = cli.cmd {
+        return link::run(args);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -156,6 +163,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
                 };
                 run(a.listen, services, "turn-api").await
             }
+            Cmd::Link(_) => Ok(()),
             Cmd::SignalConfig(a) => {
                 let services = Services {
                     signal_config: Some(a.signal_config),
@@ -226,7 +234,7 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
     }
     let mut selector = None;
     if let Some(args) = signal_config {
-        let mut config = args.to_config();
+        let mut config = args.to_config().context("--link-origin")?;
         // The broker in this process is checked in-process, not over the network.
         if let (Some(_), Some(state)) = (&config.self_host, &broker) {
             let state: SignalState = state.clone();

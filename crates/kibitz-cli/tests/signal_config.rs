@@ -195,6 +195,33 @@ async fn join_links_redirect_people_and_starve_bots() {
         .unwrap();
     assert_eq!(bot.status(), 204);
     assert_eq!(bot.headers()["cache-control"], "no-store, max-age=0");
+    // A link made by `kibitz link new` reads back through /api/room.
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_kibitz"))
+        .args(["link", "new", "--room", "Stand Up", "--host-name", "alice"])
+        .args(["--lobby", "--origin", "https://kibitz.example"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let link = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+    let v: serde_json::Value = client
+        .get(format!("http://127.0.0.1:{port}/api/room"))
+        .query(&[("link", &link)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["room"], "stand-up");
+    assert_eq!(v["signalingId"], "kbz-v1-stand-up");
+    assert_eq!(v["gate"]["hostName"], "alice");
+    assert_eq!(v["gate"]["lobbyOnStart"], true);
+    let bad = client
+        .get(format!("http://127.0.0.1:{port}/api/room?link=%23privacy"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
     // Not configured: Kibitz's "no broker" answer.
     let v: serde_json::Value = client
         .get(format!("http://127.0.0.1:{port}/api/signal"))

@@ -118,14 +118,19 @@ pub struct SignalConfigArgs {
 
 impl SignalConfigArgs {
     /// The validated configuration (without a local health callback; the host adds it).
-    pub fn to_config(&self) -> Config {
+    pub fn to_config(&self) -> Result<Config, kibitz_proto::link::LinkError> {
+        let link_origin = self
+            .link_origin
+            .as_deref()
+            .map(kibitz_proto::link::normalize_origin)
+            .transpose()?;
         let hosts: Vec<String> = self
             .signal_hosts
             .iter()
             .map(|h| normalize_host(h))
             .filter(|h| !h.is_empty())
             .collect();
-        Config {
+        Ok(Config {
             hosts,
             fallback: self
                 .signal_fallback
@@ -134,12 +139,9 @@ impl SignalConfigArgs {
                 .filter(|h| !h.is_empty()),
             probe_interval: Duration::from_millis(self.signal_probe_interval_ms.max(100)),
             self_host: self.signal_self_host.as_deref().map(normalize_host),
-            link_origin: self
-                .link_origin
-                .as_deref()
-                .map(|o| o.trim_end_matches('/').to_owned()),
+            link_origin,
             ..Config::default()
-        }
+        })
     }
 }
 
@@ -239,11 +241,12 @@ fn probe_client(timeout: Duration) -> Result<reqwest::Client, String> {
         .map_err(|e| e.to_string())
 }
 
-/// `GET /api/signal` and `GET /j/{room}`.
+/// `GET /api/signal`, `GET /j/{room}` and `GET /api/room?link=`.
 pub fn router(state: SignalConfigState) -> Router {
     Router::new()
         .route("/api/signal", get(signal))
         .route("/j/{room}", get(links::join))
+        .route("/api/room", get(links::room))
         .with_state(state)
 }
 

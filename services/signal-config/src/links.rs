@@ -3,7 +3,7 @@
 //! so the room rides in the fragment and never reaches a web server log again.
 
 use crate::SignalConfigState;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
@@ -69,6 +69,65 @@ pub fn encode_uri_component(s: &str) -> String {
     out
 }
 
+/// The origin links are read and written against.
+fn origin_for(state: &SignalConfigState, headers: &HeaderMap) -> Option<String> {
+    if let Some(o) = &state.config.link_origin {
+        return Some(o.clone());
+    }
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    (!host.is_empty()).then(|| format!("https://{host}"))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct RoomQuery {
+    link: Option<String>,
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `GET /api/room?link=<url or code>` → `{room, signalingId, gate}`. Content-blind: the link
+/// is decoded and forgotten; nothing is stored or logged.
+pub(crate) async fn room(
+    State(state): State<SignalConfigState>,
+    Query(q): Query<RoomQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(link) = q.link else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"missing link"}"#.into(),
+        );
+    };
+    let Some(origin) = origin_for(&state, &headers) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"missing Host"}"#.into(),
+        );
+    };
+    match kibitz_proto::link::parse_room_target(&link, &origin) {
+        Ok(target) => match serde_json::to_string(&target) {
+            Ok(body) => json(StatusCode::OK, body),
+            Err(_) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"error":"internal"}"#.into(),
+            ),
+        },
+        Err(e) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": e.to_string() }).to_string(),
+        ),
+    }
+}
+
 pub(crate) async fn join(
     State(state): State<SignalConfigState>,
     Path(room): Path<String>,
@@ -87,12 +146,8 @@ pub(crate) async fn join(
         );
         return r;
     }
-    let origin = match &state.config.link_origin {
-        Some(o) => o.clone(),
-        None => match headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-            Some(host) if !host.is_empty() => format!("https://{host}"),
-            _ => return (StatusCode::BAD_REQUEST, "missing Host").into_response(),
-        },
+    let Some(origin) = origin_for(&state, &headers) else {
+        return (StatusCode::BAD_REQUEST, "missing Host").into_response();
     };
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let target = format!("{origin}/{query}#{}", encode_uri_component(&room));
