@@ -121,6 +121,10 @@ async fn verdict_follows_real_brokers_and_rooms_stick() {
         api.host(Some("standup")).await.0.as_deref(),
         Some(b.as_str())
     );
+    assert_eq!(
+        api.host(Some("Daily%20Sync")).await.0.as_deref(),
+        Some(b.as_str())
+    );
 
     // A comes back: new callers return to A; the room stays with B while B is up, even for
     // 1000 concurrent callers racing A's recovery.
@@ -145,6 +149,11 @@ async fn verdict_follows_real_brokers_and_rooms_stick() {
         Some(b.as_str())
     );
     assert_eq!(api.host(Some("other")).await.0.as_deref(), Some(a.as_str()));
+    // Rooms are keyed by their normalised id.
+    assert_eq!(
+        api.host(Some("daily-sync")).await.0.as_deref(),
+        Some(b.as_str())
+    );
 
     // Both down: the fallback, cached briefly so recovery is seen sooner.
     stop(broker_a).await;

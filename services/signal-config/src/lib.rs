@@ -280,8 +280,13 @@ struct SignalQuery {
 }
 
 async fn signal(State(state): State<SignalConfigState>, Query(q): Query<SignalQuery>) -> Response {
-    let room = q.room.as_deref().map(str::trim).filter(|r| !r.is_empty());
-    let answer = state.lock().answer(room, now());
+    // Rooms are keyed as their signaling ids are: "My Room" and "my-room" are one room.
+    let room = q
+        .room
+        .as_deref()
+        .map(kibitz_proto::room::normalize_room)
+        .filter(|r| !r.is_empty());
+    let answer = state.lock().answer(room.as_deref(), now());
     let cache = if answer.healthy {
         "public, max-age=30"
     } else {
