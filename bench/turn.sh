@@ -258,5 +258,8 @@ ROWS=(
     else
         echo "turn/hello req/s = $r (target >= $TARGET_RATIO): FAIL"
     fi
+    # Less sensitive to other work on the machine than req/s: requests per server CPU second.
+    c=$(ratio "$(med hello server_cpu_us_per_req)" "$(med turn server_cpu_us_per_req)")
+    [[ $c == - ]] || echo "turn/hello requests per server CPU second = $c"
     echo "(wrk -t$WRK_THREADS -c$WRK_CONNS, $ROUNDS x ${DURATION}s; server on core $SERVER_CORE, wrk on core $LOADGEN_CORE, nice $NICE; load average at start $load1)"
 } | tee "$OUT/table.md"
