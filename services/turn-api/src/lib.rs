@@ -14,9 +14,8 @@ mod mint;
 pub use config::{Backend, Config, ConfigError, Gating, HmacConfig, Secret, TurnArgs};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kibitz_proto::turn::{GrantPayload, sign_grant, tag_of, valid_grant_room, verify_grant};
@@ -43,6 +42,38 @@ struct Inner {
     config: Config,
     client: Option<reqwest::Client>,
     limiter: limit::PerIp,
+    /// The parts of every TURN REST answer that do not change, serialised once.
+    template: Option<mint::Template>,
+    ids: mint::OpaqueIds,
+    outcomes: Outcomes,
+}
+
+/// `kibitz_turn_requests_total{outcome}` handles, resolved once.
+#[derive(Debug)]
+struct Outcomes {
+    issued_open: metrics::Counter,
+    issued_room: metrics::Counter,
+    free: metrics::Counter,
+    unconfigured: metrics::Counter,
+    rate_limited: metrics::Counter,
+    origin_denied: metrics::Counter,
+    upstream_error: metrics::Counter,
+}
+
+impl Outcomes {
+    fn new() -> Self {
+        let c =
+            |what: &'static str| metrics::counter!("kibitz_turn_requests_total", "outcome" => what);
+        Self {
+            issued_open: c("issued_open"),
+            issued_room: c("issued_room"),
+            free: c("free"),
+            unconfigured: c("unconfigured"),
+            rate_limited: c("rate_limited"),
+            origin_denied: c("origin_denied"),
+            upstream_error: c("upstream_error"),
+        }
+    }
 }
 
 impl TurnState {
@@ -52,10 +83,17 @@ impl TurnState {
             Backend::Cloudflare(_) => Some(https_client()?),
             _ => None,
         };
+        let template = match &config.backend {
+            Backend::Hmac(cfg) => Some(mint::Template::new(cfg, config.ttl_secs)),
+            _ => None,
+        };
         Ok(Self(Arc::new(Inner {
             limiter: limit::PerIp::new(config.rate_per_minute),
             config,
             client,
+            template,
+            ids: mint::OpaqueIds::new(),
+            outcomes: Outcomes::new(),
         })))
     }
 }
@@ -79,10 +117,14 @@ fn https_client() -> Result<reqwest::Client, ConfigError> {
 /// `GET/OPTIONS /api/turn` and `POST/OPTIONS /api/room-grant`.
 pub fn router(state: TurnState) -> Router {
     Router::new()
-        .route("/api/turn", get(turn).options(preflight))
-        .route("/api/room-grant", post(room_grant).options(preflight))
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
-        .layer(middleware::from_fn(cors))
+        .route(
+            "/api/turn",
+            get(turn).options(|| async { preflight(Route::Turn) }),
+        )
+        .route(
+            "/api/room-grant",
+            post(room_grant).options(|| async { preflight(Route::Grant) }),
+        )
         .with_state(state)
 }
 
@@ -108,38 +150,26 @@ pub async fn serve(
     .await
 }
 
-fn outcome(what: &'static str) {
-    metrics::counter!("kibitz_turn_requests_total", "outcome" => what).increment(1);
+/// Which route a response belongs to: they differ in their CORS methods and headers.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Turn,
+    Grant,
 }
 
-fn json_response(status: StatusCode, cache: &'static str, body: Value) -> Response {
-    let mut r = (status, body.to_string()).into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    r
-}
-
-/// Kibitz's CORS set on every response (the grant route allows POST and no grant header).
-async fn cors(req: Request, next: Next) -> Response {
-    let grant_route = req.uri().path() == "/api/room-grant";
-    let mut resp = next.run(req).await;
-    let h = resp.headers_mut();
+/// Kibitz's CORS set, on every response.
+fn add_cors(h: &mut HeaderMap, route: Route) {
+    let (methods, headers) = match route {
+        Route::Turn => (
+            "GET, OPTIONS",
+            "authorization, content-type, x-kibitz-grant",
+        ),
+        Route::Grant => ("POST, OPTIONS", "authorization, content-type"),
+    };
     h.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         HeaderValue::from_static("*"),
     );
-    let (methods, headers) = if grant_route {
-        ("POST, OPTIONS", "authorization, content-type")
-    } else {
-        (
-            "GET, OPTIONS",
-            "authorization, content-type, x-kibitz-grant",
-        )
-    };
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static(methods),
@@ -152,48 +182,60 @@ async fn cors(req: Request, next: Next) -> Response {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("86400"),
     );
-    resp
 }
 
-async fn preflight() -> StatusCode {
-    StatusCode::NO_CONTENT
+fn json_response(route: Route, status: StatusCode, cache: &'static str, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    add_cors(h, route);
+    r
+}
+
+fn preflight(route: Route) -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    add_cors(r.headers_mut(), route);
+    r
 }
 
 /// Origin allow-list and the per-IP rate limit, before any work.
-async fn guard(State(state): State<TurnState>, req: Request, next: Next) -> Response {
-    if req.method() == Method::OPTIONS {
-        return next.run(req).await;
-    }
-    let allowed = &state.0.config.allowed_origins;
+fn guard(inner: &Inner, req: &Request, route: Route) -> Option<Response> {
+    let allowed = &inner.config.allowed_origins;
     if !allowed.is_empty()
         && let Some(origin) = req.headers().get(header::ORIGIN)
         && !origin
             .to_str()
             .is_ok_and(|o| allowed.iter().any(|a| a == o))
     {
-        outcome("origin_denied");
-        return json_response(
+        inner.outcomes.origin_denied.increment(1);
+        return Some(json_response(
+            route,
             StatusCode::FORBIDDEN,
             "no-store",
-            json!({"error": "origin not allowed"}),
-        );
+            json!({"error": "origin not allowed"}).to_string(),
+        ));
     }
     let ip = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    if let Err(retry_after) = state.0.limiter.check(ip, unix_now()) {
-        outcome("rate_limited");
+    if let Err(retry_after) = inner.limiter.check(ip, unix_now()) {
+        inner.outcomes.rate_limited.increment(1);
         let mut r = json_response(
+            route,
             StatusCode::TOO_MANY_REQUESTS,
             "no-store",
-            json!({"error": "rate limited"}),
+            json!({"error": "rate limited"}).to_string(),
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-        return r;
+        return Some(r);
     }
-    next.run(req).await
+    None
 }
 
 /// Which tier a caller is in, or `None` when gating refuses them. A grant is good for its own
@@ -215,73 +257,79 @@ fn tier(
     Some("room")
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct TurnQuery {
-    room: Option<String>,
+/// `?room=` from a query string, if present.
+fn room_param(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .filter(|(k, _)| k == "room")
+        .map(|(_, v)| v.into_owned())
+        .last()
 }
 
-async fn turn(
-    State(state): State<TurnState>,
-    Query(query): Query<TurnQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let inner = &state.0;
+async fn turn(State(state): State<TurnState>, req: Request) -> Response {
+    let inner = &*state.0;
+    if let Some(refused) = guard(inner, &req, Route::Turn) {
+        return refused;
+    }
     let now = unix_now();
     let ttl = inner.config.ttl_secs;
     if matches!(inner.config.backend, Backend::None) {
-        outcome("unconfigured");
+        inner.outcomes.unconfigured.increment(1);
         return json_response(
+            Route::Turn,
             StatusCode::OK,
             "public, max-age=30",
-            json!({"iceServers": null, "configured": false}),
+            r#"{"iceServers":null,"configured":false}"#.into(),
         );
     }
+    let room = room_param(req.uri().query());
     let Some(tier) = tier(
         inner.config.gating.as_ref(),
-        &headers,
-        query.room.as_deref(),
+        req.headers(),
+        room.as_deref(),
         now,
     ) else {
-        outcome("free");
+        inner.outcomes.free.increment(1);
         return json_response(
+            Route::Turn,
             StatusCode::OK,
             "no-store",
-            json!({"iceServers": null, "configured": true, "tier": "free"}),
+            r#"{"iceServers":null,"configured":true,"tier":"free"}"#.into(),
         );
     };
-    // An opaque per-credential id: usernames are visible on the wire, so no user data.
-    let user = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
-    let minted = match &inner.config.backend {
-        Backend::Hmac(cfg) => mint::hmac(cfg, ttl, now, &user),
-        Backend::Cloudflare(cfg) => match &inner.client {
-            Some(client) => mint::cloudflare(client, cfg, ttl, now).await,
+    let minted = match (&inner.config.backend, &inner.template) {
+        (Backend::Hmac(cfg), Some(template)) => {
+            // Usernames are visible on the wire: an opaque id, never user data.
+            Ok(template.body(cfg, &inner.ids.next(), now, tier))
+        }
+        (Backend::Cloudflare(cfg), _) => match &inner.client {
+            Some(client) => mint::cloudflare(client, cfg, ttl, now)
+                .await
+                .map(|body| mint::with_tier(body, tier)),
             None => Err("no HTTP client".into()),
         },
-        Backend::Static(list) => Ok(mint::from_list(
-            mint::clean_ice_servers(list.clone()),
-            None,
-            now,
+        (Backend::Static(list), _) => Ok(mint::with_tier(
+            mint::from_list(mint::clean_ice_servers(list.clone()), None, now),
+            tier,
         )),
-        Backend::None => Err("not configured".into()),
+        _ => Err("not configured".into()),
     };
     match minted {
-        Ok(mut body) => {
-            outcome(if tier == "room" {
-                "issued_room"
+        Ok(body) => {
+            if tier == "room" {
+                inner.outcomes.issued_room.increment(1);
             } else {
-                "issued_open"
-            });
-            body.insert("configured".into(), true.into());
-            body.insert("tier".into(), tier.into());
-            json_response(StatusCode::OK, "no-store", Value::Object(body))
+                inner.outcomes.issued_open.increment(1);
+            }
+            json_response(Route::Turn, StatusCode::OK, "no-store", body)
         }
         Err(error) => {
-            outcome("upstream_error");
+            inner.outcomes.upstream_error.increment(1);
             tracing::warn!(%error, "minting TURN credentials failed");
             json_response(
+                Route::Turn,
                 StatusCode::OK,
                 "no-store",
-                json!({"iceServers": null, "configured": true, "error": error}),
+                json!({"iceServers": null, "configured": true, "error": error}).to_string(),
             )
         }
     }
@@ -297,7 +345,22 @@ fn known_key(keys: &[Secret], presented: &[u8]) -> bool {
         .into()
 }
 
-async fn room_grant(State(state): State<TurnState>, headers: HeaderMap, body: String) -> Response {
+async fn room_grant(State(state): State<TurnState>, req: Request) -> Response {
+    if let Some(refused) = guard(&state.0, &req, Route::Grant) {
+        return refused;
+    }
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    // Grant requests are tiny; anything larger is not one.
+    let Ok(body) = axum::body::to_bytes(body, 4096).await else {
+        return json_response(
+            Route::Grant,
+            StatusCode::BAD_REQUEST,
+            "no-store",
+            r#"{"error":"missing or invalid room"}"#.into(),
+        );
+    };
+    let body = String::from_utf8_lossy(&body);
     let Some(g) = state
         .0
         .config
@@ -305,7 +368,12 @@ async fn room_grant(State(state): State<TurnState>, headers: HeaderMap, body: St
         .as_ref()
         .filter(|g| !g.issuer_keys.is_empty())
     else {
-        return json_response(StatusCode::OK, "no-store", json!({"configured": false}));
+        return json_response(
+            Route::Grant,
+            StatusCode::OK,
+            "no-store",
+            json!({"configured": false}).to_string(),
+        );
     };
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -315,16 +383,18 @@ async fn room_grant(State(state): State<TurnState>, headers: HeaderMap, body: St
         .filter(|k| !k.is_empty());
     let Some(key) = bearer else {
         return json_response(
+            Route::Grant,
             StatusCode::UNAUTHORIZED,
             "no-store",
-            json!({"error": "missing key"}),
+            json!({"error": "missing key"}).to_string(),
         );
     };
     if !known_key(&g.issuer_keys, key.as_bytes()) {
         return json_response(
+            Route::Grant,
             StatusCode::FORBIDDEN,
             "no-store",
-            json!({"error": "unknown key"}),
+            json!({"error": "unknown key"}).to_string(),
         );
     }
     let room = serde_json::from_str::<Value>(&body)
@@ -333,9 +403,10 @@ async fn room_grant(State(state): State<TurnState>, headers: HeaderMap, body: St
         .filter(|r| valid_grant_room(r));
     let Some(room) = room else {
         return json_response(
+            Route::Grant,
             StatusCode::BAD_REQUEST,
             "no-store",
-            json!({"error": "missing or invalid room"}),
+            json!({"error": "missing or invalid room"}).to_string(),
         );
     };
     let exp = unix_now().saturating_add(g.grant_ttl_secs);
@@ -346,8 +417,9 @@ async fn room_grant(State(state): State<TurnState>, headers: HeaderMap, body: St
     };
     let grant = sign_grant(g.grant_secret.expose(), &payload);
     json_response(
+        Route::Grant,
         StatusCode::OK,
         "no-store",
-        json!({"grant": grant, "exp": exp}),
+        json!({"grant": grant, "exp": exp}).to_string(),
     )
 }

@@ -3,47 +3,83 @@
 use crate::config::{CloudflareConfig, HmacConfig};
 use kibitz_proto::turn::{rest_password, rest_username};
 use serde_json::{Value, json};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A successful mint: the fields to merge into the response body.
 pub(crate) type Minted = serde_json::Map<String, Value>;
 
-/// TURN REST credentials for every configured host, in both the WebRTC shape (`iceServers`)
-/// and the REST-draft shape (`username`, `password`, `ttl`, `uris`), plus `expiresAt`.
-pub(crate) fn hmac(
-    cfg: &HmacConfig,
-    ttl: u64,
-    now_unix: u64,
-    user: &str,
-) -> Result<Minted, String> {
-    let secret = cfg.secrets.first().ok_or("no secret configured")?;
-    let expires_at = now_unix.saturating_add(ttl);
-    let username = rest_username(expires_at, user);
-    let password = rest_password(secret.expose(), &username);
-    let mut stun = Vec::new();
-    let mut uris = Vec::new();
-    for host in &cfg.hosts {
-        stun.push(format!("stun:{host}:{}", cfg.port));
-        uris.push(format!("turn:{host}:{}?transport=udp", cfg.port));
-        uris.push(format!("turn:{host}:{}?transport=tcp", cfg.port));
-        if let Some(tls) = cfg.tls_port {
-            uris.push(format!("turns:{host}:{tls}?transport=tcp"));
+/// Opaque, unlinkable credential ids without a system call per request: a keyed hash
+/// (SipHash with a per-process random key) of a counter.
+#[derive(Debug)]
+pub(crate) struct OpaqueIds {
+    key: std::hash::RandomState,
+    counter: AtomicU64,
+}
+
+impl OpaqueIds {
+    pub(crate) fn new() -> Self {
+        Self {
+            key: std::hash::RandomState::new(),
+            counter: AtomicU64::new(0),
         }
     }
-    let body = json!({
-        "iceServers": [
-            {"urls": stun},
-            {"urls": uris, "username": username, "credential": password},
-        ],
-        "username": username,
-        "password": password,
-        "ttl": ttl,
-        "uris": uris,
-        "expiresAt": expires_at,
-    });
-    match body {
-        Value::Object(m) => Ok(m),
-        _ => Err("internal".into()),
+
+    /// 16 hex characters, never repeated within the process.
+    pub(crate) fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}", self.key.hash_one(n))
     }
+}
+
+/// The parts of a TURN REST answer that never change, serialised once at start-up.
+#[derive(Debug)]
+pub(crate) struct Template {
+    stun: String,
+    uris: String,
+    ttl: u64,
+}
+
+impl Template {
+    pub(crate) fn new(cfg: &HmacConfig, ttl: u64) -> Self {
+        let mut stun = Vec::new();
+        let mut uris = Vec::new();
+        for host in &cfg.hosts {
+            stun.push(format!("stun:{host}:{}", cfg.port));
+            uris.push(format!("turn:{host}:{}?transport=udp", cfg.port));
+            uris.push(format!("turn:{host}:{}?transport=tcp", cfg.port));
+            if let Some(tls) = cfg.tls_port {
+                uris.push(format!("turns:{host}:{tls}?transport=tcp"));
+            }
+        }
+        Self {
+            stun: Value::from(stun).to_string(),
+            uris: Value::from(uris).to_string(),
+            ttl,
+        }
+    }
+
+    /// TURN REST credentials in both the WebRTC shape (`iceServers`) and the REST-draft shape
+    /// (`username`, `password`, `ttl`, `uris`), plus `expiresAt`, as a JSON body. The username
+    /// (digits, `:`, hex) and password (base64) never need escaping.
+    pub(crate) fn body(&self, cfg: &HmacConfig, user: &str, now_unix: u64, tier: &str) -> String {
+        let expires_at = now_unix.saturating_add(self.ttl);
+        let username = rest_username(expires_at, user);
+        // `to_config` refuses a hmac backend without secrets; an empty key would still sign.
+        let secret = cfg.secrets.first().map_or(&[][..], |s| s.expose());
+        let password = rest_password(secret, &username);
+        let (stun, uris, ttl) = (&self.stun, &self.uris, self.ttl);
+        format!(
+            r#"{{"iceServers":[{{"urls":{stun}}},{{"urls":{uris},"username":"{username}","credential":"{password}"}}],"configured":true,"tier":"{tier}","username":"{username}","password":"{password}","ttl":{ttl},"uris":{uris},"expiresAt":{expires_at}}}"#
+        )
+    }
+}
+
+/// Adds `configured` and `tier` to a pass-through answer and serialises it.
+pub(crate) fn with_tier(mut body: Minted, tier: &str) -> String {
+    body.insert("configured".into(), true.into());
+    body.insert("tier".into(), tier.into());
+    Value::Object(body).to_string()
 }
 
 /// Browsers refuse port 53; old Cloudflare answers listed it.
@@ -147,7 +183,10 @@ mod tests {
             port: 3478,
             tls_port: Some(5349),
         };
-        let m = hmac(&cfg, 300, 1_699_999_700, "alice").unwrap();
+        let body = Template::new(&cfg, 300).body(&cfg, "alice", 1_699_999_700, "open");
+        let m: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(m["tier"], "open");
+        assert_eq!(m["configured"], true);
         assert_eq!(m["username"], "1700000000:alice");
         assert_eq!(m["password"], "2FkwxKJPhNfNI0HFeFxNGhDsEnc=");
         assert_eq!(m["expiresAt"], 1_700_000_000u64);
@@ -156,6 +195,14 @@ mod tests {
         assert_eq!(m["uris"][2], "turns:a.example:5349?transport=tcp");
         assert_eq!(m["iceServers"][0]["urls"][1], "stun:127.0.0.1:3478");
         assert_eq!(m["iceServers"][1]["credential"], m["password"]);
+    }
+
+    #[test]
+    fn opaque_ids_are_fresh_hex() {
+        let ids = OpaqueIds::new();
+        let (a, b) = (ids.next(), ids.next());
+        assert_ne!(a, b);
+        assert!(a.len() == 16 && a.chars().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]
