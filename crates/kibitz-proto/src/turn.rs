@@ -31,6 +31,34 @@ pub fn rest_password(secret: &[u8], username: &str) -> String {
     STANDARD.encode(mac.finalize().into_bytes())
 }
 
+/// [`rest_password`] for one secret, with the key schedule done once: each password then
+/// costs two SHA-1 blocks instead of four.
+#[derive(Clone)]
+pub struct RestSigner(Hmac<sha1::Sha1>);
+
+impl std::fmt::Debug for RestSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RestSigner(***)")
+    }
+}
+
+impl RestSigner {
+    /// Prepares signing with `secret`.
+    pub fn new(secret: &[u8]) -> Self {
+        let Ok(mac) = Hmac::<sha1::Sha1>::new_from_slice(secret) else {
+            unreachable!("HMAC accepts keys of any length")
+        };
+        Self(mac)
+    }
+
+    /// `base64(HMAC-SHA1(secret, username))`.
+    pub fn password(&self, username: &str) -> String {
+        let mut mac = self.0.clone();
+        mac.update(username.as_bytes());
+        STANDARD.encode(mac.finalize().into_bytes())
+    }
+}
+
 /// First 16 characters of base64url(SHA-256(key)): an opaque, stable tag for a key.
 pub fn tag_of(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
@@ -137,6 +165,19 @@ mod tests {
             rest_password(s, "1700000000:@alice:example.org"),
             "32yTTtGfKaHiE1dKdnZ33lGQ8tM="
         );
+    }
+
+    #[test]
+    fn signer_matches_the_plain_function() {
+        let signer = RestSigner::new(b"SOMESECRET");
+        for u in [
+            "1700000000:alice",
+            "1700000000",
+            "1700000000:@alice:example.org",
+        ] {
+            assert_eq!(signer.password(u), rest_password(b"SOMESECRET", u));
+        }
+        assert_eq!(format!("{signer:?}"), "RestSigner(***)");
     }
 
     #[test]

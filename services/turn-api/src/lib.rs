@@ -185,8 +185,10 @@ fn add_cors(h: &mut HeaderMap, route: Route) {
 }
 
 fn json_response(route: Route, status: StatusCode, cache: &'static str, body: String) -> Response {
-    let mut r = (status, body).into_response();
+    let mut r = Response::new(axum::body::Body::from(body));
+    *r.status_mut() = status;
     let h = r.headers_mut();
+    h.reserve(8);
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -297,10 +299,8 @@ async fn turn(State(state): State<TurnState>, req: Request) -> Response {
         );
     };
     let minted = match (&inner.config.backend, &inner.template) {
-        (Backend::Hmac(cfg), Some(template)) => {
-            // Usernames are visible on the wire: an opaque id, never user data.
-            Ok(template.body(cfg, &inner.ids.next(), now, tier))
-        }
+        // Usernames are visible on the wire: an opaque id, never user data.
+        (Backend::Hmac(_), Some(template)) => template.body(&inner.ids.next(), now, tier),
         (Backend::Cloudflare(cfg), _) => match &inner.client {
             Some(client) => mint::cloudflare(client, cfg, ttl, now)
                 .await

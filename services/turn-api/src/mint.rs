@@ -1,7 +1,7 @@
 //! Minting: TURN REST credentials, Cloudflare's `generate-ice-servers`, or a static list.
 
 use crate::config::{CloudflareConfig, HmacConfig};
-use kibitz_proto::turn::{rest_password, rest_username};
+use kibitz_proto::turn::{RestSigner, rest_username};
 use serde_json::{Value, json};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +38,8 @@ pub(crate) struct Template {
     stun: String,
     uris: String,
     ttl: u64,
+    /// Signs with the newest secret; `None` when none is configured.
+    signer: Option<RestSigner>,
 }
 
 impl Template {
@@ -56,22 +58,22 @@ impl Template {
             stun: Value::from(stun).to_string(),
             uris: Value::from(uris).to_string(),
             ttl,
+            signer: cfg.secrets.first().map(|s| RestSigner::new(s.expose())),
         }
     }
 
     /// TURN REST credentials in both the WebRTC shape (`iceServers`) and the REST-draft shape
     /// (`username`, `password`, `ttl`, `uris`), plus `expiresAt`, as a JSON body. The username
     /// (digits, `:`, hex) and password (base64) never need escaping.
-    pub(crate) fn body(&self, cfg: &HmacConfig, user: &str, now_unix: u64, tier: &str) -> String {
+    pub(crate) fn body(&self, user: &str, now_unix: u64, tier: &str) -> Result<String, String> {
+        let signer = self.signer.as_ref().ok_or("no secret configured")?;
         let expires_at = now_unix.saturating_add(self.ttl);
         let username = rest_username(expires_at, user);
-        // `to_config` refuses a hmac backend without secrets; an empty key would still sign.
-        let secret = cfg.secrets.first().map_or(&[][..], |s| s.expose());
-        let password = rest_password(secret, &username);
+        let password = signer.password(&username);
         let (stun, uris, ttl) = (&self.stun, &self.uris, self.ttl);
-        format!(
+        Ok(format!(
             r#"{{"iceServers":[{{"urls":{stun}}},{{"urls":{uris},"username":"{username}","credential":"{password}"}}],"configured":true,"tier":"{tier}","username":"{username}","password":"{password}","ttl":{ttl},"uris":{uris},"expiresAt":{expires_at}}}"#
-        )
+        ))
     }
 }
 
@@ -183,7 +185,9 @@ mod tests {
             port: 3478,
             tls_port: Some(5349),
         };
-        let body = Template::new(&cfg, 300).body(&cfg, "alice", 1_699_999_700, "open");
+        let body = Template::new(&cfg, 300)
+            .body("alice", 1_699_999_700, "open")
+            .unwrap();
         let m: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(m["tier"], "open");
         assert_eq!(m["configured"], true);
