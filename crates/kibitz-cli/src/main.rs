@@ -209,8 +209,8 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let metrics = kibitz_http::install_metrics();
-    let readiness = kibitz_http::Readiness::ready();
+    // Before any service resolves its metric handles.
+    kibitz_http::install_metrics();
     let opts = kibitz_http::ServeOptions {
         tls,
         header_read_timeout: signal
@@ -219,7 +219,7 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
         drain_timeout: Duration::from_millis(listen.drain_timeout_ms),
     };
     // Every service's routes on one router; the services never import each other.
-    let mut app = kibitz_http::ops_router(metrics, readiness.clone());
+    let mut app = axum::Router::new();
     let mut broker = None;
     if let Some(config) = signal {
         tracing::info!(path = %config.path, "PeerJS broker at {}peerjs", config.path);
@@ -250,10 +250,9 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, mode = what, "listening: {scheme}://{addr}/");
     let drain = opts.drain_timeout;
-    kibitz_http::serve(listener, app, opts, async move {
+    kibitz_http::serve_with_ops(listener, app, opts, async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
-        readiness.set_draining();
     })
     .await
     .context("serving")?;

@@ -137,6 +137,23 @@ async fn serve_conn<S>(
     }
 }
 
+/// Serves one service's `app` with the ops routes added, marking the process as draining
+/// (`/readyz` 503) when `shutdown` resolves: what each service's own `serve` does.
+pub async fn serve_with_ops(
+    listener: TcpListener,
+    app: Router,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let readiness = Readiness::ready();
+    let app = app.merge(ops_router(install_metrics(), readiness.clone()));
+    serve(listener, app, opts, async move {
+        shutdown.await;
+        readiness.set_draining();
+    })
+    .await
+}
+
 /// Binds a listener with a deep accept backlog: the default 128 overflows under connection
 /// churn and the kernel then drops SYNs, costing clients a 1 s retransmit.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

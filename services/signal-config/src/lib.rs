@@ -256,20 +256,9 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let metrics = kibitz_http::install_metrics();
     let state = SignalConfigState::start(config);
-    let readiness = kibitz_http::Readiness::ready();
-    let app = router(state.clone()).merge(kibitz_http::ops_router(metrics, readiness.clone()));
-    let r = kibitz_http::serve(
-        listener,
-        app,
-        kibitz_http::ServeOptions::default(),
-        async move {
-            shutdown.await;
-            readiness.set_draining();
-        },
-    )
-    .await;
+    let opts = kibitz_http::ServeOptions::default();
+    let r = kibitz_http::serve_with_ops(listener, router(state.clone()), opts, shutdown).await;
     state.stop();
     r
 }

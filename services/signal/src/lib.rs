@@ -78,19 +78,14 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let metrics = kibitz_http::install_metrics();
+    // Resolve metric handles against the recorder before the broker creates them.
+    kibitz_http::install_metrics();
     let opts = kibitz_http::ServeOptions {
         header_read_timeout: config.limits.handshake_timeout,
         ..Default::default()
     };
     let state = SignalState::start(config);
-    let readiness = kibitz_http::Readiness::ready();
-    let app = router(state.clone()).merge(kibitz_http::ops_router(metrics, readiness.clone()));
-    kibitz_http::serve(listener, app, opts, async move {
-        shutdown.await;
-        readiness.set_draining();
-    })
-    .await?;
+    kibitz_http::serve_with_ops(listener, router(state.clone()), opts, shutdown).await?;
     state.shutdown(Duration::from_secs(5)).await;
     Ok(())
 }

@@ -134,20 +134,11 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let metrics = kibitz_http::install_metrics();
+    // Resolve metric handles against the recorder before the state creates them.
+    kibitz_http::install_metrics();
     let state = TurnState::new(config).map_err(std::io::Error::other)?;
-    let readiness = kibitz_http::Readiness::ready();
-    let app = router(state).merge(kibitz_http::ops_router(metrics, readiness.clone()));
-    kibitz_http::serve(
-        listener,
-        app,
-        kibitz_http::ServeOptions::default(),
-        async move {
-            shutdown.await;
-            readiness.set_draining();
-        },
-    )
-    .await
+    let opts = kibitz_http::ServeOptions::default();
+    kibitz_http::serve_with_ops(listener, router(state), opts, shutdown).await
 }
 
 /// Which route a response belongs to: they differ in their CORS methods and headers.
