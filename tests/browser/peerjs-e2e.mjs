@@ -1,30 +1,19 @@
 #!/usr/bin/env node
 // Browser interop test: the unmodified official peerjs@1.5.5 client, running in headless
 // Chromium, against the PeerJS signaling broker at --host/--port. See README.md.
-import http from "node:http";
 import { readFile } from "node:fs/promises";
-import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import {
+  launchChromium,
+  oneLine,
+  pageErrorMessage,
+  startPageServer as servePages,
+  withTimeout,
+} from "../node/chromium.mjs";
 
 const here = (rel) => fileURLToPath(new URL(rel, import.meta.url));
-const require = createRequire(here("../node/package.json"));
-const { chromium } = require("playwright-core");
 
-const CHROMIUM = "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  // With iceServers: [] the only candidates are host ones on loopback; Chromium drops loopback
-  // candidates and hides local IPs behind mDNS names unless told otherwise.
-  "--allow-loopback-in-peer-connection",
-  "--disable-features=WebRtcHideLocalIpsWithMdns",
-];
 const SCENARIO_TIMEOUT_MS = 20_000;
 const OVERALL_TIMEOUT_MS = 120_000;
 
@@ -144,38 +133,13 @@ async function startPageServer() {
     "/peerjs.min.js": { type: "text/javascript", body: await readFile(here("../node/node_modules/peerjs/dist/peerjs.min.js")) },
     "/harness.js": { type: "text/javascript", body: await readFile(here("./harness.js")) },
   };
-  const server = http.createServer((req, res) => {
-    const file = files[new URL(req.url, "http://x").pathname];
-    res.writeHead(file ? 200 : 404, { "content-type": file?.type ?? "text/plain", "cache-control": "no-store" });
-    res.end(file?.body ?? "not found");
-  });
-  await new Promise((resolve, reject) => server.once("error", reject).listen(0, "127.0.0.1", resolve));
-  return server;
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms / 1000} s`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function oneLine(text) {
-  return String(text).replace(/\s+/g, " ").trim();
-}
-
-// Playwright prefixes errors thrown in the page with its call and appends the page stack.
-function pageErrorMessage(err) {
-  const [first, ...rest] = String(err?.message ?? err).split("\n");
-  const message = [first, ...rest.filter((line) => !/^\s+at /.test(line))].join(" ");
-  return oneLine(message).replace(/^page\.evaluate: (Error: )?/, "");
+  return servePages(files);
 }
 
 async function main(broker, state) {
   state.server = await startPageServer();
   const pageUrl = `http://127.0.0.1:${state.server.address().port}/`;
-  state.browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  state.browser = await launchChromium();
   const context = await state.browser.newContext();
   const page = await context.newPage();
 

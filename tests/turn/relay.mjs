@@ -9,30 +9,19 @@
 //
 // Prints `ok - …` / `not ok - …: reason` per scenario and `N passed, M failed`; exit 0 only if
 // everything passed.
-import http from "node:http";
 import { readFile } from "node:fs/promises";
-import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import {
+  launchChromium,
+  oneLine,
+  pageErrorMessage,
+  startPageServer as servePages,
+  withTimeout,
+} from "../node/chromium.mjs";
 
 const here = (rel) => fileURLToPath(new URL(rel, import.meta.url));
-const require = createRequire(here("../node/package.json"));
-const { chromium } = require("playwright-core");
 
-const CHROMIUM = "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  // coturn and its relay addresses are on 127.0.0.1; without this flag Chromium gathers nothing
-  // on hosts whose only interface is loopback (sandboxes, CI network namespaces).
-  "--allow-loopback-in-peer-connection",
-  "--disable-features=WebRtcHideLocalIpsWithMdns",
-];
 const SCENARIO_TIMEOUT_MS = 30_000;
 const OVERALL_TIMEOUT_MS = 120_000;
 // How long the bad-credential peers are watched after gathering, for a connection that must not come.
@@ -85,38 +74,13 @@ async function startPageServer() {
     "/": { type: "text/html", body: PAGE_HTML },
     "/page.js": { type: "text/javascript", body: await readFile(here("./page.js")) },
   };
-  const server = http.createServer((req, res) => {
-    const file = files[new URL(req.url, "http://x").pathname];
-    res.writeHead(file ? 200 : 404, { "content-type": file?.type ?? "text/plain", "cache-control": "no-store" });
-    res.end(file?.body ?? "not found");
-  });
-  await new Promise((resolve, reject) => server.once("error", reject).listen(0, "127.0.0.1", resolve));
-  return server;
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms / 1000} s`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function oneLine(text) {
-  return String(text).replace(/\s+/g, " ").trim();
-}
-
-// Playwright prefixes errors thrown in the page with its call and appends the page stack.
-function pageErrorMessage(err) {
-  const [first, ...rest] = String(err?.message ?? err).split("\n");
-  const message = [first, ...rest.filter((line) => !/^\s+at /.test(line))].join(" ");
-  return oneLine(message).replace(/^page\.evaluate: (Error: )?/, "");
+  return servePages(files);
 }
 
 async function main(opts, state) {
   state.server = await startPageServer();
   const pageUrl = `http://127.0.0.1:${state.server.address().port}/`;
-  state.browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  state.browser = await launchChromium();
   const page = await (await state.browser.newContext()).newPage();
 
   const consoleErrors = [];
