@@ -7,10 +7,18 @@
 //! - [`token`]: ECDSA P-256 signed tokens, JWKs and invites, as WebCrypto makes them.
 //! - [`seal`]: passphrase-sealed blobs (PBKDF2 + AES-256-GCM), e.g. the host key in `ghk`.
 //! - [`link`]: reading pasted room links and codes, building room and share links.
+//! - [`presence`]: the presence wire (participant ⇄ authority), the `meta` block and `~kbz`.
+//! - [`content`]: content envelopes on the data mesh (chat, transfers, app, ink, caps, …).
+//! - [`mesh`]: data-mesh control frames and classifying what a mesh channel carries.
+//! - [`grants`]: capability grants: sanitising, intersecting, defaults by role.
 
+pub mod content;
 pub mod gate;
+pub mod grants;
 pub mod link;
+pub mod mesh;
 pub mod peerjs;
+pub mod presence;
 pub mod room;
 pub mod seal;
 pub mod token;
