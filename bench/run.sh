@@ -16,8 +16,6 @@ set -euo pipefail
 OURS_CMD=${OURS_CMD:-'target/release/kibitz signal --listen 127.0.0.1:$PORT --concurrent-limit $LIMIT --per-ip-connections 0 --msg-rate 1000000 --msg-burst 1000000 --alive-timeout-ms 3600000'}
 REF_CMD=${REF_CMD:-'node tests/node/node_modules/peer/dist/bin/peerjs.js --host 127.0.0.1 --port $PORT --alive_timeout 3600000 --concurrent_limit $LIMIT'}
 LIMIT=20000
-SERVER_CORE=0
-LOADGEN_CORE=1
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -43,10 +41,8 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 
-if [[ $(id -u) -eq 0 ]]; then NICE=${BENCH_NICE:--10}; else NICE=${BENCH_NICE:-0}; fi
-
-ulimit -n 20000 || echo "warning: could not raise ulimit -n to 20000 (now $(ulimit -n))" >&2
-export RUST_LOG=${RUST_LOG:-warn}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 # ---- scenarios ----
 if [[ $QUICK -eq 1 ]]; then
@@ -77,54 +73,17 @@ fi
 OUT="$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
 echo "results in $OUT"
-read -r load1 _ </proc/loadavg
-if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
-    echo "warning: load average is $load1 - other work on this machine will skew the figures" >&2
-fi
-
-SERVER_PID=""
-PORT=""
-
-stop_server() {
-    if [[ -n $SERVER_PID ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
-}
-trap stop_server EXIT
+warn_if_busy
 
 # start_server NAME LOGFILE: sets SERVER_PID and PORT; returns 1 if it never listened.
 start_server() {
-    local name=$1 log=$2 template cmd
-    case "$name" in
+    local template
+    case "$1" in
     ours) template=$OURS_CMD ;;
     reference) template=$REF_CMD ;;
     esac
-    PORT=$("$LG" free-port)
-    cmd=${template//\$PORT/$PORT}
-    cmd=${cmd//\$LIMIT/$LIMIT}
-    echo "+ $cmd" >"$log"
-    nice -n "$NICE" taskset -c "$SERVER_CORE" bash -c "exec $cmd" >>"$log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 150); do
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "error: $name server exited; see $log" >&2
-            tail -5 "$log" >&2
-            SERVER_PID=""
-            return 1
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            sleep 0.3 # let it settle
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "error: $name server did not listen on $PORT; see $log" >&2
-    stop_server
-    return 1
+    launch_server "$1" "$template" "$2" || return 1
+    sleep 0.3 # let it settle
 }
 
 run_scenario() {

@@ -20,8 +20,6 @@ TURN_PATH=${TURN_PATH:-/api/turn}
 HELLO_CMD=${HELLO_CMD:-'target/release/kibitz-loadgen hello-server --port $PORT'}
 HELLO_PATH=/hello
 TARGET_RATIO=0.80
-SERVER_CORE=0
-LOADGEN_CORE=1
 WRK_CONNS=${WRK_CONNS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
 
@@ -55,9 +53,8 @@ else
     ROUNDS=${ROUNDS:-3} WARMUP=2 DURATION=10
 fi
 
-if [[ $(id -u) -eq 0 ]]; then NICE=${BENCH_NICE:--10}; else NICE=${BENCH_NICE:-0}; fi
-ulimit -n 20000 || echo "warning: could not raise ulimit -n to 20000 (now $(ulimit -n))" >&2
-export RUST_LOG=${RUST_LOG:-warn}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 # ---- tools and build ----
 if ! command -v wrk >/dev/null; then
@@ -78,10 +75,7 @@ fi
 OUT="$ROOT/target/bench/turn-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
 echo "results in $OUT"
-read -r load1 _ </proc/loadavg
-if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
-    echo "warning: load average is $load1 - other work on this machine will skew the figures" >&2
-fi
+warn_if_busy
 
 # wrk reports exact figures (latencies in µs) through this hook; only `done` is defined,
 # so wrk keeps its fast path (no per-request Lua).
@@ -99,56 +93,22 @@ done = function(summary, latency, requests)
 end
 EOF
 
-SERVER_PID=""
-PORT=""
-
-stop_server() {
-    if [[ -n $SERVER_PID ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
-}
-trap stop_server EXIT
-
-# start_server NAME LOGFILE: sets SERVER_PID and PORT; returns 1 if it never answered.
+# start_server NAME LOGFILE: sets SERVER_PID and PORT; returns 1 unless its path answers 200.
 start_server() {
-    local name=$1 log=$2 template cmd path
+    local name=$1 log=$2 template path code
     case "$name" in
     hello) template=$HELLO_CMD path=$HELLO_PATH ;;
     turn) template=$TURN_CMD path=$TURN_PATH ;;
     esac
-    PORT=$("$LG" free-port)
-    cmd=${template//\$PORT/$PORT}
-    echo "+ $cmd" >"$log"
-    nice -n "$NICE" taskset -c "$SERVER_CORE" bash -c "exec $cmd" >>"$log" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 150); do
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "error: $name server exited; see $log" >&2
-            tail -5 "$log" >&2
-            SERVER_PID=""
-            return 1
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            local code
-            code=$(curl -sS -o "$OUT/$name.sample" -w '%{http_code}' "http://127.0.0.1:$PORT$path" || true)
-            if [[ $code != 200 ]]; then
-                echo "error: GET $path on $name answered ${code:-nothing}, not 200:" >&2
-                head -c 300 "$OUT/$name.sample" >&2 || true
-                echo >&2
-                stop_server
-                return 1
-            fi
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "error: $name server did not listen on $PORT; see $log" >&2
-    stop_server
-    return 1
+    launch_server "$name" "$template" "$log" || return 1
+    code=$(curl -sS -o "$OUT/$name.sample" -w '%{http_code}' "http://127.0.0.1:$PORT$path" || true)
+    if [[ $code != 200 ]]; then
+        echo "error: GET $path on $name answered ${code:-nothing}, not 200:" >&2
+        head -c 300 "$OUT/$name.sample" >&2 || true
+        echo >&2
+        stop_server
+        return 1
+    fi
 }
 
 cpu_ticks() { # utime + stime of PID, in clock ticks
