@@ -21,10 +21,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn broker(port: u16) -> Child {
+/// Runs `kibitz <args> --listen 127.0.0.1:<port>` and waits until it listens.
+async fn kibitz(port: u16, args: &[&str]) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_kibitz"))
-        .args(["signal", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--drain-timeout-ms", "200"])
+        .args(args)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -39,7 +40,11 @@ async fn broker(port: u16) -> Child {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("broker on {port} did not start");
+    panic!("kibitz {args:?} on {port} did not start");
+}
+
+async fn broker(port: u16) -> Child {
+    kibitz(port, &["signal", "--drain-timeout-ms", "200"]).await
 }
 
 async fn stop(mut child: Child) {
@@ -166,23 +171,7 @@ async fn verdict_follows_real_brokers_and_rooms_stick() {
 #[tokio::test]
 async fn join_links_redirect_people_and_starve_bots() {
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kibitz"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--link-origin", "https://kibitz.example"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut child = kibitz(port, &["serve", "--link-origin", "https://kibitz.example"]).await;
     let client = http().build().unwrap();
     let url = format!("http://127.0.0.1:{port}/j/My%20Room?ag=av&n=hi");
     let person = client
