@@ -1,6 +1,7 @@
 //! Kibitz and PeerJS wire formats, in one place: pure types and functions, no I/O.
 //!
 //! - [`peerjs`]: the PeerJS signaling frames a broker and its clients exchange.
+//! - [`binarypack`]: the PeerJS DataChannel serialization (BinaryPack), chunking and control messages.
 //! - [`turn`]: TURN REST credentials and Kibitz room grants.
 //! - [`room`]: room ids: normalisation, the `kbz-v1-` signaling id, fresh and page rooms.
 //! - [`gate`]: the gate descriptor a room link carries, and where its parameters ride.
@@ -12,6 +13,7 @@
 //! - [`mesh`]: data-mesh control frames and classifying what a mesh channel carries.
 //! - [`grants`]: capability grants: sanitising, intersecting, defaults by role.
 
+pub mod binarypack;
 pub mod content;
 pub mod gate;
 pub mod grants;
