@@ -12,12 +12,20 @@
 //! - [`content`]: content envelopes on the data mesh (chat, transfers, app, ink, caps, …).
 //! - [`mesh`]: data-mesh control frames and classifying what a mesh channel carries.
 //! - [`grants`]: capability grants: sanitising, intersecting, defaults by role.
+//! - [`hostcmd`]: signed host commands (`kbz-host-cmd.v1`) and their replay guard.
+//! - [`agent`]: agent key assertions (`kbz-agent-key.v1`) and key thumbprints.
+//! - [`manifest`]: signed room manifests (members, domains, agent keys).
+//! - [`credit`]: agent credit JWTs (RS256 against an issuer's JWKS).
 
+pub mod agent;
 pub mod binarypack;
 pub mod content;
+pub mod credit;
 pub mod gate;
 pub mod grants;
+pub mod hostcmd;
 pub mod link;
+pub mod manifest;
 pub mod mesh;
 pub mod peerjs;
 pub mod presence;
