@@ -57,7 +57,8 @@ impl AgentKeyEntry {
     pub fn grant(&self) -> Grant {
         self.caps
             .as_ref()
-            .and_then(sanitize_grant)
+            .and_then(|caps| serde_json::to_value(caps).ok())
+            .and_then(|caps| sanitize_grant(&caps))
             .unwrap_or_else(Grant::agent_default)
     }
 }
@@ -194,10 +195,10 @@ mod tests {
         SigningKey::from_bytes(&[seed; 32].into()).unwrap()
     }
 
-    fn entry(seed: u8, caps: Option<Raw>) -> AgentKeyEntry {
+    fn entry(seed: u8, caps: Option<serde_json::Value>) -> AgentKeyEntry {
         AgentKeyEntry {
             key: EcJwk::from_verifying_key(key(seed).verifying_key()),
-            caps,
+            caps: caps.map(crate::presence::tests::raw),
             label: None,
         }
     }

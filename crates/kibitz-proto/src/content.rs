@@ -399,7 +399,10 @@ impl Content {
         match self {
             Self::Caps { grants } => grants
                 .iter()
-                .filter_map(|(id, g)| Some((id.clone(), sanitize_grant(g)?)))
+                .filter_map(|(id, g)| {
+                    let json = serde_json::to_value(g).ok()?;
+                    Some((id.clone(), sanitize_grant(&json)?))
+                })
                 .collect(),
             _ => BTreeMap::new(),
         }
@@ -432,16 +435,17 @@ pub enum AgentApp {
 impl AgentApp {
     /// Reads app data as an agent envelope; `None` when it is other (raw) app data.
     pub fn from_app_data(data: &Raw) -> Option<Self> {
-        serde_json::from_value(data.clone()).ok()
+        Self::deserialize(data.clone()).ok()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::presence::tests::raw;
     use serde_json::json;
 
-    fn content(v: &Raw) -> Wire<Content> {
+    fn content(v: &serde_json::Value) -> Wire<Content> {
         serde_json::from_value(v.clone()).unwrap()
     }
 
@@ -487,7 +491,10 @@ mod tests {
             json!({"k": "chat", "text": 5}),
             json!({"t": "cap"}),
         ] {
-            assert_eq!(content(&v), Wire::Unknown(v.clone()));
+            assert_eq!(
+                content(&v),
+                Wire::Unknown(crate::presence::tests::raw(v.clone()))
+            );
         }
     }
 
@@ -516,9 +523,9 @@ mod tests {
         assert!(!XBegin { n: 1, ..begin }.is_consistent());
 
         assert_eq!(
-            AgentApp::from_app_data(&json!({"__kib_agent": "chat", "text": "hi"})),
+            AgentApp::from_app_data(&raw(json!({"__kib_agent": "chat", "text": "hi"}))),
             Some(AgentApp::Chat { text: "hi".into() })
         );
-        assert_eq!(AgentApp::from_app_data(&json!({"hello": 1})), None);
+        assert_eq!(AgentApp::from_app_data(&raw(json!({"hello": 1}))), None);
     }
 }

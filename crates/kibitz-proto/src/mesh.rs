@@ -136,14 +136,14 @@ impl<'de> Deserialize<'de> for MeshFrame {
 }
 
 impl MeshFrame {
-    /// Classifies a value: control if it is an object with a known `t`, content if one with a
+    /// Classifies a value: control if it is a map with a known `t`, content if one with a
     /// known `k`, else unknown.
     pub fn from_raw(raw: Raw) -> Self {
-        if raw.is_object() {
-            if let Ok(c) = MeshControl::deserialize(&raw) {
+        if matches!(raw, Raw::Map(_)) {
+            if let Ok(c) = MeshControl::deserialize(raw.clone()) {
                 return Self::Control(c);
             }
-            if let Ok(c) = Content::deserialize(&raw) {
+            if let Ok(c) = Content::deserialize(raw.clone()) {
                 return Self::Content(c);
             }
         }
@@ -187,7 +187,7 @@ mod tests {
         assert!(matches!(app, MeshFrame::Content(Content::App { .. })));
         for v in [json!({"t": "m-warp"}), json!({"k": "nope"}), json!([1, 2])] {
             let f: MeshFrame = serde_json::from_value(v.clone()).unwrap();
-            assert_eq!(f, MeshFrame::Unknown(v));
+            assert_eq!(f, MeshFrame::Unknown(crate::presence::tests::raw(v)));
         }
         assert!(should_initiate("a", "b") && !should_initiate("b", "a"));
     }

@@ -15,14 +15,15 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// An opaque JSON-like value kept as received (app payloads, unknown frames).
-pub type Raw = serde_json::Value;
+/// An opaque value kept as received (app payloads, unknown frames): a [BinaryPack
+/// value](crate::binarypack::Value), so binary, integer-vs-float and key order survive a round
+/// trip. It reads from and writes to JSON too.
+pub type Raw = crate::binarypack::Value;
 
 /// A frame that is either one of the kinds `T` knows, or anything else, kept as received.
 ///
-/// Only an object can be a known frame (serde would otherwise also read a tagged enum from an
-/// array). Decoding goes through [`Raw`], so a frame holding binary (a BinaryPack raw) reads as
-/// an error, not as a frame.
+/// Only a map can be a known frame (serde would otherwise also read a tagged enum from an
+/// array). Decoding goes through [`Raw`], so anything the wire can carry decodes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Wire<T> {
@@ -40,10 +41,10 @@ impl<'de, T: DeserializeOwned> Deserialize<'de> for Wire<T> {
 }
 
 impl<T: DeserializeOwned> Wire<T> {
-    /// Classifies a value: a known frame if it is an object `T` reads, else unknown.
+    /// Classifies a value: a known frame if it is a map `T` reads, else unknown.
     pub fn from_raw(raw: Raw) -> Self {
-        if raw.is_object()
-            && let Ok(t) = T::deserialize(&raw)
+        if matches!(raw, Raw::Map(_))
+            && let Ok(t) = T::deserialize(raw.clone())
         {
             return Self::Known(t);
         }
@@ -347,15 +348,21 @@ pub enum AuthorityWire {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn client(v: Raw) -> Wire<ClientWire> {
+    type Json = serde_json::Value;
+
+    pub(crate) fn raw(v: Json) -> Raw {
         serde_json::from_value(v).unwrap()
     }
 
-    fn authority(v: Raw) -> Wire<AuthorityWire> {
+    fn client(v: Json) -> Wire<ClientWire> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn authority(v: Json) -> Wire<AuthorityWire> {
         serde_json::from_value(v).unwrap()
     }
 
@@ -394,7 +401,7 @@ mod tests {
         assert!(!kbz.has_feature(feature::WIDGET_V1));
         assert_eq!(kbz.protocol(), 1);
         assert!(meta.is_agent() && meta.is_non_human() && meta.discloses_egress());
-        assert_eq!(meta.other["custom"], json!([1, 2]));
+        assert_eq!(meta.other["custom"], raw(json!([1, 2])));
         assert_eq!(serde_json::to_value(&w).unwrap(), v);
         let newer: KbzMeta = serde_json::from_value(json!({"p": 2})).unwrap();
         assert!(newer.is_newer_protocol());
@@ -424,7 +431,7 @@ mod tests {
             json!("ping"),
         ] {
             let w = client(v.clone());
-            assert_eq!(w, Wire::Unknown(v.clone()));
+            assert_eq!(w, Wire::Unknown(raw(v.clone())));
             assert_eq!(serde_json::to_value(&w).unwrap(), v);
         }
     }
@@ -456,6 +463,6 @@ mod tests {
             assert_eq!(serde_json::to_value(Wire::Known(want)).unwrap(), v);
         }
         let odd = json!({"t": "lobby", "status": "maybe"});
-        assert_eq!(authority(odd.clone()), Wire::Unknown(odd));
+        assert_eq!(authority(odd.clone()), Wire::Unknown(raw(odd)));
     }
 }
