@@ -10,8 +10,6 @@
 //! The web client emits object fields whose value is `undefined` as nil; a nil field reads as
 //! absent (`None`) here, and absent fields are not written back.
 
-use std::collections::BTreeMap;
-
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -158,9 +156,9 @@ pub struct Meta {
     /// Stage media.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_media: Option<Raw>,
-    /// Every other key, kept as received.
+    /// Every other key, kept as received and in order.
     #[serde(flatten)]
-    pub other: BTreeMap<String, Raw>,
+    pub other: Extra,
 }
 
 impl Meta {
@@ -182,6 +180,51 @@ impl Meta {
     /// Whether `egress` is disclosed as `true`.
     pub fn discloses_egress(&self) -> bool {
         self.egress == Some(Raw::Bool(true))
+    }
+}
+
+/// The keys of an object that its type does not name, in wire order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extra(pub Vec<(String, Raw)>);
+
+impl Extra {
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&Raw> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+impl Serialize for Extra {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Extra {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Extra;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map with string keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Extra, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Raw>()? {
+                    out.push(entry);
+                }
+                Ok(Extra(out))
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }
 
@@ -401,11 +444,56 @@ pub(crate) mod tests {
         assert!(!kbz.has_feature(feature::WIDGET_V1));
         assert_eq!(kbz.protocol(), 1);
         assert!(meta.is_agent() && meta.is_non_human() && meta.discloses_egress());
-        assert_eq!(meta.other["custom"], raw(json!([1, 2])));
+        assert_eq!(meta.other.get("custom"), Some(&raw(json!([1, 2]))));
         assert_eq!(serde_json::to_value(&w).unwrap(), v);
         let newer: KbzMeta = serde_json::from_value(json!({"p": 2})).unwrap();
         assert!(newer.is_newer_protocol());
         assert_eq!(KbzMeta::default().protocol(), 1);
+    }
+
+    #[test]
+    fn binarypack_keeps_unnamed_meta_keys_in_order() {
+        // Built by hand: `json!` would sort the keys.
+        let m = |entries: Vec<(&str, Raw)>| {
+            Raw::Map(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (Raw::Str(k.into()), v))
+                    .collect(),
+            )
+        };
+        let s = |x: &str| Raw::Str(x.into());
+        let kbz = m(vec![("v", s("0.2.0")), ("p", Raw::Int(1))]);
+        let frame = |meta: Raw| {
+            m(vec![
+                ("t", s("voice")),
+                ("on", Raw::Bool(true)),
+                ("cam", Raw::Bool(false)),
+                ("name", s("Bob")),
+                ("meta", meta),
+            ])
+        };
+        let zeta = ("zeta", Raw::Int(1));
+        let alpha = ("alpha", Raw::Array(vec![Raw::Float(0.5)]));
+        let role = ("role", s("agent"));
+        let sent = frame(m(vec![
+            ("~kbz", kbz.clone()),
+            zeta.clone(),
+            role.clone(),
+            alpha.clone(),
+        ]));
+        let bytes = crate::binarypack::encode(&sent).unwrap();
+        let w: Wire<ClientWire> = crate::binarypack::from_slice(&bytes).unwrap();
+        let Wire::Known(ClientWire::Voice(voice)) = &w else {
+            panic!("{w:?}")
+        };
+        let meta = voice.meta.as_ref().unwrap();
+        assert!(meta.is_agent());
+        let keys: Vec<&str> = meta.other.0.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["zeta", "alpha"]);
+        // Named keys are written in declaration order, unnamed ones after them, in wire order.
+        let want = frame(m(vec![("~kbz", kbz), role, zeta, alpha]));
+        assert_eq!(crate::binarypack::to_value(&w).unwrap(), want);
     }
 
     #[test]
