@@ -66,6 +66,19 @@ impl<T> From<T> for Wire<T> {
     }
 }
 
+/// Longest `jwt` or `agentCredit` the identity gate reads, in characters.
+pub const MAX_CREDENTIAL_CHARS: usize = 8192;
+/// Longest `agentAssertion` the identity gate reads, in characters.
+pub const MAX_ASSERTION_CHARS: usize = 2048;
+
+/// Whether announced credentials are too long to read (the gate answers `unverified` at once).
+fn oversize(jwt: Option<&str>, assertion: Option<&str>, credit: Option<&str>) -> bool {
+    let over = |s: Option<&str>, max: usize| s.is_some_and(|s| s.len() > max);
+    over(jwt, MAX_CREDENTIAL_CHARS)
+        || over(credit, MAX_CREDENTIAL_CHARS)
+        || over(assertion, MAX_ASSERTION_CHARS)
+}
+
 /// The engine protocol version this crate speaks (`~kbz.p`).
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -264,6 +277,17 @@ pub struct Voice {
     pub agent_credit: Option<String>,
 }
 
+impl Voice {
+    /// Whether a credential is too long for the identity gate to read.
+    pub fn has_oversize_credential(&self) -> bool {
+        oversize(
+            self.jwt.as_deref(),
+            self.agent_assertion.as_deref(),
+            self.agent_credit.as_deref(),
+        )
+    }
+}
+
 /// `knock`: ask to be let in.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -289,6 +313,17 @@ pub struct Knock {
     /// Agent credit JWT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_credit: Option<String>,
+}
+
+impl Knock {
+    /// Whether a credential is too long for the identity gate to read.
+    pub fn has_oversize_credential(&self) -> bool {
+        oversize(
+            self.jwt.as_deref(),
+            self.agent_assertion.as_deref(),
+            self.agent_credit.as_deref(),
+        )
+    }
 }
 
 /// Participant → authority.
@@ -418,6 +453,24 @@ pub(crate) mod tests {
         let Wire::Known(ClientWire::Knock(k)) = &w else {
             panic!("{w:?}")
         };
+        assert!(!k.has_oversize_credential());
+        let big = Knock {
+            agent_assertion: Some("a".repeat(MAX_ASSERTION_CHARS + 1)),
+            ..k.clone()
+        };
+        assert!(big.has_oversize_credential());
+        let ok = Voice {
+            jwt: Some("j".repeat(MAX_CREDENTIAL_CHARS)),
+            ..Voice::default()
+        };
+        assert!(!ok.has_oversize_credential());
+        assert!(
+            Voice {
+                agent_credit: Some("c".repeat(MAX_CREDENTIAL_CHARS + 1)),
+                ..ok
+            }
+            .has_oversize_credential()
+        );
         assert_eq!(k.name, "Bob");
         assert_eq!(k.avatar.as_deref(), Some(""));
         assert_eq!(k.voice_id, None);
