@@ -430,6 +430,33 @@ mod tests {
     }
 
     #[test]
+    fn every_single_character_corruption_is_refused() {
+        let key = test_key();
+        let jwks = Jwks::from_keys(&[RsaJwk::from_public_key(&key.to_public_key(), Some("k"))]);
+        let claims = json!({"iss": ISS, "sub": "a", "exp": NOW + 60, "k": "wbz-credit.v1"});
+        let t = jwt(&key, &json!({"alg": "RS256", "kid": "k"}), &claims);
+        assert!(verify_credit(&t, &jwks, &policy(), "r", NOW).is_ok());
+        let chars: Vec<char> = t.chars().collect();
+        for i in 0..chars.len() {
+            for c in ['A', '.', '_', '~', 'é'] {
+                if chars[i] == c {
+                    continue;
+                }
+                let mut bad = chars.clone();
+                bad[i] = c;
+                let bad: String = bad.into_iter().collect();
+                // The last character of a 256-byte signature carries 4 padding bits.
+                if i + 1 < chars.len() {
+                    assert!(
+                        verify_credit(&bad, &jwks, &policy(), "r", NOW).is_err(),
+                        "{i} {c}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn small_or_odd_keys_are_refused() {
         let key = test_key().to_public_key();
         let mut jwk = RsaJwk::from_public_key(&key, None);

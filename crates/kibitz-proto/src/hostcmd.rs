@@ -366,6 +366,36 @@ mod tests {
     }
 
     #[test]
+    fn every_single_character_corruption_is_refused() {
+        let k = key(4);
+        let t = sign_host_cmd(&k, &cmd(HostOp::Reset, NOW, 7));
+        let remote = Sender::Remote(Some(FP));
+        let chars: Vec<char> = t.chars().collect();
+        for i in 0..chars.len() {
+            for c in ['A', '.', '~'] {
+                if chars[i] == c {
+                    continue;
+                }
+                let mut bad = chars.clone();
+                bad[i] = c;
+                let bad: String = bad.into_iter().collect();
+                let res = verify_host_cmd(
+                    &bad,
+                    Some(k.verifying_key()),
+                    "standup",
+                    remote,
+                    NOW,
+                    &mut ReplayGuard::new(),
+                );
+                // The last character of a 64-byte signature carries 4 padding bits.
+                if i + 1 < chars.len() {
+                    assert!(res.is_err(), "{i} {c}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn replay_guard_is_bounded() {
         let mut g = ReplayGuard::new();
         for i in 0..300u32 {
