@@ -10,6 +10,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::presence::Meta;
+
 /// Longest `backend` disclosure kept, in characters.
 pub const MAX_BACKEND_CHARS: usize = 80;
 
@@ -257,6 +259,28 @@ pub enum Role {
     Human,
 }
 
+impl Role {
+    /// The role of a roster member from its announced meta (`role: "agent"` makes an agent).
+    pub fn of(meta: Option<&Meta>, is_self: bool) -> Self {
+        if is_self {
+            Self::SelfPeer
+        } else if meta.is_some_and(Meta::is_agent) {
+            Self::Agent
+        } else {
+            Self::Human
+        }
+    }
+}
+
+/// [`default_grant`] for a roster member, with an agent's `backend`/`egress` from its meta.
+pub fn default_grant_for(meta: Option<&Meta>, is_self: bool) -> Grant {
+    default_grant(
+        Role::of(meta, is_self),
+        meta.and_then(|m| m.backend.as_deref()),
+        meta.is_some_and(Meta::discloses_egress),
+    )
+}
+
 /// The grant a member has when nobody granted anything: full for self and humans, the agent
 /// default for agents, with an agent's disclosed `backend`/`egress` (from its meta) attached.
 pub fn default_grant(role: Role, backend: Option<&str>, egress: bool) -> Grant {
@@ -353,6 +377,14 @@ mod tests {
         assert_eq!(agent.backend.as_deref(), Some("claude"));
         assert_eq!(agent.egress, Some(true));
         assert_eq!(default_grant(Role::Human, None, false), Grant::full());
+        let meta: Meta =
+            serde_json::from_value(json!({"role": "agent", "backend": "claude", "egress": true}))
+                .unwrap();
+        assert_eq!(default_grant_for(Some(&meta), false), agent);
+        assert_eq!(default_grant_for(Some(&meta), true), Grant::full());
+        assert_eq!(default_grant_for(None, false), Grant::full());
+        let kibitzer: Meta = serde_json::from_value(json!({"role": "kibitzer"})).unwrap();
+        assert_eq!(Role::of(Some(&kibitzer), false), Role::Human);
 
         let offer = Grant {
             perceive: vec![Perceive::ReadChat, Perceive::SeeScreen],
