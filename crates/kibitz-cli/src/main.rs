@@ -220,15 +220,30 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
     };
     // Every service's routes on one router; the services never import each other.
     let mut app = axum::Router::new();
+    let mut status = kibitz_status::Config {
+        metrics: Some(kibitz_http::install_metrics()),
+        ..Default::default()
+    };
     let mut broker = None;
     if let Some(config) = signal {
         tracing::info!(path = %config.path, "PeerJS broker at {}peerjs", config.path);
+        let (path, key) = (config.path.clone(), config.key.clone());
         let state = SignalState::start(config);
+        let probe = state.clone();
+        status.broker = Some(kibitz_status::Broker {
+            path,
+            key,
+            healthy: std::sync::Arc::new(move || probe.is_healthy()),
+        });
         app = app.merge(kibitz_signal::router(state.clone()));
         broker = Some(state);
     }
     if let Some(config) = turn {
         tracing::info!(backend = backend_name(&config.backend), "/api/turn");
+        status.turn = Some(kibitz_status::Turn {
+            backend: backend_name(&config.backend),
+            configured: !matches!(config.backend, kibitz_turn_api::Backend::None),
+        });
         let state = kibitz_turn_api::TurnState::new(config).context("/api/turn")?;
         app = app.merge(kibitz_turn_api::router(state));
     }
@@ -243,8 +258,22 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
         tracing::info!(hosts = ?config.hosts, "/api/signal");
         let state = kibitz_signal_config::SignalConfigState::start(config);
         app = app.merge(kibitz_signal_config::router(state.clone()));
+        let probe = state.clone();
+        status.signal = Some(std::sync::Arc::new(move || {
+            let a = probe.current_answer();
+            kibitz_status::SignalAnswer {
+                host: a.host,
+                healthy: a.healthy,
+            }
+        }));
         selector = Some(state);
     }
+    // The status page answers browsers at `/`; everyone else still gets the banner there.
+    let app = app
+        .merge(kibitz_status::router(kibitz_status::StatusState::new(
+            status,
+        )))
+        .layer(axum::middleware::from_fn(kibitz_status::html_root));
     let listener =
         kibitz_http::bind(listen.listen).with_context(|| format!("binding {}", listen.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;

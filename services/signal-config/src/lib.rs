@@ -182,6 +182,11 @@ impl SignalConfigState {
         self.stop.cancel();
     }
 
+    /// What `GET /api/signal` without `?room=` answers right now (for a status page).
+    pub fn current_answer(&self) -> health::Answer {
+        self.lock().answer(None, now())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Verdicts> {
         self.verdicts.lock().unwrap_or_else(|e| e.into_inner())
     }
