@@ -25,7 +25,7 @@ mod value;
 
 pub use decode::{Limits, decode};
 pub use encode::encode;
-pub use serde_de::{from_slice, from_value};
+pub use serde_de::{from_slice, from_slice_with, from_value};
 pub use serde_ser::{to_value, to_vec};
 pub use value::Value;
 

@@ -122,7 +122,8 @@ pub enum ReassemblyError {
     /// The message itself, or a reassembled one, is not valid BinaryPack.
     #[error(transparent)]
     Decode(#[from] Error),
-    /// Pending chunks would exceed the byte cap; that message was dropped.
+    /// Pending chunks would exceed the byte cap or [`MAX_PENDING_MESSAGES`]; that message
+    /// was dropped.
     #[error("chunked message over the byte cap, dropped")]
     OverCap,
     /// A chunk disagreed with earlier ones of its message (total or a repeated index).
@@ -155,6 +156,13 @@ pub struct Reassembler {
     pending_bytes: usize,
 }
 
+/// Chunked messages being collected at once; PeerJS sends one message's slices in a row.
+pub const MAX_PENDING_MESSAGES: usize = 64;
+
+/// What each held slice costs against the byte cap besides its data, so that a flood of
+/// empty slices is bounded too.
+const SLICE_OVERHEAD: usize = 64;
+
 /// Message ids are compared by their packed form (JS keys an object by the number).
 type Key = Vec<u8>;
 
@@ -167,7 +175,8 @@ struct Partial {
 }
 
 impl Reassembler {
-    /// At most `max_pending_bytes` of slices held at once over all messages; a message not
+    /// At most `max_pending_bytes` of slices (and [`MAX_PENDING_MESSAGES`] messages) held at
+    /// once; a message not
     /// complete `timeout` after its first slice is dropped. `limits` bound each decode.
     pub fn new(limits: Limits, max_pending_bytes: usize, timeout: Duration) -> Self {
         Reassembler {
@@ -179,7 +188,7 @@ impl Reassembler {
         }
     }
 
-    /// Bytes of slices currently held.
+    /// Bytes charged for the slices currently held (their data plus a small fixed overhead).
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes
     }
@@ -205,8 +214,11 @@ impl Reassembler {
         data: Vec<u8>,
     ) -> Result<Received, ReassemblyError> {
         let key = encode(id).unwrap_or_default();
-        let len = data.len();
-        if self.pending_bytes.saturating_add(len) > self.max_pending_bytes {
+        let len = data.len() + SLICE_OVERHEAD + key.len();
+        let new = !self.pending.contains_key(&key);
+        if self.pending_bytes.saturating_add(len) > self.max_pending_bytes
+            || (new && self.pending.len() >= MAX_PENDING_MESSAGES)
+        {
             self.drop_message(&key);
             return Err(ReassemblyError::OverCap);
         }
@@ -230,7 +242,7 @@ impl Reassembler {
             return Ok(Received::Pending);
         };
         self.pending_bytes -= done.bytes;
-        let mut whole = Vec::with_capacity(done.bytes);
+        let mut whole = Vec::with_capacity(done.slices.values().map(Vec::len).sum());
         for slice in done.slices.into_values() {
             whole.extend_from_slice(&slice);
         }

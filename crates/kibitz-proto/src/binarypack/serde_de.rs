@@ -19,6 +19,11 @@ pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     from_value(decode(bytes, Limits::default())?)
 }
 
+/// [`from_slice`] with explicit [`Limits`] (e.g. a larger `max_size` for file transfers).
+pub fn from_slice_with<T: DeserializeOwned>(bytes: &[u8], limits: Limits) -> Result<T, Error> {
+    from_value(decode(bytes, limits)?)
+}
+
 /// Reads a serde value from a [`Value`].
 pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, Error> {
     T::deserialize(value)
