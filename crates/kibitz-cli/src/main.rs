@@ -1,10 +1,11 @@
 //! `kibitz`: one binary for Kibitz Edge. `kibitz serve` hosts every service on one listener;
 //! `kibitz signal` runs the broker alone.
 
+mod config_file;
 mod link;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use kibitz_signal::{SignalArgs, SignalState};
 use kibitz_signal_config::SignalConfigArgs;
 use kibitz_turn_api::TurnArgs;
@@ -17,6 +18,9 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// TOML config file: any flag of the command as a key (flags and env win over it).
+    #[arg(long, env = "KIBITZ_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "KIBITZ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
@@ -42,6 +46,16 @@ enum Cmd {
     SignalConfig(SignalConfigOnly),
     /// Create or read Kibitz room links.
     Link(link::LinkArgs),
+    /// Check a configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Validate `kibitz serve`'s configuration (flags, env, --config file) and print it,
+    /// secrets masked.
+    Check(Box<ServeArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,7 +114,39 @@ struct ListenArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cmd = Cli::command();
+    cmd.build();
+    let loaded = match config_file::load(&cmd, std::env::args_os().collect()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("kibitz: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let matches = match cmd.clone().try_get_matches_from(&loaded.args) {
+        Ok(m) => m,
+        Err(e) => e.exit(),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if let Cmd::Config(ConfigCmd::Check(args)) = &cli.cmd {
+        print!(
+            "{}",
+            config_file::describe(&cmd, &matches, &loaded.from_file)
+        );
+        return match check(args) {
+            Ok(()) => {
+                println!("# configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kibitz: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logs(cli.log_format);
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,6 +156,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Everything `kibitz serve` would refuse at start-up, without starting it.
+fn check(args: &ServeArgs) -> anyhow::Result<()> {
+    args.signal.to_config().context("broker configuration")?;
+    args.turn.to_config().context("/api/turn configuration")?;
+    args.signal_config.to_config().context("--link-origin")?;
+    if let (Some(cert), Some(key)) = (&args.listen.tls_cert, &args.listen.tls_key) {
+        kibitz_http::tls_from_pem(cert, key).context("loading the TLS certificate")?;
+    }
+    Ok(())
 }
 
 fn init_logs(format: LogFormat) {
@@ -163,7 +220,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
                 };
                 run(a.listen, services, "turn-api").await
             }
-            Cmd::Link(_) => Ok(()),
+            Cmd::Link(_) | Cmd::Config(_) => Ok(()),
             Cmd::SignalConfig(a) => {
                 let services = Services {
                     signal_config: Some(a.signal_config),
