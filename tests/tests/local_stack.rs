@@ -61,6 +61,8 @@ fn kibitz_bin() -> PathBuf {
 struct Stack {
     child: Child,
     stdout: Option<BufReader<ChildStdout>>,
+    /// The test's temporary directory (env file, and `state/` = `LOCAL_STACK_DIR`).
+    root: PathBuf,
     dir: PathBuf,
     http_port: u16,
     turn_port: u16,
@@ -78,7 +80,7 @@ impl Drop for Stack {
                 .stdin(Stdio::null())
                 .status();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
@@ -120,6 +122,7 @@ impl Stack {
         let mut stack = Self {
             child,
             stdout: None,
+            root: dir.clone(),
             dir: dir.join("state"),
             http_port: 0,
             turn_port: 0,
