@@ -3,7 +3,7 @@
 // navigation, so Accept prefers text/html), the "Run self-test" button clicked, and the result
 // rows read back. --good must report TURN and the broker green; --refused (an /api/turn whose
 // secret coturn refuses) must report the TURN failure as 401; --gone (coturn stopped) as
-// unreachable. Screenshots go to --artifacts (status-page.png is the green one).
+// unreachable. --refused and --gone are optional; scenarios without a URL are not run. Screenshots go to --artifacts (status-page.png is the green one).
 //
 //   node tests/status/selftest.mjs --good http://127.0.0.1:P/ --refused http://127.0.0.1:Q/ \
 //        --gone http://127.0.0.1:R/ --artifacts target/test-artifacts
@@ -26,14 +26,16 @@ function parseCli() {
       artifacts: { type: "string" },
     },
   });
-  if (!values.good || !values.refused || !values.gone || !values.artifacts) {
-    console.error("usage: node tests/status/selftest.mjs --good URL --refused URL --gone URL --artifacts DIR");
+  if (!values.good || !values.artifacts) {
+    console.error("usage: node tests/status/selftest.mjs --good URL [--refused URL] [--gone URL] --artifacts DIR");
     process.exit(2);
   }
   return values;
 }
 
-const scenarios = (o) => [
+const scenarios = (o) => allScenarios(o).filter((s) => s.url);
+
+const allScenarios = (o) => [
   {
     name: "self-test is green for TURN (relay candidate via coturn) and the broker (OPEN)",
     url: o.good,

@@ -5,6 +5,7 @@
 //! - two relay-only Chromium peers connect through the stack's coturn with credentials from the
 //!   stack's `/api/turn`, and credentials signed with a secret coturn does not know fail closed
 //!   (`tests/turn/relay.mjs`; the refused ones come from an in-process API with a wrong secret),
+//! - the status page's self-test (`tests/status/selftest.mjs`) reports TURN and the broker green,
 //! - `deploy/local-stack stop` stops everything and the script exits 0.
 //!
 //! Needs the `kibitz` binary next to this test's target dir (`cargo test --workspace` builds it;
@@ -250,6 +251,15 @@ async fn local_stack_serves_peerjs_and_relays_through_its_coturn() {
         stack.relay_ports.clone(),
     ];
     tokio::join!(node(&peerjs), node(&relay));
+    // The operator's view: the status page's own self-test is green against the stack.
+    let selftest = [
+        "tests/status/selftest.mjs".to_owned(),
+        "--good".to_owned(),
+        format!("http://127.0.0.1:{http}/"),
+        "--artifacts".to_owned(),
+        "target/test-artifacts/local-stack".to_owned(),
+    ];
+    node(&selftest).await;
 
     // The relayed data went through the stack's coturn, with the stack's credentials.
     let coturn = stack.log("coturn.log");
