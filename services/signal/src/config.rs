@@ -25,6 +25,8 @@ pub struct Config {
     pub takeover: bool,
     /// Limits the reference lacks.
     pub limits: Limits,
+    /// Opt-in leave notices for Kibitz room ids (off: the reference behaviour).
+    pub room_notices: Option<crate::core::RoomNotices>,
 }
 
 /// Abuse limits. Zero means unlimited where noted.
@@ -60,6 +62,7 @@ impl Default for Config {
             cors_origins: Vec::new(),
             takeover: false,
             limits: Limits::default(),
+            room_notices: None,
         }
     }
 }
@@ -151,6 +154,16 @@ pub struct SignalArgs {
     /// Bytes waiting to be written to one peer before it is closed as too slow.
     #[arg(long, env = "KIBITZ_SEND_QUEUE_BYTES", default_value_t = 1 << 20)]
     pub send_queue_bytes: usize,
+    /// When the socket holding a Kibitz room id (kbz-v1-…) closes and the id is not taken again
+    /// within the grace, send LEAVE from the room id to every peer that signalled with it.
+    #[arg(long, env = "KIBITZ_ROOM_LEAVE_NOTICES")]
+    pub room_leave_notices: bool,
+    /// Milliseconds a closed room id may come back before its leave notice goes out.
+    #[arg(long, env = "KIBITZ_ROOM_LEAVE_GRACE_MS", default_value_t = 1000)]
+    pub room_leave_grace_ms: u64,
+    /// With room leave notices: lifetime of messages queued for an unheld room id.
+    #[arg(long, env = "KIBITZ_ROOM_EXPIRE_TIMEOUT_MS", default_value_t = 1000)]
+    pub room_expire_timeout_ms: u64,
 }
 
 /// `/`, `/myapp` or `/myapp/` → `/`, `/myapp/`, `/myapp/`.
@@ -217,6 +230,10 @@ impl SignalArgs {
                 send_queue_bytes: positive(self.send_queue_bytes as u64, "send-queue-bytes")?
                     as usize,
             },
+            room_notices: self.room_leave_notices.then_some(crate::core::RoomNotices {
+                grace: Duration::from_millis(self.room_leave_grace_ms),
+                expire: Duration::from_millis(self.room_expire_timeout_ms.max(1)),
+            }),
         })
     }
 }

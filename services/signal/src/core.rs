@@ -7,7 +7,7 @@
 
 use crate::metrics::Metrics;
 use kibitz_proto::peerjs::{self, ClientFrame, Dst, MessageType};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,7 +84,27 @@ pub struct CoreConfig {
     pub max_queued_per_dst: usize,
     /// Queue bound over all offline ids.
     pub max_queued_total: usize,
+    /// Opt-in leave notices for Kibitz room ids; `None` keeps the reference behaviour.
+    pub room_notices: Option<RoomNotices>,
 }
+
+/// Leave notices for room ids (`kbz-v1-…`): when the socket holding one closes and the id is
+/// not registered again within `grace`, every peer that exchanged OFFER/ANSWER/CANDIDATE with
+/// it gets `{"type":"LEAVE","src":<room id>,"dst":<peer>}`, so a room's survivors can reclaim
+/// at once instead of after seconds of silence. Messages queued for an unheld room id expire
+/// after `expire` instead of `expire_timeout`. Never applies to other ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomNotices {
+    /// How long a closed room id may come back before the notice goes out.
+    pub grace: Duration,
+    /// Offline-queue lifetime for room ids.
+    pub expire: Duration,
+}
+
+/// The prefix of Kibitz room ids (`peerIdFor`).
+pub const ROOM_PREFIX: &str = "kbz-v1-";
+/// Peers remembered per room id for its leave notice.
+const MAX_CONTACTS: usize = 1024;
 
 /// Malformed frames tolerated on one socket before it is closed with 1007.
 const GARBAGE_LIMIT: u32 = 32;
@@ -110,6 +130,13 @@ struct Conn {
     garbage: u32,
 }
 
+/// A leave notice waiting out its grace period.
+struct Notice {
+    token: String,
+    contacts: BTreeSet<Arc<str>>,
+    deadline: (Instant, u64),
+}
+
 struct Queue {
     deadline: (Instant, u64),
     msgs: VecDeque<(Arc<str>, String)>,
@@ -129,6 +156,11 @@ pub struct Broker {
     /// `last_ping`; an entry that comes due for a live peer is re-filed.
     alive: BTreeMap<(Instant, u64), Arc<str>>,
     seq: u64,
+    /// Room ids (when notices are on): who signalled with each registered room id.
+    contacts: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
+    /// Closed room ids waiting out their grace period, and their deadlines.
+    notices: HashMap<Arc<str>, Notice>,
+    notice_deadlines: BTreeMap<(Instant, u64), Arc<str>>,
     out: VecDeque<Output>,
     metrics: Metrics,
 }
@@ -156,6 +188,9 @@ impl Broker {
             queued_total: 0,
             alive: BTreeMap::new(),
             seq: 0,
+            contacts: HashMap::new(),
+            notices: HashMap::new(),
+            notice_deadlines: BTreeMap::new(),
             out: VecDeque::new(),
             metrics,
         }
@@ -170,10 +205,8 @@ impl Broker {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let alive = self.alive.first_key_value().map(|(k, _)| k.0);
         let queue = self.queue_deadlines.first_key_value().map(|(k, _)| k.0);
-        match (alive, queue) {
-            (Some(a), Some(q)) => Some(a.min(q)),
-            (a, q) => a.or(q),
-        }
+        let notice = self.notice_deadlines.first_key_value().map(|(k, _)| k.0);
+        [alive, queue, notice].into_iter().flatten().min()
     }
 
     /// Number of registered ids.
@@ -280,7 +313,7 @@ impl Broker {
                 self.peers.insert(
                     id.clone(),
                     Peer {
-                        token,
+                        token: token.clone(),
                         conn,
                         last_ping: now,
                         seq,
@@ -289,11 +322,25 @@ impl Broker {
                 );
                 self.alive.insert((filed, seq), id.clone());
                 self.metrics.peers.set(self.peers.len() as f64);
+                self.cancel_notice(&id);
                 self.attach(now, conn, ip, &id, seq);
                 self.send(conn, peerjs::OPEN.to_owned());
             }
         }
         self.flush_queue(&id, conn);
+    }
+
+    /// The id is held again within its grace period: no notice. The same client (same token)
+    /// keeps the peers it signalled with.
+    fn cancel_notice(&mut self, id: &Arc<str>) {
+        let Some(notice) = self.notices.remove(id) else {
+            return;
+        };
+        self.notice_deadlines.remove(&notice.deadline);
+        let same_client = self.peers.get(id).is_some_and(|p| p.token == notice.token);
+        if same_client {
+            self.contacts.insert(id.clone(), notice.contacts);
+        }
     }
 
     fn attach(&mut self, now: Instant, conn: ConnId, ip: Option<IpAddr>, id: &Arc<str>, seq: u64) {
@@ -324,7 +371,7 @@ impl Broker {
     }
 
     /// A socket closed (for any reason). Frees its id if it was the id's current socket.
-    pub fn handle_close(&mut self, conn: ConnId) {
+    pub fn handle_close(&mut self, now: Instant, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
@@ -339,14 +386,52 @@ impl Broker {
         if let Some((id, _)) = c.id
             && self.peers.get(&id).is_some_and(|p| p.conn == conn)
         {
-            self.unregister(&id);
+            self.unregister(now, &id);
         }
     }
 
-    fn unregister(&mut self, id: &str) {
-        if let Some(p) = self.peers.remove(id) {
-            self.alive.remove(&(p.filed, p.seq));
-            self.metrics.peers.set(self.peers.len() as f64);
+    fn unregister(&mut self, now: Instant, id: &str) {
+        let Some((id, p)) = self.peers.remove_entry(id) else {
+            return;
+        };
+        self.alive.remove(&(p.filed, p.seq));
+        self.metrics.peers.set(self.peers.len() as f64);
+        let Some(rn) = self.cfg.room_notices else {
+            return;
+        };
+        if let Some(contacts) = self.contacts.remove(&id)
+            && !contacts.is_empty()
+        {
+            self.seq += 1;
+            let deadline = (now + rn.grace, self.seq);
+            self.notice_deadlines.insert(deadline, id.clone());
+            self.notices.insert(
+                id,
+                Notice {
+                    token: p.token,
+                    contacts,
+                    deadline,
+                },
+            );
+        }
+    }
+
+    /// Remembers that `a` and `b` signalled, for whichever of them is a room id.
+    fn note_contact(&mut self, a: &Arc<str>, b: &str) {
+        if self.cfg.room_notices.is_none() {
+            return;
+        }
+        for (room, other) in [(a.as_ref(), b), (b, a.as_ref())] {
+            if room.starts_with(ROOM_PREFIX) && room != other {
+                let Some((key, _)) = self.peers.get_key_value(room) else {
+                    continue;
+                };
+                let key = key.clone();
+                let set = self.contacts.entry(key).or_default();
+                if set.len() < MAX_CONTACTS {
+                    set.insert(Arc::from(other));
+                }
+            }
         }
     }
 
@@ -425,6 +510,12 @@ impl Broker {
     }
 
     fn relay(&mut self, now: Instant, kind: MessageType, src: Arc<str>, dst: &str, text: String) {
+        if matches!(
+            kind,
+            MessageType::Offer | MessageType::Answer | MessageType::Candidate
+        ) {
+            self.note_contact(&src, dst);
+        }
         if let Some(p) = self.peers.get(dst) {
             let conn = p.conn;
             self.send(conn, text);
@@ -440,7 +531,11 @@ impl Broker {
             Some(q) => q,
             None => {
                 self.seq += 1;
-                let key = (now + self.cfg.expire_timeout, self.seq);
+                let ttl = match self.cfg.room_notices {
+                    Some(rn) if dst.starts_with(ROOM_PREFIX) => rn.expire,
+                    _ => self.cfg.expire_timeout,
+                };
+                let key = (now + ttl, self.seq);
                 let dst: Arc<str> = Arc::from(dst);
                 self.queue_deadlines.insert(key, dst.clone());
                 self.queues.entry(dst).or_insert(Queue {
@@ -506,7 +601,21 @@ impl Broker {
                 self.queued_total -= q.msgs.len();
                 self.metrics.queued.set(self.queued_total as f64);
             }
-            self.unregister(&id);
+            self.unregister(now, &id);
+        }
+        while let Some(entry) = self.notice_deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let room = entry.remove();
+            let Some(notice) = self.notices.remove(&room) else {
+                continue;
+            };
+            for peer in notice.contacts {
+                self.metrics.leave_notices.increment(1);
+                let text = peerjs::relay_frame(MessageType::Leave, &room, &peer, None);
+                self.relay(now, MessageType::Leave, room.clone(), &peer, text);
+            }
         }
     }
 }
@@ -527,6 +636,7 @@ mod tests {
             per_ip_connections: 2,
             max_queued_per_dst: 3,
             max_queued_total: 5,
+            room_notices: None,
         }
     }
 
@@ -557,6 +667,10 @@ mod tests {
         }
         fn msg(&mut self, ms: u64, conn: u64, text: &str) -> Vec<Output> {
             self.b.handle_message(self.at(ms), ConnId(conn), text);
+            self.drain()
+        }
+        fn close(&mut self, ms: u64, conn: u64) -> Vec<Output> {
+            self.b.handle_close(self.at(ms), ConnId(conn));
             self.drain()
         }
         fn tick(&mut self, ms: u64) -> Vec<Output> {
@@ -618,7 +732,7 @@ mod tests {
         s.msg(200, 1, r#"{"type":"OFFER","dst":"ghost"}"#);
         s.msg(300, 2, r#"{"type":"OFFER","dst":"ghost"}"#);
         s.msg(300, 3, r#"{"type":"OFFER","dst":"ghost"}"#);
-        s.b.handle_close(ConnId(3));
+        s.b.handle_close(s.t0, ConnId(3));
         assert_eq!(s.b.poll_timeout(), Some(s.at(5100)));
         assert!(s.tick(5099).is_empty());
         assert_eq!(
@@ -682,9 +796,9 @@ mod tests {
             s.msg(1, 1, r#"{"type":"OFFER","dst":"b"}"#),
             [send(2, r#"{"type":"OFFER","src":"a","dst":"b"}"#)]
         );
-        s.b.handle_close(ConnId(1));
+        s.b.handle_close(s.t0, ConnId(1));
         assert!(s.b.is_registered("a"));
-        s.b.handle_close(ConnId(3));
+        s.b.handle_close(s.t0, ConnId(3));
         assert!(!s.b.is_registered("a"));
     }
 
@@ -693,7 +807,7 @@ mod tests {
         let mut s = Sim::new(cfg());
         s.open(0, 1, "a", "t");
         s.open(0, 2, "a", "t"); // re-attach: 1 is superseded but bound
-        s.b.handle_close(ConnId(2)); // registration ends
+        s.b.handle_close(s.t0, ConnId(2)); // registration ends
         s.open(0, 3, "a", "other"); // someone else takes the id
         s.open(0, 4, "b", "t");
         // The leftover socket cannot send as the new owner of "a".
@@ -717,7 +831,7 @@ mod tests {
         );
         s.open(0, 3, "b", "t");
         assert!(s.msg(1, 1, r#"{"type":"OFFER","dst":"b"}"#).is_empty());
-        s.b.handle_close(ConnId(1));
+        s.b.handle_close(s.t0, ConnId(1));
         assert!(s.b.is_registered("a"));
     }
 
@@ -775,7 +889,7 @@ mod tests {
         let out = s.drain();
         assert_eq!(out.len(), 4);
         assert_eq!(out[3], close(3, CloseReason::Rejected));
-        s.b.handle_close(ConnId(1));
+        s.b.handle_close(s.t0, ConnId(1));
         assert!(s.b.per_ip.get(&ip) == Some(&1));
     }
 
@@ -817,5 +931,127 @@ mod tests {
             s.msg(0, 1, r#"{"type":"LEAVE","dst":"a"}"#),
             [send(1, r#"{"type":"LEAVE","src":"a","dst":"a"}"#)]
         );
+    }
+
+    fn notices() -> CoreConfig {
+        CoreConfig {
+            room_notices: Some(RoomNotices {
+                grace: Duration::from_secs(1),
+                expire: Duration::from_secs(1),
+            }),
+            concurrent_limit: 10,
+            ..cfg()
+        }
+    }
+
+    const ROOM: &str = "kbz-v1-standup";
+
+    /// The authority holds the room id; two members signalled with it, one did not.
+    fn room(cfg: CoreConfig) -> Sim {
+        let mut s = Sim::new(cfg);
+        s.open(0, 1, ROOM, "auth");
+        s.open(0, 2, "p2", "t");
+        s.open(0, 3, "p3", "t");
+        s.open(0, 4, "p4", "t");
+        s.msg(10, 2, r#"{"type":"OFFER","dst":"kbz-v1-standup"}"#);
+        s.msg(10, 1, r#"{"type":"ANSWER","dst":"p3"}"#);
+        s
+    }
+
+    fn leave(conn: u64, dst: &str) -> Output {
+        send(
+            conn,
+            &format!(r#"{{"type":"LEAVE","src":"{ROOM}","dst":"{dst}"}}"#),
+        )
+    }
+
+    #[test]
+    fn room_notices_are_off_by_default() {
+        let mut s = room(cfg());
+        assert!(s.close(100, 1).is_empty());
+        assert!(s.tick(10_000).is_empty());
+    }
+
+    #[test]
+    fn room_notice_after_the_grace_to_everyone_who_signalled() {
+        let mut s = room(notices());
+        assert!(s.close(100, 1).is_empty());
+        assert_eq!(s.b.poll_timeout(), Some(s.at(1100)));
+        assert!(s.tick(1099).is_empty());
+        assert_eq!(s.tick(1100), [leave(2, "p2"), leave(3, "p3")]);
+        assert!(s.tick(5000).is_empty(), "once");
+    }
+
+    #[test]
+    fn a_blip_under_the_grace_sends_nothing_and_keeps_the_contacts() {
+        let mut s = room(notices());
+        s.close(100, 1);
+        assert_eq!(s.open(600, 5, ROOM, "auth"), [send(5, peerjs::OPEN)]);
+        assert!(s.tick(2000).is_empty());
+        // The same client's peers are still remembered for its next close.
+        s.close(3000, 5);
+        assert_eq!(s.tick(4000), [leave(2, "p2"), leave(3, "p3")]);
+    }
+
+    #[test]
+    fn a_new_owner_inside_the_grace_cancels_the_notice_and_starts_afresh() {
+        let mut s = room(notices());
+        s.close(100, 1);
+        s.open(600, 5, ROOM, "someone-else");
+        assert!(s.tick(2000).is_empty());
+        assert!(s.close(3000, 5).is_empty());
+        assert!(
+            s.tick(5000).is_empty(),
+            "nobody signalled with the new owner"
+        );
+    }
+
+    #[test]
+    fn reattach_keeps_the_contacts_and_the_old_socket_closing_changes_nothing() {
+        let mut s = room(notices());
+        assert!(s.open(50, 5, ROOM, "auth").is_empty(), "silent re-attach");
+        assert!(s.close(100, 1).is_empty());
+        assert!(s.tick(5000).is_empty(), "the id is still held");
+        s.close(6000, 5);
+        assert_eq!(s.tick(7000), [leave(2, "p2"), leave(3, "p3")]);
+    }
+
+    #[test]
+    fn other_ids_never_get_notices_and_room_queues_expire_sooner() {
+        let mut s = Sim::new(notices());
+        s.open(0, 1, "plain", "t");
+        s.open(0, 2, "p2", "t");
+        s.msg(10, 2, r#"{"type":"OFFER","dst":"plain"}"#);
+        s.close(100, 1);
+        assert!(s.tick(10_000).is_empty());
+        s.msg(20_000, 2, r#"{"type":"OFFER","dst":"kbz-v1-gone"}"#);
+        s.msg(20_000, 2, r#"{"type":"OFFER","dst":"plain-gone"}"#);
+        assert_eq!(
+            s.tick(21_000),
+            [send(
+                2,
+                r#"{"type":"EXPIRE","src":"kbz-v1-gone","dst":"p2"}"#
+            )]
+        );
+        assert_eq!(
+            s.tick(25_000),
+            [send(
+                2,
+                r#"{"type":"EXPIRE","src":"plain-gone","dst":"p2"}"#
+            )]
+        );
+    }
+
+    #[test]
+    fn a_dead_room_authority_also_gets_a_notice() {
+        let mut s = room(notices());
+        // Members heartbeat; the authority does not.
+        for ms in [30_000, 60_000, 89_000] {
+            for c in [2, 3, 4] {
+                s.msg(ms, c, r#"{"type":"HEARTBEAT"}"#);
+            }
+        }
+        assert_eq!(s.tick(90_000), [close(1, CloseReason::Dead)]);
+        assert_eq!(s.tick(91_000), [leave(2, "p2"), leave(3, "p3")]);
     }
 }

@@ -97,6 +97,7 @@ impl Hub {
                 per_ip_connections: config.limits.per_ip_connections,
                 max_queued_per_dst: config.limits.max_queued_per_dst,
                 max_queued_total: config.limits.max_queued_total,
+                room_notices: config.room_notices,
             },
             metrics.clone(),
         );
@@ -173,14 +174,9 @@ impl Hub {
 
     /// The socket is gone.
     pub(crate) fn closed(&self, conn: ConnId) {
-        let mut inner = self.lock();
-        inner.outboxes.remove(&conn);
-        inner.core.handle_close(conn);
-        let touched = inner.drain(&self.metrics);
-        drop(inner);
-        for ob in touched {
-            ob.flush();
-        }
+        self.lock().outboxes.remove(&conn);
+        // Through `with_core`: a close can start a timer (a room id's leave notice).
+        self.with_core(|core| core.handle_close(now(), conn));
         self.metrics.connections.decrement(1.0);
     }
 

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub queued: Gauge,
     /// `EXPIRE`s generated for queues that timed out.
     pub expired: Counter,
+    /// Room-id `LEAVE` notices sent (opt-in).
+    pub leave_notices: Counter,
     /// Bytes of WebSocket payload received.
     pub bytes_in: Counter,
     /// Bytes of WebSocket frames sent.
@@ -68,6 +70,7 @@ impl Metrics {
             connections: gauge!("kibitz_signal_connections"),
             queued: gauge!("kibitz_signal_queued_messages"),
             expired: counter!("kibitz_signal_expired_total"),
+            leave_notices: counter!("kibitz_signal_room_leave_notices_total"),
             bytes_in: counter!("kibitz_signal_bytes_total", "direction" => "in"),
             bytes_out: counter!("kibitz_signal_bytes_total", "direction" => "out"),
             messages: TYPES.map(|t| counter!("kibitz_signal_messages_total", "type" => t.as_str())),
