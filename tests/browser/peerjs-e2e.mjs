@@ -9,6 +9,7 @@ import {
   oneLine,
   pageErrorMessage,
   startPageServer as servePages,
+  runScenarios,
   withTimeout,
 } from "../node/chromium.mjs";
 
@@ -170,47 +171,8 @@ async function main(broker, state) {
   await withTimeout(page.evaluate(() => H.destroyAll()), 5000, "peer teardown").catch(() => {});
 }
 
-async function cleanup(state) {
-  const closeServer = () =>
-    new Promise((resolve) => {
-      if (!state.server) return resolve();
-      state.server.close(resolve);
-      state.server.closeAllConnections();
-    });
-  await Promise.allSettled([
-    state.browser && withTimeout(state.browser.close(), 10_000, "browser close"),
-    withTimeout(closeServer(), 5000, "page server close"),
-  ]);
-}
-
-async function run() {
-  const broker = parseCli();
-  const results = new Map();
-  const state = {
-    report(name, failure) {
-      if (results.has(name)) return;
-      results.set(name, failure);
-      console.log(failure === null ? `ok - ${name}` : `not ok - ${name}: ${failure}`);
-    },
-  };
-
-  let fatal = null;
-  try {
-    await withTimeout(main(broker, state), OVERALL_TIMEOUT_MS, "whole run");
-  } catch (err) {
-    fatal = oneLine(err?.stack?.split("\n")[0] ?? err);
-  }
-  for (const { name } of SCENARIOS) {
-    if (!results.has(name)) state.report(name, `not run (${fatal ?? "aborted"})`);
-  }
-  await cleanup(state);
-
-  const failed = [...results.values()].filter((f) => f !== null).length;
-  console.log(`${results.size - failed} passed, ${failed} failed`);
-  process.exit(failed === 0 && fatal === null ? 0 : 1);
-}
-
-run().catch((err) => {
+const opts = parseCli();
+runScenarios(SCENARIOS.map((s) => s.name), OVERALL_TIMEOUT_MS, (state) => main(opts, state)).catch((err) => {
   console.error("harness crashed:", err);
   process.exit(1);
 });

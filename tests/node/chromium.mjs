@@ -55,3 +55,47 @@ export function pageErrorMessage(err) {
   const message = [first, ...rest.filter((line) => !/^\s+at /.test(line))].join(" ");
   return oneLine(message).replace(/^page\.evaluate: (Error: )?/, "");
 }
+
+async function closeAll(state) {
+  const closeServer = () =>
+    new Promise((resolve) => {
+      if (!state.server) return resolve();
+      state.server.close(resolve);
+      state.server.closeAllConnections();
+    });
+  await Promise.allSettled([
+    state.browser && withTimeout(state.browser.close(), 10_000, "browser close"),
+    withTimeout(closeServer(), 5000, "page server close"),
+  ]);
+}
+
+/**
+ * The scenario harness every browser test shares: runs `main(state)` within `overallMs`;
+ * `state.report(name, failure, detail?)` prints `ok - name` or `not ok - name: failure` once per
+ * scenario; names that never reported are printed as not run; `state.browser` and
+ * `state.server` are closed; then `N passed, M failed`, and the process exits 0 only if every
+ * scenario passed.
+ */
+export async function runScenarios(names, overallMs, main) {
+  const results = new Map();
+  const state = {
+    report(name, failure, detail) {
+      if (results.has(name)) return;
+      results.set(name, failure);
+      console.log(failure === null ? `ok - ${name}${detail ? ` (${detail})` : ""}` : `not ok - ${name}: ${failure}`);
+    },
+  };
+  let fatal = null;
+  try {
+    await withTimeout(main(state), overallMs, "whole run");
+  } catch (err) {
+    fatal = oneLine(err?.stack?.split("\n")[0] ?? err);
+  }
+  for (const name of names) {
+    if (!results.has(name)) state.report(name, `not run (${fatal ?? "aborted"})`);
+  }
+  await closeAll(state);
+  const failed = [...results.values()].filter((f) => f !== null).length;
+  console.log(`${results.size - failed} passed, ${failed} failed`);
+  process.exit(failed === 0 && fatal === null ? 0 : 1);
+}

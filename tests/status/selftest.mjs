@@ -12,7 +12,7 @@
 // everything passed.
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { launchChromium, oneLine, pageErrorMessage, withTimeout } from "../node/chromium.mjs";
+import { launchChromium, oneLine, pageErrorMessage, runScenarios, withTimeout } from "../node/chromium.mjs";
 
 const SCENARIO_TIMEOUT_MS = 40_000;
 const OVERALL_TIMEOUT_MS = 150_000;
@@ -132,32 +132,8 @@ async function main(opts, state) {
   }
 }
 
-async function run() {
-  const opts = parseCli();
-  const results = new Map();
-  const state = {
-    report(name, failure, detail) {
-      if (results.has(name)) return;
-      results.set(name, failure);
-      console.log(failure === null ? `ok - ${name}${detail ? ` (${detail})` : ""}` : `not ok - ${name}: ${failure}`);
-    },
-  };
-  let fatal = null;
-  try {
-    await withTimeout(main(opts, state), OVERALL_TIMEOUT_MS, "whole run");
-  } catch (err) {
-    fatal = oneLine(err?.stack?.split("\n")[0] ?? err);
-  }
-  for (const { name } of scenarios(opts)) {
-    if (!results.has(name)) state.report(name, `not run (${fatal ?? "aborted"})`);
-  }
-  if (state.browser) await withTimeout(state.browser.close(), 10_000, "browser close").catch(() => {});
-  const failed = [...results.values()].filter((f) => f !== null).length;
-  console.log(`${results.size - failed} passed, ${failed} failed`);
-  process.exit(failed === 0 && fatal === null ? 0 : 1);
-}
-
-run().catch((err) => {
+const opts = parseCli();
+runScenarios(scenarios(opts).map((s) => s.name), OVERALL_TIMEOUT_MS, (state) => main(opts, state)).catch((err) => {
   console.error("harness crashed:", err);
   process.exit(1);
 });
