@@ -11,26 +11,9 @@
 //                                   WebCrypto exports it) is "jwk", and a room link committing a
 //                                   fresh host key sealed under PASSWORD
 
-const webcrypto = globalThis.crypto ?? (await import('node:crypto')).webcrypto
-const { subtle } = webcrypto
+import { EC, b64url, dec, enc, signToken as sign, subtle, unb64url, verifyToken as verify, webcrypto } from '../node/webcrypto.mjs'
+
 const random = (n) => webcrypto.getRandomValues(new Uint8Array(n))
-const enc = new TextEncoder()
-const dec = new TextDecoder()
-
-const EC = { name: 'ECDSA', namedCurve: 'P-256' }
-const SIGN = { name: 'ECDSA', hash: 'SHA-256' }
-
-// base64url as a browser does it: btoa/atob, no padding out, padding optional in.
-function b64url(bytes) {
-  let bin = ''
-  for (const b of bytes) bin += String.fromCharCode(b)
-  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
-}
-function unb64url(text) {
-  const b64 = text.replace(/-/g, '+').replace(/_/g, '/')
-  const bin = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4))
-  return Uint8Array.from(bin, (c) => c.charCodeAt(0))
-}
 
 async function passKey(password, salt) {
   const base = await subtle.importKey('raw', enc.encode(password.normalize('NFKC')), 'PBKDF2', false, ['deriveKey'])
@@ -56,25 +39,6 @@ async function unseal(blob, password) {
     if (raw.length < 1 + 16 + 12 + 16 || raw[0] !== 1) return null
     const key = await passKey(password, raw.slice(1, 17))
     return dec.decode(await subtle.decrypt({ name: 'AES-GCM', iv: raw.slice(17, 29) }, key, raw.slice(29)))
-  } catch {
-    return null
-  }
-}
-
-async function sign(privateKey, payload) {
-  const body = b64url(enc.encode(JSON.stringify(payload)))
-  const sig = new Uint8Array(await subtle.sign(SIGN, privateKey, enc.encode(body)))
-  return `${body}.${b64url(sig)}`
-}
-
-async function verify(token, jwk) {
-  const dot = token.indexOf('.')
-  if (dot < 1 || dot === token.length - 1) return null
-  const body = token.slice(0, dot)
-  try {
-    const payload = JSON.parse(dec.decode(unb64url(body)))
-    const key = await subtle.importKey('jwk', jwk, EC, true, ['verify'])
-    return (await subtle.verify(SIGN, key, unb64url(token.slice(dot + 1)), enc.encode(body))) ? payload : null
   } catch {
     return null
   }

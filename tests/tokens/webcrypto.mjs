@@ -11,38 +11,9 @@
 //   credit JSON KID                  → {"jwt","jwks"}: JSON as RS256 JWT claims signed with a fresh
 //                                      2048-bit RSASSA-PKCS1-v1_5 key, and its JWKS
 
-const webcrypto = globalThis.crypto ?? (await import('node:crypto')).webcrypto
-const { subtle } = webcrypto
-const enc = new TextEncoder()
-const dec = new TextDecoder()
+import { EC, b64url, enc, signToken, subtle, verifyToken as verify } from '../node/webcrypto.mjs'
 
-const EC = { name: 'ECDSA', namedCurve: 'P-256' }
-const SIGN = { name: 'ECDSA', hash: 'SHA-256' }
 const RSA = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' }
-
-function b64url(bytes) {
-  let bin = ''
-  for (const b of bytes) bin += String.fromCharCode(b)
-  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '')
-}
-function unb64url(text) {
-  const b64 = text.replace(/-/g, '+').replace(/_/g, '/')
-  const bin = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4))
-  return Uint8Array.from(bin, (c) => c.charCodeAt(0))
-}
-
-async function verify(token, jwk) {
-  const dot = token.indexOf('.')
-  if (dot < 1 || dot === token.length - 1) return null
-  const body = token.slice(0, dot)
-  try {
-    const payload = JSON.parse(dec.decode(unb64url(body)))
-    const key = await subtle.importKey('jwk', jwk, EC, true, ['verify'])
-    return (await subtle.verify(SIGN, key, unb64url(token.slice(dot + 1)), enc.encode(body))) ? payload : null
-  } catch {
-    return null
-  }
-}
 
 const canonicalFp = (fp) => String(fp ?? '').trim().toLowerCase()
 const OPS = ['claim', 'lobbyon', 'lobbyoff', 'admit', 'deny', 'lock', 'unlock', 'reset', 'kick']
@@ -75,9 +46,7 @@ async function thumbprint(jwk) {
 
 async function sign(payload) {
   const pair = await subtle.generateKey(EC, true, ['sign', 'verify'])
-  const body = b64url(enc.encode(JSON.stringify(payload)))
-  const sig = new Uint8Array(await subtle.sign(SIGN, pair.privateKey, enc.encode(body)))
-  return { jwk: await subtle.exportKey('jwk', pair.publicKey), token: `${body}.${b64url(sig)}` }
+  return { jwk: await subtle.exportKey('jwk', pair.publicKey), token: await signToken(pair.privateKey, payload) }
 }
 
 async function credit(claims, kid) {
