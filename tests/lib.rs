@@ -151,3 +151,51 @@ impl Client {
         }
     }
 }
+
+/// Runs a Node scenario script under `tests/` (`script` relative to it) to completion, at most
+/// 3 minutes, echoing its output. `Ok(stdout)` once it exited 0 with `N passed, 0 failed`;
+/// `Err(stdout)` otherwise, so a caller can add context before failing.
+pub async fn node_scenarios(script: &str, args: &[&str]) -> Result<String, String> {
+    let path = format!("{}/{script}", env!("CARGO_MANIFEST_DIR"));
+    let child = tokio::process::Command::new("node")
+        .arg(&path)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed (scripts/test installs it)");
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} timed out"))
+        .expect("node ran");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    if out.status.success() && stdout.contains(" passed, 0 failed") {
+        Ok(stdout)
+    } else {
+        Err(stdout)
+    }
+}
+
+/// Runs a Node command-line script under `tests/` once: its trimmed output when it exits 0,
+/// `None` when it refuses (exit 1 printing `null`); anything else fails the test.
+pub fn node_cli(script: &str, args: &[&str]) -> Option<String> {
+    let path = format!("{}/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("node")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("node must be installed (scripts/test installs it)");
+    let stdout = String::from_utf8(out.stdout).unwrap().trim_end().to_owned();
+    match out.status.code() {
+        Some(0) => Some(stdout),
+        Some(1) if stdout == "null" => None,
+        _ => panic!(
+            "{script} {args:?} crashed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}

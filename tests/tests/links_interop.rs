@@ -5,8 +5,6 @@
 //! passwords and tampered tokens fail on both sides.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
-
 use kibitz_proto::gate::GateDescriptor;
 use kibitz_proto::link::{commit_host_password, parse_room_target, room_link, unlock_host_key};
 use kibitz_proto::rand_core::{self, CryptoRng, RngCore};
@@ -14,7 +12,6 @@ use kibitz_proto::seal::{open, seal};
 use kibitz_proto::token::{EcJwk, SigningKey, sign_payload, verify_token};
 use serde_json::{Value, json};
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/links/webcrypto.mjs");
 const ORIGIN: &str = "https://kibitz.chat";
 /// NFKC folds "ﬁ" to "fi" and composes "e" + U+0301: both sides must normalise alike.
 const PASSWORD: &str = "ﬁve cafe\u{301} horses";
@@ -22,20 +19,7 @@ const SAME_PASSWORD_NFKC: &str = "five café horses";
 
 /// Runs the script: its output when it succeeded, `None` when it refused (exit 1, `null`).
 fn node(args: &[&str]) -> Option<String> {
-    let out = Command::new("node")
-        .arg(SCRIPT)
-        .args(args)
-        .output()
-        .expect("node must be installed (scripts/test installs it)");
-    let stdout = String::from_utf8(out.stdout).unwrap().trim_end().to_owned();
-    match out.status.code() {
-        Some(0) => Some(stdout),
-        Some(1) if stdout == "null" => None,
-        _ => panic!(
-            "webcrypto.mjs {args:?} crashed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
+    kibitz_e2e::node_cli("links/webcrypto.mjs", args)
 }
 
 /// Flips one bit of the signature's first byte (a character early in it, so no padding bits).

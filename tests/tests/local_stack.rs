@@ -29,7 +29,6 @@ const OLD_SECRET: &str = "kibitz-local-stack-older-secret";
 const OTHER_SECRET: &str = "kibitz-local-stack-secret-coturn-never-heard-of";
 const REALM: &str = "local-stack.test";
 const START_WITHIN: Duration = Duration::from_secs(30);
-const SCENARIOS_WITHIN: Duration = Duration::from_secs(120);
 const STOP_WITHIN: Duration = Duration::from_secs(25);
 
 fn repo_root() -> PathBuf {
@@ -203,27 +202,14 @@ impl Stack {
 }
 
 async fn node(args: &[String]) {
-    let child = Command::new("node")
-        .args(args)
-        .current_dir(repo_root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node must be installed (scripts/test installs it)");
-    let out = tokio::time::timeout(SCENARIOS_WITHIN, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{args:?} timed out"))
-        .expect("node ran");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!("{stdout}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success() && stdout.contains(" passed, 0 failed"),
-        "{} failed:\n{stdout}",
-        args[0]
-    );
+    let (script, rest) = args.split_first().expect("a script");
+    let script = script
+        .strip_prefix("tests/")
+        .expect("a script under tests/");
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    if let Err(out) = kibitz_e2e::node_scenarios(script, &rest).await {
+        panic!("{script} failed:\n{out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

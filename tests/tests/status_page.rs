@@ -19,7 +19,6 @@ use coturn::Coturn;
 use kibitz_proto::peerjs::BANNER;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -163,32 +162,23 @@ async fn chromium_self_test_reports_turn_and_broker() {
     let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/test-artifacts");
     std::fs::create_dir_all(artifacts).unwrap();
     let url = |b: &Bundle| format!("http://{}/", b.addr);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/status/selftest.mjs");
-    let child = tokio::process::Command::new("node")
-        .arg(script)
-        .args(["--good", &url(&good), "--refused", &url(&refused)])
-        .args(["--gone", &url(&gone), "--artifacts", artifacts])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node must be installed (scripts/test installs it)");
-    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
-        .await
-        .expect("browser test timed out")
-        .expect("browser test ran");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        println!("--- coturn log ---\n{}", turn.log());
+    let (good_url, refused_url, gone_url) = (url(&good), url(&refused), url(&gone));
+    let args = [
+        "--good",
+        &good_url,
+        "--refused",
+        &refused_url,
+        "--gone",
+        &gone_url,
+        "--artifacts",
+        artifacts,
+    ];
+    if let Err(out) = kibitz_e2e::node_scenarios("status/selftest.mjs", &args).await {
+        panic!(
+            "browser scenarios failed:\n{out}\n--- coturn log ---\n{}",
+            turn.log()
+        );
     }
-    assert!(out.status.success(), "browser scenarios failed:\n{stdout}");
-    assert!(
-        stdout.contains(" passed, 0 failed"),
-        "no summary line:\n{stdout}"
-    );
     // The green run really allocated on this coturn, and the counts saw the credentials.
     assert!(turn.log().contains("ALLOCATE processed, success"));
     let (_, body) = api::get(good.addr, "/status.json").await;

@@ -5,8 +5,6 @@
 //! fail on both sides.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
-
 use kibitz_proto::agent::{
     AgentKeyEntry, agent_key_thumbprint, sign_agent_assertion, verify_agent_assertion,
 };
@@ -18,27 +16,13 @@ use kibitz_proto::hostcmd::{
 use kibitz_proto::token::{EcJwk, SigningKey};
 use serde_json::{Value, json};
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tokens/webcrypto.mjs");
 const ROOM: &str = "standup";
 const FP: &str = "AB:CD:EF:01:23:45:67:89";
 const NOW: u64 = 1_800_000_000;
 
 /// Runs the script: its output when it succeeded, `None` when it refused (exit 1, `null`).
 fn node(args: &[&str]) -> Option<String> {
-    let out = Command::new("node")
-        .arg(SCRIPT)
-        .args(args)
-        .output()
-        .expect("node must be installed (scripts/test installs it)");
-    let stdout = String::from_utf8(out.stdout).unwrap().trim_end().to_owned();
-    match out.status.code() {
-        Some(0) => Some(stdout),
-        Some(1) if stdout == "null" => None,
-        _ => panic!(
-            "webcrypto.mjs {args:?} crashed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
+    kibitz_e2e::node_cli("tokens/webcrypto.mjs", args)
 }
 
 fn json_out(args: &[&str]) -> Value {

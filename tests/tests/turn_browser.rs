@@ -15,8 +15,6 @@ mod api;
 mod coturn;
 
 use coturn::Coturn;
-use std::process::Stdio;
-use std::time::Duration;
 
 const SECRET: &str = "kibitz-e2e-browser-secret";
 const OTHER: &str = "kibitz-e2e-secret-coturn-never-heard-of";
@@ -27,33 +25,22 @@ async fn chromium_relays_through_coturn_with_api_credentials() {
     let good = api::start(&[SECRET], turn.port).await;
     let bad = api::start(&[OTHER], turn.port).await;
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/turn/relay.mjs");
     let relay_ports = format!("{}-{}", turn.relay_ports.start(), turn.relay_ports.end());
-    let child = tokio::process::Command::new("node")
-        .arg(script)
-        .args(["--api", &good.url(), "--bad-api", &bad.url()])
-        .args(["--relay-ports", &relay_ports])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node must be installed (scripts/test installs it)");
-    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
-        .await
-        .expect("browser test timed out")
-        .expect("browser test ran");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        println!("--- coturn log ---\n{}", turn.log());
+    let (good_url, bad_url) = (good.url(), bad.url());
+    let args = [
+        "--api",
+        &good_url,
+        "--bad-api",
+        &bad_url,
+        "--relay-ports",
+        &relay_ports,
+    ];
+    if let Err(out) = kibitz_e2e::node_scenarios("turn/relay.mjs", &args).await {
+        panic!(
+            "browser scenarios failed:\n{out}\n--- coturn log ---\n{}",
+            turn.log()
+        );
     }
-    assert!(out.status.success(), "browser scenarios failed:\n{stdout}");
-    assert!(
-        stdout.contains(" passed, 0 failed"),
-        "no summary line:\n{stdout}"
-    );
     // The relayed data really went through this coturn.
     let log = turn.log();
     for line in [
