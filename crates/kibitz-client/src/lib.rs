@@ -1,4 +1,40 @@
-//! The Kibitz room protocol as a deterministic, sans-IO engine.
+//! The Kibitz room protocol as a deterministic, sans-IO engine (KIBITZ.md §4).
 //!
-//! Not implemented yet: this crate is a placeholder in the workspace layout and exports
-//! nothing. The room engine (election, roster, presence, migration, grants) lands here.
+//! One [`Engine`] is one participant: it claims `kbz-v1-<room>` or connects to whoever holds
+//! it, coordinates the room when it holds the id (roster, lobby, lock, kicks, identity gate,
+//! host commands), keeps the data mesh over the roster, and enforces capability grants.
+//!
+//! # Run loop
+//! The engine never reads a clock, draws randomness or touches a socket. Time comes in as
+//! [`Now`] with every call; randomness as a seed in [`RoomConfig`]; the network as
+//! [`NetEvent`]s. After any call that takes a `now` — [`Engine::start`],
+//! [`Engine::handle_input`], or a controller method — drain [`Engine::poll_output`] until it
+//! returns [`Output::Timeout`]: carry out each [`NetCmd`], deliver each [`Event`], then call
+//! `handle_input(now, Input::Timeout)` at the time given (or earlier, on any input).
+//!
+//! # Errors
+//! Frames from the network are never trusted: malformed or unknown frames are ignored (the
+//! wire is additive-only), oversized credentials are refused, and no input panics.
+//! Controller calls that cannot be carried out return [`SendError`] or [`HostError`].
+//!
+//! # Testing
+//! [`sim`] runs many engines over a seeded in-memory network with latency, loss, partitions
+//! and crashes, on a virtual clock.
+
+mod authority;
+pub mod config;
+mod ctx;
+mod engine;
+mod mesh;
+pub mod net;
+pub mod sim;
+pub mod verify;
+pub mod wire;
+
+pub use config::{AgentIdentity, HostCommit, RoomConfig};
+pub use ctx::Now;
+pub use engine::{
+    AuditEntry, AuditKind, Engine, Event, HostError, Input, Knocker, Message, Output,
+    Participant, SendError, Status,
+};
+pub use net::{ConnId, NetCmd, NetEvent, PeerFailure, PeerKey, Plane};

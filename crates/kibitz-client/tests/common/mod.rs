@@ -1,0 +1,63 @@
+//! Shared helpers for the engine scenario and simulation tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use kibitz_client::sim::{NetConfig, NodeId, Sim};
+use kibitz_client::{Event, RoomConfig, Status};
+
+pub const T0_UNIX_MS: u64 = 1_800_000_000_000;
+
+pub fn sim(seed: u64) -> Sim {
+    Sim::new(seed, NetConfig::default(), T0_UNIX_MS)
+}
+
+pub fn cfg(room: &str, name: &str) -> RoomConfig {
+    RoomConfig::new(room, name, &format!("tok-{}", name.to_lowercase()))
+}
+
+/// Adds, starts and joins a participant.
+pub fn join(sim: &mut Sim, cfg: RoomConfig) -> NodeId {
+    let n = sim.add(cfg);
+    sim.start(n);
+    sim.with(n, |e, now| e.join(now));
+    n
+}
+
+pub fn names(sim: &Sim, n: NodeId) -> Vec<String> {
+    let mut v: Vec<String> = sim
+        .engine(n)
+        .participants()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn authorities(sim: &Sim, nodes: &[NodeId]) -> Vec<NodeId> {
+    nodes
+        .iter()
+        .copied()
+        .filter(|n| sim.alive(*n) && sim.engine(*n).is_authority())
+        .collect()
+}
+
+pub fn statuses(sim: &Sim, n: NodeId) -> Vec<Status> {
+    sim.events(n)
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Status(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// App payloads received, as (from voiceId, value).
+pub fn received(sim: &Sim, n: NodeId) -> Vec<(String, kibitz_proto::content::Content)> {
+    sim.events(n)
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Message(m) => Some((m.from.clone(), m.content.clone())),
+            _ => None,
+        })
+        .collect()
+}
