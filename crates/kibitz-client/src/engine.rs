@@ -616,6 +616,7 @@ impl Engine {
             self.mesh.self_id = Some(id);
             self.sync_self();
             self.announce_now();
+            self.claim_host_if_keyed();
             let am_host = self.am_crypto_host();
             self.mesh.sync(&mut self.ctx, &self.roster, am_host);
             return;
@@ -1201,6 +1202,20 @@ impl Engine {
     ) -> Result<usize, SendError> {
         self.ctx.now = now;
         self.mesh.send_content(&mut self.ctx, &self.roster, content, to)
+    }
+
+    /// Sends a raw frame on the presence link to the authority, bypassing the engine (for
+    /// tools and tests that speak the wire directly). Returns whether a link was open.
+    pub fn send_presence_frame(&mut self, now: Now, frame: Value) -> bool {
+        self.ctx.now = now;
+        match &self.phase {
+            Phase::Participant(p) if p.open => {
+                let conn = p.conn;
+                self.ctx.send(conn, frame);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Host: waiting room on or off.

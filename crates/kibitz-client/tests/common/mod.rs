@@ -61,3 +61,39 @@ pub fn received(sim: &Sim, n: NodeId) -> Vec<(String, kibitz_proto::content::Con
         })
         .collect()
 }
+
+use kibitz_client::HostCommit;
+use p256::ecdsa::SigningKey;
+
+pub fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32].into()).unwrap()
+}
+
+/// A config for a room whose host commits the key `key(7)`; with `holds` the participant
+/// has unsealed it (it is the host).
+pub fn keyed(room: &str, name: &str, holds: bool) -> RoomConfig {
+    let mut c = cfg(room, name);
+    c.host = HostCommit::Key(*key(7).verifying_key());
+    if holds {
+        c.host_key = Some(key(7));
+    }
+    c
+}
+
+pub fn id_of(sim: &Sim, n: NodeId) -> String {
+    sim.engine(n).voice_id().unwrap().to_owned()
+}
+
+pub fn lobby_events(sim: &Sim, n: NodeId) -> Vec<kibitz_proto::presence::LobbyStatus> {
+    sim.events(n)
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Lobby(s) => Some(*s),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn app(v: serde_json::Value) -> kibitz_proto::binarypack::Value {
+    serde_json::from_value(v).unwrap()
+}
