@@ -1,0 +1,684 @@
+//! The peer as a sans-IO state machine: broker frames, UDP datagrams, commands and time go in;
+//! frames to send to the broker, datagrams to send, events and a deadline come out.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, trace, warn};
+
+use crate::conn::{ConnConfig, ConnOut, DataConn, Sock, receive};
+use crate::signal::{self, OfferMeta, Payload, ServerMsg, SignalError};
+use crate::{
+    CloseReason, ConnError, ConnId, ConnInfo, ConnectOptions, Identity, Message, SendError,
+    Serialization,
+};
+
+/// Something a peer reports.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The broker sent `OPEN`: the id is ours.
+    Open {
+        /// Our id.
+        id: String,
+    },
+    /// A remote OFFER was accepted; [`Event::ConnOpen`] follows when the channel opens.
+    Connection {
+        /// The new connection.
+        conn: ConnId,
+        /// Who offered.
+        remote: String,
+        /// What the OFFER asked for.
+        info: ConnInfo,
+    },
+    /// The data channel is open (both roles): [`crate::PeerHandle::send`] delivers now.
+    ConnOpen {
+        /// The connection.
+        conn: ConnId,
+        /// The remote id.
+        remote: String,
+        /// The remote's DTLS certificate fingerprint (SHA-256, colon-hex), from its SDP and
+        /// verified by the DTLS handshake.
+        remote_fingerprint: String,
+    },
+    /// A message arrived.
+    Data {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        value: Message,
+    },
+    /// Buffered data fell to the low-water mark after a [`SendError::Full`].
+    BufferedLow {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The connection ended; its id is never used again.
+    ConnClosed {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A problem on a connection that did not close it (an undecodable message).
+    ConnError {
+        /// The connection.
+        conn: ConnId,
+        /// What.
+        error: ConnError,
+    },
+    /// A frame from the broker, or a payload relayed from a remote, was refused (never fatal).
+    SignalError(SignalError),
+    /// The broker sent `ERROR` (bad key, limit reached, …); it closes the socket next.
+    Error {
+        /// The broker's message.
+        message: String,
+    },
+    /// The broker sent `ID-TAKEN`: someone else holds our id.
+    IdTaken,
+    /// The broker could not deliver to `remote` (`EXPIRE`); unopened connections to it close.
+    Expire {
+        /// The unreachable id.
+        remote: String,
+    },
+    /// `remote` left (`LEAVE`); every connection with it closes.
+    Leave {
+        /// Who left.
+        remote: String,
+    },
+    /// The broker socket closed; open connections carry on. Call
+    /// [`crate::PeerHandle::reconnect`] to come back with the same id and token.
+    Disconnected,
+}
+
+/// What [`PeerCore::poll_output`] gives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// A text frame for the broker WebSocket.
+    Signal(String),
+    /// A UDP datagram to send from the socket bound at `source`.
+    Transmit {
+        /// The local address (one of the host candidates).
+        source: SocketAddr,
+        /// Where to.
+        destination: SocketAddr,
+        /// The datagram.
+        contents: Vec<u8>,
+    },
+    /// An event for the application.
+    Event(Event),
+    /// The connection on the socket bound at `local` is gone: close the socket.
+    Release {
+        /// The socket's address, as given to [`PeerCore::add_socket`].
+        local: SocketAddr,
+    },
+}
+
+/// Tunables of a [`PeerCore`].
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Our id at the broker.
+    pub id: String,
+    /// The DTLS identity every connection presents.
+    pub identity: Identity,
+    /// The addresses advertised for a socket bound to an unspecified address (`0.0.0.0:p`
+    /// advertises each of these with port `p`); a socket bound to a specific address
+    /// advertises that address. Default `127.0.0.1`.
+    pub host_ips: Vec<IpAddr>,
+    /// `HEARTBEAT` interval (PeerJS: 5 s).
+    pub heartbeat: Duration,
+    /// Per-connection bound on buffered outgoing bytes (PeerJS: 8 MiB).
+    pub max_buffered: usize,
+    /// A connection not open this long after it was made is closed.
+    pub open_timeout: Duration,
+    /// Largest message accepted (also bounds chunk reassembly).
+    pub max_message: usize,
+}
+
+impl CoreConfig {
+    /// Defaults for `id` and `identity`: heartbeat 5 s, 8 MiB buffers, 30 s open timeout,
+    /// 16 MiB messages, no host candidates (add the socket's address).
+    pub fn new(id: String, identity: Identity) -> Self {
+        CoreConfig {
+            id,
+            identity,
+            host_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            heartbeat: Duration::from_secs(5),
+            max_buffered: 8 << 20,
+            open_timeout: Duration::from_secs(30),
+            max_message: 16 << 20,
+        }
+    }
+}
+
+/// Frames for the broker held while its socket is down, at most.
+const MAX_HELD_SIGNALS: usize = 1024;
+
+/// One PeerJS peer, sans-IO.
+///
+/// Feed it with [`PeerCore::handle_signal`], [`PeerCore::handle_datagram`],
+/// [`PeerCore::handle_timeout`] and the commands; after any of them, drain
+/// [`PeerCore::poll_output`] until `None`, then sleep until [`PeerCore::poll_timeout`].
+#[derive(Debug)]
+pub struct PeerCore {
+    cfg: CoreConfig,
+    conn_cfg: ConnConfig,
+    conns: BTreeMap<ConnId, DataConn>,
+    by_local: BTreeMap<SocketAddr, ConnId>,
+    spares: VecDeque<SocketAddr>,
+    by_key: BTreeMap<(String, String), ConnId>,
+    next_conn: u64,
+    out: VecDeque<Output>,
+    broker_up: bool,
+    held: VecDeque<String>,
+    heartbeat_at: Option<Instant>,
+}
+
+impl PeerCore {
+    /// A peer with no broker socket yet (call [`PeerCore::broker_connected`]).
+    pub fn new(cfg: CoreConfig) -> Self {
+        let conn_cfg = ConnConfig {
+            max_buffered: cfg.max_buffered,
+            open_timeout: cfg.open_timeout,
+            max_message: cfg.max_message,
+            low_water: cfg.max_buffered / 4,
+        };
+        PeerCore {
+            cfg,
+            conn_cfg,
+            conns: BTreeMap::new(),
+            by_local: BTreeMap::new(),
+            spares: VecDeque::new(),
+            by_key: BTreeMap::new(),
+            next_conn: 1,
+            out: VecDeque::new(),
+            broker_up: false,
+            held: VecDeque::new(),
+            heartbeat_at: None,
+        }
+    }
+
+    /// Our id.
+    pub fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
+    /// Gives the core a freshly bound UDP socket's address for a future connection. Every
+    /// connection takes one (each its own socket, as a browser's peer connections do);
+    /// keep at least one spare so an incoming OFFER can be answered
+    /// ([`PeerCore::spare_sockets`]). [`Output::Release`] hands it back.
+    pub fn add_socket(&mut self, local: SocketAddr) {
+        self.spares.push_back(local);
+    }
+
+    /// Sockets given and not yet used.
+    pub fn spare_sockets(&self) -> usize {
+        self.spares.len()
+    }
+
+    fn take_socket(&mut self) -> Option<(SocketAddr, Vec<SocketAddr>)> {
+        let local = self.spares.pop_front()?;
+        let hosts = if local.ip().is_unspecified() {
+            self.cfg
+                .host_ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, local.port()))
+                .collect()
+        } else {
+            vec![local]
+        };
+        Some((local, hosts))
+    }
+
+    /// The broker WebSocket is (re)connected: held frames go out, heartbeats start.
+    pub fn broker_connected(&mut self, now: Instant) {
+        self.broker_up = true;
+        self.heartbeat_at = Some(now + self.cfg.heartbeat);
+        while let Some(s) = self.held.pop_front() {
+            self.out.push_back(Output::Signal(s));
+        }
+    }
+
+    /// The broker WebSocket closed: emits [`Event::Disconnected`]; connections carry on.
+    pub fn broker_disconnected(&mut self) {
+        if self.broker_up {
+            self.broker_up = false;
+            self.heartbeat_at = None;
+            self.event(Event::Disconnected);
+        }
+    }
+
+    fn signal(&mut self, text: String) {
+        if self.broker_up {
+            self.out.push_back(Output::Signal(text));
+        } else if self.held.len() < MAX_HELD_SIGNALS {
+            self.held.push_back(text);
+        } else {
+            warn!("broker down and signal backlog full; frame dropped");
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    /// Next thing to do, or `None` when only time can bring more.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`PeerCore::handle_timeout`] is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conns
+            .values()
+            .filter_map(DataConn::next_timeout)
+            .chain(self.heartbeat_at)
+            .min()
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(at) = self.heartbeat_at
+            && now >= at
+        {
+            self.out
+                .push_back(Output::Signal(signal::HEARTBEAT.to_owned()));
+            self.heartbeat_at = Some(now + self.cfg.heartbeat);
+        }
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.next_timeout().is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let mut outs = Vec::new();
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.handle_timeout(now, &mut outs);
+                c.poll(now, &mut outs);
+            }
+            self.absorb(id, outs);
+        }
+    }
+
+    /// One UDP datagram arrived on our socket bound at `local` from `source`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        local: SocketAddr,
+        buf: &[u8],
+    ) {
+        let Some(id) = self.by_local.get(&local).copied() else {
+            trace!("datagram for no connection ignored");
+            return;
+        };
+        let mut outs = Vec::new();
+        if let Some(c) = self.conns.get_mut(&id) {
+            let destination = c.destination(source);
+            let Some(input) = receive(now, source, destination, buf) else {
+                trace!("unparseable datagram ignored");
+                return;
+            };
+            c.handle_input(input, &mut outs);
+            c.poll(now, &mut outs);
+        }
+        self.absorb(id, outs);
+    }
+
+    /// One text frame from the broker.
+    pub fn handle_signal(&mut self, now: Instant, text: &str) {
+        let msg = match signal::parse_server(text) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(error = %e, "broker frame refused");
+                self.event(Event::SignalError(e));
+                return;
+            }
+        };
+        match msg {
+            ServerMsg::Open => {
+                let id = self.cfg.id.clone();
+                self.event(Event::Open { id });
+            }
+            ServerMsg::Error(message) => self.event(Event::Error { message }),
+            ServerMsg::IdTaken => self.event(Event::IdTaken),
+            ServerMsg::Expire { src } => {
+                self.close_remote(now, &src, true);
+                self.event(Event::Expire { remote: src });
+            }
+            ServerMsg::Leave { src } => {
+                self.close_remote(now, &src, false);
+                self.event(Event::Leave { remote: src });
+            }
+            ServerMsg::Offer { src, payload } => self.on_offer(now, src, payload),
+            ServerMsg::Answer { src, payload } => self.on_answer(now, src, payload),
+            ServerMsg::Candidate { src, payload } => self.on_candidate(now, src, payload),
+            ServerMsg::Other => {}
+        }
+    }
+
+    fn close_remote(&mut self, now: Instant, remote: &str, only_unopened: bool) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.remote == remote && !(only_unopened && c.is_open()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.close_with(now, id, CloseReason::Left);
+        }
+    }
+
+    fn bad(&mut self, kind: &'static str, src: &str, why: &str) {
+        self.event(Event::SignalError(SignalError::BadPayload {
+            kind,
+            src: src.to_owned(),
+            why: why.to_owned(),
+        }));
+    }
+
+    fn on_offer(&mut self, now: Instant, src: String, p: Payload) {
+        let kind = p.kind.clone().unwrap_or_default();
+        if kind != "data" {
+            self.event(Event::SignalError(SignalError::Unsupported { src, kind }));
+            return;
+        }
+        let (Some(connection_id), Some(sdp)) = (p.connection_id.clone(), p.sdp.as_ref()) else {
+            return self.bad("OFFER", &src, "no connectionId or sdp");
+        };
+        if connection_id.is_empty() || sdp.kind != "offer" {
+            return self.bad("OFFER", &src, "empty connectionId or sdp type not offer");
+        }
+        let wire = p.serialization.clone().unwrap_or_else(|| "default".into());
+        let Some(serialization) = Serialization::from_wire(&wire) else {
+            self.event(Event::SignalError(SignalError::UnsupportedSerialization {
+                src,
+                serialization: wire,
+            }));
+            return;
+        };
+        let key = (src.clone(), connection_id.clone());
+        if let Some(old) = self.by_key.get(&key).copied() {
+            self.close_with(now, old, CloseReason::Replaced);
+        }
+        let info = ConnInfo {
+            label: p.label.clone().unwrap_or_else(|| connection_id.clone()),
+            connection_id: connection_id.clone(),
+            serialization,
+            reliable: p.reliable.unwrap_or(false),
+            metadata: p.metadata.clone(),
+        };
+        let Some((local, hosts)) = self.take_socket() else {
+            self.event(Event::SignalError(SignalError::Rejected {
+                kind: "OFFER",
+                src,
+                connection_id,
+                why: "no spare UDP socket".into(),
+            }));
+            return;
+        };
+        let id = self.alloc();
+        let sock = Sock {
+            local,
+            hosts: &hosts,
+            identity: &self.cfg.identity,
+            cfg: &self.conn_cfg,
+        };
+        let made = DataConn::answer(now, id, src.clone(), info.clone(), &sdp.sdp, sock);
+        let (conn, answer_sdp) = match made {
+            Ok(x) => x,
+            Err(why) => {
+                self.spares.push_front(local);
+                self.event(Event::SignalError(SignalError::Rejected {
+                    kind: "OFFER",
+                    src,
+                    connection_id,
+                    why,
+                }));
+                return;
+            }
+        };
+        debug!(%id, "accepted offer");
+        let cands = conn.local_candidates();
+        self.signal(signal::answer(&src, &connection_id, answer_sdp));
+        for c in cands {
+            self.signal(signal::candidate(&src, &connection_id, c));
+        }
+        self.conns.insert(id, conn);
+        self.by_local.insert(local, id);
+        self.by_key.insert(key, id);
+        self.event(Event::Connection {
+            conn: id,
+            remote: src,
+            info,
+        });
+        self.poll_conn(now, id);
+    }
+
+    fn find(&self, src: &str, p: &Payload) -> Option<ConnId> {
+        let cid = p.connection_id.as_ref()?;
+        self.by_key.get(&(src.to_owned(), cid.clone())).copied()
+    }
+
+    fn on_answer(&mut self, now: Instant, src: String, p: Payload) {
+        let Some(id) = self.find(&src, &p) else {
+            return self.bad("ANSWER", &src, "unknown connectionId");
+        };
+        let Some(sdp) = p.sdp.as_ref().filter(|s| s.kind == "answer") else {
+            return self.bad("ANSWER", &src, "no answer sdp");
+        };
+        let res = match self.conns.get_mut(&id) {
+            Some(c) => c.accept_answer(&sdp.sdp),
+            None => return,
+        };
+        if let Err(why) = res {
+            self.event(Event::SignalError(SignalError::Rejected {
+                kind: "ANSWER",
+                src,
+                connection_id: p.connection_id.unwrap_or_default(),
+                why: why.clone(),
+            }));
+            self.close_with(now, id, CloseReason::Failed(why));
+            return;
+        }
+        self.poll_conn(now, id);
+    }
+
+    fn on_candidate(&mut self, now: Instant, src: String, p: Payload) {
+        let Some(cand) = p.candidate.as_ref() else {
+            return self.bad("CANDIDATE", &src, "no candidate");
+        };
+        let Some(id) = self.find(&src, &p) else {
+            debug!("candidate for an unknown connection ignored");
+            return;
+        };
+        let res = match self.conns.get_mut(&id) {
+            Some(c) => c.add_remote_candidate(cand),
+            None => return,
+        };
+        if let Err(why) = res {
+            self.event(Event::SignalError(SignalError::Rejected {
+                kind: "CANDIDATE",
+                src,
+                connection_id: p.connection_id.unwrap_or_default(),
+                why,
+            }));
+            return;
+        }
+        self.poll_conn(now, id);
+    }
+
+    fn alloc(&mut self) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        id
+    }
+
+    fn poll_conn(&mut self, now: Instant, id: ConnId) {
+        let mut outs = Vec::new();
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.poll(now, &mut outs);
+        }
+        self.absorb(id, outs);
+    }
+
+    fn absorb(&mut self, id: ConnId, outs: Vec<ConnOut>) {
+        for o in outs {
+            match o {
+                ConnOut::Transmit {
+                    source,
+                    destination,
+                    contents,
+                } => self.out.push_back(Output::Transmit {
+                    source,
+                    destination,
+                    contents,
+                }),
+                ConnOut::Open { remote_fingerprint } => {
+                    let remote = self
+                        .conns
+                        .get(&id)
+                        .map(|c| c.remote.clone())
+                        .unwrap_or_default();
+                    debug!(%id, "connection open");
+                    self.event(Event::ConnOpen {
+                        conn: id,
+                        remote,
+                        remote_fingerprint,
+                    });
+                }
+                ConnOut::Data(value) => self.event(Event::Data { conn: id, value }),
+                ConnOut::Error(error) => self.event(Event::ConnError { conn: id, error }),
+                ConnOut::BufferedLow => self.event(Event::BufferedLow { conn: id }),
+                ConnOut::Closed(reason) => {
+                    debug!(%id, ?reason, "connection closed");
+                    self.event(Event::ConnClosed { conn: id, reason });
+                }
+            }
+        }
+        if self.conns.get(&id).is_some_and(DataConn::is_closed) {
+            self.forget(id);
+        }
+    }
+
+    fn forget(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.remove(&id) {
+            self.by_key
+                .remove(&(c.remote.clone(), c.info.connection_id.clone()));
+            self.by_local.remove(&c.local);
+            self.out.push_back(Output::Release { local: c.local });
+        }
+    }
+
+    fn close_with(&mut self, now: Instant, id: ConnId, reason: CloseReason) {
+        let mut outs = Vec::new();
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.close(now, reason, &mut outs);
+        }
+        self.absorb(id, outs);
+    }
+
+    /// Opens a data connection to `remote` as the offerer, with `connection_id` (the driver
+    /// draws one when the options leave it empty). The OFFER goes to the broker at once (or
+    /// when the broker socket is back).
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote: &str,
+        connection_id: String,
+        opts: ConnectOptions,
+    ) -> Result<ConnId, String> {
+        if remote.is_empty() || connection_id.is_empty() {
+            return Err("empty remote id or connectionId".into());
+        }
+        let key = (remote.to_owned(), connection_id.clone());
+        if self.by_key.contains_key(&key) {
+            return Err(format!("connectionId {connection_id} is in use"));
+        }
+        let info = ConnInfo {
+            label: opts.label.unwrap_or_else(|| connection_id.clone()),
+            connection_id: connection_id.clone(),
+            serialization: opts.serialization,
+            reliable: opts.reliable,
+            metadata: opts.metadata,
+        };
+        let (local, hosts) = self.take_socket().ok_or("no spare UDP socket")?;
+        let id = self.alloc();
+        let sock = Sock {
+            local,
+            hosts: &hosts,
+            identity: &self.cfg.identity,
+            cfg: &self.conn_cfg,
+        };
+        let (conn, sdp) = match DataConn::offer(now, id, remote.to_owned(), info.clone(), sock) {
+            Ok(x) => x,
+            Err(e) => {
+                self.spares.push_front(local);
+                return Err(e);
+            }
+        };
+        let meta = OfferMeta {
+            connection_id: &info.connection_id,
+            label: &info.label,
+            reliable: info.reliable,
+            serialization: info.serialization,
+            metadata: info.metadata.as_ref(),
+        };
+        let offer = signal::offer(remote, sdp, &meta);
+        let cands = conn.local_candidates();
+        self.signal(offer);
+        for c in cands {
+            self.signal(signal::candidate(remote, &connection_id, c));
+        }
+        self.conns.insert(id, conn);
+        self.by_local.insert(local, id);
+        self.by_key.insert(key, id);
+        self.poll_conn(now, id);
+        Ok(id)
+    }
+
+    /// Sends one message; returns the bytes buffered on the connection after it. Messages
+    /// sent before the channel opens wait for it (within the same bound).
+    pub fn send(&mut self, now: Instant, conn: ConnId, msg: Message) -> Result<usize, SendError> {
+        let res = match self.conns.get_mut(&conn) {
+            Some(c) => c.send(now, msg),
+            None => return Err(SendError::NoConnection),
+        };
+        self.poll_conn(now, conn);
+        res
+    }
+
+    /// Bytes buffered on `conn` (queued here plus unacknowledged in SCTP).
+    pub fn buffered(&mut self, conn: ConnId) -> Option<usize> {
+        self.conns.get_mut(&conn).map(DataConn::buffered)
+    }
+
+    /// The remote's DTLS fingerprint for `conn` (colon-hex), once its SDP is known.
+    pub fn remote_fingerprint(&self, conn: ConnId) -> Option<String> {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.remote_fingerprint().map(str::to_owned))
+    }
+
+    /// What `conn` is: remote id and connection details.
+    pub fn conn_info(&self, conn: ConnId) -> Option<(String, ConnInfo)> {
+        self.conns
+            .get(&conn)
+            .map(|c| (c.remote.clone(), c.info.clone()))
+    }
+
+    /// Closes `conn` ([`Event::ConnClosed`] with [`CloseReason::Local`] follows).
+    pub fn close(&mut self, now: Instant, conn: ConnId) {
+        self.close_with(now, conn, CloseReason::Local);
+    }
+
+    /// Closes every connection.
+    pub fn close_all(&mut self, now: Instant) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close_with(now, id, CloseReason::Local);
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! The thin tokio driver: owns the UDP socket and the broker WebSocket, feeds a [`PeerCore`]
+//! and carries out what it outputs.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tracing::{debug, info, warn};
+
+use crate::broker::{BrokerConfig, BrokerError, Ws, connect_ws, fetch_id};
+use crate::core::{CoreConfig, Event, Output, PeerCore};
+use crate::{ConnId, ConnInfo, ConnectOptions, Identity, Message, SendError};
+
+/// The one clock read of this crate: the driver passes it into the sans-IO core.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// How to start a [`Peer`].
+#[derive(Debug, Clone)]
+pub struct PeerOptions {
+    /// The broker.
+    pub broker: BrokerConfig,
+    /// The DTLS identity; give the same one to every peer of a participant.
+    pub identity: Identity,
+    /// Our id; `None` asks the broker (`GET …/id`).
+    pub id: Option<String>,
+    /// The broker token; `None` draws one. [`PeerHandle::reconnect`] reuses it.
+    pub token: Option<String>,
+    /// Where to bind each connection's UDP socket (default `127.0.0.1:0`; every connection
+    /// has its own socket, as a browser's peer connections do).
+    pub bind: SocketAddr,
+    /// The IPs advertised as host candidates when `bind` is an unspecified address
+    /// (default `127.0.0.1`); a specific `bind` address is advertised as it is.
+    pub host_ips: Vec<IpAddr>,
+    /// `HEARTBEAT` interval (default 5 s).
+    pub heartbeat: Duration,
+    /// Per-connection bound on buffered outgoing bytes (default 8 MiB, as PeerJS).
+    pub max_buffered: usize,
+    /// Connections not open this long after being made are closed (default 30 s).
+    pub open_timeout: Duration,
+}
+
+impl PeerOptions {
+    /// Defaults for `broker` and `identity`.
+    pub fn new(broker: BrokerConfig, identity: Identity) -> Self {
+        let d = CoreConfig::new(String::new(), identity.clone());
+        PeerOptions {
+            broker,
+            identity,
+            id: None,
+            token: None,
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            host_ips: d.host_ips.clone(),
+            heartbeat: d.heartbeat,
+            max_buffered: d.max_buffered,
+            open_timeout: d.open_timeout,
+        }
+    }
+}
+
+/// Why a peer could not start, or a command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The broker could not be reached.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The UDP socket could not be bound.
+    #[error("udp: {0}")]
+    Udp(#[from] std::io::Error),
+    /// The connection could not be made (bad id, connectionId in use, WebRTC refused).
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The peer's driver has stopped ([`PeerHandle::destroy`], or every handle dropped).
+    #[error("peer stopped")]
+    Stopped,
+}
+
+enum Command {
+    Connect {
+        remote: String,
+        opts: ConnectOptions,
+        reply: oneshot::Sender<Result<ConnId, PeerError>>,
+    },
+    Send {
+        conn: ConnId,
+        msg: Message,
+        reply: oneshot::Sender<Result<usize, SendError>>,
+    },
+    Buffered {
+        conn: ConnId,
+        reply: oneshot::Sender<Option<usize>>,
+    },
+    Info {
+        conn: ConnId,
+        reply: oneshot::Sender<Option<(String, ConnInfo, Option<String>)>>,
+    },
+    Close {
+        conn: ConnId,
+    },
+    Reconnect {
+        reply: oneshot::Sender<Result<(), PeerError>>,
+    },
+    Disconnect,
+    Destroy,
+}
+
+/// The receiving end of a peer's events. Drain it: events are not bounded.
+pub type Events = mpsc::UnboundedReceiver<Event>;
+
+/// Starts peers.
+#[derive(Debug)]
+pub struct Peer;
+
+impl Peer {
+    /// Gets an id if none is given, binds the UDP socket, opens the broker WebSocket and
+    /// starts the driver. `OPEN` (or `ID-TAKEN`/`ERROR`) arrives as the first broker event.
+    pub async fn connect(opts: PeerOptions) -> Result<(PeerHandle, Events), PeerError> {
+        let id = match opts.id.clone() {
+            Some(id) => id,
+            None => fetch_id(&opts.broker).await?,
+        };
+        let token = opts.token.clone().unwrap_or_else(|| random_base36(11));
+        let ws = connect_ws(&opts.broker, &id, &token).await?;
+        let mut cfg = CoreConfig::new(id.clone(), opts.identity.clone());
+        cfg.host_ips = opts.host_ips.clone();
+        cfg.heartbeat = opts.heartbeat;
+        cfg.max_buffered = opts.max_buffered;
+        cfg.open_timeout = opts.open_timeout;
+        let mut core = PeerCore::new(cfg);
+        core.broker_connected(now());
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (dgram_tx, dgram_rx) = mpsc::channel(1024);
+        let mut driver = Driver {
+            core,
+            bind: opts.bind,
+            sockets: BTreeMap::new(),
+            dgram_tx,
+            dgram_rx,
+            ws: Some(ws),
+            broker: opts.broker.clone(),
+            id: id.clone(),
+            token,
+            cmds: cmd_rx,
+            events: ev_tx,
+            reconnecting: None,
+        };
+        driver.top_up()?;
+        info!("peer started");
+        tokio::spawn(driver.run());
+        let handle = PeerHandle {
+            id,
+            fingerprint: opts.identity.fingerprint().to_owned(),
+            cmd: cmd_tx,
+        };
+        Ok((handle, ev_rx))
+    }
+}
+
+/// Commands a running peer. Cheap to clone; the peer stops when every handle is dropped.
+#[derive(Debug, Clone)]
+pub struct PeerHandle {
+    id: String,
+    fingerprint: String,
+    cmd: mpsc::UnboundedSender<Command>,
+}
+
+impl PeerHandle {
+    /// Our id at the broker.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Our DTLS fingerprint (SHA-256, colon-hex): the [`Identity`]'s.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(make(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// Opens a data connection to `remote` (we offer). [`Event::ConnOpen`] follows.
+    pub async fn connect(&self, remote: &str, opts: ConnectOptions) -> Result<ConnId, PeerError> {
+        let remote = remote.to_owned();
+        self.ask(|reply| Command::Connect {
+            remote,
+            opts,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(PeerError::Stopped))
+    }
+
+    /// Sends one message; returns the bytes now buffered on the connection (backpressure:
+    /// [`SendError::Full`] past [`PeerOptions::max_buffered`], then wait for
+    /// [`Event::BufferedLow`]).
+    pub async fn send(&self, conn: ConnId, msg: Message) -> Result<usize, SendError> {
+        self.ask(|reply| Command::Send { conn, msg, reply })
+            .await
+            .unwrap_or(Err(SendError::Stopped))
+    }
+
+    /// Bytes buffered on `conn`; `None` if it is gone.
+    pub async fn buffered(&self, conn: ConnId) -> Option<usize> {
+        self.ask(|reply| Command::Buffered { conn, reply })
+            .await
+            .flatten()
+    }
+
+    /// The remote id, the connection details and the remote DTLS fingerprint (colon-hex,
+    /// once its SDP is known) of `conn`.
+    pub async fn conn_info(&self, conn: ConnId) -> Option<(String, ConnInfo, Option<String>)> {
+        self.ask(|reply| Command::Info { conn, reply })
+            .await
+            .flatten()
+    }
+
+    /// Closes `conn`.
+    pub fn close(&self, conn: ConnId) {
+        let _ = self.cmd.send(Command::Close { conn });
+    }
+
+    /// Reopens the broker WebSocket with the same id and token (after
+    /// [`Event::Disconnected`]); connections stay up meanwhile.
+    pub async fn reconnect(&self) -> Result<(), PeerError> {
+        self.ask(|reply| Command::Reconnect { reply })
+            .await
+            .unwrap_or(Err(PeerError::Stopped))
+    }
+
+    /// Closes the broker WebSocket (as peerjs `disconnect()`); connections stay up.
+    pub fn disconnect(&self) {
+        let _ = self.cmd.send(Command::Disconnect);
+    }
+
+    /// Closes every connection and the broker socket and stops the driver.
+    pub fn destroy(&self) {
+        let _ = self.cmd.send(Command::Destroy);
+    }
+}
+
+/// `n` random base-36 characters.
+pub(crate) fn random_base36(n: usize) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut x = uuid::Uuid::new_v4().as_u128();
+    let mut s = String::with_capacity(n);
+    for _ in 0..n {
+        s.push(char::from(DIGITS[(x % 36) as usize]));
+        x /= 36;
+    }
+    s
+}
+
+type Reconnecting = (
+    oneshot::Receiver<Result<Ws, BrokerError>>,
+    oneshot::Sender<Result<(), PeerError>>,
+);
+
+/// A datagram read by a socket's reader task: (socket, source, bytes).
+type Datagram = (SocketAddr, SocketAddr, Vec<u8>);
+
+/// Spare sockets kept bound so that OFFERs are answered without waiting.
+const SPARE_SOCKETS: usize = 2;
+
+struct Socket {
+    udp: Arc<UdpSocket>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+struct Driver {
+    core: PeerCore,
+    bind: SocketAddr,
+    sockets: BTreeMap<SocketAddr, Socket>,
+    dgram_tx: mpsc::Sender<Datagram>,
+    dgram_rx: mpsc::Receiver<Datagram>,
+    ws: Option<Ws>,
+    broker: BrokerConfig,
+    id: String,
+    token: String,
+    cmds: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<Event>,
+    reconnecting: Option<Reconnecting>,
+}
+
+async fn next_ws(ws: &mut Option<Ws>) -> Option<Result<WsMessage, String>> {
+    match ws {
+        Some(ws) => ws.next().await.map(|r| r.map_err(|e| e.to_string())),
+        None => std::future::pending().await,
+    }
+}
+
+async fn reconnect_done(r: &mut Option<Reconnecting>) -> Result<Ws, BrokerError> {
+    match r {
+        Some((rx, _)) => rx
+            .await
+            .unwrap_or_else(|_| Err(BrokerError::Connect("reconnect task ended".into()))),
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_socket(udp: Arc<UdpSocket>, local: SocketAddr, tx: mpsc::Sender<Datagram>) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        match udp.recv_from(&mut buf).await {
+            Ok((n, source)) => {
+                if tx.send((local, source, buf[..n].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => debug!(error = %e, "udp receive failed"),
+        }
+    }
+}
+
+impl Driver {
+    /// Binds sockets until the core has [`SPARE_SOCKETS`] spares.
+    fn top_up(&mut self) -> Result<(), std::io::Error> {
+        while self.core.spare_sockets() < SPARE_SOCKETS {
+            let std = std::net::UdpSocket::bind(self.bind)?;
+            std.set_nonblocking(true)?;
+            let udp = Arc::new(UdpSocket::from_std(std)?);
+            let local = udp.local_addr()?;
+            let reader = tokio::spawn(read_socket(udp.clone(), local, self.dgram_tx.clone()));
+            self.sockets.insert(local, Socket { udp, reader });
+            self.core.add_socket(local);
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) {
+        while let Some(o) = self.core.poll_output() {
+            match o {
+                Output::Signal(text) => {
+                    let sent = match self.ws.as_mut() {
+                        Some(ws) => ws.send(WsMessage::text(text)).await.is_ok(),
+                        None => false,
+                    };
+                    if !sent && self.ws.take().is_some() {
+                        self.core.broker_disconnected();
+                    }
+                }
+                Output::Transmit {
+                    source,
+                    destination,
+                    contents,
+                } => {
+                    let sock = self.sockets.get(&source).or_else(|| {
+                        // Bound to an unspecified address: `source` is an advertised one.
+                        self.sockets
+                            .iter()
+                            .find(|(a, _)| a.ip().is_unspecified() && a.port() == source.port())
+                            .map(|(_, s)| s)
+                    });
+                    if let Some(s) = sock
+                        && let Err(e) = s.udp.send_to(&contents, destination).await
+                    {
+                        debug!(error = %e, "udp send failed");
+                    }
+                }
+                Output::Release { local } => {
+                    if let Some(s) = self.sockets.remove(&local) {
+                        s.reader.abort();
+                    }
+                }
+                Output::Event(e) => {
+                    let _ = self.events.send(e);
+                }
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            self.flush().await;
+            if let Err(e) = self.top_up() {
+                warn!(error = %e, "could not bind a UDP socket");
+            }
+            let deadline = self
+                .core
+                .poll_timeout()
+                .unwrap_or_else(|| now() + Duration::from_secs(3600));
+            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+            tokio::select! {
+                Some((local, source, bytes)) = self.dgram_rx.recv() => {
+                    self.core.handle_datagram(now(), source, local, &bytes);
+                }
+                m = next_ws(&mut self.ws) => match m {
+                    Some(Ok(WsMessage::Text(t))) => self.core.handle_signal(now(), t.as_str()),
+                    Some(Ok(WsMessage::Binary(b))) => match std::str::from_utf8(&b) {
+                        Ok(t) => self.core.handle_signal(now(), t),
+                        Err(_) => self.core.handle_signal(now(), ""),
+                    },
+                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {
+                        self.ws = None;
+                        self.core.broker_disconnected();
+                    }
+                    Some(Ok(_)) => {}
+                },
+                r = reconnect_done(&mut self.reconnecting) => {
+                    if let Some((_, reply)) = self.reconnecting.take() {
+                        match r {
+                            Ok(ws) => {
+                                self.ws = Some(ws);
+                                self.core.broker_connected(now());
+                                let _ = reply.send(Ok(()));
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e.into()));
+                            }
+                        }
+                    }
+                }
+                c = self.cmds.recv() => match c {
+                    Some(Command::Destroy) | None => break,
+                    Some(c) => self.command(c),
+                },
+                () = sleep => self.core.handle_timeout(now()),
+            }
+        }
+        self.core.close_all(now());
+        self.flush().await;
+        if let Some(mut ws) = self.ws.take() {
+            let _ = ws.close(None).await;
+        }
+        for s in self.sockets.values() {
+            s.reader.abort();
+        }
+        debug!("peer stopped");
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Connect {
+                remote,
+                opts,
+                reply,
+            } => {
+                let cid = opts
+                    .connection_id
+                    .clone()
+                    .unwrap_or_else(|| format!("dc_{}", random_base36(11)));
+                let r = self
+                    .core
+                    .connect(now(), &remote, cid, opts)
+                    .map_err(PeerError::Connect);
+                let _ = reply.send(r);
+            }
+            Command::Send { conn, msg, reply } => {
+                let _ = reply.send(self.core.send(now(), conn, msg));
+            }
+            Command::Buffered { conn, reply } => {
+                let _ = reply.send(self.core.buffered(conn));
+            }
+            Command::Info { conn, reply } => {
+                let info = self
+                    .core
+                    .conn_info(conn)
+                    .map(|(r, i)| (r, i, self.core.remote_fingerprint(conn)));
+                let _ = reply.send(info);
+            }
+            Command::Close { conn } => self.core.close(now(), conn),
+            Command::Reconnect { reply } => {
+                if self.ws.is_some() {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                if self.reconnecting.is_some() {
+                    let _ = reply.send(Err(PeerError::Connect("reconnect in progress".into())));
+                    return;
+                }
+                let (tx, rx) = oneshot::channel();
+                let (broker, id, token) =
+                    (self.broker.clone(), self.id.clone(), self.token.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(connect_ws(&broker, &id, &token).await);
+                });
+                self.reconnecting = Some((rx, reply));
+            }
+            Command::Disconnect => {
+                if let Some(mut ws) = self.ws.take() {
+                    tokio::spawn(async move {
+                        let _ = ws.close(None).await;
+                    });
+                    self.core.broker_disconnected();
+                } else {
+                    warn!("disconnect while not connected");
+                }
+            }
+            Command::Destroy => {}
+        }
+    }
+}

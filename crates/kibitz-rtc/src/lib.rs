@@ -1,0 +1,80 @@
+//! A Rust PeerJS peer: the PeerJS broker protocol over WebSocket, and PeerJS-compatible
+//! WebRTC data connections on [str0m](https://docs.rs/str0m) (sans-IO WebRTC).
+//!
+//! # Model
+//!
+//! - [`PeerCore`] is the whole peer as a sans-IO state machine. Broker frames
+//!   ([`PeerCore::handle_signal`]), UDP datagrams ([`PeerCore::handle_datagram`]), commands
+//!   ([`PeerCore::connect`], [`PeerCore::send`], [`PeerCore::close`]) and time
+//!   ([`PeerCore::handle_timeout`]) go in, each with `now`. **After any of them, drain
+//!   [`PeerCore::poll_output`] until `None`** (frames for the broker, datagrams, [`Event`]s),
+//!   then wait until [`PeerCore::poll_timeout`]. It never reads the clock and never touches
+//!   a socket; str0m draws its own randomness (ICE credentials, DTLS).
+//! - [`Peer::connect`] starts the thin tokio driver: one task owning the broker WebSocket
+//!   (plain or TLS) and one UDP socket per connection, as browsers have one per peer
+//!   connection (two connections between the same peers would otherwise share a 5-tuple,
+//!   which DTLS cannot tell apart). It keeps spare sockets bound and hands them to the core
+//!   ([`PeerCore::add_socket`]). It returns a [`PeerHandle`] to command it and an
+//!   [`Events`] stream.
+//! - One str0m `Rtc` per PeerJS connectionId. The offerer creates the single data channel
+//!   (label = connectionId unless given, `ordered = reliable`); the answerer takes whatever
+//!   channel arrives on that connection. OFFER/ANSWER/CANDIDATE use the payload shapes of
+//!   peerjs 1.5. There is no candidate gathering: the peer advertises the connection's UDP
+//!   socket address (with [`PeerOptions::host_ips`] when bound to `0.0.0.0`) in its SDP and
+//!   as trickled CANDIDATEs,
+//!   and learns the remote's from its SDP, its CANDIDATEs, or as peer-reflexive.
+//! - Serializations ([`Serialization`]): `binary` (BinaryPack, chunked over 16 300 bytes,
+//!   via `kibitz_proto::binarypack`), `json` (UTF-8 JSON in a binary frame) and `raw`.
+//! - One DTLS certificate per [`Identity`]; give the same `Identity` to several peers (a
+//!   participant's presence and media peers) so remote parties see one fingerprint
+//!   ([`Identity::fingerprint`]); the remote's, verified by DTLS, comes with
+//!   [`Event::ConnOpen`].
+//! - Backpressure: each connection buffers at most [`PeerOptions::max_buffered`] bytes
+//!   (queued here plus unacknowledged in SCTP); [`PeerHandle::send`] reports what is
+//!   buffered and refuses with [`SendError::Full`] beyond; [`Event::BufferedLow`] says when
+//!   to resume.
+//!
+//! # Errors
+//!
+//! Nothing from the broker or a remote panics: malformed frames and payloads, garbage SDP and
+//! bad candidates become [`Event::SignalError`]; undecodable data becomes
+//! [`Event::ConnError`]; a connection WebRTC gives up on ends with [`Event::ConnClosed`].
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use kibitz_rtc::{BrokerConfig, ConnectOptions, Event, Identity, Message, Peer, PeerOptions};
+//! let identity = Identity::generate()?;
+//! let mut opts = PeerOptions::new(BrokerConfig::plain("127.0.0.1", 9000), identity.clone());
+//! opts.id = Some("kbz-v1-room".into());
+//! let (peer, mut events) = Peer::connect(opts).await?;
+//! let conn = peer.connect("bob", ConnectOptions { reliable: true, ..Default::default() }).await?;
+//! while let Some(ev) = events.recv().await {
+//!     match ev {
+//!         Event::ConnOpen { conn: c, .. } if c == conn => {
+//!             peer.send(conn, Message::Pack("hello".into())).await?;
+//!         }
+//!         Event::Data { value, .. } => println!("{value:?}"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod broker;
+mod conn;
+mod core;
+mod driver;
+mod identity;
+mod message;
+mod signal;
+
+pub use broker::{BrokerConfig, BrokerError, fetch_id};
+pub use conn::{CloseReason, ConnError, SendError};
+pub use core::{CoreConfig, Event, Output, PeerCore};
+pub use driver::{Events, Peer, PeerError, PeerHandle, PeerOptions};
+pub use identity::{Identity, IdentityError};
+pub use kibitz_proto::binarypack::Value as PackValue;
+pub use message::{ConnId, ConnInfo, ConnectOptions, Message, Serialization};
+pub use signal::SignalError;
