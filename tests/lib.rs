@@ -199,3 +199,170 @@ pub fn node_cli(script: &str, args: &[&str]) -> Option<String> {
         ),
     }
 }
+
+/// A `redis-server` of the test's own on 127.0.0.1 (no persistence), killed on drop.
+/// `scripts/test` installs Redis: a missing `redis-server` fails the test.
+#[derive(Debug)]
+pub struct Redis {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    /// Starts one on a free loopback port and waits until it answers.
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "kibitz-redis-{}-{}",
+            std::process::id(),
+            NEXT_REDIS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let mut r = Self {
+                port,
+                child: None,
+                dir: dir.clone(),
+            };
+            if r.spawn() {
+                return r;
+            }
+        }
+        panic!("redis-server did not start (scripts/test installs it)");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if self.ping() {
+                return true;
+            }
+            if let Some(c) = self.child.as_mut()
+                && c.try_wait().ok().flatten().is_some()
+            {
+                self.child = None;
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills it (SIGKILL: whatever it held is gone).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        for _ in 0..50 {
+            if self.spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server did not restart on port {}", self.port);
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static NEXT_REDIS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `config` as a cluster node on `redis` with a `lease_ms` lease.
+pub fn cluster_config(mut config: Config, redis: &Redis, lease_ms: u64) -> Config {
+    config.cluster = Some(kibitz_signal::ClusterConfig {
+        redis_url: redis.url(),
+        lease: Duration::from_millis(lease_ms),
+        prefix: "kibitz:".into(),
+    });
+    config
+}
+
+/// A broker node on its own runtime and thread, as if it were its own process: dropping
+/// (or [`Node::kill`]) ends it abruptly, sockets and Redis connections cut, nothing released.
+#[derive(Debug)]
+pub struct Node {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Node {
+    /// Starts a node with `config` on 127.0.0.1:0.
+    pub fn start(config: Config) -> Self {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("addr");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.spawn(async move {
+            let listener = TcpListener::from_std(std_listener).expect("listener");
+            let _ = kibitz_signal::serve(listener, config, std::future::pending()).await;
+        });
+        Self { addr, rt: Some(rt) }
+    }
+
+    /// Ends the node at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// A [`Broker`]-like handle for connecting clients to this node.
+    pub fn broker(&self) -> Broker {
+        Broker {
+            addr: self.addr,
+            stop: None,
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -27,6 +27,8 @@ pub struct Config {
     pub limits: Limits,
     /// Opt-in leave notices for Kibitz room ids (off: the reference behaviour).
     pub room_notices: Option<crate::core::RoomNotices>,
+    /// Cluster mode: share ids, queues and routing with other nodes through Redis.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Abuse limits. Zero means unlimited where noted.
@@ -63,6 +65,7 @@ impl Default for Config {
             takeover: false,
             limits: Limits::default(),
             room_notices: None,
+            cluster: None,
         }
     }
 }
@@ -95,6 +98,9 @@ pub enum ConfigError {
     /// The key is empty.
     #[error("key must not be empty")]
     EmptyKey,
+    /// The Redis URL cannot be used.
+    #[error("redis url: {0}")]
+    RedisUrl(String),
 }
 
 /// Broker flags, shared by `kibitz serve` and `kibitz signal`. Every flag also reads a
@@ -164,6 +170,17 @@ pub struct SignalArgs {
     /// With room leave notices: lifetime of messages queued for an unheld room id.
     #[arg(long, env = "KIBITZ_ROOM_EXPIRE_TIMEOUT_MS", default_value_t = 1000)]
     pub room_expire_timeout_ms: u64,
+    /// Cluster mode: share ids, offline queues and relaying with every broker node using
+    /// this Redis (redis://host:port/db). Off: one node, in memory.
+    #[arg(long, env = "KIBITZ_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Cluster mode: milliseconds a node's ids outlive its last lease renewal (a dead node's
+    /// ids are free after this long; renewed every third of it).
+    #[arg(long, env = "KIBITZ_REDIS_LEASE_MS", default_value_t = 10_000)]
+    pub redis_lease_ms: u64,
+    /// Cluster mode: prefix of every Redis key, so several clusters can share one Redis.
+    #[arg(long, env = "KIBITZ_REDIS_PREFIX", default_value = "kibitz:")]
+    pub redis_prefix: String,
 }
 
 /// `/`, `/myapp` or `/myapp/` → `/`, `/myapp/`, `/myapp/`.
@@ -234,6 +251,19 @@ impl SignalArgs {
                 grace: Duration::from_millis(self.room_leave_grace_ms),
                 expire: Duration::from_millis(self.room_expire_timeout_ms.max(1)),
             }),
+            cluster: match self.redis_url.as_deref().filter(|u| !u.is_empty()) {
+                None => None,
+                Some(url) => {
+                    crate::cluster::check_url(url).map_err(ConfigError::RedisUrl)?;
+                    Some(crate::cluster::ClusterConfig {
+                        redis_url: url.to_owned(),
+                        lease: Duration::from_millis(
+                            positive(self.redis_lease_ms, "redis-lease-ms")?.max(300),
+                        ),
+                        prefix: self.redis_prefix.clone(),
+                    })
+                }
+            },
         })
     }
 }

@@ -4,6 +4,14 @@
 //! with `now` passed in, then drains [`Broker::poll_output`] until it returns `None`, and
 //! sleeps until [`Broker::poll_timeout`] before calling [`Broker::handle_timeout`]. After any
 //! mutation, drain the outputs. The core never reads the clock and never touches a socket.
+//!
+//! Cluster mode ([`CoreConfig::cluster`]): the core still owns this node's sockets, peer
+//! table, liveness and rate limits, but the id space, offline queues and routing to other
+//! nodes live in a shared registry that the I/O layer drives. The core asks for what it cannot
+//! decide alone with [`Output::Claim`], [`Output::Release`] and [`Output::Forward`], and learns
+//! the answers through [`Broker::handle_claim`], [`Broker::handle_remote`],
+//! [`Broker::handle_moved`], [`Broker::handle_lost`] and [`Broker::handle_expired`]. Relays
+//! between two sockets of the same node never leave the core.
 
 use crate::metrics::Metrics;
 use kibitz_proto::peerjs::{self, ClientFrame, Dst, MessageType};
@@ -29,6 +37,9 @@ pub enum CloseReason {
     RateLimited,
     /// Repeated frames that are not PeerJS JSON (1007).
     Garbage,
+    /// Cluster mode: the shared registry gave this socket's id to another client (after a
+    /// registry outage), so the socket no longer holds it.
+    Lost,
 }
 
 /// What the core asks the I/O layer to do.
@@ -48,6 +59,71 @@ pub enum Output {
         /// Why.
         reason: CloseReason,
     },
+    /// Cluster mode: claim `id` for `conn` in the shared registry; answer with
+    /// [`Broker::handle_claim`].
+    Claim {
+        /// The socket waiting for the answer.
+        conn: ConnId,
+        /// The id it asked for.
+        id: Arc<str>,
+        /// Its token.
+        token: String,
+    },
+    /// Cluster mode: this node's registration of `id` (registry number `reg`) ended.
+    Release {
+        /// The id.
+        id: Arc<str>,
+        /// The registry's registration number.
+        reg: u64,
+    },
+    /// Cluster mode: deliver through the shared registry (to the node holding `dst`, or into
+    /// its offline queue).
+    Forward(Forward),
+}
+
+/// A message the core cannot deliver on this node (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Its type (LEAVE and EXPIRE are dropped, not queued, when `dst` is not held).
+    pub kind: MessageType,
+    /// The sender's id.
+    pub src: Arc<str>,
+    /// The destination id.
+    pub dst: String,
+    /// The rebuilt frame.
+    pub text: String,
+    /// How long it may wait in an offline queue.
+    pub ttl: Duration,
+    /// Set when this node was given the message but no longer holds `dst`: queue it even if
+    /// the registry still names this node.
+    pub requeue: bool,
+    /// A room leave notice: drop it if `src` is held again by anyone.
+    pub notice: bool,
+}
+
+/// The shared registry's answer to [`Output::Claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// A new registration (number `reg`), with the messages queued for the id: (src, frame).
+    New {
+        /// Registry registration number.
+        reg: u64,
+        /// Queued messages, oldest first.
+        queued: Vec<(String, String)>,
+    },
+    /// Same id, same token, held here or on another node: the socket re-attaches.
+    Reattach {
+        /// Registry registration number (unchanged).
+        reg: u64,
+        /// Queued messages, oldest first.
+        queued: Vec<(String, String)>,
+    },
+    /// Held by another client.
+    Taken,
+    /// The cluster holds `concurrent_limit` ids.
+    Limit,
+    /// The registry cannot be reached (or is recovering): refused with this message.
+    Unavailable(&'static str),
 }
 
 /// Query parameters of a WebSocket connection (last value wins on repeats).
@@ -86,6 +162,8 @@ pub struct CoreConfig {
     pub max_queued_total: usize,
     /// Opt-in leave notices for Kibitz room ids; `None` keeps the reference behaviour.
     pub room_notices: Option<RoomNotices>,
+    /// Cluster mode: ids, queues and cross-node routing live in a shared registry.
+    pub cluster: bool,
 }
 
 /// Leave notices for room ids (`kbz-v1-…`): when the socket holding one closes and the id is
@@ -108,6 +186,9 @@ const MAX_CONTACTS: usize = 1024;
 
 /// Malformed frames tolerated on one socket before it is closed with 1007.
 const GARBAGE_LIMIT: u32 = 32;
+/// Messages a socket may send while its claim is in flight (cluster mode); later ones are
+/// dropped and counted.
+const MAX_EARLY: usize = 64;
 
 struct Peer {
     token: String,
@@ -117,6 +198,11 @@ struct Peer {
     seq: u64,
     /// When this registration's entry in `alive` is filed for.
     filed: Instant,
+    /// Cluster mode: the registry's registration number (0 on a single node).
+    reg: u64,
+    /// Cluster mode: the id was re-attached on another node; this entry only lets the old
+    /// socket keep speaking for it. It is never delivered to and never released from here.
+    moved: bool,
 }
 
 struct Conn {
@@ -128,6 +214,14 @@ struct Conn {
     tokens: f64,
     refilled: Instant,
     garbage: u32,
+    /// Cluster mode: the claim in flight (id, token) and what the socket sent meanwhile.
+    pending: Option<Box<Pending>>,
+}
+
+struct Pending {
+    id: Arc<str>,
+    token: String,
+    early: Vec<String>,
 }
 
 /// A leave notice waiting out its grace period.
@@ -161,6 +255,8 @@ pub struct Broker {
     /// Closed room ids waiting out their grace period, and their deadlines.
     notices: HashMap<Arc<str>, Notice>,
     notice_deadlines: BTreeMap<(Instant, u64), Arc<str>>,
+    /// Cluster mode: sockets that closed with a claim in flight, and the id they claimed.
+    orphans: HashMap<ConnId, Arc<str>>,
     out: VecDeque<Output>,
     metrics: Metrics,
 }
@@ -191,6 +287,7 @@ impl Broker {
             contacts: HashMap::new(),
             notices: HashMap::new(),
             notice_deadlines: BTreeMap::new(),
+            orphans: HashMap::new(),
             out: VecDeque::new(),
             metrics,
         }
@@ -214,9 +311,19 @@ impl Broker {
         self.peers.len()
     }
 
-    /// Whether `id` is registered right now.
+    /// Whether `id` is registered on this broker (this node, in cluster mode) right now.
     pub fn is_registered(&self, id: &str) -> bool {
-        self.peers.contains_key(id)
+        self.peers.get(id).is_some_and(|p| !p.moved)
+    }
+
+    /// Cluster mode: this node's live registrations (id, token, registry number), for
+    /// re-asserting them after a registry outage.
+    pub fn registrations(&self) -> Vec<(Arc<str>, String, u64)> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| !p.moved)
+            .map(|(id, p)| (id.clone(), p.token.clone(), p.reg))
+            .collect()
     }
 
     /// Registered ids in registration order (for discovery).
@@ -277,27 +384,28 @@ impl Broker {
             }
         }
         let id: Arc<str> = Arc::from(id);
-        let existing = self.peers.get(&id).map(|p| (p.token == token, p.conn));
+        let existing = self
+            .peers
+            .get(&id)
+            .filter(|p| !p.moved)
+            .map(|p| (p.token == token, p.conn));
         match existing {
             Some((false, _)) => {
                 return self.reject(conn, peerjs::ID_TAKEN.to_owned(), "id_taken");
             }
-            Some((true, old)) => {
-                let seq = self.peers.get(&id).map_or(0, |p| p.seq);
-                self.attach(now, conn, ip, &id, seq);
-                if let Some(peer) = self.peers.get_mut(&id) {
-                    peer.conn = conn;
+            Some((true, old)) => self.reattach_here(now, conn, ip, &id, old),
+            None if self.cfg.cluster => {
+                // The registry decides; the socket waits (and its early messages with it).
+                self.attach(now, conn, ip, None);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.pending = Some(Box::new(Pending {
+                        id: id.clone(),
+                        token: token.clone(),
+                        early: Vec::new(),
+                    }));
                 }
-                if self.cfg.takeover {
-                    if let Some(c) = self.conns.get_mut(&old) {
-                        c.id = None;
-                    }
-                    self.out.push_back(Output::Close {
-                        conn: old,
-                        reason: CloseReason::Replaced,
-                    });
-                    self.send(conn, peerjs::OPEN.to_owned());
-                }
+                self.out.push_back(Output::Claim { conn, id, token });
+                return;
             }
             None => {
                 if self.peers.len() >= self.cfg.concurrent_limit {
@@ -307,29 +415,155 @@ impl Broker {
                         "concurrent_limit",
                     );
                 }
-                self.seq += 1;
-                let seq = self.seq;
-                let filed = now + self.cfg.alive_timeout;
-                self.peers.insert(
-                    id.clone(),
-                    Peer {
-                        token: token.clone(),
-                        conn,
-                        last_ping: now,
-                        seq,
-                        filed,
-                    },
-                );
-                self.alive.insert((filed, seq), id.clone());
-                self.metrics.peers.set(self.peers.len() as f64);
-                self.cancel_notice(&id);
-                self.attach(now, conn, ip, &id, seq);
+                self.register(now, conn, ip, &id, token, 0);
                 self.send(conn, peerjs::OPEN.to_owned());
             }
         }
         self.flush_queue(&id, conn);
     }
 
+    /// Same id, same token, registered on this node: the new socket becomes current.
+    fn reattach_here(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        ip: Option<IpAddr>,
+        id: &Arc<str>,
+        old: ConnId,
+    ) {
+        let seq = self.peers.get(id).map_or(0, |p| p.seq);
+        self.attach(now, conn, ip, Some((id.clone(), seq)));
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.conn = conn;
+        }
+        if self.cfg.takeover {
+            if let Some(c) = self.conns.get_mut(&old) {
+                c.id = None;
+            }
+            self.out.push_back(Output::Close {
+                conn: old,
+                reason: CloseReason::Replaced,
+            });
+            self.send(conn, peerjs::OPEN.to_owned());
+        }
+    }
+
+    /// A new registration of `id` for `conn` (its `Conn` may exist already, as in cluster
+    /// mode after the claim).
+    fn register(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        ip: Option<IpAddr>,
+        id: &Arc<str>,
+        token: String,
+        reg: u64,
+    ) {
+        // Cluster mode: a leftover entry that only let a re-attached socket speak ends here.
+        if let Some(old) = self.peers.remove(id) {
+            self.alive.remove(&(old.filed, old.seq));
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        let filed = now + self.cfg.alive_timeout;
+        self.peers.insert(
+            id.clone(),
+            Peer {
+                token,
+                conn,
+                last_ping: now,
+                seq,
+                filed,
+                reg,
+                moved: false,
+            },
+        );
+        self.alive.insert((filed, seq), id.clone());
+        self.metrics.peers.set(self.peers.len() as f64);
+        self.cancel_notice(id);
+        match self.conns.get_mut(&conn) {
+            Some(c) => c.id = Some((id.clone(), seq)),
+            None => self.attach(now, conn, ip, Some((id.clone(), seq))),
+        }
+    }
+
+    /// Cluster mode: the registry's answer to [`Output::Claim`] for `conn`.
+    pub fn handle_claim(&mut self, now: Instant, conn: ConnId, claim: Claim) {
+        let Some(pending) = self.conns.get_mut(&conn).and_then(|c| c.pending.take()) else {
+            // The socket closed while its claim was in flight: undo what the registry did.
+            if let Claim::New { reg, queued } | Claim::Reattach { reg, queued } = claim {
+                self.abandon_claim(conn, reg, queued);
+            }
+            return;
+        };
+        let Pending { id, token, early } = *pending;
+        let queued = match claim {
+            Claim::Taken => return self.reject(conn, peerjs::ID_TAKEN.to_owned(), "id_taken"),
+            Claim::Limit => {
+                return self.reject(
+                    conn,
+                    peerjs::error_frame(peerjs::MSG_LIMIT),
+                    "concurrent_limit",
+                );
+            }
+            Claim::Unavailable(msg) => {
+                return self.reject(conn, peerjs::error_frame(msg), "registry_unavailable");
+            }
+            Claim::New { reg, queued } => {
+                self.register(now, conn, None, &id, token, reg);
+                self.send(conn, peerjs::OPEN.to_owned());
+                queued
+            }
+            Claim::Reattach { reg, queued } => {
+                let here = self
+                    .peers
+                    .get(&id)
+                    .filter(|p| !p.moved && p.token == token)
+                    .map(|p| p.conn);
+                match here {
+                    // Another socket of this node re-attached first.
+                    Some(old) => self.reattach_here(now, conn, None, &id, old),
+                    None => {
+                        self.register(now, conn, None, &id, token, reg);
+                        if self.cfg.takeover {
+                            self.send(conn, peerjs::OPEN.to_owned());
+                        }
+                    }
+                }
+                queued
+            }
+        };
+        for (_, text) in queued {
+            self.send(conn, text);
+        }
+        for text in early {
+            self.handle_message(now, conn, &text);
+        }
+    }
+
+    /// A claim answered after its socket closed: release it and put its messages back.
+    fn abandon_claim(&mut self, conn: ConnId, reg: u64, queued: Vec<(String, String)>) {
+        let Some(id) = self.orphans.remove(&conn) else {
+            return;
+        };
+        self.out.push_back(Output::Release {
+            id: id.clone(),
+            reg,
+        });
+        for (src, text) in queued {
+            self.out.push_back(Output::Forward(Forward {
+                // Only OFFER, ANSWER and CANDIDATE are ever queued; the type only matters
+                // for LEAVE and EXPIRE.
+                kind: MessageType::Offer,
+                src: Arc::from(src),
+                dst: id.to_string(),
+                text,
+                ttl: self.cfg.expire_timeout,
+                requeue: true,
+                notice: false,
+            }));
+        }
+    }
     /// The id is held again within its grace period: no notice. The same client (same token)
     /// keeps the peers it signalled with.
     fn cancel_notice(&mut self, id: &Arc<str>) {
@@ -343,18 +577,25 @@ impl Broker {
         }
     }
 
-    fn attach(&mut self, now: Instant, conn: ConnId, ip: Option<IpAddr>, id: &Arc<str>, seq: u64) {
+    fn attach(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        ip: Option<IpAddr>,
+        id: Option<(Arc<str>, u64)>,
+    ) {
         if let Some(ip) = ip {
             *self.per_ip.entry(ip).or_insert(0) += 1;
         }
         self.conns.insert(
             conn,
             Conn {
-                id: Some((id.clone(), seq)),
+                id,
                 ip,
                 tokens: f64::from(self.cfg.msg_burst),
                 refilled: now,
                 garbage: 0,
+                pending: None,
             },
         );
     }
@@ -383,6 +624,9 @@ impl Broker {
                 self.per_ip.remove(&ip);
             }
         }
+        if let Some(p) = c.pending {
+            self.orphans.insert(conn, p.id);
+        }
         if let Some((id, _)) = c.id
             && self.peers.get(&id).is_some_and(|p| p.conn == conn)
         {
@@ -396,6 +640,15 @@ impl Broker {
         };
         self.alive.remove(&(p.filed, p.seq));
         self.metrics.peers.set(self.peers.len() as f64);
+        if p.moved {
+            return;
+        }
+        if self.cfg.cluster {
+            self.out.push_back(Output::Release {
+                id: id.clone(),
+                reg: p.reg,
+            });
+        }
         let Some(rn) = self.cfg.room_notices else {
             return;
         };
@@ -454,6 +707,15 @@ impl Broker {
             return;
         }
         c.tokens -= 1.0;
+        if let Some(p) = c.pending.as_mut() {
+            // Cluster mode: the claim is in flight; keep the message for after it.
+            if p.early.len() < MAX_EARLY {
+                p.early.push(text.to_owned());
+            } else {
+                self.metrics.rejected("not_registered");
+            }
+            return;
+        }
         let Ok(frame) = ClientFrame::parse(text) else {
             tracing::trace!(conn = conn.0, len = text.len(), "frame is not PeerJS JSON");
             return self.garbage(conn, "malformed");
@@ -516,9 +778,22 @@ impl Broker {
         ) {
             self.note_contact(&src, dst);
         }
-        if let Some(p) = self.peers.get(dst) {
+        if let Some(p) = self.peers.get(dst).filter(|p| !p.moved) {
             let conn = p.conn;
             self.send(conn, text);
+            return;
+        }
+        if self.cfg.cluster {
+            let ttl = self.queue_ttl(dst);
+            self.out.push_back(Output::Forward(Forward {
+                kind,
+                src,
+                dst: dst.to_owned(),
+                text,
+                ttl,
+                requeue: false,
+                notice: false,
+            }));
             return;
         }
         if matches!(kind, MessageType::Leave | MessageType::Expire) {
@@ -531,10 +806,7 @@ impl Broker {
             Some(q) => q,
             None => {
                 self.seq += 1;
-                let ttl = match self.cfg.room_notices {
-                    Some(rn) if dst.starts_with(ROOM_PREFIX) => rn.expire,
-                    _ => self.cfg.expire_timeout,
-                };
+                let ttl = self.queue_ttl(dst);
                 let key = (now + ttl, self.seq);
                 let dst: Arc<str> = Arc::from(dst);
                 self.queue_deadlines.insert(key, dst.clone());
@@ -550,6 +822,92 @@ impl Broker {
         queue.msgs.push_back((src, text));
         self.queued_total += 1;
         self.metrics.queued.set(self.queued_total as f64);
+    }
+
+    /// How long messages for `dst` may wait for it.
+    fn queue_ttl(&self, dst: &str) -> Duration {
+        match self.cfg.room_notices {
+            Some(rn) if dst.starts_with(ROOM_PREFIX) => rn.expire,
+            _ => self.cfg.expire_timeout,
+        }
+    }
+
+    /// Cluster mode: another node (or the registry's offline queue) hands over a message for
+    /// `dst`. Delivered if `dst` is held here; otherwise it goes back to the registry.
+    pub fn handle_remote(&mut self, kind: MessageType, src: &str, dst: &str, text: String) {
+        self.metrics.cluster_in.increment(1);
+        if let Some(p) = self.peers.get(dst).filter(|p| !p.moved) {
+            let conn = p.conn;
+            if matches!(
+                kind,
+                MessageType::Offer | MessageType::Answer | MessageType::Candidate
+            ) {
+                let dst: Arc<str> = Arc::from(dst);
+                self.note_contact(&dst, src);
+            }
+            self.send(conn, text);
+            return;
+        }
+        let ttl = self.queue_ttl(dst);
+        self.out.push_back(Output::Forward(Forward {
+            kind,
+            src: Arc::from(src),
+            dst: dst.to_owned(),
+            text,
+            ttl,
+            requeue: true,
+            notice: false,
+        }));
+    }
+
+    /// Cluster mode: `id` was re-attached (same token) on another node. With takeover the
+    /// socket here is closed; otherwise it keeps speaking for the id, as an older re-attached
+    /// socket does on one node, but is no longer delivered to.
+    pub fn handle_moved(&mut self, now: Instant, id: &str) {
+        let Some(p) = self.peers.get_mut(id).filter(|p| !p.moved) else {
+            return;
+        };
+        p.moved = true;
+        let conn = p.conn;
+        if self.cfg.takeover {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.id = None;
+            }
+            self.out.push_back(Output::Close {
+                conn,
+                reason: CloseReason::Replaced,
+            });
+            self.unregister(now, id);
+        }
+    }
+
+    /// Cluster mode: after a registry outage another client holds `id`; this node's socket
+    /// for it is closed without releasing anything.
+    pub fn handle_lost(&mut self, now: Instant, id: &str) {
+        let Some(p) = self.peers.get_mut(id).filter(|p| !p.moved) else {
+            return;
+        };
+        p.moved = true;
+        let conn = p.conn;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.id = None;
+        }
+        self.out.push_back(Output::Close {
+            conn,
+            reason: CloseReason::Lost,
+        });
+        self.unregister(now, id);
+    }
+
+    /// Cluster mode: the registry expired the offline queue for `dst`; each of `senders` gets
+    /// one `EXPIRE`, if it is online.
+    pub fn handle_expired(&mut self, now: Instant, dst: &str, senders: &[String]) {
+        let dst: Arc<str> = Arc::from(dst);
+        for sender in senders {
+            self.metrics.expired.increment(1);
+            let text = peerjs::relay_frame(MessageType::Expire, &dst, sender, None);
+            self.relay(now, MessageType::Expire, dst.clone(), sender, text);
+        }
     }
 
     /// Runs everything due at `now`: queue expiry (one `EXPIRE` per sender) and liveness.
@@ -614,7 +972,20 @@ impl Broker {
             for peer in notice.contacts {
                 self.metrics.leave_notices.increment(1);
                 let text = peerjs::relay_frame(MessageType::Leave, &room, &peer, None);
-                self.relay(now, MessageType::Leave, room.clone(), &peer, text);
+                if self.cfg.cluster {
+                    // The room id may be held again on another node: the registry decides.
+                    self.out.push_back(Output::Forward(Forward {
+                        kind: MessageType::Leave,
+                        src: room.clone(),
+                        dst: peer.to_string(),
+                        text,
+                        ttl: self.cfg.expire_timeout,
+                        requeue: false,
+                        notice: true,
+                    }));
+                } else {
+                    self.relay(now, MessageType::Leave, room.clone(), &peer, text);
+                }
             }
         }
     }
@@ -637,6 +1008,7 @@ mod tests {
             max_queued_per_dst: 3,
             max_queued_total: 5,
             room_notices: None,
+            cluster: false,
         }
     }
 

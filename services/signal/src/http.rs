@@ -60,7 +60,14 @@ async fn peers(State(hub): State<Arc<Hub>>) -> Response {
     if !hub.config.allow_discovery {
         return typed(TEXT, StatusCode::UNAUTHORIZED, "Unauthorized");
     }
-    let body = serde_json::to_string(&hub.peer_ids()).unwrap_or_else(|_| "[]".into());
+    let Some(ids) = hub.all_peer_ids().await else {
+        return typed(
+            TEXT,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Cluster registry unavailable",
+        );
+    };
+    let body = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
     typed(JSON, StatusCode::OK, body)
 }
 

@@ -2,10 +2,12 @@
 //! connection to [`Outbox`], and the one timer. A cluster backend replaces this module's
 //! insides; the connection tasks and HTTP handlers only see [`Hub`].
 
+use crate::cluster::{Cluster, Cmd};
 use crate::config::Config;
-use crate::core::{Broker, CloseReason, ConnId, CoreConfig, OpenParams, Output};
+use crate::core::{Broker, Claim, CloseReason, ConnId, CoreConfig, OpenParams, Output};
 use crate::metrics::Metrics;
 use crate::ws;
+use kibitz_proto::peerjs::MessageType;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +38,8 @@ pub(crate) struct Hub {
     closing: AtomicBool,
     pub(crate) config: Config,
     pub(crate) metrics: Metrics,
+    /// Cluster mode: the shared registry's driver handle.
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -50,12 +54,13 @@ fn close_status(reason: CloseReason) -> Closing {
         CloseReason::Replaced => Closing::Graceful(Some(1000), "replaced by a newer connection"),
         CloseReason::RateLimited => Closing::Graceful(Some(1008), "message rate limit exceeded"),
         CloseReason::Garbage => Closing::Graceful(Some(1007), "too many invalid frames"),
+        CloseReason::Lost => Closing::Graceful(Some(1001), "id taken over after a registry outage"),
     }
 }
 
 impl Inner {
     /// Routes the core's outputs into outboxes; returns those to flush once the lock is gone.
-    fn drain(&mut self, metrics: &Metrics) -> Vec<Arc<Outbox>> {
+    fn drain(&mut self, metrics: &Metrics, cluster: Option<&Cluster>) -> Vec<Arc<Outbox>> {
         let mut touched: Vec<Arc<Outbox>> = Vec::new();
         while let Some(out) = self.core.poll_output() {
             match out {
@@ -76,6 +81,22 @@ impl Inner {
                         ob.close(close_status(reason));
                     }
                 }
+                // Only produced in cluster mode, where `cluster` is set.
+                Output::Claim { conn, id, token } => {
+                    if let Some(c) = cluster {
+                        c.send(Cmd::Claim { conn, id, token });
+                    }
+                }
+                Output::Release { id, reg } => {
+                    if let Some(c) = cluster {
+                        c.send(Cmd::Release { id, reg });
+                    }
+                }
+                Output::Forward(f) => {
+                    if let Some(c) = cluster {
+                        c.send(Cmd::Forward(f));
+                    }
+                }
             }
         }
         touched
@@ -85,6 +106,10 @@ impl Inner {
 impl Hub {
     pub(crate) fn new(config: Config) -> Self {
         let metrics = Metrics::new();
+        let cluster = config
+            .cluster
+            .as_ref()
+            .map(|cc| Arc::new(Cluster::new(cc.clone())));
         let core = Broker::new(
             CoreConfig {
                 key: config.key.clone(),
@@ -98,6 +123,7 @@ impl Hub {
                 max_queued_per_dst: config.limits.max_queued_per_dst,
                 max_queued_total: config.limits.max_queued_total,
                 room_notices: config.room_notices,
+                cluster: cluster.is_some(),
             },
             metrics.clone(),
         );
@@ -112,6 +138,7 @@ impl Hub {
             closing: AtomicBool::new(false),
             config,
             metrics,
+            cluster,
         }
     }
 
@@ -125,7 +152,7 @@ impl Hub {
     fn with_core<R>(&self, f: impl FnOnce(&mut Broker) -> R) -> R {
         let mut inner = self.lock();
         let r = f(&mut inner.core);
-        let touched = inner.drain(&self.metrics);
+        let touched = inner.drain(&self.metrics, self.cluster.as_deref());
         let next = inner.core.poll_timeout();
         let rearm = next.is_some_and(|t| inner.armed.is_none_or(|a| t < a));
         if rearm {
@@ -178,6 +205,53 @@ impl Hub {
         // Through `with_core`: a close can start a timer (a room id's leave notice).
         self.with_core(|core| core.handle_close(now(), conn));
         self.metrics.connections.decrement(1.0);
+    }
+
+    /// Cluster mode: the registry answered a claim.
+    pub(crate) fn claim_result(&self, conn: ConnId, claim: Claim) {
+        self.with_core(|core| core.handle_claim(now(), conn, claim));
+    }
+
+    /// Cluster mode: messages from this node's inbox: (type, src, dst, frame).
+    pub(crate) fn remote(&self, msgs: Vec<(MessageType, String, String, String)>) {
+        self.with_core(|core| {
+            for (kind, src, dst, text) in msgs {
+                core.handle_remote(kind, &src, &dst, text);
+            }
+        });
+    }
+
+    /// Cluster mode: `id` was re-attached on another node.
+    pub(crate) fn moved(&self, id: &str) {
+        self.with_core(|core| core.handle_moved(now(), id));
+    }
+
+    /// Cluster mode: `id` is held by another client after a registry outage.
+    pub(crate) fn lost(&self, id: &str) {
+        self.with_core(|core| core.handle_lost(now(), id));
+    }
+
+    /// Cluster mode: expired offline queues: (dst, senders).
+    pub(crate) fn expired(&self, due: &[(String, Vec<String>)]) {
+        self.with_core(|core| {
+            for (dst, senders) in due {
+                core.handle_expired(now(), dst, senders);
+            }
+        });
+    }
+
+    /// Cluster mode: this node's live registrations (id, token, registry number).
+    pub(crate) fn registrations(&self) -> Vec<(Arc<str>, String, u64)> {
+        self.lock().core.registrations()
+    }
+
+    /// Registered ids in registration order, over the whole cluster in cluster mode (`None`
+    /// when the registry cannot be asked).
+    pub(crate) async fn all_peer_ids(&self) -> Option<Vec<String>> {
+        match &self.cluster {
+            Some(c) => c.peer_ids().await,
+            None => Some(self.peer_ids()),
+        }
     }
 
     /// Counts a refusal that happened outside the core.

@@ -8,6 +8,7 @@
 //! codec; `http` is the HTTP surface.
 //! Payloads are relayed as opaque bytes and never logged.
 
+mod cluster;
 pub mod config;
 mod conn;
 pub mod core;
@@ -17,6 +18,7 @@ pub mod metrics;
 mod outbox;
 mod ws;
 
+pub use cluster::{ClusterConfig, MSG_RECOVERING, MSG_UNAVAILABLE};
 pub use config::{Config, ConfigError, Limits, SignalArgs};
 
 use hub::Hub;
@@ -39,13 +41,27 @@ impl SignalState {
         let hub = Arc::new(Hub::new(config));
         let stop = CancellationToken::new();
         tokio::spawn(hub.clone().run_timer(stop.clone()));
+        if hub.cluster.is_some() {
+            tokio::spawn(cluster::run(hub.clone(), stop.clone()));
+        }
         Self { hub, stop }
     }
 
-    /// Whether the broker is serving (false once shutdown began): the in-process health check
-    /// `/api/signal` uses when the broker runs in the same process.
+    /// Whether the broker is serving (false once shutdown began, and in cluster mode while
+    /// the registry cannot be reached): the in-process health check `/api/signal` uses when
+    /// the broker runs in the same process.
     pub fn is_healthy(&self) -> bool {
-        !self.stop.is_cancelled() && !self.hub.is_closing()
+        !self.stop.is_cancelled()
+            && !self.hub.is_closing()
+            && self.hub.cluster.as_ref().is_none_or(|c| c.is_up())
+    }
+
+    /// Cluster mode: this node's id and whether it reaches the registry (`None` on one node).
+    pub fn cluster_status(&self) -> Option<(String, bool)> {
+        self.hub
+            .cluster
+            .as_ref()
+            .map(|c| (c.node.clone(), c.is_up()))
     }
 
     /// Closes every broker socket with 1001 and waits up to `deadline` for them to finish.

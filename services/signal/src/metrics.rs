@@ -21,6 +21,21 @@ pub struct Metrics {
     pub bytes_in: Counter,
     /// Bytes of WebSocket frames sent.
     pub bytes_out: Counter,
+    /// Cluster mode: messages handed to the registry for another node or its offline queue.
+    pub cluster_out: Counter,
+    /// Cluster mode: messages received from other nodes (or their queues) through this
+    /// node's inbox.
+    pub cluster_in: Counter,
+    /// Cluster mode: renewals of this node's lease.
+    pub lease_renewals: Counter,
+    /// Cluster mode: re-assertions of this node's ids after the registry came back.
+    pub reasserts: Counter,
+    /// Cluster mode: ids this node lost to another client after a registry outage.
+    pub leases_lost: Counter,
+    /// Cluster mode: 1 while the registry is reachable.
+    pub registry_up: Gauge,
+    /// Cluster mode: messages waiting here for the registry to come back.
+    pub cluster_pending: Gauge,
     messages: [Counter; 6],
     rejected: Vec<(&'static str, Counter)>,
 }
@@ -51,6 +66,7 @@ pub const REJECT_REASONS: &[&str] = &[
     "slow_reader",
     "alive_timeout",
     "handshake",
+    "registry_unavailable",
 ];
 
 const TYPES: [MessageType; 6] = [
@@ -73,6 +89,13 @@ impl Metrics {
             leave_notices: counter!("kibitz_signal_room_leave_notices_total"),
             bytes_in: counter!("kibitz_signal_bytes_total", "direction" => "in"),
             bytes_out: counter!("kibitz_signal_bytes_total", "direction" => "out"),
+            cluster_out: counter!("kibitz_signal_cluster_messages_total", "direction" => "out"),
+            cluster_in: counter!("kibitz_signal_cluster_messages_total", "direction" => "in"),
+            lease_renewals: counter!("kibitz_signal_cluster_lease_renewals_total"),
+            reasserts: counter!("kibitz_signal_cluster_reasserts_total"),
+            leases_lost: counter!("kibitz_signal_cluster_leases_lost_total"),
+            registry_up: gauge!("kibitz_signal_cluster_registry_up"),
+            cluster_pending: gauge!("kibitz_signal_cluster_pending_messages"),
             messages: TYPES.map(|t| counter!("kibitz_signal_messages_total", "type" => t.as_str())),
             rejected: REJECT_REASONS
                 .iter()
