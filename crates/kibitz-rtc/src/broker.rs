@@ -121,13 +121,14 @@ pub enum BrokerError {
 
 /// Asks the broker for a fresh id.
 pub async fn fetch_id(broker: &BrokerConfig) -> Result<String, BrokerError> {
-    let mut b = reqwest::Client::builder()
+    // reqwest is built without a default TLS provider and refuses to build a client without
+    // one, even for plain http.
+    let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none());
-    if broker.secure {
-        b = b.use_preconfigured_tls((*broker.tls_config()?).clone());
-    }
-    let client = b.build().map_err(|e| BrokerError::Id(e.to_string()))?;
+        .redirect(reqwest::redirect::Policy::none())
+        .use_preconfigured_tls((*broker.tls_config()?).clone())
+        .build()
+        .map_err(|e| BrokerError::Id(e.to_string()))?;
     let resp = client
         .get(broker.id_url())
         .send()
