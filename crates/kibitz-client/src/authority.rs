@@ -82,7 +82,13 @@ fn norm_name(s: &str) -> String {
 impl Authority {
     /// A new authority, inheriting `lobby`/`locked` and grandfathering the members of the
     /// last roster this participant saw (migration); no host is verified yet.
-    pub fn new(peer: PeerKey, now: u64, inherited: Option<&Roster>, lobby_on_start: bool) -> Self {
+    pub fn new(
+        peer: PeerKey,
+        now: u64,
+        inherited: Option<&Roster>,
+        bans: Vec<String>,
+        lobby_on_start: bool,
+    ) -> Self {
         let (lobby, locked, grandfathered) = match inherited {
             Some(r) => (
                 r.lobby.unwrap_or(false),
@@ -98,7 +104,7 @@ impl Authority {
             lobby,
             locked,
             host: None,
-            kicked_tokens: BTreeSet::new(),
+            kicked_tokens: bans.into_iter().take(wire::MAX_BANS).collect(),
             kicked_voice: BTreeSet::new(),
             kicked_conns: BTreeSet::new(),
             admitted_tokens: BTreeSet::new(),
@@ -134,6 +140,17 @@ impl Authority {
         }
     }
 
+    /// The roster frame, with the bans and (for the host) the pending knockers.
+    fn roster_frame(&self, pending: Option<&[(String, String)]>) -> Value {
+        let bans: Vec<String> = self.kicked_tokens.iter().cloned().collect();
+        wire::roster(&self.roster(), &bans, pending)
+    }
+
+    /// The kicked-token hashes (a later authority inherits them).
+    pub fn bans(&self) -> Vec<String> {
+        self.kicked_tokens.iter().cloned().collect()
+    }
+
     /// The knockers waiting in the lobby.
     pub fn pending(&self) -> Vec<Knocker> {
         self.conns
@@ -157,8 +174,7 @@ impl Authority {
     /// Sends the roster to every connection that may see it (all, or only the admitted ones
     /// while the lobby is on); the verified host also gets the pending list.
     pub fn broadcast_roster(&self, ctx: &mut Ctx) {
-        let r = self.roster();
-        let plain = wire::roster(&r, None);
+        let plain = self.roster_frame(None);
         let pending: Vec<(String, String)> = self
             .pending()
             .into_iter()
@@ -170,7 +186,7 @@ impl Authority {
                 continue;
             }
             if Some(*c) == host && self.lobby {
-                ctx.send(*c, wire::roster(&r, Some(&pending)));
+                ctx.send(*c, self.roster_frame(Some(&pending)));
             } else {
                 ctx.send(*c, plain.clone());
             }
@@ -187,7 +203,7 @@ impl Authority {
             },
         );
         if !self.lobby {
-            ctx.send(conn, wire::roster(&self.roster(), None));
+            ctx.send(conn, self.roster_frame(None));
         }
     }
 
@@ -300,7 +316,9 @@ impl Authority {
             _ => (None, None),
         };
         if self.kicked_conns.contains(&conn)
-            || token.as_ref().is_some_and(|t| self.kicked_tokens.contains(t))
+            || token
+                .as_ref()
+                .is_some_and(|t| self.kicked_tokens.contains(&wire::ban_hash(room, t)))
             || voice_id.as_ref().is_some_and(|v| self.kicked_voice.contains(v))
         {
             ctx.send(conn, wire::bare("kick"));
@@ -438,7 +456,7 @@ impl Authority {
             || k.token.as_ref().is_some_and(|t| self.admitted_tokens.contains(t));
         if silent {
             self.admit_conn(conn);
-            ctx.send(conn, wire::roster(&self.roster(), None));
+            ctx.send(conn, self.roster_frame(None));
             return;
         }
         let first = s.pending.is_none();
@@ -453,7 +471,7 @@ impl Authority {
             if let Some(h) = self.host_conn() {
                 let pending: Vec<(String, String)> =
                     self.pending().into_iter().map(|k| (k.id, k.name)).collect();
-                ctx.send(h, wire::roster(&self.roster(), Some(&pending)));
+                ctx.send(h, self.roster_frame(Some(&pending)));
             }
         }
     }
@@ -634,7 +652,7 @@ impl Authority {
                     if cmd.op == HostOp::Admit {
                         self.admit_conn(c);
                         ctx.send(c, wire::lobby(LobbyStatus::Admitted));
-                        ctx.send(c, wire::roster(&self.roster(), None));
+                        ctx.send(c, self.roster_frame(None));
                     } else if let Some(s) = self.conns.get_mut(&c) {
                         s.pending = None;
                         ctx.send(c, wire::lobby(LobbyStatus::Denied));
@@ -659,7 +677,9 @@ impl Authority {
                 };
                 self.kicked_voice.insert(target.to_owned());
                 if let Some(t) = self.members.iter().find(|e| e.key == key).and_then(|e| e.token.clone()) {
-                    self.kicked_tokens.insert(t);
+                    if self.kicked_tokens.len() < wire::MAX_BANS {
+                        self.kicked_tokens.insert(wire::ban_hash(&cmd.room, &t));
+                    }
                 }
                 match key {
                     Key::Conn(c) => {

@@ -137,7 +137,7 @@ pub enum AuditKind {
     },
     /// The grants in force changed.
     GrantsChanged {
-        /// Who sent them (voiceId), or `"self"`.
+        /// Who sent them (voiceId), or `"lapsed"` when the issuing host left.
         by: String,
     },
     /// A `caps` frame from someone other than the verified host was ignored.
@@ -261,6 +261,8 @@ pub struct Engine {
     roster: Roster,
     /// The last roster seen from an authority (inherited on migration).
     last_roster: Option<Roster>,
+    /// The kicked-token hashes the last roster carried (inherited on migration too).
+    last_bans: Vec<String>,
     assertion: Option<(u64, String)>,
     credit: Option<String>,
     kicked_voice: Vec<String>,
@@ -296,6 +298,7 @@ impl Engine {
             next_announce: None,
             roster: Roster::default(),
             last_roster: None,
+            last_bans: Vec::new(),
             assertion: None,
             credit: None,
             kicked_voice: Vec::new(),
@@ -374,6 +377,11 @@ impl Engine {
     /// This participant's voiceId (the media peer's id), once open.
     pub fn voice_id(&self) -> Option<&str> {
         self.mesh.self_id.as_deref()
+    }
+
+    /// The data-mesh links: `(remote voiceId, open)`.
+    pub fn mesh_links(&self) -> Vec<(String, bool)> {
+        self.mesh.links()
     }
 
     /// The roster as this participant last knew it.
@@ -467,6 +475,7 @@ impl Engine {
         if let Phase::Authority(a) = &self.phase {
             // Keep what the room looked like: a later authority inherits it.
             self.last_roster = Some(a.roster());
+            self.last_bans = a.bans();
             for c in a.conns() {
                 self.ctx.net(NetCmd::Close { conn: c });
             }
@@ -520,7 +529,14 @@ impl Engine {
 
     fn become_authority(&mut self, peer: PeerKey) {
         let inherited = self.last_roster.take();
-        let a = Authority::new(peer, self.ctx.now.ms, inherited.as_ref(), self.cfg.lobby_on_start);
+        let bans = std::mem::take(&mut self.last_bans);
+        let a = Authority::new(
+            peer,
+            self.ctx.now.ms,
+            inherited.as_ref(),
+            bans,
+            self.cfg.lobby_on_start,
+        );
         self.phase = Phase::Authority(Box::new(a));
         self.set_status(Status::Authority);
         self.sync_self();
@@ -775,11 +791,13 @@ impl Engine {
     // ---- participant side ---------------------------------------------------------------
 
     fn on_authority_frame(&mut self, frame: Value) {
-        let Some((msg, pending)) = wire::read_authority(frame) else {
+        let Some((msg, extras)) = wire::read_authority(frame) else {
             return;
         };
+        let pending = extras.pending;
         match msg {
             AuthorityWire::Roster(r) => {
+                self.last_bans = extras.bans;
                 if self.am_host() && !pending.is_empty() {
                     let queue = pending
                         .into_iter()
@@ -951,6 +969,11 @@ impl Engine {
             self.ctx.event(Event::Reset);
         }
         if fx.kicked_self {
+            // Tell the room first: the roster carries the bans (our own token's included),
+            // which whoever coordinates next inherits.
+            if let Phase::Authority(a) = &self.phase {
+                a.broadcast_roster(&mut self.ctx);
+            }
             self.kicked();
             return;
         }
@@ -1274,7 +1297,8 @@ impl Engine {
         }
         self.mesh.host_grants.insert(voice_id.to_owned(), grant.canonical());
         let grants = self.mesh.host_grants.clone();
-        self.mesh.apply_grants(&mut self.ctx, grants, "self");
+        let me = self.mesh.self_id.clone().unwrap_or_default();
+        self.mesh.apply_grants(&mut self.ctx, grants, &me);
         self.mesh.send_caps(&mut self.ctx, None);
         Ok(())
     }

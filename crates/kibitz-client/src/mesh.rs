@@ -20,6 +20,9 @@ use crate::net::{ConnId, NetCmd, PeerKey};
 
 /// Frames held from a sender the roster does not list yet (it may be just behind).
 const HELD_PER_CONN: usize = 32;
+/// Grants lapse once their issuer has been out of the roster this long (ms): longer than a
+/// migration takes to rebuild the roster, shorter than anyone would mind.
+pub const GRANT_LAPSE_MS: u64 = 15_000;
 /// Audit entries kept.
 const AUDIT_CAP: usize = 1024;
 
@@ -38,6 +41,9 @@ pub(crate) struct Mesh {
     redial_at: BTreeMap<String, u64>,
     /// Grants in force, from the verified host's last `caps`.
     pub explicit: BTreeMap<String, Grant>,
+    /// Who issued them: they lapse (to role defaults) once the issuer leaves the roster.
+    issuer: Option<String>,
+    issuer_missing_since: Option<u64>,
     /// What we grant, while we are the verified host.
     pub host_grants: BTreeMap<String, Grant>,
     pub audit: Vec<AuditEntry>,
@@ -55,6 +61,11 @@ impl Mesh {
         self.redial_at.clear();
         self.peer = None;
         self.self_id = None;
+    }
+
+    /// `(remote, open)` for every link.
+    pub fn links(&self) -> Vec<(String, bool)> {
+        self.links.values().map(|l| (l.remote.clone(), l.open)).collect()
     }
 
     pub fn owns(&self, conn: ConnId) -> bool {
@@ -119,6 +130,30 @@ impl Mesh {
             return;
         };
         let ids: Vec<&str> = roster.members.iter().map(|m| m.id.as_str()).collect();
+        // Grants are the issuing host's. Once it has been out of the roster for a while (it
+        // left; a migration only hides it for the seconds re-announcing takes) they lapse
+        // everywhere alike, as every peer converges on the same roster, rather than diverge
+        // by whichever version each peer last heard.
+        if let Some(issuer) = &self.issuer {
+            if ids.contains(&issuer.as_str()) {
+                self.issuer_missing_since = None;
+            } else {
+                let since = *self.issuer_missing_since.get_or_insert(ctx.now.ms);
+                if ctx.now.ms.saturating_sub(since) >= GRANT_LAPSE_MS {
+                    self.issuer = None;
+                    self.issuer_missing_since = None;
+                    if !self.explicit.is_empty() {
+                        self.explicit.clear();
+                        self.audit_event(ctx, AuditKind::GrantsChanged { by: "lapsed".into() });
+                        ctx.event(Event::Grants(BTreeMap::new()));
+                    }
+                }
+            }
+        }
+        if am_host && (self.issuer.as_deref() != Some(me.as_str()) || self.explicit != self.host_grants) {
+            let grants = self.host_grants.clone();
+            self.apply_grants(ctx, grants, &me);
+        }
         let gone: Vec<ConnId> = self
             .links
             .iter()
@@ -242,6 +277,11 @@ impl Mesh {
 
     /// Applies a grants map as in force, reporting the change.
     pub fn apply_grants(&mut self, ctx: &mut Ctx, grants: BTreeMap<String, Grant>, from: &str) {
+        let issuer = Some(from.to_owned());
+        if grants == self.explicit && issuer == self.issuer {
+            return;
+        }
+        self.issuer = issuer;
         if grants == self.explicit {
             return;
         }

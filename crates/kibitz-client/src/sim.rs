@@ -469,11 +469,14 @@ impl Sim {
         self.by_end.remove(&a);
         self.by_end.remove(&b);
         let other = if a.node == by { b } else { a };
-        if !self.cut(by, other.node) {
-            let d = self.range(self.net.latency);
-            let at = self.ordered(link, other, self.now.ms + d);
-            self.schedule_at(at, Action::Deliver(other.node, NetEvent::Closed { conn: other.conn }));
-        }
+        // Across a cut the other side only learns when ICE gives up on the path.
+        let d = if self.cut(by, other.node) {
+            ICE_FAIL_MS
+        } else {
+            self.range(self.net.latency)
+        };
+        let at = self.ordered(link, other, self.now.ms + d);
+        self.schedule_at(at, Action::Deliver(other.node, NetEvent::Closed { conn: other.conn }));
     }
 
     fn run_action(&mut self, a: Action) {
@@ -576,7 +579,9 @@ impl Sim {
                 let Some(l) = self.links.get(&link) else {
                     return;
                 };
-                if l.dead || !self.nodes[to.node].alive {
+                // A frame already on its way is delivered even if its sender has closed the
+                // channel since (a data channel flushes what it queued before closing).
+                if !self.nodes[to.node].alive {
                     return;
                 }
                 let from = if l.a == to { l.b } else { l.a };

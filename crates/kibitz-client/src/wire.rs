@@ -97,10 +97,14 @@ pub fn lobby(status: LobbyStatus) -> Value {
     to_value(&AuthorityWire::Lobby { status }).unwrap_or(Value::Nil)
 }
 
-/// `{t:'roster', members, lobby, host, locked}`, plus the pending knockers when `pending` is
-/// given (our addition, sent only to the verified host; other clients ignore unknown keys).
-pub fn roster(r: &Roster, pending: Option<&[(String, String)]>) -> Value {
+/// `{t:'roster', members, lobby, host, locked}`, plus two additions other clients ignore
+/// (unknown keys): `bans`, the room's kicked-token hashes, which a later authority inherits
+/// (only when there are any), and `pending`, the knockers, sent only to the verified host.
+pub fn roster(r: &Roster, bans: &[String], pending: Option<&[(String, String)]>) -> Value {
     let mut v = to_value(&AuthorityWire::Roster(r.clone())).unwrap_or(Value::Nil);
+    if let (false, Value::Map(m)) = (bans.is_empty(), &mut v) {
+        m.push((s("bans"), Value::Array(bans.iter().map(|b| s(b)).collect())));
+    }
     if let (Some(p), Value::Map(m)) = (pending, &mut v) {
         let list = p
             .iter()
@@ -119,8 +123,34 @@ pub fn read_client(v: Value) -> Option<ClientWire> {
     }
 }
 
-/// Reads a frame the authority sent, with the pending list if the frame carries one.
-pub fn read_authority(v: Value) -> Option<(AuthorityWire, Vec<(String, String)>)> {
+/// Most bans a roster may carry (a bound on what a peer keeps from the wire).
+pub const MAX_BANS: usize = 1024;
+
+/// What a roster frame carries besides the roster itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RosterExtras {
+    /// Pending knockers `(id, name)`.
+    pub pending: Vec<(String, String)>,
+    /// Kicked-token hashes.
+    pub bans: Vec<String>,
+}
+
+/// The hash a kicked token is banned under: base64url SHA-256 of `room|token`.
+pub fn ban_hash(room: &str, token: &str) -> String {
+    use sha2::Digest as _;
+    kibitz_proto::token::b64url_encode(sha2::Sha256::digest(format!("{room}|{token}").as_bytes()))
+}
+
+/// Reads a frame the authority sent, with a roster's extras.
+pub fn read_authority(v: Value) -> Option<(AuthorityWire, RosterExtras)> {
+    let bans = match v.get("bans") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|b| b.as_str().filter(|b| b.len() <= 64).map(str::to_owned))
+            .take(MAX_BANS)
+            .collect(),
+        _ => Vec::new(),
+    };
     let pending = v
         .get("pending")
         .and_then(|p| match p {
@@ -135,7 +165,7 @@ pub fn read_authority(v: Value) -> Option<(AuthorityWire, Vec<(String, String)>)
         })
         .unwrap_or_default();
     match Wire::<AuthorityWire>::from_raw(v) {
-        Wire::Known(a) => Some((a, pending)),
+        Wire::Known(a) => Some((a, RosterExtras { pending, bans })),
         Wire::Unknown(_) => None,
     }
 }

@@ -449,3 +449,25 @@ fn grants_survive_migration_and_are_resynced_by_the_host() {
         assert_eq!(sim.engine(n).capability_grant(&idb), Grant::agent_default(), "node {n}");
     }
 }
+
+#[test]
+fn bans_outlive_the_authority_that_kicked() {
+    let mut sim = sim(19);
+    let a = join(&mut sim, keyed("r", "Alice", false));
+    sim.run_for(500);
+    let h = join(&mut sim, keyed("r", "Hana", true));
+    let b = join(&mut sim, keyed("r", "Bob", false));
+    let m = join(&mut sim, keyed("r", "Mallory", false));
+    sim.run_for(3_000);
+    let idm = id_of(&sim, m);
+    sim.with(h, |e, now| e.remove(now, &idm)).unwrap();
+    sim.run_for(3_000);
+    assert_eq!(sim.engine(m).status(), &Status::Left { reason: "kicked".into() });
+    sim.crash(a);
+    sim.run_for(20_000);
+    assert_eq!(authorities(&sim, &[h, b]).len(), 1);
+    let m2 = join(&mut sim, keyed("r", "Mallory", false));
+    sim.run_for(5_000);
+    assert_eq!(sim.engine(m2).status(), &Status::Left { reason: "kicked".into() });
+    assert_eq!(names(&sim, b), ["Bob", "Hana"]);
+}
