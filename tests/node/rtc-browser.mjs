@@ -1,0 +1,178 @@
+#!/usr/bin/env node
+// The official peerjs@1.5.5 client in headless Chromium against a Rust peer (kibitz-rtc),
+// through the broker at --host/--port: BinaryPack and JSON DataConnections in both offer
+// directions, including a message large enough to be chunked. Run by tests/tests/rtc_browser.rs,
+// which starts the broker and the Rust peer (--rust ID). The Rust peer echoes what a browser-
+// offered connection carries; asked to `call`, it offers a connection, sends a known set of
+// messages, checks the echoes and sends "ok" (or what differed).
+import { readFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { launchChromium, oneLine, pageErrorMessage, runScenarios, startPageServer, withTimeout } from "./chromium.mjs";
+
+const here = (rel) => fileURLToPath(new URL(rel, import.meta.url));
+
+const PAGE_HTML = `<!doctype html>
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<title>kibitz-rtc interop</title>
+<script src="/peerjs.min.js"></script>
+<script src="/page.js"></script>
+`;
+
+// In-page helpers (window.R).
+const PAGE_JS = `"use strict";
+window.R = (() => {
+  let peer = null;
+  const waiting = [];
+  const arrived = [];
+  const ctrl = {};
+
+  function withTimeout(p, ms, what) {
+    let t;
+    return Promise.race([p, new Promise((_, rej) => { t = setTimeout(() => rej(new Error("timed out waiting for " + what)), ms); })])
+      .finally(() => clearTimeout(t));
+  }
+  function once(em, ev, what) {
+    return withTimeout(new Promise((res, rej) => {
+      em.once(ev, res);
+      em.once("error", (e) => rej(new Error("error while waiting for " + what + ": " + (e && e.type ? e.type + ": " : "") + (e && e.message))));
+    }), 15000, what);
+  }
+  function pattern(n) {
+    const b = new Uint8Array(n);
+    for (let i = 0; i < n; i++) b[i] = (i * 31 + (i >> 8)) & 0xff;
+    return b;
+  }
+  function expected(serialization) {
+    const base = ["hello from rust \\u2713", { n: 42, f: -1.5, t: true, nil: null, list: [1, "two"] }];
+    return serialization === "binary" ? [...base, pattern(40000)] : base;
+  }
+  function bytes(x) {
+    if (x instanceof ArrayBuffer) return new Uint8Array(x);
+    if (ArrayBuffer.isView(x)) return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+    return null;
+  }
+  function same(a, b) {
+    const ba = bytes(a), bb = bytes(b);
+    if (ba || bb) return !!ba && !!bb && ba.length === bb.length && ba.every((v, i) => v === bb[i]);
+    if (Array.isArray(a)) return Array.isArray(b) && a.length === b.length && a.every((v, i) => same(v, b[i]));
+    if (a && typeof a === "object") {
+      if (!b || typeof b !== "object") return false;
+      const ka = Object.keys(a), kb = Object.keys(b);
+      return ka.length === kb.length && ka.every((k) => same(a[k], b[k]));
+    }
+    return a === b;
+  }
+  function show(x) {
+    const b = bytes(x);
+    if (b) return "<" + b.length + " bytes>";
+    const s = JSON.stringify(x);
+    return s && s.length > 80 ? s.slice(0, 80) + "..." : s;
+  }
+  function inbox(conn) {
+    const items = [], takers = [];
+    conn.on("data", (d) => { const t = takers.shift(); if (t) t(d); else items.push(d); });
+    return {
+      next: (what) => items.length ? Promise.resolve(items.shift())
+        : withTimeout(new Promise((res) => takers.push(res)), 15000, what),
+    };
+  }
+  function nextConnection() {
+    if (arrived.length) return Promise.resolve(arrived.shift());
+    return withTimeout(new Promise((res) => waiting.push(res)), 15000, "incoming connection");
+  }
+  async function open(id, opts) {
+    peer = new peerjs.Peer(id, opts);
+    peer.on("connection", (c) => { const w = waiting.shift(); if (w) w(c); else arrived.push(c); });
+    await once(peer, "open", "peer open");
+  }
+  async function browserOffers(rustId, serialization) {
+    const conn = peer.connect(rustId, { serialization, reliable: true });
+    const t0 = performance.now();
+    await once(conn, "open", serialization + " connection open");
+    const openMs = performance.now() - t0;
+    const box = inbox(conn);
+    conn.box = box;
+    const msgs = expected(serialization);
+    for (const m of msgs) {
+      conn.send(m);
+      const got = await box.next("echo of " + show(m));
+      if (!same(got, m)) throw new Error("echo differs: sent " + show(m) + ", got " + show(got));
+    }
+    ctrl[serialization] = conn;
+    return "open " + openMs.toFixed(0) + " ms";
+  }
+  async function rustOffers(serialization) {
+    const via = ctrl[serialization];
+    if (!via) throw new Error("no control connection (the browser-offers scenario failed)");
+    const incoming = nextConnection();
+    via.send({ cmd: "call", serialization });
+    const conn = await incoming;
+    if (conn.serialization !== serialization) throw new Error("offer came with serialization " + conn.serialization);
+    const box = inbox(conn);
+    if (!conn.open) await once(conn, "open", "rust-offered connection open");
+    for (const want of expected(serialization)) {
+      const got = await box.next("rust message " + show(want));
+      if (!same(got, want)) throw new Error("rust sent " + show(got) + ", expected " + show(want));
+      conn.send(got);
+    }
+    const verdict = await box.next("rust verdict");
+    if (verdict !== "ok") throw new Error("rust says: " + show(verdict));
+    return "label " + conn.label;
+  }
+  function destroy() { if (peer) peer.destroy(); }
+  return { open, browserOffers, rustOffers, destroy };
+})();
+`;
+
+const SCENARIOS = [
+  ["browser offers binary: string, object, 40000-byte Uint8Array (chunked) echoed", (p) => p.evaluate(() => R.browserOffers(window.RUST, "binary"))],
+  ["browser offers json: string and object echoed", (p) => p.evaluate(() => R.browserOffers(window.RUST, "json"))],
+  ["rust offers binary: string, object, 40000-byte binary (chunked) both ways", (p) => p.evaluate(() => R.rustOffers("binary"))],
+  ["rust offers json: string and object both ways", (p) => p.evaluate(() => R.rustOffers("json"))],
+];
+
+async function main(args, state) {
+  state.server = await startPageServer({
+    "/": { type: "text/html", body: PAGE_HTML },
+    "/peerjs.min.js": { type: "text/javascript", body: await readFile(here("./node_modules/peerjs/dist/peerjs.min.js")) },
+    "/page.js": { type: "text/javascript", body: PAGE_JS },
+  });
+  state.browser = await launchChromium();
+  const page = await (await state.browser.newContext()).newPage();
+  const consoleErrors = [];
+  page.on("console", (msg) => msg.type() === "error" && consoleErrors.push(oneLine(msg.text())));
+  page.on("pageerror", (err) => consoleErrors.push(`uncaught: ${oneLine(err.message)}`));
+  await page.goto(`http://127.0.0.1:${state.server.address().port}/`);
+  const browserId = `browser-${Math.random().toString(36).slice(2, 10)}`;
+  await page.evaluate((rust) => { window.RUST = rust; }, args.rust);
+  await withTimeout(
+    page.evaluate(([id, opts]) => R.open(id, opts), [browserId, {
+      host: args.host, port: Number(args.port), path: "/", secure: false, debug: 1, config: { iceServers: [] },
+    }]),
+    15000,
+    "browser peer open",
+  );
+  for (const [name, run] of SCENARIOS) {
+    const firstError = consoleErrors.length;
+    try {
+      const detail = await withTimeout(run(page), 30000, name);
+      state.report(name, null, detail);
+    } catch (err) {
+      const logged = [...new Set(consoleErrors.slice(firstError))].slice(0, 3);
+      state.report(name, pageErrorMessage(err) + (logged.length ? ` [console: ${logged.join(" | ")}]` : ""));
+    }
+  }
+  await withTimeout(page.evaluate(() => R.destroy()), 5000, "teardown").catch(() => {});
+}
+
+const { values } = parseArgs({ options: { host: { type: "string" }, port: { type: "string" }, rust: { type: "string" } } });
+if (!values.host || !values.port || !values.rust) {
+  console.error("usage: node tests/node/rtc-browser.mjs --host HOST --port PORT --rust RUST_PEER_ID");
+  process.exit(2);
+}
+runScenarios(SCENARIOS.map(([n]) => n), 150_000, (state) => main(values, state)).catch((err) => {
+  console.error("harness crashed:", err);
+  process.exit(1);
+});
