@@ -224,7 +224,7 @@ impl DataConn {
         offer_sdp: &str,
         sock: Sock<'_>,
     ) -> Result<(Self, String), String> {
-        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| e.to_string())?;
+        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(one_line)?;
         let mut conn = DataConn::new(now, id, remote, info, sock);
         conn.remote_fingerprint = sdp_fingerprint(offer_sdp);
         let answer = conn
@@ -242,7 +242,7 @@ impl DataConn {
             .pending_offer
             .take()
             .ok_or("ANSWER without an outstanding offer")?;
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(one_line)?;
         self.remote_fingerprint = sdp_fingerprint(sdp);
         self.rtc
             .sdp_api()
@@ -579,6 +579,16 @@ impl DataConn {
             }
         }
     }
+}
+
+/// str0m's SDP parse errors span lines and quote a pointer; keep the words.
+fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains("PointerOffset"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn is_falsy(v: &serde_json::Value) -> bool {

@@ -27,6 +27,8 @@ struct Sim {
     next_port: u16,
     /// (to node, frame text)
     broker: VecDeque<(usize, String)>,
+    /// Rewrites relayed frames (to play a lying remote).
+    tamper: Option<fn(&mut serde_json::Value)>,
 }
 
 impl Sim {
@@ -52,6 +54,7 @@ impl Sim {
             wire: VecDeque::new(),
             next_port: 40_000,
             broker: VecDeque::new(),
+            tamper: None,
         };
         sim.drain();
         sim
@@ -78,6 +81,9 @@ impl Sim {
                             continue; // HEARTBEAT
                         };
                         v["src"] = self.nodes[i].core.id().into();
+                        if let Some(t) = self.tamper {
+                            t(&mut v);
+                        }
                         if let Some(j) = self.index_of(&dst) {
                             self.broker.push_back((j, v.to_string()));
                         }
@@ -277,4 +283,97 @@ fn two_cores_exchange_binary_json_and_raw() {
         e,
         Event::ConnClosed { conn, reason: CloseReason::Local } if *conn == bin
     )));
+}
+
+/// xorshift64*: deterministic garbage.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = (self.next() as usize) % (max + 1);
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+#[test]
+fn garbage_from_broker_network_and_remote_never_panics() {
+    let mut sim = Sim::new(&[Identity::generate().unwrap(), Identity::generate().unwrap()]);
+    // The remote says "binary" but sends raw bytes: every frame is undecodable BinaryPack.
+    sim.tamper = Some(|v| {
+        if v["payload"]["serialization"] == "raw" {
+            v["payload"]["serialization"] = "binary".into();
+        }
+    });
+    let now = sim.now;
+    let conn = sim.nodes[0]
+        .core
+        .connect(
+            now,
+            "peer1",
+            "dc_lie".into(),
+            ConnectOptions {
+                serialization: Serialization::Raw,
+                reliable: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    sim.run_until(Duration::from_secs(10), |s| s.opened(1).len() == 1);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for i in 0..200 {
+        let mut junk = rng.bytes(3000);
+        if i % 3 == 0 {
+            // Looks like a chunk map header, then garbage.
+            junk.splice(0..0, *b"\x84\xba__peerData");
+        }
+        let now = sim.now;
+        sim.nodes[0]
+            .core
+            .send(now, conn, Message::Bytes(junk))
+            .unwrap();
+        sim.run_until(Duration::from_secs(5), |s| {
+            s.wire.is_empty() && s.broker.is_empty()
+        });
+    }
+    let errors = sim.nodes[1]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::ConnError { .. }))
+        .count();
+    assert!(errors > 100, "{errors} decode errors");
+
+    // Random broker frames and datagrams at both nodes' sockets.
+    let frames = [
+        "",
+        "null",
+        "{",
+        r#"{"type":"OFFER","src":"x","payload":{"type":"data","connectionId":"c","sdp":{"type":"offer","sdp":"v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n"}}}"#,
+        r#"{"type":"CANDIDATE","src":"peer0","payload":{"type":"data","connectionId":"dc_lie","candidate":{"candidate":"candidate:1 1 udp 1 999.1.1.1 9 typ host"}}}"#,
+        r#"{"type":"ANSWER","src":"peer0","payload":{"type":"data","connectionId":"dc_lie","sdp":{"type":"answer","sdp":"v=0"}}}"#,
+        r#"{"type":"EXPIRE","src":7}"#,
+        r#"{"type":"LEAVE","src":"nobody"}"#,
+    ];
+    for (i, f) in frames.iter().enumerate() {
+        let now = sim.now;
+        sim.nodes[i % 2].core.handle_signal(now, f);
+    }
+    for _ in 0..2000 {
+        let now = sim.now;
+        let n = (rng.next() % 2) as usize;
+        let addrs = sim.nodes[n].addrs.clone();
+        let to = addrs[(rng.next() as usize) % addrs.len()];
+        let junk = rng.bytes(1500);
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        sim.nodes[n].core.handle_datagram(now, from, to, &junk);
+        let s = String::from_utf8_lossy(&junk).into_owned();
+        sim.nodes[n].core.handle_signal(now, &s);
+    }
+    sim.run_until(Duration::from_secs(5), |s| {
+        s.wire.is_empty() && s.broker.is_empty()
+    });
 }
