@@ -318,3 +318,65 @@ async fn two_peers_share_one_identity() {
     let _ = ghost;
     drop(other);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_broker_with_a_self_signed_certificate() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::Arc;
+
+    let (tls, pem) = kibitz_http::tls_self_signed(&["localhost".to_owned()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = kibitz_signal::router(kibitz_signal::SignalState::start(Config::default()));
+    let opts = kibitz_http::ServeOptions {
+        tls: Some(tls),
+        ..Default::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(kibitz_http::serve(listener, app, opts, async {
+        let _ = stopped.await;
+    }));
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let broker = BrokerConfig {
+        tls: Some(Arc::new(client)),
+        ..BrokerConfig::secure("localhost", port)
+    };
+    // One peer gets its id over https, the other claims one over wss.
+    let mut a = PeerOptions::new(broker.clone(), Identity::generate().unwrap());
+    a.id = None;
+    let (alice, mut a_ev) = Peer::connect(a).await.unwrap();
+    next(&mut a_ev, |e| matches!(e, Event::Open { .. })).await;
+    assert_eq!(alice.id().len(), 36, "a broker-assigned UUID");
+    let mut b = PeerOptions::new(broker, Identity::generate().unwrap());
+    b.id = Some("bob-secure".into());
+    let (bob, mut b_ev) = Peer::connect(b).await.unwrap();
+    next(&mut b_ev, |e| matches!(e, Event::Open { .. })).await;
+    let c = alice
+        .connect("bob-secure", ConnectOptions::default())
+        .await
+        .unwrap();
+    next(&mut a_ev, |e| matches!(e, Event::ConnOpen { .. })).await;
+    alice
+        .send(c, Message::Pack("over wss".into()))
+        .await
+        .unwrap();
+    let Event::Data { value, .. } = next(&mut b_ev, |e| matches!(e, Event::Data { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(value, Message::Pack("over wss".into()));
+    alice.destroy();
+    bob.destroy();
+    let _ = stop.send(());
+}

@@ -136,6 +136,9 @@ impl std::fmt::Debug for DataConn {
     }
 }
 
+/// Bytes SCTP may hold unacknowledged per connection.
+const SCTP_BUFFERED: usize = 1 << 20;
+
 /// The socket a new connection gets, and what it needs to build its `Rtc`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Sock<'a> {
@@ -149,6 +152,8 @@ fn new_rtc(now: Instant, identity: &Identity, hosts: &[SocketAddr]) -> Rtc {
     let mut rtc = Rtc::builder()
         .set_crypto_provider(provider())
         .set_dtls_cert(identity.cert())
+        // str0m's default (128 KiB) caps a channel at 128 KiB per round trip.
+        .set_sctp_max_buffered_amount(SCTP_BUFFERED)
         .build(now);
     for h in hosts {
         if let Ok(c) = Candidate::host(*h, "udp") {
