@@ -247,8 +247,8 @@ impl Redis {
             .spawn()
             .expect("redis-server must be installed (scripts/test installs it)");
         self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
+        // About 5 s.
+        for _ in 0..250 {
             if self.ping() {
                 return true;
             }
@@ -364,5 +364,30 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits until the cluster node on `port` has joined its registry (`GET /id` answers 200;
+/// it answers 503 while the node cannot reach Redis).
+pub async fn wait_cluster_ready(port: u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
+            let req =
+                format!("GET /id HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+            let mut head = [0u8; 12];
+            if s.write_all(req.as_bytes()).await.is_ok()
+                && s.read_exact(&mut head).await.is_ok()
+                && &head == b"HTTP/1.1 200"
+            {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node on port {port} did not join the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

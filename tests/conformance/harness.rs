@@ -5,7 +5,9 @@
 //!
 //! * `ours` (default): `kibitz_signal::serve` in-process;
 //! * `reference`: `node tests/reference/peer-server.mjs '<json>'` (the real `peer@1.0.2`), which
-//!   proves the suite itself asserts the reference behaviour.
+//!   proves the suite itself asserts the reference behaviour;
+//! * `cluster`: three `kibitz_signal` nodes sharing a `redis-server` started for the test; every
+//!   WebSocket and HTTP request goes to a node picked at random (seed: `KIBITZ_CLUSTER_SEED`).
 //!
 //! HTTP goes through a tiny raw HTTP/1.1 client ([`Target::http`]) so status lines and headers are
 //! seen exactly as sent. WebSockets use tokio-tungstenite, wrapped in [`Peer`].
@@ -34,6 +36,8 @@ pub enum Backend {
     Ours,
     /// The reference Node server, `peer@1.0.2`.
     Reference,
+    /// Three nodes of ours in cluster mode on one Redis.
+    Cluster,
 }
 
 impl Backend {
@@ -41,10 +45,11 @@ impl Backend {
     pub fn from_env() -> Self {
         match std::env::var("KIBITZ_CONFORMANCE_TARGET").as_deref() {
             Ok("reference") | Ok("ref") | Ok("node") => Self::Reference,
+            Ok("cluster") => Self::Cluster,
             Ok("ours") | Ok("") | Err(_) => Self::Ours,
-            Ok(other) => {
-                panic!("KIBITZ_CONFORMANCE_TARGET={other:?}: expected `ours` or `reference`")
-            }
+            Ok(other) => panic!(
+                "KIBITZ_CONFORMANCE_TARGET={other:?}: expected `ours`, `cluster` or `reference`"
+            ),
         }
     }
 }
@@ -102,6 +107,11 @@ enum Running {
         // kill_on_drop(true): dropping the child kills the node process.
         _child: tokio::process::Child,
     },
+    Cluster {
+        // Nodes first: they go before their Redis.
+        _nodes: Vec<kibitz_e2e::Node>,
+        _redis: kibitz_e2e::Redis,
+    },
 }
 
 impl std::fmt::Debug for Running {
@@ -109,6 +119,7 @@ impl std::fmt::Debug for Running {
         f.write_str(match self {
             Self::Ours { .. } => "Ours",
             Self::Reference { .. } => "Reference",
+            Self::Cluster { .. } => "Cluster",
         })
     }
 }
@@ -120,6 +131,8 @@ pub struct Target {
     pub port: u16,
     /// Normalised HTTP base path (`/`, `/myapp/`).
     pub path: String,
+    /// Cluster: every node's port (`port` is the first).
+    pub ports: Vec<u16>,
     running: Running,
 }
 
@@ -139,15 +152,85 @@ pub async fn start(opts: Opts) -> Target {
     init_tracing();
     let backend = Backend::from_env();
     let path = normalise_path(&opts.path);
-    let (port, running) = match backend {
-        Backend::Ours => start_ours(&opts, &path).await,
-        Backend::Reference => start_reference(&opts).await,
+    let (ports, running) = match backend {
+        Backend::Ours => {
+            let (port, running) = start_ours(&opts, &path).await;
+            (vec![port], running)
+        }
+        Backend::Reference => {
+            let (port, running) = start_reference(&opts).await;
+            (vec![port], running)
+        }
+        Backend::Cluster => start_cluster(&opts, &path).await,
     };
     Target {
         backend,
-        port,
+        port: ports[0],
         path,
+        ports,
         running,
+    }
+}
+
+fn ours_config(opts: &Opts, path: &str) -> kibitz_signal::Config {
+    kibitz_signal::Config {
+        path: path.to_owned(),
+        key: opts.key.clone(),
+        expire_timeout: Duration::from_millis(opts.expire_timeout_ms),
+        alive_timeout: Duration::from_millis(opts.alive_timeout_ms),
+        concurrent_limit: opts.concurrent_limit,
+        allow_discovery: opts.allow_discovery,
+        cors_origins: opts.cors_origins.clone(),
+        takeover: opts.takeover,
+        ..kibitz_signal::Config::default()
+    }
+}
+
+/// Three cluster nodes on a fresh Redis; returns once each has joined the registry.
+async fn start_cluster(opts: &Opts, path: &str) -> (Vec<u16>, Running) {
+    let redis = kibitz_e2e::Redis::start();
+    let nodes: Vec<kibitz_e2e::Node> = (0..3)
+        .map(|_| {
+            kibitz_e2e::Node::start(kibitz_e2e::cluster_config(
+                ours_config(opts, path),
+                &redis,
+                2000,
+            ))
+        })
+        .collect();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.addr.port()).collect();
+    for port in &ports {
+        kibitz_e2e::wait_cluster_ready(*port).await;
+    }
+    (
+        ports,
+        Running::Cluster {
+            _nodes: nodes,
+            _redis: redis,
+        },
+    )
+}
+
+static PICK: AtomicU64 = AtomicU64::new(0);
+
+impl Target {
+    /// The port for the next connection: one node at random in a cluster.
+    pub fn pick(&self) -> u16 {
+        if self.ports.len() < 2 {
+            return self.port;
+        }
+        let seed: u64 = std::env::var("KIBITZ_CLUSTER_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| u64::from(std::process::id()));
+        // splitmix64 over (seed, call number): random-looking, reproducible with the seed.
+        let mut z = seed
+            .wrapping_add(PICK.fetch_add(1, Ordering::Relaxed))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        self.ports[(z % self.ports.len() as u64) as usize]
     }
 }
 
@@ -163,17 +246,7 @@ async fn start_ours(opts: &Opts, path: &str) -> (u16, Running) {
         .await
         .expect("bind 127.0.0.1:0");
     let port = listener.local_addr().expect("local_addr").port();
-    let config = kibitz_signal::Config {
-        path: path.to_owned(),
-        key: opts.key.clone(),
-        expire_timeout: Duration::from_millis(opts.expire_timeout_ms),
-        alive_timeout: Duration::from_millis(opts.alive_timeout_ms),
-        concurrent_limit: opts.concurrent_limit,
-        allow_discovery: opts.allow_discovery,
-        cors_origins: opts.cors_origins.clone(),
-        takeover: opts.takeover,
-        ..kibitz_signal::Config::default()
-    };
+    let config = ours_config(opts, path);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         let _ = rx.await;
@@ -269,7 +342,7 @@ impl HttpResponse {
 impl Target {
     /// `http://127.0.0.1:PORT`.
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.pick())
     }
 
     /// `{path}peerjs` — the WebSocket endpoint path.
@@ -288,19 +361,17 @@ impl Target {
 
     /// `ws://127.0.0.1:PORT{path_and_query}`, verbatim.
     pub fn ws_url_raw(&self, path_and_query: &str) -> String {
-        format!("ws://127.0.0.1:{}{path_and_query}", self.port)
+        format!("ws://127.0.0.1:{}{path_and_query}", self.pick())
     }
 
     /// Sends one request (`Connection: close`) and reads the whole response.
     pub async fn http(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        let port = self.pick();
         let fut = async {
-            let mut stream = TcpStream::connect(("127.0.0.1", self.port))
+            let mut stream = TcpStream::connect(("127.0.0.1", port))
                 .await
                 .expect("connect");
-            let mut req = format!(
-                "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
-                self.port
-            );
+            let mut req = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
             for (k, v) in headers {
                 req.push_str(&format!("{k}: {v}\r\n"));
             }

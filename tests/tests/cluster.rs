@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kibitz_e2e::{Client, Config, Node, Redis, Seen, cluster_config};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 const LEASE_MS: u64 = 1000;
 

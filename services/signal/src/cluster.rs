@@ -76,6 +76,8 @@ const INBOX_COUNT: usize = 1024;
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// Ids re-asserted per script call.
 const REASSERT_BATCH: usize = 500;
+/// How long a cross-node re-attach waits for the old node to confirm.
+const ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// A command for the registry, in the order the core produced it.
 #[derive(Debug)]
@@ -111,6 +113,9 @@ pub(crate) struct Cluster {
     /// such a node never reaches the registry, so it refuses every claim.
     client: Option<redis::Client>,
     scripts: Scripts,
+    /// Re-attaches from another node, answered once that node confirms it stopped
+    /// delivering to its socket: (id, socket, answer, give up at).
+    acks: Mutex<Vec<(String, ConnId, Claim, Instant)>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -146,7 +151,29 @@ impl Cluster {
             up: AtomicBool::new(false),
             client,
             scripts: Scripts::new(),
+            acks: Mutex::new(Vec::new()),
         }
+    }
+
+    fn acks(&self) -> std::sync::MutexGuard<'_, Vec<(String, ConnId, Claim, Instant)>> {
+        self.acks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The old node confirmed the move of `id`: answer the waiting claim.
+    fn acked(&self, id: &str) -> Option<(ConnId, Claim)> {
+        let mut acks = self.acks();
+        let i = acks.iter().position(|a| a.0 == id)?;
+        let (_, conn, claim, _) = acks.remove(i);
+        Some((conn, claim))
+    }
+
+    /// Claims whose old node never confirmed (it stalled or lost the registry): answered anyway.
+    fn overdue_acks(&self) -> Vec<(ConnId, Claim)> {
+        let t = now();
+        let mut acks = self.acks();
+        let (due, keep): (Vec<_>, Vec<_>) = acks.drain(..).partition(|a| a.3 <= t);
+        *acks = keep;
+        due.into_iter().map(|(_, c, cl, _)| (c, cl)).collect()
     }
 
     /// Queues a command for the driver (never blocks; called under the broker lock).
@@ -298,13 +325,15 @@ local function pop(r)
 end
 if rec[1] and redis.call('EXISTS', p..'node:'..rec[1]) == 1 then
   if rec[2] ~= token then return {'taken'} end
+  local from = ''
   if rec[1] ~= me then
+    from = rec[1]
     redis.call('SREM', p..'ids:'..rec[1], id)
     redis.call('SADD', p..'ids:'..me, id)
     redis.call('HSET', key, 'node', me)
-    redis.call('XADD', p..'inbox:'..rec[1], 'MAXLEN', '~', 100000, '*', 't', 'v', 'd', id)
+    redis.call('XADD', p..'inbox:'..rec[1], 'MAXLEN', '~', 100000, '*', 't', 'v', 'd', id, 'n', me)
   end
-  return pop({'reattach', rec[3]})
+  return pop({'reattach', rec[3], from})
 end
 if rec[1] then redis.call('SREM', p..'ids:'..rec[1], id) end
 local n = 0
@@ -317,7 +346,7 @@ if n >= limit then return {'limit'} end
 local reg = redis.call('INCR', p..'seq')
 redis.call('HSET', key, 'node', me, 'token', token, 'reg', reg)
 redis.call('SADD', p..'ids:'..me, id)
-return pop({'new', tostring(reg)})
+return pop({'new', tostring(reg), ''})
 "#;
 
 const RELEASE: &str = r#"
@@ -510,28 +539,34 @@ fn pairs(rest: impl Iterator<Item = Value>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn parse_claim(v: Value) -> Claim {
+/// The claim's answer, and the node the id was re-attached from (if another one).
+fn parse_claim(v: Value) -> (Claim, Option<String>) {
     let mut it = items(v).into_iter();
     let tag = it.next().and_then(text).unwrap_or_default();
-    match tag.as_str() {
+    let claim = match tag.as_str() {
         "new" | "reattach" => {
             let reg = it
                 .next()
                 .and_then(text)
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(0);
+            let from = it.next().and_then(text).filter(|n| !n.is_empty());
             let queued = pairs(it);
-            if tag == "new" {
-                Claim::New { reg, queued }
-            } else {
-                Claim::Reattach { reg, queued }
-            }
+            return (
+                if tag == "new" {
+                    Claim::New { reg, queued }
+                } else {
+                    Claim::Reattach { reg, queued }
+                },
+                from,
+            );
         }
         "taken" => Claim::Taken,
         "limit" => Claim::Limit,
         "settle" => Claim::Unavailable(MSG_RECOVERING),
         _ => Claim::Unavailable(MSG_UNAVAILABLE),
-    }
+    };
+    (claim, None)
 }
 
 fn kind_of(s: &str) -> MessageType {
@@ -732,7 +767,12 @@ impl Driver {
                             .query_async(con).await.map_err(|_| Broken::Io)?;
                     }
                 }
-                _ = sweep.tick() => self.sweep(con).await?,
+                _ = sweep.tick() => {
+                    for (conn, claim) in c.overdue_acks() {
+                        self.hub.claim_result(conn, claim);
+                    }
+                    self.sweep(con).await?;
+                }
                 first = rx.recv() => {
                     let Some(first) = first else { return Ok(()) };
                     let mut batch = vec![first];
@@ -907,12 +947,20 @@ impl Driver {
         let mut broken = false;
         for (cmd, r) in batch.into_iter().zip(results) {
             match (cmd, r) {
-                (Cmd::Claim { conn, .. }, Ok(v)) => {
-                    let claim = parse_claim(v.clone());
+                (Cmd::Claim { conn, id, .. }, Ok(v)) => {
                     if matches!(text_tag(&v).as_deref(), Some("stale")) {
                         broken = true;
                     }
-                    self.hub.claim_result(conn, claim);
+                    match parse_claim(v) {
+                        // Re-attached from another node: answer once that node stopped
+                        // delivering to its socket, so no relay reaches the old socket after
+                        // the new one is in use.
+                        (claim, Some(_from)) => {
+                            c.acks()
+                                .push((id.to_string(), conn, claim, now() + ACK_WAIT))
+                        }
+                        (claim, None) => self.hub.claim_result(conn, claim),
+                    }
                 }
                 (Cmd::Claim { conn, .. }, Err(_)) => {
                     broken = true;
@@ -985,12 +1033,12 @@ async fn inbox(hub: Arc<Hub>, stop: CancellationToken) {
                 v = tokio::time::timeout(Duration::from_secs(3), read) => v,
                 () = stop.cancelled() => return,
             };
-            let v = match v {
-                Ok(Ok(v)) => v,
-                _ => continue 'connect,
+            let Ok(Ok(v)) = v else {
+                continue 'connect;
             };
             let mut msgs = Vec::new();
             let mut moved = Vec::new();
+            let mut acked = Vec::new();
             for stream in items(v) {
                 let mut s = items(stream).into_iter();
                 let _name = s.next();
@@ -1021,19 +1069,42 @@ async fn inbox(hub: Arc<Hub>, stop: CancellationToken) {
                             }
                         }
                         Some("v") => {
+                            if let (Some(d), Some(n)) = (get("d"), get("n")) {
+                                moved.push((d, n));
+                            }
+                        }
+                        Some("a") => {
                             if let Some(d) = get("d") {
-                                moved.push(d);
+                                acked.push(d);
                             }
                         }
                         _ => {}
                     }
                 }
             }
-            if msgs.is_empty() && moved.is_empty() {
+            if msgs.is_empty() && moved.is_empty() && acked.is_empty() {
                 continue;
             }
-            for id in moved {
+            for id in acked {
+                if let Some((conn, claim)) = c.acked(&id) {
+                    hub.claim_result(conn, claim);
+                }
+            }
+            for (id, node) in moved {
                 hub.moved(&id);
+                // Tell the new holder this node no longer delivers to its socket.
+                let _: redis::RedisResult<Value> = redis::cmd("XADD")
+                    .arg(format!("{}inbox:{node}", c.p()))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(100_000)
+                    .arg("*")
+                    .arg("t")
+                    .arg("a")
+                    .arg("d")
+                    .arg(&id)
+                    .query_async(&mut con)
+                    .await;
             }
             if !msgs.is_empty() {
                 hub.remote(msgs);

@@ -53,6 +53,15 @@ async fn banner() -> Response {
 }
 
 async fn new_id(State(hub): State<Arc<Hub>>) -> Response {
+    // Cluster mode: a node that cannot reach the registry admits nobody, so it says so here,
+    // where `/api/signal`'s prober (GET /id) and the PeerJS client's id fetch look.
+    if hub.cluster.as_ref().is_some_and(|c| !c.is_up()) {
+        return typed(
+            TEXT,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Cluster registry unavailable",
+        );
+    }
     typed(HTML, StatusCode::OK, hub.fresh_id())
 }
 
