@@ -68,3 +68,153 @@ async fn relays_across_nodes_and_queues_for_offline_ids() {
         Seen::Text(r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#.into())
     );
 }
+
+/// Two clients race for one id on different nodes, many times: exactly one gets OPEN, the
+/// other ID-TAKEN, every time.
+#[tokio::test]
+async fn racing_claims_on_different_nodes_open_exactly_once() {
+    const RUNS: usize = 200;
+    let redis = Redis::start();
+    let ns = nodes(&redis, 3, &Config::default());
+    // Warm up: every node joined the registry.
+    for (i, n) in ns.iter().enumerate() {
+        drop(open(n, &format!("warm{i}"), "t").await);
+    }
+    let taken = Seen::Text(r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#.into());
+    let opened = Seen::Text(r#"{"type":"OPEN"}"#.into());
+    for run in 0..RUNS {
+        let id = format!("room-{run}");
+        let (x, y) = (&ns[run % 3], &ns[(run + 1) % 3]);
+        let ((_a, fa), (_b, fb)) = tokio::join!(attempt(x, &id, "ta"), attempt(y, &id, "tb"));
+        let opens = [&fa, &fb].iter().filter(|s| ***s == opened).count();
+        let refused = [&fa, &fb].iter().filter(|s| ***s == taken).count();
+        assert_eq!(
+            (opens, refused),
+            (1, 1),
+            "run {run}: {fa:?} / {fb:?} (exactly one OPEN and one ID-TAKEN)"
+        );
+    }
+}
+
+/// A node that dies loses its ids within the lease; peers on other nodes are untouched.
+#[tokio::test]
+async fn a_dead_nodes_ids_are_free_within_the_lease_and_others_untouched() {
+    let redis = Redis::start();
+    let mut ns = nodes(&redis, 3, &Config::default());
+    let mut doomed = Vec::new();
+    for i in 0..20 {
+        doomed.push(open(&ns[0], &format!("d{i}"), "old").await);
+    }
+    let mut y = open(&ns[1], "y", "ty").await;
+    let mut z = open(&ns[2], "z", "tz").await;
+    ns[0].kill();
+    let killed = Instant::now();
+    // Its sockets are cut at once.
+    for c in &mut doomed {
+        assert!(matches!(
+            c.next_within(Duration::from_secs(2)).await,
+            Seen::Gone | Seen::Closed(_)
+        ));
+    }
+    // Until the lease lapses the ids are still held ...
+    let (_c, first) = attempt(&ns[2], "d0", "new").await;
+    assert_eq!(
+        first,
+        Seen::Text(r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#.into()),
+        "held right after the kill"
+    );
+    // ... then free, within the lease (polled every 20 ms).
+    let mut got = Vec::new();
+    loop {
+        let (c, first) = attempt(&ns[1], "d0", "new").await;
+        if first == Seen::Text(r#"{"type":"OPEN"}"#.into()) {
+            got.push(c);
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(5), "d0 never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let freed = killed.elapsed();
+    eprintln!("dead node's ids free {freed:?} after the kill (lease {LEASE_MS} ms)");
+    assert!(
+        freed <= Duration::from_millis(LEASE_MS + 100),
+        "ids freed after {freed:?}, lease {LEASE_MS} ms"
+    );
+    for i in 1..20 {
+        let (c, first) = attempt(&ns[1 + i % 2], &format!("d{i}"), "new").await;
+        assert_eq!(first, Seen::Text(r#"{"type":"OPEN"}"#.into()), "d{i}");
+        got.push(c);
+    }
+    // The others never noticed: still held, still relaying across nodes.
+    let (_c, first) = attempt(&ns[2], "y", "thief").await;
+    assert_eq!(
+        first,
+        Seen::Text(r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#.into())
+    );
+    z.send(&offer("y", 7)).await;
+    y.expect(&relayed("z", "y", 7)).await;
+    y.send(&offer("z", 8)).await;
+    z.expect(&relayed("y", "z", 8)).await;
+    got[0].send(&offer("y", 9)).await;
+    y.expect(&relayed("d0", "y", 9)).await;
+}
+
+/// Redis is killed (losing everything) and started again while a sender streams OFFERs to a
+/// peer on another node and to an offline id: every OFFER to the online peer arrives, the
+/// offline id's sender gets its EXPIRE, and the ids are held again afterwards.
+#[tokio::test]
+async fn a_redis_restart_mid_relay_loses_no_message() {
+    const N: u64 = 400;
+    let mut redis = Redis::start();
+    let ns = nodes(&redis, 2, &Config::default());
+    let mut a = open(&ns[0], "alice", "ta").await;
+    let mut b = open(&ns[1], "bob", "tb").await;
+    let reader = tokio::spawn(async move {
+        let mut seen = std::collections::BTreeMap::<u64, u32>::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.len() < N as usize && Instant::now() < deadline {
+            match b.next_within(Duration::from_secs(10)).await {
+                Seen::Text(t) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    assert_eq!(v["src"], "alice");
+                    *seen.entry(v["payload"].as_u64().unwrap()).or_default() += 1;
+                }
+                other => panic!("bob: {other:?}"),
+            }
+        }
+        (b, seen)
+    });
+    for n in 0..N {
+        if n == N / 4 {
+            redis.kill();
+            a.send(&offer("ghost", 1)).await;
+        }
+        if n == N / 2 {
+            redis.start_again();
+        }
+        a.send(&offer("bob", n)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (mut b, seen) = reader.await.unwrap();
+    let missing: Vec<u64> = (0..N).filter(|n| !seen.contains_key(n)).collect();
+    let dups = seen.values().filter(|c| **c > 1).count();
+    eprintln!("delivered {} of {N}, {dups} more than once", seen.len());
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    // The offline id's sender hears EXPIRE (5 s after the OFFER).
+    assert_eq!(
+        a.next_within(Duration::from_secs(8)).await,
+        Seen::Text(r#"{"type":"EXPIRE","src":"ghost","dst":"alice"}"#.into())
+    );
+    // Both ids were re-asserted: another token is refused (once claims reopen).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_c, first) = attempt(&ns[0], "bob", "thief").await;
+        if first == Seen::Text(r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#.into()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob not re-asserted: {first:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.send(&offer("bob", 10_000)).await;
+    b.expect(&relayed("alice", "bob", 10_000)).await;
+}
