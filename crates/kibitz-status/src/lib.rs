@@ -184,6 +184,15 @@ fn report(config: &Config) -> Value {
     let relayed = m.sum_except("kibitz_signal_messages_total", ("type", "HEARTBEAT"));
     let minted = m.sum("kibitz_turn_requests_total", &[("outcome", "issued_open")])
         + m.sum("kibitz_turn_requests_total", &[("outcome", "issued_room")]);
+    // A cluster node (the broker's `--redis-url`): its peers are this node's; the cluster's
+    // figures come from the registry as of the node's last lease renewal.
+    let cluster = (m.sum("kibitz_signal_cluster_mode", &[]) > 0).then(|| {
+        json!({
+            "registryUp": m.sum("kibitz_signal_cluster_registry_up", &[]) > 0,
+            "nodes": m.sum("kibitz_signal_cluster_nodes", &[]),
+            "peersOnline": m.sum("kibitz_signal_cluster_peers", &[]),
+        })
+    });
     let broker = match &config.broker {
         Some(b) => json!({
             "mounted": true,
@@ -191,6 +200,7 @@ fn report(config: &Config) -> Value {
             "path": b.path,
             "key": b.key,
             "peersOnline": peers,
+            "cluster": cluster,
         }),
         None => json!({ "mounted": false }),
     };

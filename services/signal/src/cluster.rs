@@ -249,6 +249,7 @@ struct Scripts {
     reap: Lua,
     list: Lua,
     leave: Lua,
+    stats: Lua,
 }
 
 struct Lua {
@@ -287,10 +288,11 @@ impl Scripts {
             reap: Lua::new(REAP),
             list: Lua::new(LIST),
             leave: Lua::new(LEAVE),
+            stats: Lua::new(STATS),
         }
     }
 
-    fn all(&self) -> [&Lua; 10] {
+    fn all(&self) -> [&Lua; 11] {
         [
             &self.claim,
             &self.release,
@@ -302,6 +304,7 @@ impl Scripts {
             &self.reap,
             &self.list,
             &self.leave,
+            &self.stats,
         ]
     }
 }
@@ -504,6 +507,18 @@ end
 return out
 "#;
 
+const STATS: &str = r#"
+local p = ARGV[1]
+local nodes, ids = 0, 0
+for _, node in ipairs(redis.call('SMEMBERS', p..'nodes')) do
+  if redis.call('EXISTS', p..'node:'..node) == 1 then
+    nodes = nodes + 1
+    ids = ids + redis.call('SCARD', p..'ids:'..node)
+  end
+end
+return {nodes, ids}
+"#;
+
 const LEAVE: &str = r#"
 local p, me = ARGV[1], ARGV[2]
 for _, id in ipairs(redis.call('SMEMBERS', p..'ids:'..me)) do
@@ -596,6 +611,7 @@ pub(crate) async fn run(hub: Arc<Hub>, stop: CancellationToken) {
         return;
     };
     tokio::spawn(inbox(hub.clone(), stop.clone()));
+    hub.metrics.cluster_mode.set(1.0);
     let mut d = Driver {
         hub: hub.clone(),
         cluster: cluster.clone(),
@@ -761,6 +777,12 @@ impl Driver {
                         return Err(Broken::Stale);
                     }
                     self.hub.metrics.lease_renewals.increment(1);
+                    let stats: Vec<i64> = c.scripts.stats.call(&[c.p()])
+                        .query_async(con).await.map_err(|_| Broken::Io)?;
+                    if let [nodes, ids] = stats[..] {
+                        self.hub.metrics.cluster_nodes.set(nodes as f64);
+                        self.hub.metrics.cluster_peers.set(ids as f64);
+                    }
                     if now() >= reap_at {
                         reap_at = now() + c.cfg.lease;
                         let _: Value = c.scripts.reap.call(&[c.p(), &c.node])

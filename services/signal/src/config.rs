@@ -172,7 +172,7 @@ pub struct SignalArgs {
     pub room_expire_timeout_ms: u64,
     /// Cluster mode: share ids, offline queues and relaying with every broker node using
     /// this Redis (redis://host:port/db). Off: one node, in memory.
-    #[arg(long, env = "KIBITZ_REDIS_URL")]
+    #[arg(long, env = "KIBITZ_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Cluster mode: milliseconds a node's ids outlive its last lease renewal (a dead node's
     /// ids are free after this long; renewed every third of it).

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub registry_up: Gauge,
     /// Cluster mode: messages waiting here for the registry to come back.
     pub cluster_pending: Gauge,
+    /// 1 when this broker is a cluster node.
+    pub cluster_mode: Gauge,
+    /// Cluster mode: live nodes, as of this node's last lease renewal.
+    pub cluster_nodes: Gauge,
+    /// Cluster mode: ids registered over the whole cluster, as of the last lease renewal.
+    pub cluster_peers: Gauge,
     messages: [Counter; 6],
     rejected: Vec<(&'static str, Counter)>,
 }
@@ -96,6 +102,9 @@ impl Metrics {
             leases_lost: counter!("kibitz_signal_cluster_leases_lost_total"),
             registry_up: gauge!("kibitz_signal_cluster_registry_up"),
             cluster_pending: gauge!("kibitz_signal_cluster_pending_messages"),
+            cluster_mode: gauge!("kibitz_signal_cluster_mode"),
+            cluster_nodes: gauge!("kibitz_signal_cluster_nodes"),
+            cluster_peers: gauge!("kibitz_signal_cluster_peers"),
             messages: TYPES.map(|t| counter!("kibitz_signal_messages_total", "type" => t.as_str())),
             rejected: REJECT_REASONS
                 .iter()

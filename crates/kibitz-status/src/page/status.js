@@ -21,7 +21,15 @@ function setRow(id, cls, state, detail) {
 function show(s) {
   const b = s.services.broker;
   if (!b.mounted) setRow("broker", "off", "not served here", "");
-  else setRow("broker", b.healthy ? "good" : "bad", b.healthy ? "up" : "down", `WebSocket at ${b.path}peerjs`);
+  else {
+    let detail = `WebSocket at ${b.path}peerjs`;
+    if (b.cluster) {
+      detail += b.cluster.registryUp
+        ? `; cluster node: ${b.cluster.nodes} nodes, ${b.cluster.peersOnline} peers in the cluster`
+        : "; cluster node: Redis unreachable";
+    }
+    setRow("broker", b.healthy ? "good" : "bad", b.healthy ? "up" : "down", detail);
+  }
   const t = s.services.turn;
   if (!t.mounted) setRow("turn", "off", "not served here", "");
   else if (!t.configured) setRow("turn", "bad", "not configured", "answers configured:false: clients get no TURN");
