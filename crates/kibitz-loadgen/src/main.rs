@@ -42,9 +42,14 @@ struct Common {
     /// PeerJS key.
     #[arg(long, global = true, default_value = "peerjs")]
     key: String,
-    /// Server process to sample for CPU and RSS (/proc/PID).
+    /// Server process(es) to sample for CPU and RSS (/proc/PID); several (comma-separated
+    /// or repeated) are summed, e.g. every node of a cluster and its Redis.
+    #[arg(long, global = true, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// A second node of the same broker cluster: `relay` then puts every odd pair across the
+    /// two nodes and reports same-node and cross-node figures separately.
     #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    alt_port: Option<u16>,
     /// Spread connections over source addresses 127.0.0.1..=127.0.0.K.
     #[arg(long, global = true, default_value_t = 16)]
     src_ips: u8,
@@ -146,10 +151,13 @@ fn run(cli: Cli) -> Result<()> {
         Some(p) => format!("ws://127.0.0.1:{p}/peerjs"),
         None => c.url.clone(),
     };
-    let target = Target::new(&url, &c.key, c.src_ips)?;
+    let mut target = Target::new(&url, &c.key, c.src_ips)?;
+    if let Some(p) = c.alt_port {
+        target = target.with_alt_port(p);
+    }
     let ctx = Ctx {
         target: Arc::new(target),
-        probe: Probe::new(c.server_pid),
+        probe: Probe::new(&c.server_pid),
         concurrency: c.concurrency,
         open_timeout: secs(c.open_timeout_secs, "--open-timeout-secs")?,
         id_prefix: format!("lg{}", std::process::id()),

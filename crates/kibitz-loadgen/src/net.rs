@@ -20,6 +20,8 @@ pub type Ws = WebSocketStream<TcpStream>;
 #[derive(Debug, Clone)]
 pub struct Target {
     addr: SocketAddrV4,
+    /// A second broker node (same host, `--alt-port`) for cross-node pairs.
+    alt: Option<SocketAddrV4>,
     base_url: String,
     key: String,
     src_ips: u8,
@@ -50,6 +52,7 @@ impl Target {
         let path = uri.path().trim_end_matches('/');
         Ok(Self {
             addr: SocketAddrV4::new(ip, port),
+            alt: None,
             base_url: format!("ws://{ip}:{port}{path}"),
             key: key.to_owned(),
             src_ips,
@@ -67,13 +70,37 @@ impl Target {
         &self.base_url
     }
 
+    /// Adds a second node of the same cluster, on the same host.
+    pub fn with_alt_port(mut self, port: u16) -> Self {
+        self.alt = Some(SocketAddrV4::new(*self.addr.ip(), port));
+        self
+    }
+
+    /// Whether a second node was given.
+    pub fn has_alt(&self) -> bool {
+        self.alt.is_some()
+    }
+
+    /// Relay pairs when a second node is given: pair `p` (ids 2p, 2p+1) is cross-node when
+    /// `p` is odd, its second socket on the other node; even pairs stay on one node.
+    pub fn is_cross_pair(&self, pair: usize) -> bool {
+        self.alt.is_some() && pair % 2 == 1
+    }
+
+    fn addr_for(&self, idx: usize) -> SocketAddrV4 {
+        match self.alt {
+            Some(alt) if idx % 2 == 1 && self.is_cross_pair(idx / 2) => alt,
+            _ => self.addr,
+        }
+    }
+
     /// TCP connect from a spread source address, then the WebSocket handshake.
     pub async fn connect(&self, idx: usize, id: &str, read_buf: usize) -> Result<Ws> {
         let sock = TcpSocket::new_v4().context("socket")?;
         let src = SocketAddr::V4(SocketAddrV4::new(self.src_addr(idx), 0));
         sock.bind(src).with_context(|| format!("bind {src}"))?;
         let stream = sock
-            .connect(SocketAddr::V4(self.addr))
+            .connect(SocketAddr::V4(self.addr_for(idx)))
             .await
             .context("tcp connect")?;
         stream.set_nodelay(true).context("nodelay")?;

@@ -52,7 +52,8 @@ pub fn sample(pid: &str) -> Result<Sample> {
 /// Samples the server (if a pid was given) and this process together.
 #[derive(Debug, Clone)]
 pub struct Probe {
-    server: Option<String>,
+    /// Every server process; their figures are summed.
+    server: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -62,20 +63,33 @@ pub struct Snap {
 }
 
 impl Probe {
-    pub fn new(server_pid: Option<u32>) -> Self {
+    pub fn new(server_pids: &[u32]) -> Self {
         Self {
-            server: server_pid.map(|p| p.to_string()),
+            server: server_pids.iter().map(|p| p.to_string()).collect(),
         }
     }
 
     pub fn snap(&self) -> Snap {
-        let server = self.server.as_deref().and_then(|pid| match sample(pid) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("warning: cannot sample server: {e:#}");
-                None
+        let mut server: Option<Sample> = None;
+        for pid in &self.server {
+            match sample(pid) {
+                Ok(s) => {
+                    server = Some(match server {
+                        None => s,
+                        Some(sum) => Sample {
+                            at: sum.at,
+                            rss_kb: sum.rss_kb + s.rss_kb,
+                            cpu_ticks: sum.cpu_ticks + s.cpu_ticks,
+                        },
+                    });
+                }
+                Err(e) => {
+                    eprintln!("warning: cannot sample server: {e:#}");
+                    server = None;
+                    break;
+                }
             }
-        });
+        }
         Snap {
             server,
             me: sample("self").ok(),

@@ -188,19 +188,34 @@ pub async fn run(ctx: &Ctx, a: &RelayArgs) -> Result<Map<String, Value>> {
         win_start: base + warmup,
         end: base + warmup + window,
     };
+    // With a second node, odd pairs go across nodes and are measured apart.
+    let cross: Vec<bool> = (0..a.pairs).map(|p| ctx.target.is_cross_pair(p)).collect();
     let mut tasks = JoinSet::new();
-    let (directed, pairs_ok) = directed_pairs(socks, &ids);
-    for (ws, dst) in directed {
+    let mut cross_tasks = JoinSet::new();
+    let (directed, pairs_ok) = directed_pairs_indexed(socks, &ids);
+    for (ws, dst, pair) in directed {
         let b = OfferBuilder::new(dst, a.size);
         let h = Histogram::new_from(&template);
-        tasks.spawn(conn(ws, b, tl, a.window, a.heartbeat_ms, h));
+        let set = if cross[pair] {
+            &mut cross_tasks
+        } else {
+            &mut tasks
+        };
+        set.spawn(conn(ws, b, tl, a.window, a.heartbeat_ms, h));
     }
 
     sleep_until(tl.win_start).await;
     let s1 = ctx.probe.snap();
     sleep_until(tl.end).await;
     let s2 = ctx.probe.snap();
-    let t = collect(tasks, template).await;
+    let mut t = collect(tasks, Histogram::new_from(&template)).await;
+    let x = collect(cross_tasks, Histogram::new_from(&template)).await;
+    let split = ctx.target.has_alt();
+    let (same_hist, same_delivered) = (Histogram::clone(&t.hist), t.delivered);
+    let _ = t.hist.add(&x.hist);
+    t.delivered += x.delivered;
+    t.errors += x.errors;
+    t.bad += x.bad;
 
     let mut out = Map::new();
     out.insert("pairs".into(), json!(a.pairs));
@@ -220,10 +235,43 @@ pub async fn run(ctx: &Ctx, a: &RelayArgs) -> Result<Map<String, Value>> {
     }
     percentiles("lat", &t.hist, &mut out);
     window_figures(&s1, &s2, t.delivered, &mut out);
-    if let Some(e) = conn_err.or(t.first_error) {
+    if split {
+        let secs_f = window.as_secs_f64();
+        out.insert(
+            "same_msg_per_s".into(),
+            json!(round2(same_delivered as f64 / secs_f)),
+        );
+        out.insert(
+            "cross_msg_per_s".into(),
+            json!(round2(x.delivered as f64 / secs_f)),
+        );
+        percentiles("same_lat", &same_hist, &mut out);
+        percentiles("cross_lat", &x.hist, &mut out);
+        out.insert("cross_errors".into(), json!(x.errors));
+    }
+    if let Some(e) = conn_err.or(t.first_error).or(x.first_error) {
         out.insert("first_error".into(), json!(e));
     }
     Ok(out)
+}
+
+/// [`directed_pairs`], with each socket's pair number.
+fn directed_pairs_indexed<T>(
+    socks: Vec<Option<T>>,
+    ids: &[String],
+) -> (Vec<(T, &str, usize)>, usize) {
+    let mut out = Vec::new();
+    let mut it = socks.into_iter().zip(ids);
+    let mut pair = 0;
+    while let (Some((x, xid)), Some((y, yid))) = (it.next(), it.next()) {
+        if let (Some(x), Some(y)) = (x, y) {
+            out.push((x, yid.as_str(), pair));
+            out.push((y, xid.as_str(), pair));
+        }
+        pair += 1;
+    }
+    let pairs = out.len() / 2;
+    (out, pairs)
 }
 
 async fn conn(
