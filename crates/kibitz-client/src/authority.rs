@@ -175,11 +175,8 @@ impl Authority {
     /// while the lobby is on); the verified host also gets the pending list.
     pub fn broadcast_roster(&self, ctx: &mut Ctx) {
         let plain = self.roster_frame(None);
-        let pending: Vec<(String, String)> = self
-            .pending()
-            .into_iter()
-            .map(|k| (k.id, k.name))
-            .collect();
+        let pending: Vec<(String, String)> =
+            self.pending().into_iter().map(|k| (k.id, k.name)).collect();
         let host = self.host_conn();
         for (c, s) in &self.conns {
             if self.lobby && !s.admitted {
@@ -228,7 +225,10 @@ impl Authority {
     }
 
     fn member_key_by_voice(&self, id: &str) -> Option<Key> {
-        self.members.iter().find(|e| e.member.id == id).map(|e| e.key)
+        self.members
+            .iter()
+            .find(|e| e.member.id == id)
+            .map(|e| e.key)
     }
 
     /// Upserts the authority's own entry (`None` = not in the call).
@@ -319,7 +319,9 @@ impl Authority {
             || token
                 .as_ref()
                 .is_some_and(|t| self.kicked_tokens.contains(&wire::ban_hash(room, t)))
-            || voice_id.as_ref().is_some_and(|v| self.kicked_voice.contains(v))
+            || voice_id
+                .as_ref()
+                .is_some_and(|v| self.kicked_voice.contains(v))
         {
             ctx.send(conn, wire::bare("kick"));
             return fx;
@@ -327,8 +329,13 @@ impl Authority {
         if let ClientWire::Mod { token } = &msg {
             return self.on_host_command(ctx, cfg, room, Key::Conn(conn), token);
         }
-        let entering = matches!(&msg, ClientWire::Knock(_) | ClientWire::Voice(Voice { on: true, .. }));
-        let grandfathered = voice_id.as_ref().is_some_and(|v| self.grandfathered.contains(v));
+        let entering = matches!(
+            &msg,
+            ClientWire::Knock(_) | ClientWire::Voice(Voice { on: true, .. })
+        );
+        let grandfathered = voice_id
+            .as_ref()
+            .is_some_and(|v| self.grandfathered.contains(v));
         if entering && self.locked {
             let known = token.as_ref().is_some_and(|t| self.seen_tokens.contains(t))
                 || voice_id
@@ -453,7 +460,9 @@ impl Authority {
             return;
         }
         let silent = grandfathered
-            || k.token.as_ref().is_some_and(|t| self.admitted_tokens.contains(t));
+            || k.token
+                .as_ref()
+                .is_some_and(|t| self.admitted_tokens.contains(t));
         if silent {
             self.admit_conn(conn);
             ctx.send(conn, self.roster_frame(None));
@@ -578,12 +587,23 @@ impl Authority {
         };
         let sender = match from {
             Key::Own => Sender::SelfInjected,
-            Key::Conn(c) => Sender::Remote(self.conns.get(&c).and_then(|s| s.fingerprint.as_deref())),
+            Key::Conn(c) => {
+                Sender::Remote(self.conns.get(&c).and_then(|s| s.fingerprint.as_deref()))
+            }
         };
-        let cmd: HostCmd = match verify_host_cmd(token, Some(key), room, sender, ctx.now.unix(), &mut self.replay) {
+        let cmd: HostCmd = match verify_host_cmd(
+            token,
+            Some(key),
+            room,
+            sender,
+            ctx.now.unix(),
+            &mut self.replay,
+        ) {
             Ok(cmd) => cmd,
             Err(e) => {
-                ctx.event(Event::HostCommandRefused { reason: e.to_string() });
+                ctx.event(Event::HostCommandRefused {
+                    reason: e.to_string(),
+                });
                 return fx;
             }
         };
@@ -676,10 +696,14 @@ impl Authority {
                     return fx;
                 };
                 self.kicked_voice.insert(target.to_owned());
-                if let Some(t) = self.members.iter().find(|e| e.key == key).and_then(|e| e.token.clone()) {
-                    if self.kicked_tokens.len() < wire::MAX_BANS {
-                        self.kicked_tokens.insert(wire::ban_hash(&cmd.room, &t));
-                    }
+                if let Some(t) = self
+                    .members
+                    .iter()
+                    .find(|e| e.key == key)
+                    .and_then(|e| e.token.clone())
+                    && self.kicked_tokens.len() < wire::MAX_BANS
+                {
+                    self.kicked_tokens.insert(wire::ban_hash(&cmd.room, &t));
                 }
                 match key {
                     Key::Conn(c) => {
@@ -733,7 +757,10 @@ impl Authority {
         let lapsed: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, s)| s.credit_exp.is_some_and(|exp| unix >= exp + CREDIT_REAP_LEEWAY_SECS))
+            .filter(|(_, s)| {
+                s.credit_exp
+                    .is_some_and(|exp| unix >= exp + CREDIT_REAP_LEEWAY_SECS)
+            })
             .map(|(c, _)| *c)
             .collect();
         for c in lapsed {

@@ -52,7 +52,11 @@ pub enum HostCommit {
 impl HostCommit {
     /// The commitment a gate descriptor makes (a committed key wins over the other tiers).
     pub fn from_gate(gate: &GateDescriptor) -> Self {
-        if let Some(key) = gate.host_pub_key.as_ref().and_then(|k| k.to_verifying_key().ok()) {
+        if let Some(key) = gate
+            .host_pub_key
+            .as_ref()
+            .and_then(|k| k.to_verifying_key().ok())
+        {
             Self::Key(key)
         } else if let (Some(email), Some(_)) = (&gate.host_email, &gate.client_id) {
             Self::Email(email.clone())

@@ -29,6 +29,9 @@ pub enum Input {
 }
 
 /// What [`Engine::poll_output`] yields.
+// Outputs are drained one at a time and handled at once; boxing events would only add
+// allocations on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Ask the transport to do something.
@@ -231,15 +234,28 @@ struct Part {
 #[derive(Debug)]
 enum Phase {
     Idle,
-    Claiming { peer: PeerKey, deadline: u64 },
+    Claiming {
+        peer: PeerKey,
+        deadline: u64,
+    },
     /// The id is taken; our anonymous presence peer is opening (`conn` unused yet).
-    Opening { peer: PeerKey, deadline: u64, attempt: u32 },
+    Opening {
+        peer: PeerKey,
+        deadline: u64,
+        attempt: u32,
+    },
     /// Waiting to dial the authority again.
-    Redial { peer: PeerKey, at: u64, attempt: u32 },
+    Redial {
+        peer: PeerKey,
+        at: u64,
+        attempt: u32,
+    },
     Participant(Part),
     Authority(Box<Authority>),
     /// Waiting before claiming again.
-    Waiting { at: u64 },
+    Waiting {
+        at: u64,
+    },
     Left,
 }
 
@@ -345,7 +361,9 @@ impl Engine {
             }
         };
         match &self.phase {
-            Phase::Claiming { deadline, .. } | Phase::Opening { deadline, .. } => at(Some(*deadline)),
+            Phase::Claiming { deadline, .. } | Phase::Opening { deadline, .. } => {
+                at(Some(*deadline))
+            }
             Phase::Redial { at: x, .. } | Phase::Waiting { at: x } => at(Some(*x)),
             Phase::Participant(p) => {
                 at(Some(p.next_tick));
@@ -418,7 +436,8 @@ impl Engine {
 
     /// The grant in force for a member.
     pub fn capability_grant(&self, voice_id: &str) -> Grant {
-        self.mesh.grant_of(&self.roster, voice_id, self.ctx.now.unix())
+        self.mesh
+            .grant_of(&self.roster, voice_id, self.ctx.now.unix())
     }
 
     /// The local audit feed (blocked acts and grant changes), oldest first.
@@ -515,7 +534,11 @@ impl Engine {
     fn dial_failed(&mut self, peer: PeerKey, attempt: u32, unavailable: bool) {
         if unavailable || attempt + 1 >= CONNECT_ATTEMPTS {
             self.give_up(
-                if unavailable { "authority gone" } else { "could not connect" },
+                if unavailable {
+                    "authority gone"
+                } else {
+                    "could not connect"
+                },
                 RECLAIM_DELAY_MS,
             );
         } else {
@@ -813,7 +836,12 @@ impl Engine {
                 let waiting = matches!(
                     &self.phase,
                     Phase::Participant(Part {
-                        lobby: Some(LobbyStatus::Waiting | LobbyStatus::Denied | LobbyStatus::Locked | LobbyStatus::Unverified),
+                        lobby: Some(
+                            LobbyStatus::Waiting
+                                | LobbyStatus::Denied
+                                | LobbyStatus::Locked
+                                | LobbyStatus::Unverified
+                        ),
                         ..
                     })
                 );
@@ -872,7 +900,11 @@ impl Engine {
     fn knock_frame(&mut self) -> Value {
         let assertion = self.assertion();
         wire::knock(&Announce {
-            name: if self.cfg.name.is_empty() { "Guest" } else { &self.cfg.name },
+            name: if self.cfg.name.is_empty() {
+                "Guest"
+            } else {
+                &self.cfg.name
+            },
             avatar: &self.cfg.avatar,
             token: &self.cfg.token,
             voice_id: self.mesh.self_id.as_deref(),
@@ -1040,7 +1072,14 @@ impl Engine {
     fn signed(&mut self, op: HostOp, target: Option<&str>) -> Option<String> {
         let key = self.cfg.host_key.as_ref()?;
         let fp = self.cfg.fingerprint.as_deref().unwrap_or("");
-        let cmd = HostCmd::new(&self.room, fp, op, target, self.ctx.now.unix(), self.ctx.jti());
+        let cmd = HostCmd::new(
+            &self.room,
+            fp,
+            op,
+            target,
+            self.ctx.now.unix(),
+            self.ctx.jti(),
+        );
         Some(sign_host_cmd(key, &cmd))
     }
 
@@ -1052,7 +1091,13 @@ impl Engine {
                 let token = self.signed(op, target).ok_or(HostError::NotHost)?;
                 match &mut self.phase {
                     Phase::Authority(a) => {
-                        let fx = a.on_host_command(&mut self.ctx, &self.cfg, &self.room, Key::Own, &token);
+                        let fx = a.on_host_command(
+                            &mut self.ctx,
+                            &self.cfg,
+                            &self.room,
+                            Key::Own,
+                            &token,
+                        );
                         self.after_authority_change(fx);
                         Ok(())
                     }
@@ -1077,7 +1122,14 @@ impl Engine {
 
     fn direct_host_op(&mut self, op: HostOp, target: Option<&str>) {
         // The authority applies a self-injected command; building one keeps a single code path.
-        let cmd = HostCmd::new(&self.room, "", op, target, self.ctx.now.unix(), self.ctx.jti());
+        let cmd = HostCmd::new(
+            &self.room,
+            "",
+            op,
+            target,
+            self.ctx.now.unix(),
+            self.ctx.jti(),
+        );
         if let Phase::Authority(a) = &mut self.phase {
             let fx = a.apply_direct(&mut self.ctx, &cmd);
             self.after_authority_change(fx);
@@ -1094,7 +1146,10 @@ impl Engine {
         }
         let now = self.ctx.now.ms;
         if let Phase::Participant(p) = &mut self.phase {
-            if !p.open || p.claimed_at.is_some_and(|t| now.saturating_sub(t) < RETRY_MS) {
+            if !p.open
+                || p.claimed_at
+                    .is_some_and(|t| now.saturating_sub(t) < RETRY_MS)
+            {
                 return;
             }
             p.claimed_at = Some(now);
@@ -1147,7 +1202,10 @@ impl Engine {
         self.next_announce = self.announce_at.first().copied();
         self.send_voice();
         self.claim_host_if_keyed();
-        matches!(self.phase, Phase::Authority(_) | Phase::Participant(Part { open: true, .. }))
+        matches!(
+            self.phase,
+            Phase::Authority(_) | Phase::Participant(Part { open: true, .. })
+        )
     }
 
     /// Leaves the call and the room: `voice` off and `leave`, then tears everything down.
@@ -1199,20 +1257,24 @@ impl Engine {
     pub fn broadcast(&mut self, now: Now, data: Value) -> Result<usize, SendError> {
         self.ctx.now = now;
         let c = Content::App { data };
-        self.mesh.send_content(&mut self.ctx, &self.roster, &c, None)
+        self.mesh
+            .send_content(&mut self.ctx, &self.roster, &c, None)
     }
 
     /// Sends an app payload to one member.
     pub fn send_to(&mut self, now: Now, voice_id: &str, data: Value) -> Result<usize, SendError> {
         self.ctx.now = now;
         let c = Content::App { data };
-        self.mesh.send_content(&mut self.ctx, &self.roster, &c, Some(voice_id))
+        self.mesh
+            .send_content(&mut self.ctx, &self.roster, &c, Some(voice_id))
     }
 
     /// Sends chat text to everyone, or directed to one member.
     pub fn chat(&mut self, now: Now, text: &str, to: Option<&str>) -> Result<usize, SendError> {
         self.ctx.now = now;
-        let c = self.mesh.chat(&self.ctx, text, &self.cfg.name, to.is_some());
+        let c = self
+            .mesh
+            .chat(&self.ctx, text, &self.cfg.name, to.is_some());
         self.mesh.send_content(&mut self.ctx, &self.roster, &c, to)
     }
 
@@ -1224,7 +1286,8 @@ impl Engine {
         to: Option<&str>,
     ) -> Result<usize, SendError> {
         self.ctx.now = now;
-        self.mesh.send_content(&mut self.ctx, &self.roster, content, to)
+        self.mesh
+            .send_content(&mut self.ctx, &self.roster, content, to)
     }
 
     /// Sends a raw frame on the presence link to the authority, bypassing the engine (for
@@ -1244,7 +1307,14 @@ impl Engine {
     /// Host: waiting room on or off.
     pub fn set_lobby(&mut self, now: Now, on: bool) -> Result<(), HostError> {
         self.ctx.now = now;
-        self.host_op(if on { HostOp::Lobbyon } else { HostOp::Lobbyoff }, None)
+        self.host_op(
+            if on {
+                HostOp::Lobbyon
+            } else {
+                HostOp::Lobbyoff
+            },
+            None,
+        )
     }
 
     /// Host: let a knocker in (its [`Knocker::id`]).
@@ -1295,7 +1365,9 @@ impl Engine {
         if !self.am_host() {
             return Err(HostError::NotHost);
         }
-        self.mesh.host_grants.insert(voice_id.to_owned(), grant.canonical());
+        self.mesh
+            .host_grants
+            .insert(voice_id.to_owned(), grant.canonical());
         let grants = self.mesh.host_grants.clone();
         let me = self.mesh.self_id.clone().unwrap_or_default();
         self.mesh.apply_grants(&mut self.ctx, grants, &me);

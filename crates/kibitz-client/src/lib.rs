@@ -34,7 +34,7 @@ pub mod wire;
 pub use config::{AgentIdentity, HostCommit, RoomConfig};
 pub use ctx::Now;
 pub use engine::{
-    AuditEntry, AuditKind, Engine, Event, HostError, Input, Knocker, Message, Output,
-    Participant, SendError, Status,
+    AuditEntry, AuditKind, Engine, Event, HostError, Input, Knocker, Message, Output, Participant,
+    SendError, Status,
 };
 pub use net::{ConnId, NetCmd, NetEvent, PeerFailure, PeerKey, Plane};

@@ -65,7 +65,10 @@ impl Mesh {
 
     /// `(remote, open)` for every link.
     pub fn links(&self) -> Vec<(String, bool)> {
-        self.links.values().map(|l| (l.remote.clone(), l.open)).collect()
+        self.links
+            .values()
+            .map(|l| (l.remote.clone(), l.open))
+            .collect()
     }
 
     pub fn owns(&self, conn: ConnId) -> bool {
@@ -144,13 +147,20 @@ impl Mesh {
                     self.issuer_missing_since = None;
                     if !self.explicit.is_empty() {
                         self.explicit.clear();
-                        self.audit_event(ctx, AuditKind::GrantsChanged { by: "lapsed".into() });
+                        self.audit_event(
+                            ctx,
+                            AuditKind::GrantsChanged {
+                                by: "lapsed".into(),
+                            },
+                        );
                         ctx.event(Event::Grants(BTreeMap::new()));
                     }
                 }
             }
         }
-        if am_host && (self.issuer.as_deref() != Some(me.as_str()) || self.explicit != self.host_grants) {
+        if am_host
+            && (self.issuer.as_deref() != Some(me.as_str()) || self.explicit != self.host_grants)
+        {
             let grants = self.host_grants.clone();
             self.apply_grants(ctx, grants, &me);
         }
@@ -245,8 +255,7 @@ impl Mesh {
         if let Some(l) = self.links.remove(&conn)
             && !self.has_link_to(&l.remote)
         {
-            self.redial_at
-                .insert(l.remote, ctx.now.ms + MESH_REDIAL_MS);
+            self.redial_at.insert(l.remote, ctx.now.ms + MESH_REDIAL_MS);
         }
     }
 
@@ -334,7 +343,10 @@ impl Mesh {
             }
             Content::Idtoken { .. } => {}
             _ => {
-                if !self.grant_of(roster, &from, ctx.now.unix()).may(Act::SendChat) {
+                if !self
+                    .grant_of(roster, &from, ctx.now.unix())
+                    .may(Act::SendChat)
+                {
                     self.audit_event(
                         ctx,
                         AuditKind::Dropped {
@@ -386,7 +398,9 @@ impl Mesh {
         };
         let what = kind_name(content);
         if !matches!(content, Content::Idtoken { .. } | Content::Caps { .. })
-            && !self.grant_of(roster, &me, ctx.now.unix()).may(Act::SendChat)
+            && !self
+                .grant_of(roster, &me, ctx.now.unix())
+                .may(Act::SendChat)
         {
             self.audit_event(ctx, AuditKind::Blocked { what });
             return Err(crate::engine::SendError::NotPermitted);
@@ -433,7 +447,10 @@ impl Mesh {
         self.seq += 1;
         let me = self.self_id.clone().unwrap_or_default();
         Content::Chat(Chat {
-            text: text.chars().take(kibitz_proto::content::MAX_CHAT_CHARS).collect(),
+            text: text
+                .chars()
+                .take(kibitz_proto::content::MAX_CHAT_CHARS)
+                .collect(),
             dm: direct.then_some(true),
             mid: Some(format!("{me}#{}", self.seq)),
             ts: Some(ctx.now.unix_ms),

@@ -99,9 +99,15 @@ enum Action {
         id: Option<String>,
     },
     /// A frame arrives at one end of a link.
-    Frame { link: u64, to: End, bytes: Vec<u8> },
+    Frame {
+        link: u64,
+        to: End,
+        bytes: Vec<u8>,
+    },
     /// Partition timer: fail the links still cut.
-    IceCheck { epoch: u64 },
+    IceCheck {
+        epoch: u64,
+    },
 }
 
 /// The simulated network with its engines.
@@ -117,6 +123,8 @@ pub struct Sim {
     /// Peer key → its registered id, per node.
     registered: BTreeMap<(NodeId, PeerKey), String>,
     anon: u64,
+    /// Registrations closed by their node (one still on its way to the broker must not land).
+    closed: std::collections::BTreeSet<(NodeId, PeerKey)>,
     links: BTreeMap<u64, Link>,
     by_end: BTreeMap<End, u64>,
     next_link: u64,
@@ -143,6 +151,7 @@ impl Sim {
             ids: BTreeMap::new(),
             registered: BTreeMap::new(),
             anon: 0,
+            closed: std::collections::BTreeSet::new(),
             links: BTreeMap::new(),
             by_end: BTreeMap::new(),
             next_link: 1,
@@ -184,7 +193,10 @@ impl Sim {
     /// config names one.
     pub fn add(&mut self, mut cfg: RoomConfig) -> NodeId {
         let id = self.nodes.len();
-        let fingerprint = cfg.fingerprint.clone().unwrap_or_else(|| format!("fp:{id}"));
+        let fingerprint = cfg
+            .fingerprint
+            .clone()
+            .unwrap_or_else(|| format!("fp:{id}"));
         cfg.fingerprint = Some(fingerprint.clone());
         if cfg.seed == 0 {
             cfg.seed = self.rand();
@@ -377,6 +389,7 @@ impl Sim {
                 self.schedule(d, Action::Register { node, key, id });
             }
             NetCmd::ClosePeer { key } => {
+                self.closed.insert((node, key));
                 if let Some(id) = self.registered.remove(&(node, key)) {
                     self.ids.remove(&id);
                 }
@@ -450,7 +463,11 @@ impl Sim {
         let Some(l) = self.links.get_mut(&link) else {
             return at;
         };
-        let last = if l.b == to { &mut l.last_ab } else { &mut l.last_ba };
+        let last = if l.b == to {
+            &mut l.last_ab
+        } else {
+            &mut l.last_ba
+        };
         let at = at.max(*last + 1);
         *last = at;
         at
@@ -476,23 +493,29 @@ impl Sim {
             self.range(self.net.latency)
         };
         let at = self.ordered(link, other, self.now.ms + d);
-        self.schedule_at(at, Action::Deliver(other.node, NetEvent::Closed { conn: other.conn }));
+        self.schedule_at(
+            at,
+            Action::Deliver(other.node, NetEvent::Closed { conn: other.conn }),
+        );
     }
 
     fn run_action(&mut self, a: Action) {
         match a {
             Action::Deliver(node, ev) => self.input(node, ev),
             Action::Register { node, key, id } => {
-                if !self.nodes[node].alive {
+                if !self.nodes[node].alive || self.closed.contains(&(node, key)) {
                     return;
                 }
                 let id = match id {
                     Some(id) => {
                         if self.ids.contains_key(&id) {
-                            self.respond(node, NetEvent::PeerFailed {
-                                key,
-                                failure: PeerFailure::IdTaken,
-                            });
+                            self.respond(
+                                node,
+                                NetEvent::PeerFailed {
+                                    key,
+                                    failure: PeerFailure::IdTaken,
+                                },
+                            );
                             return;
                         }
                         id
@@ -515,12 +538,20 @@ impl Sim {
             } => {
                 let target = self.ids.get(&to_id).copied();
                 let Some((to_node, to_peer)) = target else {
-                    self.deliver(from.node, EXPIRE_MS, NetEvent::ConnFailed { conn: from.conn });
+                    self.deliver(
+                        from.node,
+                        EXPIRE_MS,
+                        NetEvent::ConnFailed { conn: from.conn },
+                    );
                     return;
                 };
                 if self.cut(from.node, to_node) {
                     // ICE cannot get through: the dial fails once ICE gives up.
-                    self.deliver(from.node, ICE_FAIL_MS, NetEvent::ConnFailed { conn: from.conn });
+                    self.deliver(
+                        from.node,
+                        ICE_FAIL_MS,
+                        NetEvent::ConnFailed { conn: from.conn },
+                    );
                     return;
                 }
                 let n = &mut self.nodes[to_node];
@@ -590,7 +621,13 @@ impl Sim {
                     return;
                 }
                 match binarypack::decode(&bytes, binarypack::Limits::default()) {
-                    Ok(frame) => self.input(to.node, NetEvent::Data { conn: to.conn, frame }),
+                    Ok(frame) => self.input(
+                        to.node,
+                        NetEvent::Data {
+                            conn: to.conn,
+                            frame,
+                        },
+                    ),
                     // The encoder and decoder disagree: a codec bug the tests must see.
                     Err(e) => panic!("sim: frame did not decode: {e}"),
                 }
@@ -615,7 +652,8 @@ impl Sim {
                         self.deliver(b.node, 0, NetEvent::Closed { conn: b.conn });
                     }
                 }
-                self.held.retain(|(l, _, _)| self.links.get(l).is_some_and(|l| !l.dead));
+                self.held
+                    .retain(|(l, _, _)| self.links.get(l).is_some_and(|l| !l.dead));
             }
         }
     }

@@ -98,8 +98,13 @@ impl Verifier for GateVerifier {
             if c.fingerprint.is_none() {
                 return Verdict::Hold;
             }
-            match verify_agent_assertion(assertion, &self.agent_keys, c.room, c.fingerprint, c.now_unix)
-            {
+            match verify_agent_assertion(
+                assertion,
+                &self.agent_keys,
+                c.room,
+                c.fingerprint,
+                c.now_unix,
+            ) {
                 Ok(m) => {
                     out.grant = Some(m.grant);
                     agent = true;

@@ -60,10 +60,7 @@ pub fn knock(a: &Announce<'_>) -> Value {
 
 /// `{t:'voice', on, cam, name, avatar, voiceId, token, meta, jwt, agentAssertion[, agentCredit]}`.
 pub fn voice(on: bool, cam: bool, a: &Announce<'_>) -> Value {
-    let meta = a
-        .meta
-        .and_then(|m| to_value(m).ok())
-        .unwrap_or(Value::Nil);
+    let meta = a.meta.and_then(|m| to_value(m).ok()).unwrap_or(Value::Nil);
     let mut m = vec![
         ("t", s("voice")),
         ("on", Value::Bool(on)),
@@ -157,7 +154,12 @@ pub fn read_authority(v: Value) -> Option<(AuthorityWire, RosterExtras)> {
             Value::Array(items) => Some(
                 items
                     .iter()
-                    .filter_map(|i| Some((i.get("id")?.as_str()?.to_owned(), i.get("name")?.as_str()?.to_owned())))
+                    .filter_map(|i| {
+                        Some((
+                            i.get("id")?.as_str()?.to_owned(),
+                            i.get("name")?.as_str()?.to_owned(),
+                        ))
+                    })
                     .take(256)
                     .collect(),
             ),

@@ -47,9 +47,17 @@ fn meta() -> Meta {
         kbz: Some(KbzMeta {
             v: Some("0.1.0".into()),
             f: Some(
-                ["chat.v1", "app.v1", "ink.v1", "pay.v1", "caps.v1", "identity.v1", "schema.v1"]
-                    .map(String::from)
-                    .to_vec(),
+                [
+                    "chat.v1",
+                    "app.v1",
+                    "ink.v1",
+                    "pay.v1",
+                    "caps.v1",
+                    "identity.v1",
+                    "schema.v1",
+                ]
+                .map(String::from)
+                .to_vec(),
             ),
             ..KbzMeta::default()
         }),
@@ -105,19 +113,48 @@ fn participant_knock_and_voice_match_the_real_client() {
     e.start(T);
     let opens = open_keys(&drain(&mut e));
     let (media, claim) = (opens[0].0, opens[1].0);
-    assert_eq!(opens[0].1, None, "the media peer takes an id from the broker");
+    assert_eq!(
+        opens[0].1, None,
+        "the media peer takes an id from the broker"
+    );
     assert_eq!(opens[1].1.as_deref(), Some("kbz-v1-compat"));
-    e.handle_input(T, Input::Net(NetEvent::PeerFailed { key: claim, failure: PeerFailure::IdTaken }));
+    e.handle_input(
+        T,
+        Input::Net(NetEvent::PeerFailed {
+            key: claim,
+            failure: PeerFailure::IdTaken,
+        }),
+    );
     let anon = open_keys(&drain(&mut e))[0].0;
-    e.handle_input(T, Input::Net(NetEvent::PeerOpen { key: anon, id: "anon-1".into() }));
+    e.handle_input(
+        T,
+        Input::Net(NetEvent::PeerOpen {
+            key: anon,
+            id: "anon-1".into(),
+        }),
+    );
     let cmds = drain(&mut e);
-    let NetCmd::Connect { conn, remote, .. } = &cmds[0] else { panic!("{cmds:?}") };
+    let NetCmd::Connect { conn, remote, .. } = &cmds[0] else {
+        panic!("{cmds:?}")
+    };
     assert_eq!(remote, "kbz-v1-compat");
     let conn = *conn;
-    e.handle_input(T, Input::Net(NetEvent::Open { conn, fingerprint: None }));
+    e.handle_input(
+        T,
+        Input::Net(NetEvent::Open {
+            conn,
+            fingerprint: None,
+        }),
+    );
     // Channel open: the knock, before the media peer has an id.
     assert_eq!(sent(&drain(&mut e)), [frame("participant", "knock", 0)]);
-    e.handle_input(T, Input::Net(NetEvent::PeerOpen { key: media, id: BOB.into() }));
+    e.handle_input(
+        T,
+        Input::Net(NetEvent::PeerOpen {
+            key: media,
+            id: BOB.into(),
+        }),
+    );
     drain(&mut e);
     e.join(T);
     assert_eq!(sent(&drain(&mut e)), [frame("participant", "voice", 0)]);
@@ -129,19 +166,37 @@ fn authority_roster_and_ping_match_the_real_client() {
     e.start(T);
     let opens = open_keys(&drain(&mut e));
     let (media, claim) = (opens[0].0, opens[1].0);
-    e.handle_input(T, Input::Net(NetEvent::PeerOpen { key: claim, id: "kbz-v1-compat".into() }));
-    e.handle_input(T, Input::Net(NetEvent::PeerOpen { key: media, id: ALICE.into() }));
+    e.handle_input(
+        T,
+        Input::Net(NetEvent::PeerOpen {
+            key: claim,
+            id: "kbz-v1-compat".into(),
+        }),
+    );
+    e.handle_input(
+        T,
+        Input::Net(NetEvent::PeerOpen {
+            key: media,
+            id: ALICE.into(),
+        }),
+    );
     e.join(T);
     drain(&mut e);
     assert!(e.is_authority());
     let conn = ConnId::incoming(1);
     e.handle_input(
         T,
-        Input::Net(NetEvent::Incoming { peer: claim, conn, remote: "anon-1".into(), fingerprint: None }),
+        Input::Net(NetEvent::Incoming {
+            peer: claim,
+            conn,
+            remote: "anon-1".into(),
+            fingerprint: None,
+        }),
     );
     // On open (lobby off) the authority sends the roster at once.
     assert_eq!(sent(&drain(&mut e)), [frame("authority", "roster", 0)]);
-    let voice: Value = binarypack::decode(&frame("participant", "voice", 0), Default::default()).unwrap();
+    let voice: Value =
+        binarypack::decode(&frame("participant", "voice", 0), Default::default()).unwrap();
     e.handle_input(T, Input::Net(NetEvent::Data { conn, frame: voice }));
     // Every voice is answered by the full roster.
     assert_eq!(sent(&drain(&mut e)), [frame("authority", "roster", 1)]);
@@ -150,6 +205,9 @@ fn authority_roster_and_ping_match_the_real_client() {
     e.handle_input(later, Input::Timeout);
     assert_eq!(
         sent(&drain(&mut e)),
-        [frame("authority", "ping", 0), frame("authority", "roster", 1)]
+        [
+            frame("authority", "ping", 0),
+            frame("authority", "roster", 1)
+        ]
     );
 }

@@ -91,7 +91,12 @@ fn agent_assertions_verify_against_the_manifest_keys() {
         .collect();
     assert_eq!(verified[0].act, [Act::SendChat]);
     // The agent discloses itself in its meta.
-    let bot = sim.engine(a).participants().into_iter().find(|p| p.name == "Bot").unwrap();
+    let bot = sim
+        .engine(a)
+        .participants()
+        .into_iter()
+        .find(|p| p.name == "Bot")
+        .unwrap();
     let meta = bot.meta.unwrap();
     assert!(meta.is_agent() && meta.discloses_egress());
     // Assertions are re-signed as they age: the agent is still in after ten minutes.
@@ -111,7 +116,11 @@ impl Verifier for CreditByExp {
         true
     }
     fn verify(&mut self, c: &Credentials<'_>) -> Verdict {
-        match c.agent_credit.and_then(|s| s.strip_prefix("exp:")).and_then(|s| s.parse().ok()) {
+        match c
+            .agent_credit
+            .and_then(|s| s.strip_prefix("exp:"))
+            .and_then(|s| s.parse().ok())
+        {
             Some(exp) if c.now_unix < exp + 60 => Verdict::Ok(Verified {
                 credit_exp: Some(exp),
                 ..Verified::default()
@@ -130,7 +139,11 @@ fn agents_whose_credit_lapses_are_reaped_and_renewing_ones_stay() {
     sim.run_for(500);
     let agent = |name: &str| {
         let mut c = cfg("r", name);
-        c.agent = Some(AgentIdentity { key: None, backend: None, egress: false });
+        c.agent = Some(AgentIdentity {
+            key: None,
+            backend: None,
+            egress: false,
+        });
         c
     };
     let lapsing = sim.add(agent("Lapse"));
@@ -138,7 +151,9 @@ fn agents_whose_credit_lapses_are_reaped_and_renewing_ones_stay() {
     for n in [lapsing, renewing] {
         sim.start(n);
         let exp = sim.now().unix() + 60;
-        sim.with(n, |e, now| e.set_agent_credit(now, Some(format!("exp:{exp}"))));
+        sim.with(n, |e, now| {
+            e.set_agent_credit(now, Some(format!("exp:{exp}")))
+        });
         sim.with(n, |e, now| e.join(now));
     }
     sim.run_for(3_000);
@@ -147,10 +162,17 @@ fn agents_whose_credit_lapses_are_reaped_and_renewing_ones_stay() {
     for _ in 0..5 {
         sim.run_for(50_000);
         let exp = sim.now().unix() + 60;
-        sim.with(renewing, |e, now| e.set_agent_credit(now, Some(format!("exp:{exp}"))));
+        sim.with(renewing, |e, now| {
+            e.set_agent_credit(now, Some(format!("exp:{exp}")))
+        });
     }
     assert_eq!(names(&sim, a), ["Alice", "Renew"]);
-    assert_eq!(sim.engine(lapsing).status(), &Status::Left { reason: "kicked".into() });
+    assert_eq!(
+        sim.engine(lapsing).status(),
+        &Status::Left {
+            reason: "kicked".into()
+        }
+    );
 }
 
 // ---- the engine by hand ---------------------------------------------------------------
@@ -167,7 +189,10 @@ fn drain(e: &mut Engine) -> (Vec<NetCmd>, u64) {
 }
 
 fn at(ms: u64) -> Now {
-    Now { ms, unix_ms: T0_UNIX_MS + ms }
+    Now {
+        ms,
+        unix_ms: T0_UNIX_MS + ms,
+    }
 }
 
 /// An engine that holds the room, with one member connected on `ConnId::incoming(1)`.
@@ -182,15 +207,34 @@ fn authority_with_member() -> Engine {
             _ => None,
         })
         .collect();
-    e.handle_input(at(0), Input::Net(NetEvent::PeerOpen { key: keys[1], id: "kbz-v1-r".into() }));
-    e.handle_input(at(0), Input::Net(NetEvent::PeerOpen { key: keys[0], id: "va".into() }));
+    e.handle_input(
+        at(0),
+        Input::Net(NetEvent::PeerOpen {
+            key: keys[1],
+            id: "kbz-v1-r".into(),
+        }),
+    );
+    e.handle_input(
+        at(0),
+        Input::Net(NetEvent::PeerOpen {
+            key: keys[0],
+            id: "va".into(),
+        }),
+    );
     e.join(at(0));
     let conn = ConnId::incoming(1);
     e.handle_input(
         at(0),
-        Input::Net(NetEvent::Incoming { peer: keys[1], conn, remote: "x".into(), fingerprint: None }),
+        Input::Net(NetEvent::Incoming {
+            peer: keys[1],
+            conn,
+            remote: "x".into(),
+            fingerprint: None,
+        }),
     );
-    let voice = app(json!({"t": "voice", "on": true, "cam": false, "name": "Bob", "voiceId": "vb", "token": "tb"}));
+    let voice = app(
+        json!({"t": "voice", "on": true, "cam": false, "name": "Bob", "voiceId": "vb", "token": "tb"}),
+    );
     e.handle_input(at(0), Input::Net(NetEvent::Data { conn, frame: voice }));
     drain(&mut e);
     e
@@ -219,7 +263,9 @@ fn a_frozen_authority_refreshes_liveness_instead_of_reaping() {
     t += 2_500;
     e.handle_input(at(t), Input::Timeout);
     let (cmds, _) = drain(&mut e);
-    assert!(cmds.contains(&NetCmd::Close { conn: ConnId::incoming(1) }));
+    assert!(cmds.contains(&NetCmd::Close {
+        conn: ConnId::incoming(1)
+    }));
     assert_eq!(member_names(&e), ["Alice"]);
 }
 
@@ -245,11 +291,20 @@ fn malformed_and_spoofed_frames_change_nothing() {
         drain(&mut e);
     }
     // Events for handles the engine never issued are ignored.
-    e.handle_input(at(10), Input::Net(NetEvent::Data { conn: ConnId(999), frame: Value::Nil }));
+    e.handle_input(
+        at(10),
+        Input::Net(NetEvent::Data {
+            conn: ConnId(999),
+            frame: Value::Nil,
+        }),
+    );
     e.handle_input(at(10), Input::Net(NetEvent::Closed { conn: ConnId(998) }));
     e.handle_input(
         at(10),
-        Input::Net(NetEvent::PeerFailed { key: kibitz_client::PeerKey(77), failure: PeerFailure::Lost }),
+        Input::Net(NetEvent::PeerFailed {
+            key: kibitz_client::PeerKey(77),
+            failure: PeerFailure::Lost,
+        }),
     );
     drain(&mut e);
     assert!(e.is_authority());
@@ -269,10 +324,21 @@ fn claims_and_dials_retry_on_the_protocol_timings() {
     assert_eq!(t, 11_000, "retry after 3 s");
     e.handle_input(at(11_000), Input::Timeout);
     let (cmds, _) = drain(&mut e);
-    let NetCmd::OpenPeer { key, id: Some(id), .. } = &cmds[0] else { panic!("{cmds:?}") };
+    let NetCmd::OpenPeer {
+        key, id: Some(id), ..
+    } = &cmds[0]
+    else {
+        panic!("{cmds:?}")
+    };
     assert_eq!(id, "kbz-v1-r");
     // Taken: dial the holder, four attempts of 15 s, 3 s apart, then migrate.
-    e.handle_input(at(11_100), Input::Net(NetEvent::PeerFailed { key: *key, failure: PeerFailure::IdTaken }));
+    e.handle_input(
+        at(11_100),
+        Input::Net(NetEvent::PeerFailed {
+            key: *key,
+            failure: PeerFailure::IdTaken,
+        }),
+    );
     let (cmds, _) = drain(&mut e);
     let anon = cmds
         .iter()
@@ -281,12 +347,21 @@ fn claims_and_dials_retry_on_the_protocol_timings() {
             _ => None,
         })
         .unwrap();
-    e.handle_input(at(11_200), Input::Net(NetEvent::PeerOpen { key: anon, id: "p".into() }));
+    e.handle_input(
+        at(11_200),
+        Input::Net(NetEvent::PeerOpen {
+            key: anon,
+            id: "p".into(),
+        }),
+    );
     let mut now = 11_200;
     let mut dials = 0;
     loop {
         let (cmds, t) = drain(&mut e);
-        dials += cmds.iter().filter(|c| matches!(c, NetCmd::Connect { .. })).count();
+        dials += cmds
+            .iter()
+            .filter(|c| matches!(c, NetCmd::Connect { .. }))
+            .count();
         if matches!(e.status(), Status::Reconnecting { .. }) {
             break;
         }
@@ -296,7 +371,12 @@ fn claims_and_dials_retry_on_the_protocol_timings() {
     }
     assert_eq!(dials, 4);
     assert_eq!(now, 11_200 + 4 * 15_000 + 3 * 3_000);
-    assert_eq!(e.status(), &Status::Reconnecting { reason: "could not connect".into() });
+    assert_eq!(
+        e.status(),
+        &Status::Reconnecting {
+            reason: "could not connect".into()
+        }
+    );
     let (_, t) = drain(&mut e);
     assert_eq!(t, now + 1_500, "reclaim after 1.5 s");
 }

@@ -55,7 +55,10 @@ fn authority_crash_migrates_to_one_survivor_within_the_protocol_timings() {
         .find(|(t, e)| *t > t_crash && matches!(e, Event::Status(Status::Authority)))
         .map(|(t, _)| t - t_crash)
         .unwrap();
-    assert!((12_000..=17_500).contains(&took), "took over after {took} ms");
+    assert!(
+        (12_000..=17_500).contains(&took),
+        "took over after {took} ms"
+    );
     sim.run_for(5_000);
     for n in [b, c] {
         assert_eq!(names(&sim, n), ["Bob", "Carol"]);
@@ -84,7 +87,12 @@ fn authority_leaving_hands_over_at_once() {
         .unwrap();
     assert!(took <= 2_000, "took {took} ms");
     assert_eq!(names(&sim, b), ["Bob"]);
-    assert_eq!(sim.engine(a).status(), &Status::Left { reason: "left".into() });
+    assert_eq!(
+        sim.engine(a).status(),
+        &Status::Left {
+            reason: "left".into()
+        }
+    );
 }
 
 #[test]
@@ -142,18 +150,35 @@ fn key_host_claims_kicks_and_the_kicked_token_stays_out() {
     let m = join(&mut sim, keyed("r", "Mallory", false));
     sim.run_for(3_000);
     let (idh, idm) = (id_of(&sim, h), id_of(&sim, m));
-    assert_eq!(host_of(&sim, a).as_deref(), Some(idh.as_str()), "the key holder claimed");
+    assert_eq!(
+        host_of(&sim, a).as_deref(),
+        Some(idh.as_str()),
+        "the key holder claimed"
+    );
     assert_eq!(host_of(&sim, m).as_deref(), Some(idh.as_str()));
     // Only the key holder can moderate; the coordinator without the key cannot.
-    assert_eq!(sim.with(a, |e, now| e.remove(now, &idh)), Err(HostError::NotHost));
+    assert_eq!(
+        sim.with(a, |e, now| e.remove(now, &idh)),
+        Err(HostError::NotHost)
+    );
     sim.with(h, |e, now| e.remove(now, &idm)).unwrap();
     sim.run_for(1_000);
-    assert_eq!(sim.engine(m).status(), &Status::Left { reason: "kicked".into() });
+    assert_eq!(
+        sim.engine(m).status(),
+        &Status::Left {
+            reason: "kicked".into()
+        }
+    );
     assert_eq!(names(&sim, a), ["Alice", "Hana"]);
     // Mallory comes back with the same token (a new tab): kicked on sight.
     let m2 = join(&mut sim, keyed("r", "Mallory", false));
     sim.run_for(3_000);
-    assert_eq!(sim.engine(m2).status(), &Status::Left { reason: "kicked".into() });
+    assert_eq!(
+        sim.engine(m2).status(),
+        &Status::Left {
+            reason: "kicked".into()
+        }
+    );
     assert_eq!(names(&sim, h), ["Alice", "Hana"]);
 }
 
@@ -167,14 +192,31 @@ fn forged_replayed_and_misbound_host_commands_are_refused() {
     sim.run_for(3_000);
     let unix = sim.now().unix();
     let fp_b = "fp:1";
-    let forged = sign_host_cmd(&key(9), &HostCmd::new("r", fp_b, HostOp::Lock, None, unix, [1; 12]));
-    let misbound = sign_host_cmd(&key(7), &HostCmd::new("r", "fp:0", HostOp::Lock, None, unix, [2; 12]));
-    let old = sign_host_cmd(&key(7), &HostCmd::new("r", fp_b, HostOp::Lock, None, unix - 121, [3; 12]));
-    let other_room = sign_host_cmd(&key(7), &HostCmd::new("s", fp_b, HostOp::Lock, None, unix, [4; 12]));
-    let good = sign_host_cmd(&key(7), &HostCmd::new("r", fp_b, HostOp::Lobbyon, None, unix, [5; 12]));
+    let forged = sign_host_cmd(
+        &key(9),
+        &HostCmd::new("r", fp_b, HostOp::Lock, None, unix, [1; 12]),
+    );
+    let misbound = sign_host_cmd(
+        &key(7),
+        &HostCmd::new("r", "fp:0", HostOp::Lock, None, unix, [2; 12]),
+    );
+    let old = sign_host_cmd(
+        &key(7),
+        &HostCmd::new("r", fp_b, HostOp::Lock, None, unix - 121, [3; 12]),
+    );
+    let other_room = sign_host_cmd(
+        &key(7),
+        &HostCmd::new("s", fp_b, HostOp::Lock, None, unix, [4; 12]),
+    );
+    let good = sign_host_cmd(
+        &key(7),
+        &HostCmd::new("r", fp_b, HostOp::Lobbyon, None, unix, [5; 12]),
+    );
     // Bob's presence connection carries what he sends; inject raw frames on it.
     for token in [&forged, &misbound, &old, &other_room, &good, &good] {
-        sim.with(b, |e, now| e.send_presence_frame(now, kibitz_client::wire::host_command(token)));
+        sim.with(b, |e, now| {
+            e.send_presence_frame(now, kibitz_client::wire::host_command(token))
+        });
     }
     sim.run_for(1_000);
     let refused: Vec<String> = sim
@@ -196,7 +238,11 @@ fn forged_replayed_and_misbound_host_commands_are_refused() {
         ]
     );
     assert_eq!(sim.engine(a).roster().locked, Some(false));
-    assert_eq!(sim.engine(a).roster().lobby, Some(true), "the one good command applied");
+    assert_eq!(
+        sim.engine(a).roster().lobby,
+        Some(true),
+        "the one good command applied"
+    );
 }
 
 #[test]
@@ -212,13 +258,19 @@ fn lobby_on_start_holds_knockers_until_the_host_admits() {
     sim.run_for(3_000);
     assert_eq!(lobby_events(&sim, b), [LobbyStatus::Waiting]);
     assert_eq!(names(&sim, h), ["Hana"]);
-    assert!(names(&sim, b).is_empty(), "a waiting knocker sees no roster");
+    assert!(
+        names(&sim, b).is_empty(),
+        "a waiting knocker sees no roster"
+    );
     let queue = sim.engine(h).lobby_queue();
     assert_eq!(queue.len(), 1);
     assert_eq!(queue[0].name, "Bob");
     sim.with(h, |e, now| e.admit(now, &queue[0].id)).unwrap();
     sim.run_for(1_000);
-    assert_eq!(lobby_events(&sim, b), [LobbyStatus::Waiting, LobbyStatus::Admitted]);
+    assert_eq!(
+        lobby_events(&sim, b),
+        [LobbyStatus::Waiting, LobbyStatus::Admitted]
+    );
     assert_eq!(names(&sim, b), ["Bob", "Hana"]);
     // A second knocker is denied.
     let mut cc = keyed("r", "Carol", false);
@@ -228,7 +280,10 @@ fn lobby_on_start_holds_knockers_until_the_host_admits() {
     let queue = sim.engine(h).lobby_queue();
     sim.with(h, |e, now| e.deny(now, &queue[0].id)).unwrap();
     sim.run_for(1_000);
-    assert_eq!(lobby_events(&sim, c), [LobbyStatus::Waiting, LobbyStatus::Denied]);
+    assert_eq!(
+        lobby_events(&sim, c),
+        [LobbyStatus::Waiting, LobbyStatus::Denied]
+    );
     assert_eq!(names(&sim, h), ["Bob", "Hana"]);
 }
 
@@ -253,9 +308,11 @@ fn remote_host_sees_knockers_and_admits_them() {
         })
         .expect("the host heard of the knocker");
     assert_eq!(queue[0].name, "Bob");
+    assert_eq!(lobby_events(&sim, b), [LobbyStatus::Waiting]);
     sim.with(h, |e, now| e.admit(now, &queue[0].id)).unwrap();
     sim.run_for(1_000);
     assert_eq!(names(&sim, a), ["Alice", "Bob", "Hana"]);
+    assert_eq!(names(&sim, b), ["Alice", "Bob", "Hana"]);
 }
 
 #[test]
@@ -281,15 +338,24 @@ fn tiers_without_a_key() {
     let mut sim = sim(11);
     let a = join(&mut sim, cfg("r", "Alice"));
     sim.run_for(1_000);
-    assert_eq!(sim.with(a, |e, now| e.set_locked(now, true)), Err(HostError::NoHostTier));
+    assert_eq!(
+        sim.with(a, |e, now| e.set_locked(now, true)),
+        Err(HostError::NoHostTier)
+    );
     assert_eq!(host_of(&sim, a), None);
     // Soft name: the first member with the name holds the slot; the coordinator moderates
     // only if it is that member.
     let mut sim = sim_soft();
     let (a, b) = (0, 1);
     assert_eq!(host_of(&sim, a).as_deref(), Some(id_of(&sim, b).as_str()));
-    assert_eq!(sim.with(a, |e, now| e.set_locked(now, true)), Err(HostError::NotHost));
-    assert_eq!(sim.with(b, |e, now| e.set_locked(now, true)), Err(HostError::NotHost));
+    assert_eq!(
+        sim.with(a, |e, now| e.set_locked(now, true)),
+        Err(HostError::NotHost)
+    );
+    assert_eq!(
+        sim.with(b, |e, now| e.set_locked(now, true)),
+        Err(HostError::NotHost)
+    );
 }
 
 fn sim_soft() -> kibitz_client::sim::Sim {
@@ -323,7 +389,12 @@ fn soft_host_coordinating_moderates_directly() {
     let idb = id_of(&sim, b);
     sim.with(h, |e, now| e.remove(now, &idb)).unwrap();
     sim.run_for(1_000);
-    assert_eq!(sim.engine(b).status(), &Status::Left { reason: "kicked".into() });
+    assert_eq!(
+        sim.engine(b).status(),
+        &Status::Left {
+            reason: "kicked".into()
+        }
+    );
 }
 
 #[test]
@@ -336,7 +407,10 @@ fn reset_reaches_everyone() {
     sim.with(h, |e, now| e.reset(now)).unwrap();
     sim.run_for(500);
     for n in [h, b] {
-        assert!(sim.events(n).iter().any(|(_, e)| matches!(e, Event::Reset)), "node {n}");
+        assert!(
+            sim.events(n).iter().any(|(_, e)| matches!(e, Event::Reset)),
+            "node {n}"
+        );
     }
 }
 
@@ -361,7 +435,11 @@ fn migration_inherits_lobby_and_lock_grandfathers_members_and_resets_the_host() 
     assert_eq!(names(&sim, b), ["Bob", "Hana"]);
     // The host slot started empty and the key holder claimed it again.
     assert_eq!(host_of(&sim, b).as_deref(), Some(id_of(&sim, h).as_str()));
-    assert!(sim.events(b).iter().any(|(_, e)| matches!(e, Event::Participants(p) if p.iter().all(|p| !p.is_host))));
+    assert!(
+        sim.events(b)
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Participants(p) if p.iter().all(|p| !p.is_host)))
+    );
 }
 
 #[test]
@@ -383,15 +461,28 @@ fn agents_start_read_only_and_the_host_grants_live() {
     assert_eq!(grant.act, Vec::<Act>::new());
     assert_eq!(grant.backend.as_deref(), Some("local-llm"));
     // The agent may not speak: blocked locally, and dropped by others if it tried anyway.
-    assert_eq!(sim.with(g, |e, now| e.chat(now, "hello", None)), Err(SendError::NotPermitted));
-    assert!(sim.engine(g).agent_audit().iter().any(|a| matches!(&a.kind, AuditKind::Blocked { what } if what == "chat")));
+    assert_eq!(
+        sim.with(g, |e, now| e.chat(now, "hello", None)),
+        Err(SendError::NotPermitted)
+    );
+    assert!(
+        sim.engine(g)
+            .agent_audit()
+            .iter()
+            .any(|a| matches!(&a.kind, AuditKind::Blocked { what } if what == "chat"))
+    );
     // The host lets it chat; every peer now computes the same grant.
     let mut full = Grant::agent_default();
     full.act = vec![Act::SendChat];
-    sim.with(h, |e, now| e.set_capability_grant(now, &idg, full.clone())).unwrap();
+    sim.with(h, |e, now| e.set_capability_grant(now, &idg, full.clone()))
+        .unwrap();
     sim.run_for(500);
     for n in [h, b, g] {
-        assert_eq!(sim.engine(n).capability_grant(&idg).act, [Act::SendChat], "node {n}");
+        assert_eq!(
+            sim.engine(n).capability_grant(&idg).act,
+            [Act::SendChat],
+            "node {n}"
+        );
     }
     assert_eq!(sim.with(g, |e, now| e.chat(now, "hello", None)), Ok(2));
     sim.run_for(500);
@@ -413,11 +504,16 @@ fn content_is_withheld_from_members_without_the_grant() {
     sim.run_for(3_000);
     let idb = id_of(&sim, b);
     let mut deaf = Grant::full();
-    deaf.perceive.retain(|p| *p != Perceive::ReadChat && *p != Perceive::ReceiveDirected);
-    sim.with(h, |e, now| e.set_capability_grant(now, &idb, deaf)).unwrap();
+    deaf.perceive
+        .retain(|p| *p != Perceive::ReadChat && *p != Perceive::ReceiveDirected);
+    sim.with(h, |e, now| e.set_capability_grant(now, &idb, deaf))
+        .unwrap();
     sim.run_for(500);
     assert_eq!(sim.with(c, |e, now| e.chat(now, "psst", None)), Ok(1));
-    assert_eq!(sim.with(c, |e, now| e.send_to(now, &idb, app(json!(1)))), Ok(0));
+    assert_eq!(
+        sim.with(c, |e, now| e.send_to(now, &idb, app(json!(1)))),
+        Ok(0)
+    );
     sim.run_for(500);
     assert!(received(&sim, b).is_empty());
     assert_eq!(received(&sim, h).len(), 1);
@@ -439,14 +535,21 @@ fn grants_survive_migration_and_are_resynced_by_the_host() {
     let b = join(&mut sim, keyed("r", "Bob", false));
     sim.run_for(3_000);
     let idb = id_of(&sim, b);
-    sim.with(h, |e, now| e.set_capability_grant(now, &idb, Grant::agent_default())).unwrap();
+    sim.with(h, |e, now| {
+        e.set_capability_grant(now, &idb, Grant::agent_default())
+    })
+    .unwrap();
     sim.run_for(500);
     sim.crash(a);
     sim.run_for(20_000);
     let late = join(&mut sim, keyed("r", "Dan", false));
     sim.run_for(4_000);
     for n in [h, b, late] {
-        assert_eq!(sim.engine(n).capability_grant(&idb), Grant::agent_default(), "node {n}");
+        assert_eq!(
+            sim.engine(n).capability_grant(&idb),
+            Grant::agent_default(),
+            "node {n}"
+        );
     }
 }
 
@@ -462,12 +565,22 @@ fn bans_outlive_the_authority_that_kicked() {
     let idm = id_of(&sim, m);
     sim.with(h, |e, now| e.remove(now, &idm)).unwrap();
     sim.run_for(3_000);
-    assert_eq!(sim.engine(m).status(), &Status::Left { reason: "kicked".into() });
+    assert_eq!(
+        sim.engine(m).status(),
+        &Status::Left {
+            reason: "kicked".into()
+        }
+    );
     sim.crash(a);
     sim.run_for(20_000);
     assert_eq!(authorities(&sim, &[h, b]).len(), 1);
     let m2 = join(&mut sim, keyed("r", "Mallory", false));
     sim.run_for(5_000);
-    assert_eq!(sim.engine(m2).status(), &Status::Left { reason: "kicked".into() });
+    assert_eq!(
+        sim.engine(m2).status(),
+        &Status::Left {
+            reason: "kicked".into()
+        }
+    );
     assert_eq!(names(&sim, b), ["Bob", "Hana"]);
 }
