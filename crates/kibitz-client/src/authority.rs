@@ -292,6 +292,49 @@ impl Authority {
         matches!(&cfg.host, HostCommit::Name(want) if self.host.is_none() && norm_name(name) == norm_name(want))
     }
 
+    /// Bans handed over by a participant (a coordinator that did not inherit them): keep
+    /// them, remove anyone they name — this coordinator included.
+    fn merge_bans(
+        &mut self,
+        ctx: &mut Ctx,
+        cfg: &RoomConfig,
+        room: &str,
+        bans: Vec<String>,
+    ) -> Effects {
+        let mut fx = Effects::default();
+        for b in bans {
+            if self.kicked_tokens.len() >= wire::MAX_BANS {
+                break;
+            }
+            self.kicked_tokens.insert(b);
+        }
+        let kicked = &self.kicked_tokens;
+        let banned = |t: &str| kicked.contains(&wire::ban_hash(room, t));
+        let self_banned = banned(&cfg.token);
+        let out: Vec<Key> = self
+            .members
+            .iter()
+            .filter(|e| e.key != Key::Own && e.token.as_deref().is_some_and(banned))
+            .map(|e| e.key)
+            .collect();
+        for key in out {
+            if let Key::Conn(c) = key {
+                self.kicked_conns.insert(c);
+                ctx.send(c, wire::bare("kick"));
+            }
+            if self.host == Some(key) {
+                self.host = None;
+            }
+            self.remove_member(key);
+            fx.roster_changed = true;
+        }
+        if self_banned {
+            self.remove_member(Key::Own);
+            fx.kicked_self = true;
+        }
+        fx
+    }
+
     /// Handles one frame from a presence connection.
     pub fn on_frame(
         &mut self,
@@ -306,6 +349,9 @@ impl Authority {
             return fx;
         };
         state.last_seen = ctx.now.ms;
+        if let Some(bans) = wire::read_bans(&frame) {
+            return self.merge_bans(ctx, cfg, room, bans);
+        }
         let Some(msg) = wire::read_client(frame) else {
             return fx;
         };

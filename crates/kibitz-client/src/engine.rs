@@ -494,7 +494,11 @@ impl Engine {
         if let Phase::Authority(a) = &self.phase {
             // Keep what the room looked like: a later authority inherits it.
             self.last_roster = Some(a.roster());
-            self.last_bans = a.bans();
+            for b in a.bans() {
+                if !self.last_bans.contains(&b) && self.last_bans.len() < wire::MAX_BANS {
+                    self.last_bans.push(b);
+                }
+            }
             for c in a.conns() {
                 self.ctx.net(NetCmd::Close { conn: c });
             }
@@ -552,7 +556,7 @@ impl Engine {
 
     fn become_authority(&mut self, peer: PeerKey) {
         let inherited = self.last_roster.take();
-        let bans = std::mem::take(&mut self.last_bans);
+        let bans = self.last_bans.clone();
         let a = Authority::new(
             peer,
             self.ctx.now.ms,
@@ -820,7 +824,7 @@ impl Engine {
         let pending = extras.pending;
         match msg {
             AuthorityWire::Roster(r) => {
-                self.last_bans = extras.bans;
+                self.learn_bans(extras.bans);
                 if self.am_host() && !pending.is_empty() {
                     let queue = pending
                         .into_iter()
@@ -863,6 +867,29 @@ impl Engine {
             }
             AuthorityWire::Kick => self.kicked(),
             AuthorityWire::Reset => self.ctx.event(Event::Reset),
+        }
+    }
+
+    /// Remembers every ban heard of; hands those the authority's roster lacks back to it (a
+    /// coordinator that did not inherit them, e.g. one that claimed a freed id first).
+    fn learn_bans(&mut self, carried: Vec<String>) {
+        let missing: Vec<String> = self
+            .last_bans
+            .iter()
+            .filter(|b| !carried.contains(b))
+            .cloned()
+            .collect();
+        for b in carried {
+            if !self.last_bans.contains(&b) && self.last_bans.len() < wire::MAX_BANS {
+                self.last_bans.push(b);
+            }
+        }
+        if !missing.is_empty()
+            && let Phase::Participant(p) = &self.phase
+            && p.open
+        {
+            let conn = p.conn;
+            self.ctx.send(conn, wire::bans(&missing));
         }
     }
 

@@ -84,6 +84,32 @@ pub fn bare(t: &str) -> Value {
     map(vec![("t", s(t))])
 }
 
+/// `{t:'bans', bans}`: a participant hands the bans it knows to an authority whose roster
+/// lacks them (ours; other clients ignore unknown kinds).
+pub fn bans(bans: &[String]) -> Value {
+    map(vec![
+        ("t", s("bans")),
+        ("bans", Value::Array(bans.iter().map(|b| s(b)).collect())),
+    ])
+}
+
+/// The bans in a `{t:'bans'}` frame, if it is one.
+pub fn read_bans(v: &Value) -> Option<Vec<String>> {
+    if v.get("t").and_then(Value::as_str) != Some("bans") {
+        return None;
+    }
+    match v.get("bans") {
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .filter_map(|b| b.as_str().filter(|b| b.len() <= 64).map(str::to_owned))
+                .take(MAX_BANS)
+                .collect(),
+        ),
+        _ => Some(Vec::new()),
+    }
+}
+
 /// `{t:'mod', token}`.
 pub fn host_command(token: &str) -> Value {
     map(vec![("t", s("mod")), ("token", s(token))])

@@ -584,3 +584,25 @@ fn bans_outlive_the_authority_that_kicked() {
     );
     assert_eq!(names(&sim, b), ["Bob", "Hana"]);
 }
+
+#[test]
+fn a_kicked_token_that_grabs_the_freed_id_is_handed_the_bans_and_steps_down() {
+    let mut sim = sim(20);
+    let a = join(&mut sim, keyed("r", "Alice", false));
+    sim.run_for(500);
+    let h = join(&mut sim, keyed("r", "Hana", true));
+    let m = join(&mut sim, keyed("r", "Mallory", false));
+    sim.run_for(3_000);
+    let idm = id_of(&sim, m);
+    sim.with(h, |e, now| e.remove(now, &idm)).unwrap();
+    sim.run_for(3_000);
+    sim.crash(a);
+    // Mallory's token in a new tab claims the id the crashed coordinator freed.
+    let m2 = join(&mut sim, keyed("r", "Mallory", false));
+    sim.run_for(1_000);
+    assert!(sim.engine(m2).is_authority());
+    sim.run_for(25_000);
+    assert_eq!(sim.engine(m2).status(), &Status::Left { reason: "kicked".into() });
+    assert!(sim.engine(h).is_authority());
+    assert_eq!(names(&sim, h), ["Hana"]);
+}

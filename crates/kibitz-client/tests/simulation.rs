@@ -254,12 +254,6 @@ fn check(r: &Run) -> Result<(), String> {
         .collect();
     // The ban lives in the room: it holds while anyone who was there when it landed is.
     for (k, witnesses) in &r.kicked {
-        // Known gap: a rejoiner that claims the room id in the moment it is free (the
-        // coordinator just left, survivors wait 1.5 s to reclaim) coordinates without the
-        // bans, which only travel in rosters; everyone after it is let in too.
-        if r.kicked.iter().any(|(k, _)| sim.engine(*k).is_authority()) {
-            break;
-        }
         if live.contains(k) && witnesses.iter().any(|w| live.contains(w)) {
             return Err(format!(
                 "kicked token is back in node {k}: {:?}",
