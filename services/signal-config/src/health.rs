@@ -28,6 +28,8 @@ pub struct Verdicts {
     health: Vec<Health>,
     fallback: Option<String>,
     rooms: HashMap<String, (usize, Instant)>,
+    /// The hosts are nodes of one broker cluster (one id space): any healthy one will do.
+    cluster: bool,
 }
 
 /// What `/api/signal` says.
@@ -55,7 +57,29 @@ impl Verdicts {
             health,
             fallback,
             rooms: HashMap::new(),
+            cluster: false,
         }
+    }
+
+    /// Cluster mode: the hosts share one id space, so a room never needs to stay on one of
+    /// them. Room answers spread over the healthy hosts by a hash of the room (the same for
+    /// every caller at any instant), and nothing is remembered.
+    pub fn with_cluster(mut self, cluster: bool) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// The `n`th healthy host, counting around from a hash of `room`.
+    fn spread(&self, room: &str) -> Option<usize> {
+        let up: Vec<usize> = (0..self.hosts.len()).filter(|&i| self.is_up(i)).collect();
+        if up.is_empty() {
+            return None;
+        }
+        // FNV-1a: stable across processes and releases, unlike the std hasher.
+        let h = room.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        up.get((h % up.len() as u64) as usize).copied()
     }
 
     /// The configured hosts, in preference order.
@@ -100,6 +124,7 @@ impl Verdicts {
         }
         let chosen = match room {
             None => self.first_up(),
+            Some(room) if self.cluster => self.spread(room),
             Some(room) => {
                 let sticky = self
                     .rooms
@@ -202,5 +227,29 @@ mod tests {
         assert_eq!(v.answer(Some("r"), t).host.as_deref(), Some("a"));
         v.sweep(t + ROOM_IDLE);
         assert!(v.rooms.is_empty());
+    }
+
+    #[test]
+    fn a_cluster_spreads_rooms_over_healthy_nodes_and_moves_them_freely() {
+        let now = crate::now();
+        let hosts: Vec<String> = ["n1", "n2", "n3"].map(String::from).to_vec();
+        let mut v = Verdicts::new(hosts, None).with_cluster(true);
+        let rooms: Vec<String> = (0..30).map(|i| format!("room-{i}")).collect();
+        let first: Vec<Option<String>> =
+            rooms.iter().map(|r| v.answer(Some(r), now).host).collect();
+        // Every node gets some rooms; the same room gets the same node.
+        for n in ["n1", "n2", "n3"] {
+            assert!(first.iter().any(|h| h.as_deref() == Some(n)), "{n} unused");
+        }
+        assert_eq!(v.answer(Some("room-0"), now).host, first[0]);
+        // n2 goes down: its rooms move to healthy nodes, nothing sticks to it.
+        v.record(1, false);
+        v.record(1, false);
+        for r in &rooms {
+            let h = v.answer(Some(r), now).host;
+            assert!(matches!(h.as_deref(), Some("n1" | "n3")), "{r}: {h:?}");
+        }
+        assert_eq!(v.answer(None, now).host.as_deref(), Some("n1"));
+        assert!(v.rooms.is_empty(), "nothing remembered");
     }
 }

@@ -50,6 +50,9 @@ pub struct Config {
     /// Origin `/j/<room>` redirects to (e.g. `https://kibitz.chat`); `None` uses the request's
     /// `Host` over https.
     pub link_origin: Option<String>,
+    /// The hosts are nodes of one broker cluster (`--redis-url`): any healthy node will do, so
+    /// rooms are spread over them instead of pinned.
+    pub cluster: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -75,6 +78,7 @@ impl Default for Config {
             self_host: None,
             local_health: None,
             link_origin: None,
+            cluster: false,
         }
     }
 }
@@ -114,6 +118,10 @@ pub struct SignalConfigArgs {
     /// Origin that /j/<room> links redirect to; default: https:// + the request's Host.
     #[arg(long, env = "KIBITZ_LINK_ORIGIN")]
     pub link_origin: Option<String>,
+    /// The --signal-host brokers are nodes of one cluster (kibitz --redis-url): any healthy
+    /// node will do, so rooms are spread over the healthy nodes instead of pinned to one.
+    #[arg(long, env = "KIBITZ_SIGNAL_CLUSTER")]
+    pub signal_cluster: bool,
 }
 
 impl SignalConfigArgs {
@@ -140,6 +148,7 @@ impl SignalConfigArgs {
             probe_interval: Duration::from_millis(self.signal_probe_interval_ms.max(100)),
             self_host: self.signal_self_host.as_deref().map(normalize_host),
             link_origin,
+            cluster: self.signal_cluster,
             ..Config::default()
         })
     }
@@ -162,10 +171,10 @@ impl std::fmt::Debug for SignalConfigState {
 impl SignalConfigState {
     /// Starts the background prober on the current Tokio runtime.
     pub fn start(config: Config) -> Self {
-        let verdicts = Arc::new(Mutex::new(Verdicts::new(
-            config.hosts.clone(),
-            config.fallback.clone(),
-        )));
+        let verdicts = Arc::new(Mutex::new(
+            Verdicts::new(config.hosts.clone(), config.fallback.clone())
+                .with_cluster(config.cluster),
+        ));
         let state = Self {
             verdicts,
             config: Arc::new(config),
