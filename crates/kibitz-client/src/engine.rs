@@ -651,6 +651,7 @@ impl Engine {
             NetEvent::Open { conn, .. } => self.on_open(conn),
             NetEvent::Data { conn, frame } => self.on_data(conn, frame),
             NetEvent::Closed { conn } => self.on_closed(conn),
+            NetEvent::Left { peer, remote } => self.on_left(peer, &remote),
         }
     }
 
@@ -790,6 +791,16 @@ impl Engine {
                 self.on_authority_frame(frame);
             }
             _ => {}
+        }
+    }
+
+    fn on_left(&mut self, peer: PeerKey, remote: &str) {
+        if remote != self.room_id || self.presence_peer() != Some(peer) {
+            return;
+        }
+        // The broker freed the room id after its grace: nobody holds it, claim now.
+        if matches!(self.phase, Phase::Participant(_) | Phase::Redial { .. }) {
+            self.give_up("authority left", 0);
         }
     }
 

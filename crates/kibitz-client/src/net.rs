@@ -157,4 +157,13 @@ pub enum NetEvent {
         /// The connection.
         conn: ConnId,
     },
+    /// The broker says `remote` left (`LEAVE`). A broker with room leave notices sends this
+    /// for the room id the moment its holder is gone for good, so a participant can claim it
+    /// at once instead of waiting out the silence.
+    Left {
+        /// The registration the broker told.
+        peer: PeerKey,
+        /// Who left.
+        remote: String,
+    },
 }

@@ -380,3 +380,85 @@ fn claims_and_dials_retry_on_the_protocol_timings() {
     let (_, t) = drain(&mut e);
     assert_eq!(t, now + 1_500, "reclaim after 1.5 s");
 }
+
+#[test]
+fn a_leave_notice_for_the_room_id_reclaims_at_once() {
+    let mut e = Engine::new(cfg("r", "Bob"), at(0));
+    e.start(at(0));
+    let (cmds, _) = drain(&mut e);
+    let claim = cmds
+        .iter()
+        .find_map(|c| match c {
+            NetCmd::OpenPeer {
+                key, id: Some(_), ..
+            } => Some(*key),
+            _ => None,
+        })
+        .unwrap();
+    e.handle_input(
+        at(10),
+        Input::Net(NetEvent::PeerFailed {
+            key: claim,
+            failure: PeerFailure::IdTaken,
+        }),
+    );
+    let (cmds, _) = drain(&mut e);
+    let anon = cmds
+        .iter()
+        .find_map(|c| match c {
+            NetCmd::OpenPeer { key, id: None, .. } => Some(*key),
+            _ => None,
+        })
+        .unwrap();
+    e.handle_input(
+        at(20),
+        Input::Net(NetEvent::PeerOpen {
+            key: anon,
+            id: "p".into(),
+        }),
+    );
+    let (cmds, _) = drain(&mut e);
+    let Some(NetCmd::Connect { conn, .. }) = cmds.first().cloned() else {
+        panic!("{cmds:?}")
+    };
+    e.handle_input(
+        at(30),
+        Input::Net(NetEvent::Open {
+            conn,
+            fingerprint: None,
+        }),
+    );
+    drain(&mut e);
+    // Someone else leaving is nothing to us.
+    e.handle_input(
+        at(40),
+        Input::Net(NetEvent::Left {
+            peer: anon,
+            remote: "other".into(),
+        }),
+    );
+    drain(&mut e);
+    assert_eq!(e.status(), &Status::Connected);
+    e.handle_input(
+        at(50),
+        Input::Net(NetEvent::Left {
+            peer: anon,
+            remote: "kbz-v1-r".into(),
+        }),
+    );
+    let (cmds, t) = drain(&mut e);
+    assert!(cmds.contains(&NetCmd::Close { conn }));
+    assert_eq!(
+        e.status(),
+        &Status::Reconnecting {
+            reason: "authority left".into()
+        }
+    );
+    assert_eq!(t, 50, "claims again at once");
+    e.handle_input(at(50), Input::Timeout);
+    let (cmds, _) = drain(&mut e);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, NetCmd::OpenPeer { id: Some(id), .. } if id == "kbz-v1-r"))
+    );
+}

@@ -602,7 +602,12 @@ fn a_kicked_token_that_grabs_the_freed_id_is_handed_the_bans_and_steps_down() {
     sim.run_for(1_000);
     assert!(sim.engine(m2).is_authority());
     sim.run_for(25_000);
-    assert_eq!(sim.engine(m2).status(), &Status::Left { reason: "kicked".into() });
+    assert_eq!(
+        sim.engine(m2).status(),
+        &Status::Left {
+            reason: "kicked".into()
+        }
+    );
     assert!(sim.engine(h).is_authority());
     assert_eq!(names(&sim, h), ["Hana"]);
 }
