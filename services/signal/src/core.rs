@@ -1426,4 +1426,225 @@ mod tests {
         assert_eq!(s.tick(90_000), [close(1, CloseReason::Dead)]);
         assert_eq!(s.tick(91_000), [leave(2, "p2"), leave(3, "p3")]);
     }
+
+    // ---- cluster mode: the registry's side is played by the test ----
+
+    fn clustered() -> CoreConfig {
+        CoreConfig {
+            cluster: true,
+            concurrent_limit: 10,
+            ..cfg()
+        }
+    }
+
+    fn claim_out(conn: u64, id: &str, token: &str) -> Output {
+        Output::Claim {
+            conn: ConnId(conn),
+            id: Arc::from(id),
+            token: token.into(),
+        }
+    }
+
+    impl Sim {
+        fn claim(&mut self, ms: u64, conn: u64, c: Claim) -> Vec<Output> {
+            self.b.handle_claim(self.at(ms), ConnId(conn), c);
+            self.drain()
+        }
+    }
+
+    #[test]
+    fn cluster_claims_then_opens_with_queued_then_early_messages() {
+        let mut s = Sim::new(clustered());
+        assert_eq!(s.open(0, 1, "a", "t"), [claim_out(1, "a", "t")]);
+        // Sent before the registry answered: kept, and relayed after OPEN and the queue.
+        assert!(
+            s.msg(1, 1, r#"{"type":"OFFER","dst":"a","payload":1}"#)
+                .is_empty()
+        );
+        let queued = vec![("x".to_owned(), "queued-frame".to_owned())];
+        assert_eq!(
+            s.claim(2, 1, Claim::New { reg: 7, queued }),
+            [
+                send(1, peerjs::OPEN),
+                send(1, "queued-frame"),
+                send(1, r#"{"type":"OFFER","src":"a","dst":"a","payload":1}"#),
+            ]
+        );
+        assert_eq!(s.b.registrations(), [(Arc::from("a"), "t".to_owned(), 7)]);
+        // A local id with another token is refused without asking the registry.
+        assert_eq!(
+            s.open(3, 2, "a", "u"),
+            [send(2, peerjs::ID_TAKEN), close(2, CloseReason::Rejected)]
+        );
+        // Closing releases the registration.
+        assert_eq!(
+            s.close(4, 1),
+            [Output::Release {
+                id: Arc::from("a"),
+                reg: 7
+            }]
+        );
+    }
+
+    #[test]
+    fn cluster_refusals_and_a_claim_answered_after_the_close() {
+        let mut s = Sim::new(clustered());
+        s.open(0, 1, "a", "t");
+        assert_eq!(
+            s.claim(1, 1, Claim::Taken),
+            [send(1, peerjs::ID_TAKEN), close(1, CloseReason::Rejected)]
+        );
+        s.open(0, 2, "b", "t");
+        assert_eq!(
+            s.claim(1, 2, Claim::Unavailable("down")),
+            [
+                send(2, &peerjs::error_frame("down")),
+                close(2, CloseReason::Rejected)
+            ]
+        );
+        s.open(0, 3, "c", "t");
+        s.close(1, 3);
+        let queued = vec![("x".to_owned(), "f".to_owned())];
+        let out = s.claim(2, 3, Claim::New { reg: 4, queued });
+        assert_eq!(
+            out[0],
+            Output::Release {
+                id: Arc::from("c"),
+                reg: 4
+            }
+        );
+        assert!(
+            matches!(&out[1], Output::Forward(f) if f.dst == "c" && f.requeue && &*f.src == "x"),
+            "{out:?}"
+        );
+        assert!(!s.b.is_registered("c"));
+    }
+
+    #[test]
+    fn cluster_relays_locally_or_forwards() {
+        let mut s = Sim::new(clustered());
+        s.open(0, 1, "a", "t");
+        s.claim(
+            0,
+            1,
+            Claim::New {
+                reg: 1,
+                queued: vec![],
+            },
+        );
+        s.open(0, 2, "b", "t");
+        s.claim(
+            0,
+            2,
+            Claim::New {
+                reg: 2,
+                queued: vec![],
+            },
+        );
+        // Same node: straight through.
+        assert_eq!(
+            s.msg(1, 1, r#"{"type":"OFFER","dst":"b"}"#),
+            [send(2, r#"{"type":"OFFER","src":"a","dst":"b"}"#)]
+        );
+        // Elsewhere or offline: the registry decides.
+        let out = s.msg(1, 1, r#"{"type":"CANDIDATE","dst":"far"}"#);
+        assert_eq!(
+            out,
+            [Output::Forward(Forward {
+                kind: MessageType::Candidate,
+                src: Arc::from("a"),
+                dst: "far".into(),
+                text: r#"{"type":"CANDIDATE","src":"a","dst":"far"}"#.into(),
+                ttl: Duration::from_secs(5),
+                requeue: false,
+                notice: false,
+            })]
+        );
+        // From another node: delivered here, or handed back if the id left.
+        s.b.handle_remote(MessageType::Offer, "far", "b", "frame".into());
+        assert_eq!(s.drain(), [send(2, "frame")]);
+        s.b.handle_remote(MessageType::Offer, "far", "gone", "frame".into());
+        assert!(matches!(&s.drain()[..], [Output::Forward(f)] if f.requeue));
+        // An expired queue: one EXPIRE per sender, through the normal relay.
+        s.b.handle_expired(s.at(2), "ghost", &["a".to_owned(), "far".to_owned()]);
+        let out = s.drain();
+        assert_eq!(
+            out[0],
+            send(1, r#"{"type":"EXPIRE","src":"ghost","dst":"a"}"#)
+        );
+        assert!(matches!(&out[1], Output::Forward(f) if f.kind == MessageType::Expire));
+    }
+
+    #[test]
+    fn cluster_moved_id_keeps_the_old_socket_speaking_but_not_delivered_to() {
+        let mut s = Sim::new(clustered());
+        s.open(0, 1, "a", "t");
+        s.claim(
+            0,
+            1,
+            Claim::New {
+                reg: 1,
+                queued: vec![],
+            },
+        );
+        s.open(0, 2, "b", "t");
+        s.claim(
+            0,
+            2,
+            Claim::New {
+                reg: 2,
+                queued: vec![],
+            },
+        );
+        s.b.handle_moved(s.at(1), "a");
+        assert!(s.drain().is_empty());
+        assert!(!s.b.is_registered("a"));
+        // Still speaks for "a" ...
+        assert_eq!(
+            s.msg(2, 1, r#"{"type":"OFFER","dst":"b"}"#),
+            [send(2, r#"{"type":"OFFER","src":"a","dst":"b"}"#)]
+        );
+        // ... but messages for "a" go to the registry, and its close releases nothing.
+        assert!(matches!(
+            &s.msg(2, 2, r#"{"type":"OFFER","dst":"a"}"#)[..],
+            [Output::Forward(_)]
+        ));
+        assert!(s.close(3, 1).is_empty());
+        // An id lost after an outage: closed, nothing released.
+        s.b.handle_lost(s.at(4), "b");
+        assert_eq!(s.drain(), [close(2, CloseReason::Lost)]);
+        assert!(s.close(5, 2).is_empty());
+    }
+
+    #[test]
+    fn cluster_takeover_closes_the_moved_socket() {
+        let mut s = Sim::new(CoreConfig {
+            takeover: true,
+            ..clustered()
+        });
+        s.open(0, 1, "a", "t");
+        s.claim(
+            0,
+            1,
+            Claim::New {
+                reg: 1,
+                queued: vec![],
+            },
+        );
+        s.b.handle_moved(s.at(1), "a");
+        assert_eq!(s.drain(), [close(1, CloseReason::Replaced)]);
+        // Re-attached here from elsewhere with takeover: OPEN.
+        s.open(2, 3, "a", "t");
+        assert_eq!(
+            s.claim(
+                2,
+                3,
+                Claim::Reattach {
+                    reg: 1,
+                    queued: vec![]
+                }
+            ),
+            [send(3, peerjs::OPEN)]
+        );
+    }
 }
