@@ -14,6 +14,7 @@ use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc
 
 use crate::identity::{Identity, provider};
 use crate::signal::{CandidateInit, sdp_attr, sdp_fingerprint};
+use crate::turn::{RelayConfig, TurnClient, TurnEvent, TurnInput};
 use crate::{ConnId, ConnInfo, Message, Serialization};
 
 /// Why a message could not be sent.
@@ -100,6 +101,8 @@ pub(crate) enum ConnOut {
     Error(ConnError),
     BufferedLow,
     Closed(CloseReason),
+    /// A candidate learnt after the SDP went out (the relay address), to trickle.
+    LocalCandidate(CandidateInit),
 }
 
 pub(crate) struct DataConn {
@@ -108,6 +111,7 @@ pub(crate) struct DataConn {
     /// connections between the same peers would otherwise share a 5-tuple).
     pub local: SocketAddr,
     hosts: Vec<SocketAddr>,
+    turn: Option<TurnClient>,
     pub remote: String,
     pub info: ConnInfo,
     rtc: Rtc,
@@ -146,6 +150,8 @@ pub(crate) struct Sock<'a> {
     pub hosts: &'a [SocketAddr],
     pub identity: &'a Identity,
     pub cfg: &'a ConnConfig,
+    /// Relay-only: every datagram goes through this TURN server.
+    pub relay: Option<&'a RelayConfig>,
 }
 
 fn new_rtc(now: Instant, identity: &Identity, hosts: &[SocketAddr]) -> Rtc {
@@ -166,13 +172,20 @@ fn new_rtc(now: Instant, identity: &Identity, hosts: &[SocketAddr]) -> Rtc {
 impl DataConn {
     fn new(now: Instant, id: ConnId, remote: String, info: ConnInfo, sock: Sock<'_>) -> Self {
         let cfg = sock.cfg;
+        // Relay-only advertises no host address: the relay candidate comes when allocated.
+        let hosts = if sock.relay.is_some() {
+            Vec::new()
+        } else {
+            sock.hosts.to_vec()
+        };
         DataConn {
             id,
             local: sock.local,
-            hosts: sock.hosts.to_vec(),
+            turn: sock.relay.map(|r| TurnClient::new(now, r.clone())),
             remote,
             info,
-            rtc: new_rtc(now, sock.identity, sock.hosts),
+            rtc: new_rtc(now, sock.identity, &hosts),
+            hosts,
             pending_offer: None,
             channel: None,
             closed: false,
@@ -232,6 +245,7 @@ impl DataConn {
         let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(one_line)?;
         let mut conn = DataConn::new(now, id, remote, info, sock);
         conn.remote_fingerprint = sdp_fingerprint(offer_sdp);
+        conn.permit_sdp(now, offer_sdp);
         let answer = conn
             .rtc
             .sdp_api()
@@ -242,13 +256,14 @@ impl DataConn {
     }
 
     /// Takes the remote ANSWER (offering side only).
-    pub fn accept_answer(&mut self, sdp: &str) -> Result<(), String> {
+    pub fn accept_answer(&mut self, now: Instant, sdp: &str) -> Result<(), String> {
         let pending = self
             .pending_offer
             .take()
             .ok_or("ANSWER without an outstanding offer")?;
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(one_line)?;
         self.remote_fingerprint = sdp_fingerprint(sdp);
+        self.permit_sdp(now, sdp);
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
@@ -258,13 +273,14 @@ impl DataConn {
     }
 
     /// Takes a trickled remote candidate; an empty one (end of candidates) is ignored.
-    pub fn add_remote_candidate(&mut self, c: &CandidateInit) -> Result<(), String> {
+    pub fn add_remote_candidate(&mut self, now: Instant, c: &CandidateInit) -> Result<(), String> {
         let line = c.candidate.trim();
         let line = line.strip_prefix("a=").unwrap_or(line);
         if line.is_empty() {
             return Ok(());
         }
         let cand = Candidate::from_sdp_string(line).map_err(|e| e.to_string())?;
+        self.permit(now, cand.addr());
         self.rtc.add_remote_candidate(cand);
         self.next_timeout = None;
         Ok(())
@@ -315,7 +331,81 @@ impl DataConn {
             .unwrap_or(self.local)
     }
 
-    pub fn handle_input(&mut self, input: Input<'_>, out: &mut Vec<ConnOut>) {
+    /// One datagram on this connection's socket. Relay-only connections take datagrams
+    /// from their TURN server only.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        buf: &[u8],
+        out: &mut Vec<ConnOut>,
+    ) {
+        if self.closed {
+            return;
+        }
+        let Some(turn) = self.turn.as_mut() else {
+            let destination = self.destination(source);
+            if let Some(input) = receive(now, source, destination, buf) {
+                self.handle_input(input, out);
+            }
+            return;
+        };
+        if source != turn.server() {
+            return;
+        }
+        match turn.handle(now, buf) {
+            TurnInput::Data { peer, data } => {
+                if let Some(relay) = turn.relay()
+                    && let Some(input) = receive(now, peer, relay, &data)
+                {
+                    self.handle_input(input, out);
+                }
+            }
+            TurnInput::Event(e) => self.on_turn(e, out),
+            TurnInput::Nothing => {}
+        }
+        self.next_timeout = None;
+    }
+
+    /// Relay-only: lets `peer` reach our relay address.
+    fn permit(&mut self, now: Instant, peer: SocketAddr) {
+        if let Some(t) = self.turn.as_mut() {
+            t.permit(now, peer);
+        }
+    }
+
+    /// Relay-only: permits every candidate a remote SDP lists.
+    fn permit_sdp(&mut self, now: Instant, sdp: &str) {
+        for line in sdp.lines() {
+            if let Some(c) = line.trim_end().strip_prefix("a=")
+                && c.starts_with("candidate:")
+                && let Ok(c) = Candidate::from_sdp_string(c)
+            {
+                self.permit(now, c.addr());
+            }
+        }
+    }
+
+    fn on_turn(&mut self, e: TurnEvent, out: &mut Vec<ConnOut>) {
+        match e {
+            TurnEvent::Allocated(relay) => {
+                let Ok(c) = Candidate::relayed(relay, self.local, "udp") else {
+                    return self.fail(format!("unusable relay address {relay}"), out);
+                };
+                let line = c.to_sdp_string();
+                self.rtc.add_local_candidate(c);
+                out.push(ConnOut::LocalCandidate(CandidateInit {
+                    candidate: line,
+                    sdp_mid: sdp_attr(&self.local_sdp, "mid").map(str::to_owned),
+                    sdp_m_line_index: Some(0),
+                    username_fragment: sdp_attr(&self.local_sdp, "ice-ufrag").map(str::to_owned),
+                }));
+            }
+            TurnEvent::Failed(why) => self.fail(format!("turn: {why}"), out),
+        }
+    }
+
+    fn handle_input(&mut self, input: Input<'_>, out: &mut Vec<ConnOut>) {
         if let Err(e) = self.rtc.handle_input(input) {
             self.fail(format!("rtc: {e}"), out);
         }
@@ -331,6 +421,7 @@ impl DataConn {
             self.next_timeout,
             self.open_deadline,
             self.reassembler.next_timeout(),
+            self.turn.as_ref().and_then(TurnClient::next_timeout),
         ];
         t.into_iter().flatten().min()
     }
@@ -344,6 +435,12 @@ impl DataConn {
             return;
         }
         self.reassembler.expire(now);
+        if let Some(e) = self.turn.as_mut().and_then(|t| t.handle_timeout(now)) {
+            self.on_turn(e, out);
+            if self.closed {
+                return;
+            }
+        }
         if self.next_timeout.is_none_or(|t| now >= t) {
             if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
                 self.fail(format!("rtc: {e}"), out);
@@ -385,6 +482,10 @@ impl DataConn {
         }
         let _ = self.rtc.close();
         self.drain(now, out);
+        if let Some(t) = self.turn.as_mut() {
+            t.deallocate();
+        }
+        self.turn_out(out);
         self.finish(reason, out);
     }
 
@@ -496,11 +597,19 @@ impl DataConn {
                         self.next_timeout = Some(t);
                         break;
                     }
-                    Ok(Output::Transmit(t)) => out.push(ConnOut::Transmit {
-                        source: t.source,
-                        destination: t.destination,
-                        contents: t.contents.to_vec(),
-                    }),
+                    Ok(Output::Transmit(t)) => match self.turn.as_mut() {
+                        None => out.push(ConnOut::Transmit {
+                            source: t.source,
+                            destination: t.destination,
+                            contents: t.contents.to_vec(),
+                        }),
+                        // Fail-closed: only what leaves from the relay address goes out,
+                        // and only through the TURN server.
+                        Some(turn) if Some(t.source) == turn.relay() => {
+                            turn.send_to(now, t.destination, &t.contents);
+                        }
+                        Some(_) => {}
+                    },
                     Ok(Output::Event(e)) => self.on_event(now, e, out),
                     Err(e) => {
                         self.fail(format!("rtc: {e}"), out);
@@ -515,9 +624,25 @@ impl DataConn {
                 break;
             }
         }
+        self.turn_out(out);
         if self.was_full && self.buffered() <= self.cfg.low_water {
             self.was_full = false;
             out.push(ConnOut::BufferedLow);
+        }
+    }
+
+    /// Moves the TURN client's datagrams (to its server) into `out`.
+    fn turn_out(&mut self, out: &mut Vec<ConnOut>) {
+        let local = self.local;
+        if let Some(t) = self.turn.as_mut() {
+            let server = t.server();
+            while let Some(contents) = t.poll_transmit() {
+                out.push(ConnOut::Transmit {
+                    source: local,
+                    destination: server,
+                    contents,
+                });
+            }
         }
     }
 

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, trace, warn};
 
-use crate::conn::{ConnConfig, ConnOut, DataConn, Sock, receive};
+use crate::conn::{ConnConfig, ConnOut, DataConn, Sock};
 use crate::signal::{self, OfferMeta, Payload, ServerMsg, SignalError};
+use crate::turn::RelayConfig;
 use crate::{
     CloseReason, ConnError, ConnId, ConnInfo, ConnectOptions, Identity, Message, SendError,
     Serialization,
@@ -134,6 +135,9 @@ pub struct CoreConfig {
     pub open_timeout: Duration,
     /// Largest message accepted (also bounds chunk reassembly).
     pub max_message: usize,
+    /// Relay-only (`iceTransportPolicy: "relay"`): every connection allocates on this TURN
+    /// server and advertises and uses only the relay address; no allocation, no connection.
+    pub relay: Option<RelayConfig>,
 }
 
 impl CoreConfig {
@@ -148,6 +152,7 @@ impl CoreConfig {
             max_buffered: 8 << 20,
             open_timeout: Duration::from_secs(30),
             max_message: 16 << 20,
+            relay: None,
         }
     }
 }
@@ -316,12 +321,7 @@ impl PeerCore {
         };
         let mut outs = Vec::new();
         if let Some(c) = self.conns.get_mut(&id) {
-            let destination = c.destination(source);
-            let Some(input) = receive(now, source, destination, buf) else {
-                trace!("unparseable datagram ignored");
-                return;
-            };
-            c.handle_input(input, &mut outs);
+            c.handle_datagram(now, source, buf, &mut outs);
             c.poll(now, &mut outs);
         }
         self.absorb(id, outs);
@@ -425,6 +425,7 @@ impl PeerCore {
             hosts: &hosts,
             identity: &self.cfg.identity,
             cfg: &self.conn_cfg,
+            relay: self.cfg.relay.as_ref(),
         };
         let made = DataConn::answer(now, id, src.clone(), info.clone(), &sdp.sdp, sock);
         let (conn, answer_sdp) = match made {
@@ -470,7 +471,7 @@ impl PeerCore {
             return self.bad("ANSWER", &src, "no answer sdp");
         };
         let res = match self.conns.get_mut(&id) {
-            Some(c) => c.accept_answer(&sdp.sdp),
+            Some(c) => c.accept_answer(now, &sdp.sdp),
             None => return,
         };
         if let Err(why) = res {
@@ -495,7 +496,7 @@ impl PeerCore {
             return;
         };
         let res = match self.conns.get_mut(&id) {
-            Some(c) => c.add_remote_candidate(cand),
+            Some(c) => c.add_remote_candidate(now, cand),
             None => return,
         };
         if let Err(why) = res {
@@ -552,6 +553,12 @@ impl PeerCore {
                 ConnOut::Data(value) => self.event(Event::Data { conn: id, value }),
                 ConnOut::Error(error) => self.event(Event::ConnError { conn: id, error }),
                 ConnOut::BufferedLow => self.event(Event::BufferedLow { conn: id }),
+                ConnOut::LocalCandidate(cand) => {
+                    if let Some(c) = self.conns.get(&id) {
+                        let text = signal::candidate(&c.remote, &c.info.connection_id, cand);
+                        self.signal(text);
+                    }
+                }
                 ConnOut::Closed(reason) => {
                     debug!(%id, ?reason, "connection closed");
                     self.event(Event::ConnClosed { conn: id, reason });
@@ -611,6 +618,7 @@ impl PeerCore {
             hosts: &hosts,
             identity: &self.cfg.identity,
             cfg: &self.conn_cfg,
+            relay: self.cfg.relay.as_ref(),
         };
         let (conn, sdp) = match DataConn::offer(now, id, remote.to_owned(), info.clone(), sock) {
             Ok(x) => x,

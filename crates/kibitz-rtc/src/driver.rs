@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{BrokerConfig, BrokerError, Ws, connect_ws, fetch_id};
 use crate::core::{CoreConfig, Event, Output, PeerCore};
-use crate::{ConnId, ConnInfo, ConnectOptions, Identity, Message, SendError};
+use crate::{ConnId, ConnInfo, ConnectOptions, Identity, Message, RelayConfig, SendError};
 
 /// The one clock read of this crate: the driver passes it into the sans-IO core.
 #[allow(clippy::disallowed_methods)]
@@ -45,6 +45,8 @@ pub struct PeerOptions {
     pub max_buffered: usize,
     /// Connections not open this long after being made are closed (default 30 s).
     pub open_timeout: Duration,
+    /// Relay-only through this TURN server (see [`CoreConfig::relay`]).
+    pub relay: Option<RelayConfig>,
 }
 
 impl PeerOptions {
@@ -61,6 +63,7 @@ impl PeerOptions {
             heartbeat: d.heartbeat,
             max_buffered: d.max_buffered,
             open_timeout: d.open_timeout,
+            relay: None,
         }
     }
 }
@@ -134,6 +137,7 @@ impl Peer {
         cfg.heartbeat = opts.heartbeat;
         cfg.max_buffered = opts.max_buffered;
         cfg.open_timeout = opts.open_timeout;
+        cfg.relay = opts.relay.clone();
         let mut core = PeerCore::new(cfg);
         core.broker_connected(now());
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();

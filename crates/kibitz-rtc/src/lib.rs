@@ -69,6 +69,7 @@ mod driver;
 mod identity;
 mod message;
 mod signal;
+mod turn;
 
 pub use broker::{BrokerConfig, BrokerError, fetch_id};
 pub use conn::{CloseReason, ConnError, SendError};
@@ -78,3 +79,4 @@ pub use identity::{Identity, IdentityError};
 pub use kibitz_proto::binarypack::Value as PackValue;
 pub use message::{ConnId, ConnInfo, ConnectOptions, Message, Serialization};
 pub use signal::SignalError;
+pub use turn::RelayConfig;
