@@ -4,7 +4,9 @@
 // directions, including a message large enough to be chunked. Run by tests/tests/rtc_browser.rs,
 // which starts the broker and the Rust peer (--rust ID). The Rust peer echoes what a browser-
 // offered connection carries; asked to `call`, it offers a connection, sends a known set of
-// messages, checks the echoes and sends "ok" (or what differed).
+// messages, checks the echoes and sends "ok" (or what differed). With --turn-url, --turn-user
+// and --turn-pass the page is relay-only (iceTransportPolicy "relay") and every scenario also
+// checks that the selected candidate pair is relayed on the browser's side.
 import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -101,7 +103,7 @@ window.R = (() => {
       if (!same(got, m)) throw new Error("echo differs: sent " + show(m) + ", got " + show(got));
     }
     ctrl[serialization] = conn;
-    return "open " + openMs.toFixed(0) + " ms";
+    return "open " + openMs.toFixed(0) + " ms" + (await checkRelay(conn));
   }
   async function rustOffers(serialization) {
     const via = ctrl[serialization];
@@ -119,7 +121,22 @@ window.R = (() => {
     }
     const verdict = await box.next("rust verdict");
     if (verdict !== "ok") throw new Error("rust says: " + show(verdict));
-    return "label " + conn.label;
+    return "label " + conn.label + (await checkRelay(conn));
+  }
+  // "local/remote" candidate types of the selected pair.
+  async function pairTypes(conn) {
+    const stats = await conn.peerConnection.getStats();
+    let pair = null;
+    stats.forEach((r) => { if (r.type === "candidate-pair" && r.state === "succeeded" && (r.nominated || !pair)) pair = r; });
+    if (!pair) return "no pair";
+    const l = stats.get(pair.localCandidateId), r = stats.get(pair.remoteCandidateId);
+    return (l && l.candidateType) + "/" + (r && r.candidateType);
+  }
+  async function checkRelay(conn) {
+    if (!window.RELAY) return "";
+    const types = await pairTypes(conn);
+    if (!types.startsWith("relay/")) throw new Error("selected pair is " + types + ", not relayed");
+    return ", pair " + types;
   }
   function destroy() { if (peer) peer.destroy(); }
   return { open, browserOffers, rustOffers, destroy };
@@ -146,10 +163,13 @@ async function main(args, state) {
   page.on("pageerror", (err) => consoleErrors.push(`uncaught: ${oneLine(err.message)}`));
   await page.goto(`http://127.0.0.1:${state.server.address().port}/`);
   const browserId = `browser-${Math.random().toString(36).slice(2, 10)}`;
-  await page.evaluate((rust) => { window.RUST = rust; }, args.rust);
+  await page.evaluate(([rust, relay]) => { window.RUST = rust; window.RELAY = relay; }, [args.rust, !!args["turn-url"]]);
+  const config = args["turn-url"]
+    ? { iceServers: [{ urls: [args["turn-url"]], username: args["turn-user"], credential: args["turn-pass"] }], iceTransportPolicy: "relay" }
+    : { iceServers: [] };
   await withTimeout(
     page.evaluate(([id, opts]) => R.open(id, opts), [browserId, {
-      host: args.host, port: Number(args.port), path: "/", secure: false, debug: 1, config: { iceServers: [] },
+      host: args.host, port: Number(args.port), path: "/", secure: false, debug: 1, config,
     }]),
     15000,
     "browser peer open",
@@ -167,7 +187,12 @@ async function main(args, state) {
   await withTimeout(page.evaluate(() => R.destroy()), 5000, "teardown").catch(() => {});
 }
 
-const { values } = parseArgs({ options: { host: { type: "string" }, port: { type: "string" }, rust: { type: "string" } } });
+const { values } = parseArgs({
+  options: {
+    host: { type: "string" }, port: { type: "string" }, rust: { type: "string" },
+    "turn-url": { type: "string" }, "turn-user": { type: "string" }, "turn-pass": { type: "string" },
+  },
+});
 if (!values.host || !values.port || !values.rust) {
   console.error("usage: node tests/node/rtc-browser.mjs --host HOST --port PORT --rust RUST_PEER_ID");
   process.exit(2);

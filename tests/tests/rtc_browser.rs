@@ -2,16 +2,25 @@
 //! through our broker: BinaryPack and JSON DataConnections in both offer directions, including
 //! a chunked message. The page side is `tests/node/rtc-browser.mjs`; this side echoes what
 //! the browser offers and, asked to `call`, offers a connection itself and checks the echoes.
-//! Needs Chromium and the npm packages that `scripts/test` installs.
+//! The second test runs the same scenarios relay-only on both sides through a local coturn
+//! with credentials from our `/api/turn`. Needs Chromium, coturn and the npm packages that
+//! `scripts/test` installs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(dead_code)]
+#[path = "../turn/api.rs"]
+mod api;
+#[allow(dead_code)]
+#[path = "../turn/coturn.rs"]
+mod coturn;
 
 use std::collections::BTreeMap;
 
 use kibitz_e2e::{Config, start};
 use kibitz_rtc::{
     BrokerConfig, ConnId, ConnectOptions, Event, Events, Identity, Message, PackValue, Peer,
-    PeerHandle, PeerOptions, Serialization,
+    PeerHandle, PeerOptions, RelayConfig, Serialization,
 };
 use tokio::time::Instant;
 
@@ -131,8 +140,8 @@ async fn serve(peer: PeerHandle, mut ev: Events) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_peerjs_in_chromium_with_a_rust_peer() {
+/// Starts the broker and the Rust peer (relay-only through `relay` if given), runs the page.
+async fn run(relay: Option<RelayConfig>, extra: &[&str]) {
     let broker = start(Config::default()).await;
     let port = broker.addr.port();
     let mut opts = PeerOptions::new(
@@ -140,10 +149,11 @@ async fn official_peerjs_in_chromium_with_a_rust_peer() {
         Identity::generate().unwrap(),
     );
     opts.id = Some("rust-peer".into());
+    opts.relay = relay;
     let (peer, ev) = Peer::connect(opts).await.unwrap();
     let server = tokio::spawn(serve(peer.clone(), ev));
     let port = port.to_string();
-    let args = [
+    let mut args = vec![
         "--host",
         "127.0.0.1",
         "--port",
@@ -151,10 +161,49 @@ async fn official_peerjs_in_chromium_with_a_rust_peer() {
         "--rust",
         "rust-peer",
     ];
+    args.extend_from_slice(extra);
     let res = kibitz_e2e::node_scenarios("node/rtc-browser.mjs", &args).await;
     peer.destroy();
     server.abort();
     if let Err(out) = res {
         panic!("browser scenarios failed:\n{out}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_peerjs_in_chromium_with_a_rust_peer() {
+    run(None, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_chromium_and_rust_peer_through_coturn() {
+    const SECRET: &str = "kibitz-rtc-browser-relay";
+    let turn = coturn::Coturn::start(&[SECRET]).await;
+    let api = api::start(&[SECRET], turn.port).await;
+    let cred = api.fetch().await;
+    let url = cred
+        .turn_urls
+        .iter()
+        .find(|u| u.ends_with("transport=udp"))
+        .expect("a turn: URI over udp")
+        .clone();
+    let relay = RelayConfig {
+        server: turn.addr(),
+        username: cred.username.clone(),
+        credential: cred.password.clone(),
+    };
+    let extra = [
+        "--turn-url",
+        url.as_str(),
+        "--turn-user",
+        cred.username.as_str(),
+        "--turn-pass",
+        cred.password.as_str(),
+    ];
+    run(Some(relay), &extra).await;
+    let line = format!(
+        "user <{}>: incoming packet CHANNEL_BIND processed, success",
+        cred.username
+    );
+    assert!(turn.log().contains(&line), "coturn saw no channel binding");
 }
