@@ -287,7 +287,7 @@ async fn two_peers_share_one_identity() {
     let broker = start(Config::default()).await;
     let port = broker.addr.port();
     let me = Identity::generate().unwrap();
-    let (presence, _p_ev) = peer(port, Some("me-presence"), &me).await;
+    let (presence, mut p_ev) = peer(port, Some("me-presence"), &me).await;
     let (media, _m_ev) = peer(port, Some("me-media"), &me).await;
     let (other, mut o_ev) = peer(port, Some("other"), &Identity::generate().unwrap()).await;
     for p in [&presence, &media] {
@@ -311,11 +311,32 @@ async fn two_peers_share_one_identity() {
     let (_dup, mut d_ev) = Peer::connect(opts).await.unwrap();
     next(&mut d_ev, |e| matches!(e, Event::IdTaken)).await;
     // Connecting to an id that never registers: EXPIRE from the broker closes the attempt.
+    // (the broker's expire timeout is 5 s).
     let ghost = presence
         .connect("ghost", ConnectOptions::default())
         .await
         .unwrap();
-    let _ = ghost;
+    let mut expired = false;
+    loop {
+        match next(&mut p_ev, |e| {
+            matches!(e, Event::Expire { .. })
+                || matches!(e, Event::ConnClosed { conn, .. } if *conn == ghost)
+        })
+        .await
+        {
+            Event::Expire { remote } => {
+                assert_eq!(remote, "ghost");
+                expired = true;
+            }
+            Event::ConnClosed { conn, reason } => {
+                assert_eq!(conn, ghost);
+                assert_eq!(reason, CloseReason::Left);
+                assert!(expired, "closed before EXPIRE");
+                break;
+            }
+            _ => unreachable!(),
+        }
+    }
     drop(other);
 }
 

@@ -345,12 +345,16 @@ impl PeerCore {
             ServerMsg::Error(message) => self.event(Event::Error { message }),
             ServerMsg::IdTaken => self.event(Event::IdTaken),
             ServerMsg::Expire { src } => {
+                self.event(Event::Expire {
+                    remote: src.clone(),
+                });
                 self.close_remote(now, &src, true);
-                self.event(Event::Expire { remote: src });
             }
             ServerMsg::Leave { src } => {
+                self.event(Event::Leave {
+                    remote: src.clone(),
+                });
                 self.close_remote(now, &src, false);
-                self.event(Event::Leave { remote: src });
             }
             ServerMsg::Offer { src, payload } => self.on_offer(now, src, payload),
             ServerMsg::Answer { src, payload } => self.on_answer(now, src, payload),

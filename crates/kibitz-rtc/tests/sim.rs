@@ -377,3 +377,52 @@ fn garbage_from_broker_network_and_remote_never_panics() {
         s.wire.is_empty() && s.broker.is_empty()
     });
 }
+
+#[test]
+fn heartbeats_every_five_seconds_only_while_the_broker_is_up() {
+    #[allow(clippy::disallowed_methods)]
+    let t0 = Instant::now();
+    let mut core = PeerCore::new(CoreConfig::new("p".into(), Identity::generate().unwrap()));
+    let beats = |core: &mut PeerCore| {
+        let mut n = 0;
+        while let Some(o) = core.poll_output() {
+            if o == Output::Signal(r#"{"type":"HEARTBEAT"}"#.into()) {
+                n += 1;
+            }
+        }
+        n
+    };
+    core.broker_connected(t0);
+    assert_eq!(core.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    let mut n = 0;
+    for s in 1..=12 {
+        core.handle_timeout(t0 + Duration::from_secs(s));
+        n += beats(&mut core);
+    }
+    assert_eq!(n, 2);
+    core.broker_disconnected();
+    assert!(matches!(
+        core.poll_output(),
+        Some(Output::Event(Event::Disconnected))
+    ));
+    core.handle_timeout(t0 + Duration::from_secs(30));
+    assert_eq!(beats(&mut core), 0);
+    assert_eq!(core.poll_timeout(), None);
+    // A connect while the broker is down waits for it: the OFFER goes out on reconnect.
+    core.add_socket("127.0.0.1:40000".parse().unwrap());
+    core.connect(t0, "q", "dc_1".into(), ConnectOptions::default())
+        .unwrap();
+    while let Some(o) = core.poll_output() {
+        assert!(!matches!(o, Output::Signal(_)), "signal while down: {o:?}");
+    }
+    core.broker_connected(t0 + Duration::from_secs(31));
+    let mut offers = 0;
+    while let Some(o) = core.poll_output() {
+        if let Output::Signal(s) = o
+            && s.starts_with(r#"{"type":"OFFER""#)
+        {
+            offers += 1;
+        }
+    }
+    assert_eq!(offers, 1);
+}
