@@ -135,6 +135,9 @@ pub struct CoreConfig {
     pub open_timeout: Duration,
     /// Largest message accepted (also bounds chunk reassembly).
     pub max_message: usize,
+    /// Most connections at once (each holds a socket and a WebRTC stack); OFFERs beyond are
+    /// refused and [`PeerCore::connect`] fails. Default 256.
+    pub max_connections: usize,
     /// Relay-only (`iceTransportPolicy: "relay"`): every connection allocates on this TURN
     /// server and advertises and uses only the relay address; no allocation, no connection.
     pub relay: Option<RelayConfig>,
@@ -152,6 +155,7 @@ impl CoreConfig {
             max_buffered: 8 << 20,
             open_timeout: Duration::from_secs(30),
             max_message: 16 << 20,
+            max_connections: 256,
             relay: None,
         }
     }
@@ -407,6 +411,15 @@ impl PeerCore {
         if let Some(old) = self.by_key.get(&key).copied() {
             self.close_with(now, old, CloseReason::Replaced);
         }
+        if self.conns.len() >= self.cfg.max_connections {
+            self.event(Event::SignalError(SignalError::Rejected {
+                kind: "OFFER",
+                src,
+                connection_id,
+                why: "too many connections".into(),
+            }));
+            return;
+        }
         let info = ConnInfo {
             label: p.label.clone().unwrap_or_else(|| connection_id.clone()),
             connection_id: connection_id.clone(),
@@ -603,6 +616,9 @@ impl PeerCore {
     ) -> Result<ConnId, String> {
         if remote.is_empty() || connection_id.is_empty() {
             return Err("empty remote id or connectionId".into());
+        }
+        if self.conns.len() >= self.cfg.max_connections {
+            return Err("too many connections".into());
         }
         let key = (remote.to_owned(), connection_id.clone());
         if self.by_key.contains_key(&key) {

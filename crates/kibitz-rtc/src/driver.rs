@@ -47,6 +47,8 @@ pub struct PeerOptions {
     pub open_timeout: Duration,
     /// Relay-only through this TURN server (see [`CoreConfig::relay`]).
     pub relay: Option<RelayConfig>,
+    /// Most connections at once (default 256; see [`CoreConfig::max_connections`]).
+    pub max_connections: usize,
 }
 
 impl PeerOptions {
@@ -64,6 +66,7 @@ impl PeerOptions {
             max_buffered: d.max_buffered,
             open_timeout: d.open_timeout,
             relay: None,
+            max_connections: d.max_connections,
         }
     }
 }
@@ -138,6 +141,7 @@ impl Peer {
         cfg.max_buffered = opts.max_buffered;
         cfg.open_timeout = opts.open_timeout;
         cfg.relay = opts.relay.clone();
+        cfg.max_connections = opts.max_connections;
         let mut core = PeerCore::new(cfg);
         core.broker_connected(now());
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();

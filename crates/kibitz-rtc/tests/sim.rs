@@ -426,3 +426,32 @@ fn heartbeats_every_five_seconds_only_while_the_broker_is_up() {
     }
     assert_eq!(offers, 1);
 }
+
+#[test]
+fn connections_are_bounded() {
+    #[allow(clippy::disallowed_methods)]
+    let t0 = Instant::now();
+    let mut cfg = CoreConfig::new("p".into(), Identity::generate().unwrap());
+    cfg.max_connections = 1;
+    let mut core = PeerCore::new(cfg);
+    core.broker_connected(t0);
+    for port in [40_001, 40_002, 40_003] {
+        core.add_socket(format!("127.0.0.1:{port}").parse().unwrap());
+    }
+    core.connect(t0, "q", "dc_1".into(), ConnectOptions::default())
+        .unwrap();
+    assert!(
+        core.connect(t0, "q", "dc_2".into(), ConnectOptions::default())
+            .is_err()
+    );
+    // Without a socket to spare, or over the bound, an OFFER is refused, never a panic.
+    let offer = r#"{"type":"OFFER","src":"r","dst":"p","payload":{"type":"data","connectionId":"dc_9","sdp":{"type":"offer","sdp":"v=0"}}}"#;
+    core.handle_signal(t0, offer);
+    let mut refused = false;
+    while let Some(o) = core.poll_output() {
+        if let Output::Event(Event::SignalError(e)) = o {
+            refused = e.to_string().contains("too many connections");
+        }
+    }
+    assert!(refused);
+}
