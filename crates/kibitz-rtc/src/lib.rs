@@ -21,8 +21,16 @@
 //!   channel arrives on that connection. OFFER/ANSWER/CANDIDATE use the payload shapes of
 //!   peerjs 1.5. There is no candidate gathering: the peer advertises the connection's UDP
 //!   socket address (with [`PeerOptions::host_ips`] when bound to `0.0.0.0`) in its SDP and
-//!   as trickled CANDIDATEs,
-//!   and learns the remote's from its SDP, its CANDIDATEs, or as peer-reflexive.
+//!   as trickled CANDIDATEs, and learns the remote's from its SDP, its CANDIDATEs, or as
+//!   peer-reflexive.
+//! - Relay-only ([`PeerOptions::relay`], `iceTransportPolicy: "relay"`): each connection's
+//!   socket talks to the TURN server only. The connection allocates (long-term credentials:
+//!   the `/api/turn` REST username and password), advertises nothing but the relay address
+//!   (trickled once allocated), installs a permission and channel for every remote candidate
+//!   (an ICE-controlled agent only answers checks, which the server would otherwise drop),
+//!   and refreshes. No allocation, no connection: a refused Allocate closes it at once
+//!   ([`CloseReason::Failed`]), an unreachable server lets the open timeout close it; there is
+//!   never a direct fallback.
 //! - Serializations ([`Serialization`]): `binary` (BinaryPack, chunked over 16 300 bytes,
 //!   via `kibitz_proto::binarypack`), `json` (UTF-8 JSON in a binary frame) and `raw`.
 //! - One DTLS certificate per [`Identity`]; give the same `Identity` to several peers (a
@@ -33,6 +41,8 @@
 //!   (queued here plus unacknowledged in SCTP); [`PeerHandle::send`] reports what is
 //!   buffered and refuses with [`SendError::Full`] beyond; [`Event::BufferedLow`] says when
 //!   to resume.
+//! - Events are not bounded: drain [`Events`] promptly. The driver reads every channel as
+//!   fast as data comes, so a consumer that stops reading lets the queue grow.
 //!
 //! # Errors
 //!
