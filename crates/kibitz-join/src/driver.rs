@@ -1,0 +1,558 @@
+//! The thin async layer: one task owns the room [`Engine`], carries out its [`NetCmd`]s on
+//! `kibitz-rtc` peers, feeds their events back, and keeps the engine's timer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kibitz_client::{
+    ConnId, Engine, Event, HostError, Input, NetCmd, NetEvent, Now, Output, Participant,
+    PeerFailure, PeerKey, RoomConfig, SendError,
+};
+use kibitz_proto::binarypack::Value;
+use kibitz_proto::content::Content;
+use kibitz_proto::grants::Grant;
+use kibitz_rtc::{
+    BrokerConfig, ConnectOptions, Event as RtcEvent, Identity, Message as RtcMessage, Peer,
+    PeerHandle, PeerOptions, RelayConfig,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+/// How a participant reaches the room.
+#[derive(Debug, Clone)]
+pub struct RoomOptions {
+    /// The broker both peers register with.
+    pub broker: BrokerConfig,
+    /// Relay-only through this TURN server (fail-closed), or direct.
+    pub relay: Option<RelayConfig>,
+    /// The DTLS identity both peers share (host commands and assertions bind to it).
+    pub identity: Identity,
+}
+
+/// A host action for [`RoomHandle::host`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostAction {
+    /// Waiting room on or off.
+    Lobby(bool),
+    /// Let a knocker in.
+    Admit(String),
+    /// Turn a knocker away.
+    Deny(String),
+    /// Remove a member (voiceId).
+    Remove(String),
+    /// Lock or unlock.
+    Lock(bool),
+    /// Clear everyone's chat.
+    Reset,
+}
+
+enum Command {
+    Join,
+    Leave(oneshot::Sender<()>),
+    Chat(String, Option<String>, oneshot::Sender<Result<usize, SendError>>),
+    Content(Content, Option<String>, oneshot::Sender<Result<usize, SendError>>),
+    Host(HostAction, oneshot::Sender<Result<(), HostError>>),
+    Grant(String, Grant, oneshot::Sender<Result<(), HostError>>),
+    Credit(Option<String>),
+    Participants(oneshot::Sender<Vec<Participant>>),
+    VoiceId(oneshot::Sender<Option<String>>),
+}
+
+/// Commands a running room. Cheap to clone; the room stops when every handle is dropped.
+#[derive(Debug, Clone)]
+pub struct RoomHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    fingerprint: String,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print content.
+        f.write_str(match self {
+            Command::Join => "Join",
+            Command::Leave(_) => "Leave",
+            Command::Chat(..) => "Chat",
+            Command::Content(..) => "Content",
+            Command::Host(..) => "Host",
+            Command::Grant(..) => "Grant",
+            Command::Credit(_) => "Credit",
+            Command::Participants(_) => "Participants",
+            Command::VoiceId(_) => "VoiceId",
+        })
+    }
+}
+
+/// The room task has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the room has stopped")]
+pub struct Stopped;
+
+impl RoomHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Our DTLS fingerprint.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Joins the call.
+    pub fn join(&self) {
+        let _ = self.tx.send(Command::Join);
+    }
+
+    /// Leaves the room (sends `leave`, closes everything) and waits until that went out.
+    pub async fn leave(&self) {
+        let _ = self.ask(Command::Leave).await;
+    }
+
+    /// Chat to everyone, or directed to one voiceId.
+    pub async fn chat(&self, text: &str, to: Option<&str>) -> Result<Result<usize, SendError>, Stopped> {
+        let (text, to) = (text.to_owned(), to.map(str::to_owned));
+        self.ask(|r| Command::Chat(text, to, r)).await
+    }
+
+    /// Any content envelope, to everyone or one voiceId.
+    pub async fn send(&self, content: Content, to: Option<&str>) -> Result<Result<usize, SendError>, Stopped> {
+        let to = to.map(str::to_owned);
+        self.ask(|r| Command::Content(content, to, r)).await
+    }
+
+    /// An app payload (`{k:'app', data}`), to everyone or one voiceId.
+    pub async fn app(&self, data: Value, to: Option<&str>) -> Result<Result<usize, SendError>, Stopped> {
+        self.send(Content::App { data }, to).await
+    }
+
+    /// A host action.
+    pub async fn host(&self, action: HostAction) -> Result<Result<(), HostError>, Stopped> {
+        self.ask(|r| Command::Host(action, r)).await
+    }
+
+    /// Host: set a member's grant.
+    pub async fn set_grant(&self, voice_id: &str, grant: Grant) -> Result<Result<(), HostError>, Stopped> {
+        let id = voice_id.to_owned();
+        self.ask(|r| Command::Grant(id, grant, r)).await
+    }
+
+    /// Presents a fresh agent credit.
+    pub fn set_agent_credit(&self, credit: Option<String>) {
+        let _ = self.tx.send(Command::Credit(credit));
+    }
+
+    /// The roster with grants.
+    pub async fn participants(&self) -> Result<Vec<Participant>, Stopped> {
+        self.ask(Command::Participants).await
+    }
+
+    /// Our voiceId, once the media peer is open.
+    pub async fn voice_id(&self) -> Result<Option<String>, Stopped> {
+        self.ask(Command::VoiceId).await
+    }
+}
+
+/// What a peer task reports.
+enum PeerMsg {
+    Failed(PeerFailure),
+    Event(RtcEvent),
+    Dialled(ConnId, Option<kibitz_rtc::ConnId>),
+}
+
+/// What a peer task is asked to do, in order.
+enum PeerOp {
+    Connect(ConnId, String),
+    Send(kibitz_rtc::ConnId, Value),
+    Close(kibitz_rtc::ConnId),
+}
+
+struct PeerSlot {
+    ops: mpsc::UnboundedSender<PeerOp>,
+}
+
+#[derive(Clone, Copy)]
+struct ConnSlot {
+    peer: PeerKey,
+    rtc: kibitz_rtc::ConnId,
+    incoming: bool,
+    open: bool,
+}
+
+struct Driver {
+    engine: Engine,
+    opts: RoomOptions,
+    start: Instant,
+    peers: BTreeMap<PeerKey, PeerSlot>,
+    conns: BTreeMap<ConnId, ConnSlot>,
+    by_rtc: BTreeMap<(PeerKey, kibitz_rtc::ConnId), ConnId>,
+    /// Engine connections closed before the peer task said which rtc connection they are.
+    dropped: BTreeSet<ConnId>,
+    remotes: BTreeMap<(PeerKey, kibitz_rtc::ConnId), String>,
+    next_incoming: u64,
+    peer_tx: mpsc::UnboundedSender<(PeerKey, PeerMsg)>,
+    events: mpsc::UnboundedSender<Event>,
+    deadline: u64,
+}
+
+/// The one audited clock read of this crate.
+#[allow(clippy::disallowed_methods)]
+fn wall() -> (Instant, u64) {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    (Instant::now(), unix)
+}
+
+/// Starts a participant: the engine runs in its own task until every handle is dropped or it
+/// leaves. Events arrive on the returned channel.
+pub fn start(mut room: RoomConfig, opts: RoomOptions) -> (RoomHandle, mpsc::UnboundedReceiver<Event>) {
+    let fingerprint = opts.identity.fingerprint().to_owned();
+    room.fingerprint = Some(fingerprint.clone());
+    let (start, unix) = wall();
+    let now = Now { ms: 0, unix_ms: unix };
+    let engine = Engine::new(room, now);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (peer_tx, peer_rx) = mpsc::unbounded_channel();
+    let driver = Driver {
+        engine,
+        opts,
+        start,
+        peers: BTreeMap::new(),
+        conns: BTreeMap::new(),
+        by_rtc: BTreeMap::new(),
+        dropped: BTreeSet::new(),
+        remotes: BTreeMap::new(),
+        next_incoming: 0,
+        peer_tx,
+        events: ev_tx,
+        deadline: u64::MAX,
+    };
+    tokio::spawn(driver.run(rx, peer_rx, unix));
+    (RoomHandle { tx, fingerprint }, ev_rx)
+}
+
+impl Driver {
+    fn now(&self, unix0: u64) -> Now {
+        let (instant, _) = wall();
+        let ms = instant.saturating_duration_since(self.start).as_millis() as u64;
+        Now {
+            ms,
+            unix_ms: unix0 + ms,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut cmds: mpsc::UnboundedReceiver<Command>,
+        mut peer_rx: mpsc::UnboundedReceiver<(PeerKey, PeerMsg)>,
+        unix0: u64,
+    ) {
+        let now = self.now(unix0);
+        self.engine.start(now);
+        self.drain();
+        loop {
+            let sleep_for = {
+                let now = self.now(unix0).ms;
+                Duration::from_millis(self.deadline.saturating_sub(now).min(3_600_000))
+            };
+            tokio::select! {
+                cmd = cmds.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    let now = self.now(unix0);
+                    let stop = self.command(now, cmd);
+                    self.drain();
+                    if stop {
+                        break;
+                    }
+                }
+                msg = peer_rx.recv() => {
+                    let Some((key, msg)) = msg else { break };
+                    let now = self.now(unix0);
+                    for ev in self.translate(key, msg) {
+                        self.engine.handle_input(now, Input::Net(ev));
+                        self.drain();
+                    }
+                }
+                () = tokio::time::sleep(sleep_for) => {
+                    let now = self.now(unix0);
+                    self.engine.handle_input(now, Input::Timeout);
+                    self.drain();
+                }
+            }
+        }
+        // Whatever is still open goes with the peers.
+        self.peers.clear();
+    }
+
+    /// Returns whether the room should stop.
+    fn command(&mut self, now: Now, cmd: Command) -> bool {
+        let e = &mut self.engine;
+        match cmd {
+            Command::Join => {
+                e.join(now);
+            }
+            Command::Leave(done) => {
+                e.leave(now);
+                self.drain();
+                let _ = done.send(());
+                return true;
+            }
+            Command::Chat(text, to, r) => {
+                let _ = r.send(e.chat(now, &text, to.as_deref()));
+            }
+            Command::Content(c, to, r) => {
+                let _ = r.send(e.send_content(now, &c, to.as_deref()));
+            }
+            Command::Host(a, r) => {
+                let res = match a {
+                    HostAction::Lobby(on) => e.set_lobby(now, on),
+                    HostAction::Admit(id) => e.admit(now, &id),
+                    HostAction::Deny(id) => e.deny(now, &id),
+                    HostAction::Remove(id) => e.remove(now, &id),
+                    HostAction::Lock(on) => e.set_locked(now, on),
+                    HostAction::Reset => e.reset(now),
+                };
+                let _ = r.send(res);
+            }
+            Command::Grant(id, g, r) => {
+                let _ = r.send(e.set_capability_grant(now, &id, g));
+            }
+            Command::Credit(c) => e.set_agent_credit(now, c),
+            Command::Participants(r) => {
+                let _ = r.send(e.participants());
+            }
+            Command::VoiceId(r) => {
+                let _ = r.send(e.voice_id().map(str::to_owned));
+            }
+        }
+        false
+    }
+
+    fn drain(&mut self) {
+        loop {
+            match self.engine.poll_output() {
+                Output::Timeout(t) => {
+                    self.deadline = t;
+                    return;
+                }
+                Output::Event(ev) => {
+                    let _ = self.events.send(ev);
+                }
+                Output::Net(cmd) => self.net(cmd),
+            }
+        }
+    }
+
+    fn net(&mut self, cmd: NetCmd) {
+        match cmd {
+            NetCmd::OpenPeer { key, id, .. } => self.open_peer(key, id),
+            NetCmd::ClosePeer { key } => {
+                // Dropping the op sender ends the peer task, which destroys the peer.
+                self.peers.remove(&key);
+                self.conns.retain(|_, c| c.peer != key);
+                self.by_rtc.retain(|(k, _), _| *k != key);
+                self.remotes.retain(|(k, _), _| *k != key);
+            }
+            NetCmd::Connect { peer, conn, remote } => {
+                if let Some(p) = self.peers.get(&peer) {
+                    let _ = p.ops.send(PeerOp::Connect(conn, remote));
+                }
+            }
+            NetCmd::Send { conn, frame } => {
+                if let Some(c) = self.conns.get(&conn)
+                    && let Some(p) = self.peers.get(&c.peer)
+                {
+                    let _ = p.ops.send(PeerOp::Send(c.rtc, frame));
+                }
+            }
+            NetCmd::Close { conn } => match self.conns.remove(&conn) {
+                Some(c) => {
+                    self.by_rtc.remove(&(c.peer, c.rtc));
+                    if let Some(p) = self.peers.get(&c.peer) {
+                        let _ = p.ops.send(PeerOp::Close(c.rtc));
+                    }
+                }
+                None => {
+                    self.dropped.insert(conn);
+                }
+            },
+        }
+    }
+
+    fn open_peer(&mut self, key: PeerKey, id: Option<String>) {
+        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+        self.peers.insert(key, PeerSlot { ops: ops_tx });
+        let mut o = PeerOptions::new(self.opts.broker.clone(), self.opts.identity.clone());
+        o.id = id;
+        o.relay = self.opts.relay.clone();
+        tokio::spawn(peer_task(key, o, ops_rx, self.peer_tx.clone()));
+    }
+
+    /// Turns what a peer task reported into engine input.
+    fn translate(&mut self, key: PeerKey, msg: PeerMsg) -> Vec<NetEvent> {
+        if !self.peers.contains_key(&key) {
+            return Vec::new();
+        }
+        match msg {
+            PeerMsg::Failed(failure) => {
+                self.peers.remove(&key);
+                vec![NetEvent::PeerFailed { key, failure }]
+            }
+            PeerMsg::Dialled(conn, rtc) => {
+                let closed = self.dropped.remove(&conn);
+                match rtc {
+                    Some(rtc) if !closed => {
+                        self.conns.insert(conn, ConnSlot { peer: key, rtc, incoming: false, open: false });
+                        self.by_rtc.insert((key, rtc), conn);
+                        Vec::new()
+                    }
+                    Some(rtc) => {
+                        if let Some(p) = self.peers.get(&key) {
+                            let _ = p.ops.send(PeerOp::Close(rtc));
+                        }
+                        Vec::new()
+                    }
+                    None => vec![NetEvent::ConnFailed { conn }],
+                }
+            }
+            PeerMsg::Event(ev) => self.rtc_event(key, ev),
+        }
+    }
+
+    fn rtc_event(&mut self, key: PeerKey, ev: RtcEvent) -> Vec<NetEvent> {
+        match ev {
+            RtcEvent::Open { id } => vec![NetEvent::PeerOpen { key, id }],
+            RtcEvent::IdTaken => {
+                self.peers.remove(&key);
+                vec![NetEvent::PeerFailed { key, failure: PeerFailure::IdTaken }]
+            }
+            RtcEvent::Error { .. } | RtcEvent::Disconnected => {
+                // The broker is gone for this peer: the engine decides what to rebuild.
+                self.peers.remove(&key);
+                vec![NetEvent::PeerFailed { key, failure: PeerFailure::Lost }]
+            }
+            RtcEvent::Connection { conn, remote, .. } => {
+                self.remotes.insert((key, conn), remote);
+                Vec::new()
+            }
+            RtcEvent::ConnOpen { conn, remote, remote_fingerprint } => {
+                match self.by_rtc.get(&(key, conn)).copied() {
+                    Some(c) => {
+                        if let Some(slot) = self.conns.get_mut(&c) {
+                            slot.open = true;
+                        }
+                        vec![NetEvent::Open { conn: c, fingerprint: Some(remote_fingerprint) }]
+                    }
+                    None if self.remotes.remove(&(key, conn)).is_some() => {
+                        self.next_incoming += 1;
+                        let c = ConnId::incoming(self.next_incoming);
+                        self.conns.insert(c, ConnSlot { peer: key, rtc: conn, incoming: true, open: true });
+                        self.by_rtc.insert((key, conn), c);
+                        vec![NetEvent::Incoming { peer: key, conn: c, remote, fingerprint: Some(remote_fingerprint) }]
+                    }
+                    None => Vec::new(),
+                }
+            }
+            RtcEvent::Data { conn, value } => {
+                let Some(c) = self.by_rtc.get(&(key, conn)).copied() else {
+                    return Vec::new();
+                };
+                match value {
+                    RtcMessage::Pack(frame) => vec![NetEvent::Data { conn: c, frame }],
+                    // The room speaks BinaryPack only; anything else on its channels is noise.
+                    _ => Vec::new(),
+                }
+            }
+            RtcEvent::ConnClosed { conn, .. } => {
+                self.remotes.remove(&(key, conn));
+                let Some(c) = self.by_rtc.remove(&(key, conn)) else {
+                    return Vec::new();
+                };
+                match self.conns.remove(&c) {
+                    Some(slot) if slot.open || slot.incoming => vec![NetEvent::Closed { conn: c }],
+                    Some(_) => vec![NetEvent::ConnFailed { conn: c }],
+                    None => Vec::new(),
+                }
+            }
+            RtcEvent::Leave { remote } => vec![NetEvent::Left { peer: key, remote }],
+            // EXPIRE closes the unopened connections it concerns (handled above); the rest is
+            // nothing the room acts on.
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// One peer: registers, then carries out ops in order and forwards events.
+async fn peer_task(
+    key: PeerKey,
+    opts: PeerOptions,
+    mut ops: mpsc::UnboundedReceiver<PeerOp>,
+    out: mpsc::UnboundedSender<(PeerKey, PeerMsg)>,
+) {
+    let (peer, mut events) = match Peer::connect(opts).await {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "peer could not start");
+            let _ = out.send((key, PeerMsg::Failed(PeerFailure::Error)));
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            op = ops.recv() => {
+                let Some(op) = op else { break };
+                if !run_op(&peer, key, op, &out).await {
+                    break;
+                }
+            }
+            ev = events.recv() => {
+                let Some(ev) = ev else {
+                    let _ = out.send((key, PeerMsg::Failed(PeerFailure::Lost)));
+                    break;
+                };
+                if out.send((key, PeerMsg::Event(ev))).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // A `leave` queued just before may still be in flight: give it a moment on the wire.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    peer.destroy();
+}
+
+async fn run_op(
+    peer: &PeerHandle,
+    key: PeerKey,
+    op: PeerOp,
+    out: &mpsc::UnboundedSender<(PeerKey, PeerMsg)>,
+) -> bool {
+    match op {
+        PeerOp::Connect(conn, remote) => {
+            let opts = ConnectOptions {
+                reliable: true,
+                ..ConnectOptions::default()
+            };
+            let rtc = match peer.connect(&remote, opts).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    debug!(error = %e, "dial failed");
+                    None
+                }
+            };
+            out.send((key, PeerMsg::Dialled(conn, rtc))).is_ok()
+        }
+        PeerOp::Send(conn, frame) => {
+            if let Err(e) = peer.send(conn, RtcMessage::Pack(frame)).await {
+                debug!(error = %e, "send refused");
+            }
+            true
+        }
+        PeerOp::Close(conn) => {
+            peer.close(conn);
+            true
+        }
+    }
+}
