@@ -32,6 +32,10 @@
 //! its lease and re-asserts every id it still holds; an id another client took meanwhile is
 //! closed here. If the registry lost its data (its `{p}epoch` changed), claims are refused
 //! cluster-wide for one lease period (`{p}settle`), so every live node can re-assert first.
+//! A node keeps every message it handed to Redis for that message's queue lifetime (bounded
+//! by `max_queued_total`); when it finds the registry lost its data it hands them again,
+//! numbered, and receivers drop numbers they have seen, so unread inbox entries and offline
+//! queues that died with Redis are not lost.
 
 use crate::core::{Claim, ConnId, Forward};
 use crate::hub::Hub;
@@ -39,7 +43,7 @@ use crate::metrics::Metrics;
 use kibitz_proto::peerjs::MessageType;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,6 +80,8 @@ const INBOX_COUNT: usize = 1024;
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// Ids re-asserted per script call.
 const REASSERT_BATCH: usize = 500;
+/// Message numbers each node remembers for dropping repeats.
+const SEEN_CAP: usize = 200_000;
 /// How long a cross-node re-attach waits for the old node to confirm.
 const ACK_WAIT: Duration = Duration::from_secs(1);
 
@@ -91,13 +97,16 @@ pub(crate) enum Cmd {
         id: Arc<str>,
         reg: u64,
     },
-    Forward(Forward),
+    /// A message, and its number on this node (0 until the driver numbers it): receivers
+    /// drop a number they have seen, so handing a message to Redis twice delivers it once.
+    Forward(Forward, u64),
 }
 
 /// A message waiting for the registry.
 #[derive(Debug)]
 struct Waiting {
     fwd: Forward,
+    seq: u64,
     deadline: Instant,
 }
 
@@ -116,6 +125,9 @@ pub(crate) struct Cluster {
     /// Re-attaches from another node, answered once that node confirms it stopped
     /// delivering to its socket: (id, socket, answer, give up at).
     acks: Mutex<Vec<(String, ConnId, Claim, Instant)>>,
+    /// Message numbers delivered here lately (set, and its order for eviction): a message
+    /// handed to Redis again is delivered once.
+    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -152,7 +164,27 @@ impl Cluster {
             client,
             scripts: Scripts::new(),
             acks: Mutex::new(Vec::new()),
+            seen: Mutex::new((HashSet::new(), VecDeque::new())),
         }
+    }
+
+    /// Whether message number `mid` is new here (and remembers it).
+    fn fresh(&self, mid: &str) -> bool {
+        if mid.is_empty() {
+            return true;
+        }
+        let mut guard = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (set, order) = &mut *guard;
+        if !set.insert(mid.to_owned()) {
+            return false;
+        }
+        order.push_back(mid.to_owned());
+        if order.len() > SEEN_CAP
+            && let Some(old) = order.pop_front()
+        {
+            set.remove(&old);
+        }
+        true
     }
 
     fn acks(&self) -> std::sync::MutexGuard<'_, Vec<(String, ConnId, Claim, Instant)>> {
@@ -321,7 +353,7 @@ local function pop(r)
   if #msgs > 0 then
     redis.call('DEL', q)
     redis.call('ZREM', p..'qd', id)
-    redis.call('DECRBY', p..'queued', #msgs / 2)
+    redis.call('DECRBY', p..'queued', #msgs / 3)
   end
   for _, m in ipairs(msgs) do r[#r + 1] = m end
   return r
@@ -376,19 +408,19 @@ if notice and held(src) then return 'held' end
 local owner = held(dst)
 if owner and not (requeue and owner == me) then
   redis.call('XADD', p..'inbox:'..owner, 'MAXLEN', '~', 100000, '*',
-    't', 'm', 'k', kind, 's', src, 'd', dst, 'm', text)
+    't', 'm', 'k', kind, 's', src, 'd', dst, 'm', text, 'i', ARGV[12])
   return 'sent'
 end
 if kind == 'LEAVE' or kind == 'EXPIRE' then return 'dropped' end
 if tonumber(redis.call('GET', p..'queued') or '0') >= tonumber(ARGV[11]) then return 'full' end
 local q = p..'q:'..dst
 local len = redis.call('LLEN', q)
-if len >= 2 * tonumber(ARGV[10]) then return 'full' end
+if len >= 3 * tonumber(ARGV[10]) then return 'full' end
 if len == 0 then
   local t = redis.call('TIME')
   redis.call('ZADD', p..'qd', t[1] * 1000 + math.floor(t[2] / 1000) + ttl, dst)
 end
-redis.call('RPUSH', q, src, text)
+redis.call('RPUSH', q, src, text, ARGV[12])
 redis.call('INCR', p..'queued')
 return 'queued'
 "#;
@@ -404,9 +436,9 @@ for _, dst in ipairs(due) do
   local msgs = redis.call('LRANGE', q, 0, -1)
   redis.call('DEL', q)
   redis.call('ZREM', p..'qd', dst)
-  if #msgs > 0 then redis.call('DECRBY', p..'queued', #msgs / 2) end
+  if #msgs > 0 then redis.call('DECRBY', p..'queued', #msgs / 3) end
   local seen, r = {}, {dst}
-  for i = 1, #msgs, 2 do
+  for i = 1, #msgs, 3 do
     if not seen[msgs[i]] then
       seen[msgs[i]] = true
       r[#r + 1] = msgs[i]
@@ -450,7 +482,7 @@ for i = 3, #ARGV, 3 do
     if #msgs > 0 then
       redis.call('DEL', q)
       redis.call('ZREM', p..'qd', id)
-      redis.call('DECRBY', p..'queued', #msgs / 2)
+      redis.call('DECRBY', p..'queued', #msgs / 3)
       local r = {'queued', id}
       for _, m in ipairs(msgs) do r[#r + 1] = m end
       out[#out + 1] = r
@@ -546,16 +578,18 @@ fn text(v: Value) -> Option<String> {
     }
 }
 
-/// `[src, frame, src, frame, …]` → pairs.
-fn pairs(rest: impl Iterator<Item = Value>) -> Vec<(String, String)> {
+/// Queued messages `[src, frame, number, …]` → (src, frame), without numbers this node has
+/// already delivered.
+fn queued(rest: impl Iterator<Item = Value>, c: &Cluster) -> Vec<(String, String)> {
     let flat: Vec<String> = rest.filter_map(text).collect();
-    flat.chunks_exact(2)
-        .map(|c| (c[0].clone(), c[1].clone()))
+    flat.chunks_exact(3)
+        .filter(|m| c.fresh(&m[2]))
+        .map(|m| (m[0].clone(), m[1].clone()))
         .collect()
 }
 
 /// The claim's answer, and the node the id was re-attached from (if another one).
-fn parse_claim(v: Value) -> (Claim, Option<String>) {
+fn parse_claim(v: Value, c: &Cluster) -> (Claim, Option<String>) {
     let mut it = items(v).into_iter();
     let tag = it.next().and_then(text).unwrap_or_default();
     let claim = match tag.as_str() {
@@ -566,7 +600,7 @@ fn parse_claim(v: Value) -> (Claim, Option<String>) {
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(0);
             let from = it.next().and_then(text).filter(|n| !n.is_empty());
-            let queued = pairs(it);
+            let queued = queued(it, c);
             return (
                 if tag == "new" {
                     Claim::New { reg, queued }
@@ -617,6 +651,10 @@ pub(crate) async fn run(hub: Arc<Hub>, stop: CancellationToken) {
         cluster: cluster.clone(),
         waiting: VecDeque::new(),
         epoch: String::new(),
+        recent: VecDeque::new(),
+        lost_data: false,
+        replay_at: None,
+        next_seq: 0,
     };
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -673,6 +711,15 @@ struct Driver {
     waiting: VecDeque<Waiting>,
     /// The registry's epoch as this node last saw it ("" before the first hello).
     epoch: String,
+    /// Messages handed to the registry within their queue lifetime, oldest first:
+    /// (until, number, message), kept to hand again if the registry loses its data.
+    recent: VecDeque<(Instant, u64, Forward)>,
+    /// Set by a hello that found the registry's data lost.
+    lost_data: bool,
+    /// When to hand `recent` to the registry again after it lost its data.
+    replay_at: Option<Instant>,
+    /// The last message number given out.
+    next_seq: u64,
 }
 
 impl Driver {
@@ -685,19 +732,42 @@ impl Driver {
                     .claim_result(conn, Claim::Unavailable(MSG_UNAVAILABLE)),
                 // Re-asserting after the outage replaces this node's id set wholesale.
                 Cmd::Release { .. } => {}
-                Cmd::Forward(fwd) => self.wait(fwd),
+                Cmd::Forward(fwd, seq) => {
+                    let seq = self.number(seq);
+                    self.wait(fwd, seq);
+                }
             }
         }
         self.expire_waiting();
     }
 
-    fn wait(&mut self, fwd: Forward) {
+    /// Keeps a message handed to the registry for its queue lifetime (bounded).
+    fn remember(&mut self, fwd: Forward, seq: u64) {
+        let t = now();
+        while self.recent.front().is_some_and(|(until, _, _)| *until <= t)
+            || self.recent.len() >= self.hub.config.limits.max_queued_total
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((t + fwd.ttl, seq, fwd));
+    }
+
+    /// Numbers a message the first time the driver sees it.
+    fn number(&mut self, seq: u64) -> u64 {
+        if seq != 0 {
+            return seq;
+        }
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn wait(&mut self, fwd: Forward, seq: u64) {
         if self.waiting.len() >= self.hub.config.limits.max_queued_total {
             self.hub.metrics.rejected("queue_full");
             return;
         }
         let deadline = now() + fwd.ttl;
-        self.waiting.push_back(Waiting { fwd, deadline });
+        self.waiting.push_back(Waiting { fwd, seq, deadline });
         self.hub
             .metrics
             .cluster_pending
@@ -750,12 +820,32 @@ impl Driver {
         self.reassert(con).await?;
         c.set_up(true, &self.hub.metrics);
         tracing::info!(node = %c.node, "cluster registry connected");
-        // Messages that waited for the registry go first, in order.
-        let waiting: Vec<Forward> = self.waiting.drain(..).map(|w| w.fwd).collect();
+        // If Redis lost its data, what this node handed it within one queue lifetime may be
+        // gone (unread inbox entries, offline queues): hand it again (receivers drop
+        // repeats). Then the messages that waited for the registry, in order.
+        if std::mem::take(&mut self.lost_data) {
+            // After one lease every live node has re-asserted its ids, so most of these find
+            // their receiver's inbox (which drops what it already had) rather than a queue.
+            self.replay_at = Some(now() + c.cfg.lease);
+        }
+        let again: Vec<Cmd> = self
+            .waiting
+            .drain(..)
+            .map(|w| Cmd::Forward(w.fwd, w.seq))
+            .collect();
         self.hub.metrics.cluster_pending.set(0.0);
-        if !waiting.is_empty() {
-            self.exec(con, waiting.into_iter().map(Cmd::Forward).collect())
-                .await?;
+        let mut again = again.into_iter().peekable();
+        while again.peek().is_some() {
+            let batch: Vec<Cmd> = again.by_ref().take(BATCH).collect();
+            if let Err(e) = self.exec(con, batch).await {
+                // Whatever was not tried yet waits for the next connection too.
+                for cmd in again {
+                    if let Cmd::Forward(f, seq) = cmd {
+                        self.wait(f, seq);
+                    }
+                }
+                return Err(e);
+            }
         }
         let mut renew = tokio::time::interval(c.cfg.lease / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -794,6 +884,24 @@ impl Driver {
                         self.hub.claim_result(conn, claim);
                     }
                     self.sweep(con).await?;
+                    if self.replay_at.is_some_and(|at| at <= now()) {
+                        self.replay_at = None;
+                        let t = now();
+                        let again: Vec<(Forward, u64)> = self
+                            .recent
+                            .drain(..)
+                            .filter(|(until, _, _)| *until > t)
+                            .map(|(_, seq, f)| (f, seq))
+                            .collect();
+                        tracing::warn!(
+                            messages = again.len(),
+                            "handing recent messages to the registry again"
+                        );
+                        for batch in again.chunks(BATCH) {
+                            let cmds = batch.iter().map(|(f, seq)| Cmd::Forward(f.clone(), *seq));
+                            self.exec(con, cmds.collect()).await?;
+                        }
+                    }
                 }
                 first = rx.recv() => {
                     let Some(first) = first else { return Ok(()) };
@@ -802,6 +910,11 @@ impl Driver {
                         match rx.try_recv() {
                             Ok(cmd) => batch.push(cmd),
                             Err(_) => break,
+                        }
+                    }
+                    for cmd in &mut batch {
+                        if let Cmd::Forward(_, seq) = cmd {
+                            *seq = self.number(*seq);
                         }
                     }
                     self.exec(con, batch).await?;
@@ -823,6 +936,7 @@ impl Driver {
             .map_err(|_| Broken::Io)?;
         if !self.epoch.is_empty() && self.epoch != epoch {
             tracing::warn!("cluster registry lost its data; claims pause for one lease");
+            self.lost_data = true;
         }
         self.epoch = epoch;
         Ok(())
@@ -863,7 +977,7 @@ impl Driver {
                     tracing::warn!("an id held here was taken elsewhere during a registry outage");
                     self.hub.lost(&id);
                 } else {
-                    let msgs = pairs(it);
+                    let msgs = queued(it, &c);
                     self.hub.remote(
                         msgs.into_iter()
                             .map(|(src, text)| (MessageType::Offer, src, id.clone(), text))
@@ -932,8 +1046,9 @@ impl Driver {
                         &reg.to_string(),
                     ]));
                 }
-                Cmd::Forward(f) => {
+                Cmd::Forward(f, seq) => {
                     let ttl = f.ttl.as_millis().to_string();
+                    let mid = format!("{}.{seq}", c.node);
                     pipe.add_command(c.scripts.route.call(&[
                         c.p(),
                         &c.node,
@@ -946,6 +1061,7 @@ impl Driver {
                         if f.notice { "1" } else { "0" },
                         &per_dst,
                         &total,
+                        &mid,
                     ]));
                 }
             }
@@ -960,7 +1076,7 @@ impl Driver {
                             .hub
                             .claim_result(conn, Claim::Unavailable(MSG_UNAVAILABLE)),
                         Cmd::Release { .. } => {}
-                        Cmd::Forward(f) => self.wait(f),
+                        Cmd::Forward(f, seq) => self.wait(f, seq),
                     }
                 }
                 return Err(Broken::Io);
@@ -973,7 +1089,7 @@ impl Driver {
                     if matches!(text_tag(&v).as_deref(), Some("stale")) {
                         broken = true;
                     }
-                    match parse_claim(v) {
+                    match parse_claim(v, &c) {
                         // Re-attached from another node: answer once that node stopped
                         // delivering to its socket, so no relay reaches the old socket after
                         // the new one is in use.
@@ -989,17 +1105,19 @@ impl Driver {
                     self.hub
                         .claim_result(conn, Claim::Unavailable(MSG_UNAVAILABLE));
                 }
-                (Cmd::Forward(f), Ok(v)) => {
-                    if matches!(text(v).as_deref(), Some("sent")) {
+                (Cmd::Forward(f, seq), Ok(v)) => {
+                    let outcome = text(v);
+                    if matches!(outcome.as_deref(), Some("sent")) {
                         self.hub.metrics.cluster_out.increment(1);
-                    } else {
-                        let _ = f;
+                    }
+                    if matches!(outcome.as_deref(), Some("sent" | "queued")) {
+                        self.remember(f, seq);
                     }
                 }
-                (Cmd::Forward(f), Err(e)) => {
+                (Cmd::Forward(f, seq), Err(e)) => {
                     tracing::debug!(error = %e, "route failed; the message waits");
                     broken = true;
-                    self.wait(f);
+                    self.wait(f, seq);
                 }
                 (Cmd::Release { .. }, _) => {}
             }
@@ -1084,6 +1202,9 @@ async fn inbox(hub: Arc<Hub>, stop: CancellationToken) {
                     };
                     match get("t").as_deref() {
                         Some("m") => {
+                            if get("i").is_some_and(|i| !c.fresh(&i)) {
+                                continue;
+                            }
                             if let (Some(k), Some(s), Some(d), Some(m)) =
                                 (get("k"), get("s"), get("d"), get("m"))
                             {

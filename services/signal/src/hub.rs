@@ -94,7 +94,7 @@ impl Inner {
                 }
                 Output::Forward(f) => {
                     if let Some(c) = cluster {
-                        c.send(Cmd::Forward(f));
+                        c.send(Cmd::Forward(f, 0));
                     }
                 }
             }
