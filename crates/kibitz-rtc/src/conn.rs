@@ -255,6 +255,11 @@ impl DataConn {
         Ok((conn, answer.to_sdp_string()))
     }
 
+    /// Whether an ANSWER is expected (offering side, before it came).
+    pub fn awaiting_answer(&self) -> bool {
+        self.pending_offer.is_some()
+    }
+
     /// Takes the remote ANSWER (offering side only).
     pub fn accept_answer(&mut self, now: Instant, sdp: &str) -> Result<(), String> {
         let pending = self
@@ -345,7 +350,9 @@ impl DataConn {
         }
         let Some(turn) = self.turn.as_mut() else {
             let destination = self.destination(source);
-            if let Some(input) = receive(now, source, destination, buf) {
+            if let Some(input) = receive(now, source, destination, buf)
+                && self.rtc.accepts(&input)
+            {
                 self.handle_input(input, out);
             }
             return;
@@ -357,6 +364,7 @@ impl DataConn {
             TurnInput::Data { peer, data } => {
                 if let Some(relay) = turn.relay()
                     && let Some(input) = receive(now, peer, relay, &data)
+                    && self.rtc.accepts(&input)
                 {
                     self.handle_input(input, out);
                 }

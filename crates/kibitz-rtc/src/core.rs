@@ -488,6 +488,11 @@ impl PeerCore {
             return self.bad("ANSWER", &src, "no answer sdp");
         };
         let res = match self.conns.get_mut(&id) {
+            // A stray ANSWER (we answered, or it already came) is refused; the connection
+            // stays as it is.
+            Some(c) if !c.awaiting_answer() => {
+                return self.bad("ANSWER", &src, "no offer outstanding");
+            }
             Some(c) => c.accept_answer(now, &sdp.sdp),
             None => return,
         };

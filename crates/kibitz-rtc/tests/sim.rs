@@ -376,6 +376,24 @@ fn garbage_from_broker_network_and_remote_never_panics() {
     sim.run_until(Duration::from_secs(5), |s| {
         s.wire.is_empty() && s.broker.is_empty()
     });
+    // Strangers' datagrams did not break the connection: it still carries data.
+    let before = sim.nodes[1].events.len();
+    let now = sim.now;
+    sim.nodes[0]
+        .core
+        .send(now, conn, Message::Bytes(vec![0xc1, 0xff]))
+        .unwrap();
+    sim.run_until(Duration::from_secs(5), |s| {
+        s.nodes[1].events[before..]
+            .iter()
+            .any(|e| matches!(e, Event::ConnError { .. }))
+    });
+    assert!(
+        !sim.nodes[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::ConnClosed { .. }))
+    );
 }
 
 #[test]
