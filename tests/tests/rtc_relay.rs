@@ -12,10 +12,9 @@ mod api;
 #[path = "../turn/coturn.rs"]
 mod coturn;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use coturn::{Coturn, parse_turn_uri};
+use coturn::Coturn;
 use kibitz_e2e::{Config, start};
 use kibitz_rtc::{
     BrokerConfig, CloseReason, ConnectOptions, Event, Events, Identity, Message, PackValue, Peer,
@@ -56,19 +55,12 @@ async fn peer(
     (h, ev)
 }
 
-fn relay_from(cred: &api::Credential) -> RelayConfig {
-    let (host, port, _) = cred
-        .turn_urls
-        .iter()
-        .filter_map(|u| parse_turn_uri(u))
-        .find(|(_, _, t)| t == "udp")
-        .expect("a turn: URI over udp");
-    let server: SocketAddr = format!("{host}:{port}").parse().unwrap();
-    RelayConfig {
-        server,
-        username: cred.username.clone(),
-        credential: cred.password.clone(),
-    }
+/// The relay as a client reads it from `/api/turn`'s raw answer.
+async fn relay_from(api: &api::Api) -> RelayConfig {
+    let (status, body) = api::get(api.addr, "/api/turn").await;
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    RelayConfig::from_ice_servers(&body).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,8 +71,8 @@ async fn relay_only_peers_connect_through_coturn_and_fail_closed_without_it() {
         .try_init();
     let turn = Coturn::start(&[SECRET]).await;
     let api = api::start(&[SECRET], turn.port).await;
-    let cred = api.fetch().await;
-    let relay = relay_from(&cred);
+    let relay = relay_from(&api).await;
+    assert_eq!(relay.server, turn.addr());
     let broker = start(Config::default()).await;
     let port = broker.addr.port();
 

@@ -89,4 +89,4 @@ pub use identity::{Identity, IdentityError};
 pub use kibitz_proto::binarypack::Value as PackValue;
 pub use message::{ConnId, ConnInfo, ConnectOptions, Message, Serialization};
 pub use signal::SignalError;
-pub use turn::RelayConfig;
+pub use turn::{RelayConfig, RelayError};

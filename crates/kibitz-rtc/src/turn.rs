@@ -32,6 +32,89 @@ impl std::fmt::Debug for RelayConfig {
     }
 }
 
+/// Why a relay could not be configured from `/api/turn`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// No `turn:` URL over UDP with a username and credential (`turns:` and TCP are not
+    /// supported).
+    #[error("no UDP turn: server in the ICE servers")]
+    NoTurn,
+    /// The URL is not `turn:HOST[:PORT][?transport=udp]`.
+    #[error("bad turn URL {0:?}")]
+    BadUrl(String),
+    /// The host did not resolve.
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+}
+
+/// `turn:HOST[:PORT][?transport=udp]` as `(host, port)`; `None` for `turns:`, TCP, garbage.
+fn parse_turn_url(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("turn:")?;
+    let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let transport = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("transport="))
+        .unwrap_or("udp");
+    if transport != "udp" || hostport.is_empty() {
+        return None;
+    }
+    if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => 3478,
+            None => return None,
+        };
+        return Some((host.to_owned(), port));
+    }
+    match hostport.rsplit_once(':') {
+        Some((host, port)) => Some((host.to_owned(), port.parse().ok()?)),
+        None => Some((hostport.to_owned(), 3478)),
+    }
+}
+
+impl RelayConfig {
+    /// From one `turn:` URL (UDP) and its credentials; resolves the host.
+    pub async fn from_url(url: &str, username: &str, credential: &str) -> Result<Self, RelayError> {
+        let (host, port) = parse_turn_url(url).ok_or_else(|| RelayError::BadUrl(url.into()))?;
+        let found = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next());
+        let server = found.ok_or(RelayError::Resolve(host))?;
+        Ok(RelayConfig {
+            server,
+            username: username.to_owned(),
+            credential: credential.to_owned(),
+        })
+    }
+
+    /// The first UDP `turn:` server of an `/api/turn` answer (its `iceServers`, or the bare
+    /// list), with that entry's `username` and `credential`.
+    pub async fn from_ice_servers(body: &serde_json::Value) -> Result<Self, RelayError> {
+        let list = body.get("iceServers").unwrap_or(body);
+        let entries = list.as_array().ok_or(RelayError::NoTurn)?;
+        for e in entries {
+            let (Some(user), Some(cred)) = (
+                e.get("username").and_then(|v| v.as_str()),
+                e.get("credential").and_then(|v| v.as_str()),
+            ) else {
+                continue;
+            };
+            let urls: Vec<&str> = match e.get("urls") {
+                Some(serde_json::Value::String(u)) => vec![u.as_str()],
+                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|u| u.as_str()).collect(),
+                _ => continue,
+            };
+            if let Some(url) = urls.into_iter().find(|u| parse_turn_url(u).is_some()) {
+                return Self::from_url(url, user, cred).await;
+            }
+        }
+        Err(RelayError::NoTurn)
+    }
+}
+
 const MAGIC: u32 = 0x2112_A442;
 const ALLOCATE: u16 = 0x003;
 const REFRESH: u16 = 0x004;
@@ -609,6 +692,28 @@ impl TurnClient {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn turn_urls() {
+        assert_eq!(
+            parse_turn_url("turn:127.0.0.1:3478?transport=udp"),
+            Some(("127.0.0.1".into(), 3478))
+        );
+        assert_eq!(
+            parse_turn_url("turn:example.org"),
+            Some(("example.org".into(), 3478))
+        );
+        assert_eq!(parse_turn_url("turn:[::1]:9"), Some(("::1".into(), 9)));
+        for bad in [
+            "turn:127.0.0.1:3478?transport=tcp",
+            "turns:example.org:5349",
+            "stun:example.org",
+            "turn:",
+            "turn:h:x",
+        ] {
+            assert_eq!(parse_turn_url(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn xor_addresses_round_trip_and_garbage_is_ignored() {
