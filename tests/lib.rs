@@ -391,3 +391,22 @@ pub async fn wait_cluster_ready(port: u16) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `$KIBITZ_BIN`, else `kibitz` in this test binary's profile dir (`target/debug/deps/..`).
+pub fn kibitz_bin() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("KIBITZ_BIN") {
+        return std::path::PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target profile dir")
+        .join("kibitz");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build -p kibitz-cli` (cargo test --workspace builds it) or set KIBITZ_BIN",
+        bin.display()
+    );
+    bin
+}

@@ -18,6 +18,7 @@
 #[path = "../turn/api.rs"]
 mod api;
 
+use kibitz_e2e::kibitz_bin;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -36,25 +37,6 @@ fn repo_root() -> PathBuf {
         .parent()
         .expect("workspace root")
         .to_path_buf()
-}
-
-/// `$KIBITZ_BIN`, else `kibitz` in this test binary's profile dir (`target/debug/deps/..`).
-fn kibitz_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("KIBITZ_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile dir")
-        .join("kibitz");
-    assert!(
-        bin.is_file(),
-        "{} missing: run `cargo build -p kibitz-cli` (cargo test --workspace builds it) or set KIBITZ_BIN",
-        bin.display()
-    );
-    bin
 }
 
 /// The running script; `deploy/local-stack stop` on drop, so a failed test leaves nothing behind.

@@ -44,7 +44,11 @@ fn config(room: &str, name: &str, holds_key: bool) -> RoomConfig {
 fn join(port: u16, cfg: RoomConfig) -> Member {
     let (handle, events) = kibitz_join::start(cfg, options(port));
     handle.join();
-    Member { handle, events, seen: Vec::new() }
+    Member {
+        handle,
+        events,
+        seen: Vec::new(),
+    }
 }
 
 impl Member {
@@ -102,7 +106,9 @@ async fn three_rust_participants_chat_moderate_and_migrate() {
     let long = Duration::from_secs(20);
     let mut alice = join(port, config("rust room", "Alice", false));
     alice
-        .until("authority", long, |e| matches!(e, Event::Status(Status::Authority)))
+        .until("authority", long, |e| {
+            matches!(e, Event::Status(Status::Authority))
+        })
         .await;
     let mut hana = join(port, config("rust room", "Hana", true));
     let mut bob = join(port, config("rust room", "Bob", false));
@@ -120,15 +126,32 @@ async fn three_rust_participants_chat_moderate_and_migrate() {
         assert!(Instant::now() < deadline, "mesh never reached both");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(hana.handle.chat("just you", Some(&bob_id)).await.unwrap(), Ok(1));
-    bob.until("chat", long, |e| chat_text(e) == Some(("hello room".into(), false))).await;
-    bob.until("dm", long, |e| chat_text(e) == Some(("just you".into(), true))).await;
-    hana.until("chat", long, |e| chat_text(e) == Some(("hello room".into(), false))).await;
+    assert_eq!(
+        hana.handle.chat("just you", Some(&bob_id)).await.unwrap(),
+        Ok(1)
+    );
+    bob.until("chat", long, |e| {
+        chat_text(e) == Some(("hello room".into(), false))
+    })
+    .await;
+    bob.until("dm", long, |e| {
+        chat_text(e) == Some(("just you".into(), true))
+    })
+    .await;
+    hana.until("chat", long, |e| {
+        chat_text(e) == Some(("hello room".into(), false))
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     while let Ok(e) = alice.events.try_recv() {
         alice.seen.push(e);
     }
-    assert!(!alice.seen.iter().any(|e| chat_text(e).is_some_and(|(t, _)| t == "just you")));
+    assert!(
+        !alice
+            .seen
+            .iter()
+            .any(|e| chat_text(e).is_some_and(|(t, _)| t == "just you"))
+    );
 
     // The key holder was made host; it kicks Bob, who stays out when he comes back.
     let hana_id = hana.handle.voice_id().await.unwrap().unwrap();
@@ -143,19 +166,36 @@ async fn three_rust_participants_chat_moderate_and_migrate() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(ps);
-    hana.handle.host(HostAction::Remove(bob_id.clone())).await.unwrap().unwrap();
-    bob.until("kick", long, |e| matches!(e, Event::Status(Status::Left { reason }) if reason == "kicked"))
-        .await;
+    hana.handle
+        .host(HostAction::Remove(bob_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    bob.until(
+        "kick",
+        long,
+        |e| matches!(e, Event::Status(Status::Left { reason }) if reason == "kicked"),
+    )
+    .await;
     alice.roster(&["Alice", "Hana"], long).await;
     let mut bob2 = join(port, config("rust room", "Bob", false));
-    bob2.until("kick again", long, |e| matches!(e, Event::Status(Status::Left { reason }) if reason == "kicked"))
-        .await;
+    bob2.until(
+        "kick again",
+        long,
+        |e| matches!(e, Event::Status(Status::Left { reason }) if reason == "kicked"),
+    )
+    .await;
 
     // The coordinator goes away: Hana takes over.
     let t_leave = Instant::now();
     drop(alice);
-    hana.until("authority", Duration::from_secs(30), |e| matches!(e, Event::Status(Status::Authority)))
-        .await;
-    eprintln!("took over {:?} after the coordinator dropped", t_leave.elapsed());
+    hana.until("authority", Duration::from_secs(30), |e| {
+        matches!(e, Event::Status(Status::Authority))
+    })
+    .await;
+    eprintln!(
+        "took over {:?} after the coordinator dropped",
+        t_leave.elapsed()
+    );
     hana.roster(&["Hana"], long).await;
 }

@@ -2,6 +2,7 @@
 //! `kibitz signal` runs the broker alone.
 
 mod config_file;
+mod join;
 mod link;
 
 use anyhow::Context as _;
@@ -46,6 +47,10 @@ enum Cmd {
     SignalConfig(SignalConfigOnly),
     /// Create or read Kibitz room links.
     Link(link::LinkArgs),
+    /// Join a room from the terminal: typed lines go out as chat (/help for commands).
+    Join(Box<join::JoinArgs>),
+    /// Join a room as an agent speaking newline-delimited JSON on stdin/stdout.
+    Agent(Box<join::AgentArgs>),
     /// Check a configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -147,7 +152,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logs(cli.log_format);
+    // A participant's terminal is for the room; its logs stay quiet unless asked for.
+    let quiet = matches!(cli.cmd, Cmd::Join(_) | Cmd::Agent(_));
+    init_logs(cli.log_format, if quiet { "warn" } else { "info" });
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -169,11 +176,11 @@ fn check(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logs(format: LogFormat) {
+fn init_logs(format: LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
     // Library crates that log frame contents at TRACE are capped: payloads never reach logs.
     let filter = EnvFilter::try_from_env("KIBITZ_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .unwrap_or_else(|_| EnvFilter::new(default))
         .add_directive("hyper=info".parse().unwrap_or_default())
         .add_directive("h2=info".parse().unwrap_or_default())
         .add_directive("rustls=info".parse().unwrap_or_default());
@@ -195,7 +202,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         match cli.cmd {
             Cmd::Serve(a) => {
                 let a = *a;
@@ -220,6 +227,8 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
                 };
                 run(a.listen, services, "turn-api").await
             }
+            Cmd::Join(a) => join::run_join(*a).await,
+            Cmd::Agent(a) => join::run_agent(*a).await,
             Cmd::Link(_) | Cmd::Config(_) => Ok(()),
             Cmd::SignalConfig(a) => {
                 let services = Services {
@@ -229,7 +238,10 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
                 run(a.listen, services, "signal-config").await
             }
         }
-    })
+    });
+    // A blocked stdin read (join, agent) must not keep the process alive.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    result
 }
 
 /// Which services a command hosts, with their flags.

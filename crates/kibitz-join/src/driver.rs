@@ -49,8 +49,16 @@ pub enum HostAction {
 enum Command {
     Join,
     Leave(oneshot::Sender<()>),
-    Chat(String, Option<String>, oneshot::Sender<Result<usize, SendError>>),
-    Content(Content, Option<String>, oneshot::Sender<Result<usize, SendError>>),
+    Chat(
+        String,
+        Option<String>,
+        oneshot::Sender<Result<usize, SendError>>,
+    ),
+    Content(
+        Content,
+        Option<String>,
+        oneshot::Sender<Result<usize, SendError>>,
+    ),
     Host(HostAction, oneshot::Sender<Result<(), HostError>>),
     Grant(String, Grant, oneshot::Sender<Result<(), HostError>>),
     Credit(Option<String>),
@@ -110,19 +118,31 @@ impl RoomHandle {
     }
 
     /// Chat to everyone, or directed to one voiceId.
-    pub async fn chat(&self, text: &str, to: Option<&str>) -> Result<Result<usize, SendError>, Stopped> {
+    pub async fn chat(
+        &self,
+        text: &str,
+        to: Option<&str>,
+    ) -> Result<Result<usize, SendError>, Stopped> {
         let (text, to) = (text.to_owned(), to.map(str::to_owned));
         self.ask(|r| Command::Chat(text, to, r)).await
     }
 
     /// Any content envelope, to everyone or one voiceId.
-    pub async fn send(&self, content: Content, to: Option<&str>) -> Result<Result<usize, SendError>, Stopped> {
+    pub async fn send(
+        &self,
+        content: Content,
+        to: Option<&str>,
+    ) -> Result<Result<usize, SendError>, Stopped> {
         let to = to.map(str::to_owned);
         self.ask(|r| Command::Content(content, to, r)).await
     }
 
     /// An app payload (`{k:'app', data}`), to everyone or one voiceId.
-    pub async fn app(&self, data: Value, to: Option<&str>) -> Result<Result<usize, SendError>, Stopped> {
+    pub async fn app(
+        &self,
+        data: Value,
+        to: Option<&str>,
+    ) -> Result<Result<usize, SendError>, Stopped> {
         self.send(Content::App { data }, to).await
     }
 
@@ -132,7 +152,11 @@ impl RoomHandle {
     }
 
     /// Host: set a member's grant.
-    pub async fn set_grant(&self, voice_id: &str, grant: Grant) -> Result<Result<(), HostError>, Stopped> {
+    pub async fn set_grant(
+        &self,
+        voice_id: &str,
+        grant: Grant,
+    ) -> Result<Result<(), HostError>, Stopped> {
         let id = voice_id.to_owned();
         self.ask(|r| Command::Grant(id, grant, r)).await
     }
@@ -206,11 +230,17 @@ fn wall() -> (Instant, u64) {
 
 /// Starts a participant: the engine runs in its own task until every handle is dropped or it
 /// leaves. Events arrive on the returned channel.
-pub fn start(mut room: RoomConfig, opts: RoomOptions) -> (RoomHandle, mpsc::UnboundedReceiver<Event>) {
+pub fn start(
+    mut room: RoomConfig,
+    opts: RoomOptions,
+) -> (RoomHandle, mpsc::UnboundedReceiver<Event>) {
     let fingerprint = opts.identity.fingerprint().to_owned();
     room.fingerprint = Some(fingerprint.clone());
     let (start, unix) = wall();
-    let now = Now { ms: 0, unix_ms: unix };
+    let now = Now {
+        ms: 0,
+        unix_ms: unix,
+    };
     let engine = Engine::new(room, now);
     let (tx, rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -404,7 +434,15 @@ impl Driver {
                 let closed = self.dropped.remove(&conn);
                 match rtc {
                     Some(rtc) if !closed => {
-                        self.conns.insert(conn, ConnSlot { peer: key, rtc, incoming: false, open: false });
+                        self.conns.insert(
+                            conn,
+                            ConnSlot {
+                                peer: key,
+                                rtc,
+                                incoming: false,
+                                open: false,
+                            },
+                        );
                         self.by_rtc.insert((key, rtc), conn);
                         Vec::new()
                     }
@@ -426,35 +464,59 @@ impl Driver {
             RtcEvent::Open { id } => vec![NetEvent::PeerOpen { key, id }],
             RtcEvent::IdTaken => {
                 self.peers.remove(&key);
-                vec![NetEvent::PeerFailed { key, failure: PeerFailure::IdTaken }]
+                vec![NetEvent::PeerFailed {
+                    key,
+                    failure: PeerFailure::IdTaken,
+                }]
             }
             RtcEvent::Error { .. } | RtcEvent::Disconnected => {
                 // The broker is gone for this peer: the engine decides what to rebuild.
                 self.peers.remove(&key);
-                vec![NetEvent::PeerFailed { key, failure: PeerFailure::Lost }]
+                vec![NetEvent::PeerFailed {
+                    key,
+                    failure: PeerFailure::Lost,
+                }]
             }
             RtcEvent::Connection { conn, remote, .. } => {
                 self.remotes.insert((key, conn), remote);
                 Vec::new()
             }
-            RtcEvent::ConnOpen { conn, remote, remote_fingerprint } => {
-                match self.by_rtc.get(&(key, conn)).copied() {
-                    Some(c) => {
-                        if let Some(slot) = self.conns.get_mut(&c) {
-                            slot.open = true;
-                        }
-                        vec![NetEvent::Open { conn: c, fingerprint: Some(remote_fingerprint) }]
+            RtcEvent::ConnOpen {
+                conn,
+                remote,
+                remote_fingerprint,
+            } => match self.by_rtc.get(&(key, conn)).copied() {
+                Some(c) => {
+                    if let Some(slot) = self.conns.get_mut(&c) {
+                        slot.open = true;
                     }
-                    None if self.remotes.remove(&(key, conn)).is_some() => {
-                        self.next_incoming += 1;
-                        let c = ConnId::incoming(self.next_incoming);
-                        self.conns.insert(c, ConnSlot { peer: key, rtc: conn, incoming: true, open: true });
-                        self.by_rtc.insert((key, conn), c);
-                        vec![NetEvent::Incoming { peer: key, conn: c, remote, fingerprint: Some(remote_fingerprint) }]
-                    }
-                    None => Vec::new(),
+                    vec![NetEvent::Open {
+                        conn: c,
+                        fingerprint: Some(remote_fingerprint),
+                    }]
                 }
-            }
+                None if self.remotes.remove(&(key, conn)).is_some() => {
+                    self.next_incoming += 1;
+                    let c = ConnId::incoming(self.next_incoming);
+                    self.conns.insert(
+                        c,
+                        ConnSlot {
+                            peer: key,
+                            rtc: conn,
+                            incoming: true,
+                            open: true,
+                        },
+                    );
+                    self.by_rtc.insert((key, conn), c);
+                    vec![NetEvent::Incoming {
+                        peer: key,
+                        conn: c,
+                        remote,
+                        fingerprint: Some(remote_fingerprint),
+                    }]
+                }
+                None => Vec::new(),
+            },
             RtcEvent::Data { conn, value } => {
                 let Some(c) = self.by_rtc.get(&(key, conn)).copied() else {
                     return Vec::new();

@@ -41,7 +41,8 @@ pub fn http_client(insecure: bool) -> Result<reqwest::Client, SelectError> {
             .with_custom_certificate_verifier(Arc::new(AnyCert))
             .with_no_client_auth()
     } else {
-        let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| api("tls", e))?
@@ -189,7 +190,10 @@ async fn turn_udp_addr(u: &str) -> Option<SocketAddr> {
     if !query.is_empty() && !query.split('&').any(|kv| kv == "transport=udp") {
         return None;
     }
-    let hostport = if hostport.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let hostport = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         hostport.to_owned()
     } else {
         format!("{hostport}:3478")
@@ -254,9 +258,15 @@ mod tests {
     #[test]
     fn broker_addresses() {
         let b = broker_from("ws://127.0.0.1:9000").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((b.host.as_str(), b.port, b.secure), ("127.0.0.1", 9000, false));
+        assert_eq!(
+            (b.host.as_str(), b.port, b.secure),
+            ("127.0.0.1", 9000, false)
+        );
         let b = broker_from("signal.example.org").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((b.host.as_str(), b.port, b.secure, b.path.as_str()), ("signal.example.org", 443, true, "/"));
+        assert_eq!(
+            (b.host.as_str(), b.port, b.secure, b.path.as_str()),
+            ("signal.example.org", 443, true, "/")
+        );
         let b = broker_from("wss://h:8443/base/").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((b.port, b.path.as_str()), (8443, "/base"));
         assert!(broker_from("ftp://x").is_err());

@@ -1,0 +1,256 @@
+//! `kibitz join` and `kibitz agent` driven as a person or a program would: lines typed on a
+//! pipe, output read line by line. Our broker runs in-process on 127.0.0.1:0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use kibitz_e2e::{Config, kibitz_bin, start};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::time::{Instant, timeout};
+
+struct Proc {
+    child: Child,
+    stdin: ChildStdin,
+    out: Lines<BufReader<ChildStdout>>,
+    seen: Vec<String>,
+    name: String,
+}
+
+fn spawn(name: &str, args: &[&str]) -> Proc {
+    let mut child = Command::new(kibitz_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn kibitz");
+    let stdin = child.stdin.take().unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap()).lines();
+    Proc {
+        child,
+        stdin,
+        out,
+        seen: Vec::new(),
+        name: name.into(),
+    }
+}
+
+impl Proc {
+    async fn expect(&mut self, wait: Duration, pred: impl Fn(&str) -> bool) -> String {
+        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, self.out.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                other => panic!(
+                    "{}: not seen within {wait:?} ({other:?}); output: {:#?}",
+                    self.name, self.seen
+                ),
+            }
+        }
+    }
+
+    async fn line(&mut self, text: &str) {
+        self.stdin
+            .write_all(format!("{text}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_and_agent_in_one_room_then_the_coordinator_is_killed() {
+    let broker = start(Config::default()).await;
+    let signal = format!("ws://127.0.0.1:{}", broker.addr.port());
+    let room = "cli-room";
+    let mut alice = spawn(
+        "alice",
+        &["join", room, "--name", "Alice", "--signal-host", &signal],
+    );
+    alice
+        .expect(WAIT, |l| l == "* connected (you coordinate the room)")
+        .await;
+    let mut bot = spawn(
+        "bot",
+        &[
+            "agent",
+            room,
+            "--name",
+            "Bot",
+            "--backend",
+            "local model",
+            "--signal-host",
+            &signal,
+        ],
+    );
+    let mut bob = spawn(
+        "bob",
+        &["join", room, "--name", "Bob", "--signal-host", &signal],
+    );
+    bob.expect(WAIT, |l| l == "* connected").await;
+    for p in [&mut alice, &mut bob] {
+        p.expect(WAIT, |l| {
+            l.starts_with("* in the room:")
+                && l.contains("Bot (agent)")
+                && l.contains("Bob")
+                && l.contains("Alice")
+        })
+        .await;
+    }
+    let roster = bot
+        .expect(WAIT, |l| {
+            l.contains("\"participants\"") && l.contains("Alice") && l.contains("Bob")
+        })
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&roster).unwrap();
+    let me = v["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["self"] == true)
+        .unwrap();
+    assert_eq!(
+        me["grant"]["act"],
+        serde_json::json!([]),
+        "agents start read-only"
+    );
+
+    // Typed lines are chat; the mesh may need a moment, so retry until someone heard it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        alice.line("hello everyone").await;
+        let heard = timeout(
+            Duration::from_secs(2),
+            bob.expect(WAIT, |l| l == "<Alice> hello everyone"),
+        )
+        .await;
+        if heard.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Bob never heard Alice");
+    }
+    bot.expect(WAIT, |l| {
+        l.contains("\"kind\":\"chat\"") && l.contains("hello everyone")
+    })
+    .await;
+    // The agent may not speak until a host grants it.
+    bot.line(r#"{"op":"chat","text":"beep"}"#).await;
+    bot.expect(WAIT, |l| {
+        l.contains("\"event\":\"error\"") && l.contains("not permitted")
+    })
+    .await;
+    bot.line("not json").await;
+    bot.expect(WAIT, |l| l.contains("not a JSON object")).await;
+    // A direct message reaches only its addressee.
+    bob.line("/dm alice psst").await;
+    alice.expect(WAIT, |l| l == "<Bob → you> psst").await;
+    bob.line("/lock").await;
+    bob.expect(WAIT, |l| l == "* the room has no host").await;
+
+    // Kill the coordinator outright: a survivor takes over within the protocol's timings
+    // (12 s of silence, 1.5 s before claiming).
+    let t = Instant::now();
+    alice.child.kill().await.unwrap();
+    let (b, a) = tokio::join!(
+        bob.expect(Duration::from_secs(30), |l| l.starts_with("* in the room:")
+            && !l.contains("Alice")),
+        bot.expect(Duration::from_secs(30), |l| l.contains("\"participants\"")
+            && !l.contains("Alice")),
+    );
+    let took = t.elapsed();
+    eprintln!("room moved on {took:?} after the coordinator was killed: {b} / {a}");
+    assert!(took < Duration::from_secs(25), "{took:?}");
+    bob.line("/quit").await;
+    let status = timeout(WAIT, bob.child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    drop(bot.stdin);
+    let status = timeout(WAIT, bot.child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_the_password_kicks_from_the_terminal() {
+    let broker = start(Config::default()).await;
+    let signal = format!("ws://127.0.0.1:{}", broker.addr.port());
+    let dir = std::env::temp_dir().join(format!("kibitz-cli-join-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("password");
+    std::fs::write(&pw, "correct horse\n").unwrap();
+    let out = std::process::Command::new(kibitz_bin())
+        .args(["link", "new", "--room", "hosted", "--host-password-file"])
+        .arg(&pw)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut alice = spawn(
+        "alice",
+        &["join", &link, "--name", "Alice", "--signal-host", &signal],
+    );
+    alice.expect(WAIT, |l| l.starts_with("* connected")).await;
+    let pw_arg = pw.to_string_lossy().into_owned();
+    let mut hana = spawn(
+        "hana",
+        &[
+            "join",
+            &link,
+            "--name",
+            "Hana",
+            "--signal-host",
+            &signal,
+            "--host-password-file",
+            &pw_arg,
+        ],
+    );
+    let mut bob = spawn(
+        "bob",
+        &["join", &link, "--name", "Bob", "--signal-host", &signal],
+    );
+    alice
+        .expect(WAIT, |l| l.contains("Hana (host)") && l.contains("Bob"))
+        .await;
+    hana.line("/kick bob").await;
+    bob.expect(WAIT, |l| l == "* left the room (kicked)").await;
+    let status = timeout(WAIT, bob.child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    alice
+        .expect(WAIT, |l| {
+            l.starts_with("* in the room:") && !l.contains("Bob")
+        })
+        .await;
+    // A wrong password is refused before joining.
+    std::fs::write(&pw, "wrong").unwrap();
+    let out = std::process::Command::new(kibitz_bin())
+        .args([
+            "join",
+            &link,
+            "--signal-host",
+            &signal,
+            "--host-password-file",
+            &pw_arg,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host password"));
+    drop(hana);
+    let _ = std::fs::remove_dir_all(&dir);
+}
