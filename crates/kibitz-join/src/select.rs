@@ -1,6 +1,5 @@
 //! Choosing the broker and the TURN relay, as the web client does (KIBITZ.md §1.1, §2.2).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kibitz_rtc::{BrokerConfig, RelayConfig};
@@ -122,27 +121,7 @@ pub async fn broker_from_api(
     }
 }
 
-#[derive(Deserialize)]
-struct TurnAnswer {
-    #[serde(default, rename = "iceServers")]
-    ice_servers: Option<Vec<IceServer>>,
-}
-
-#[derive(Deserialize)]
-struct IceServer {
-    urls: Urls,
-    username: Option<String>,
-    credential: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Urls {
-    One(String),
-    Many(Vec<String>),
-}
-
-/// The TURN relay `/api/turn` offers (the first `turn:` URL over UDP), or `None` when it
+/// The TURN relay `/api/turn` offers (its first UDP `turn:` server), or `None` when it
 /// offers none. `turn` is a host (`https://<host>/api/turn`, a port allowed) or a full URL.
 pub async fn relay_from_api(
     client: &reqwest::Client,
@@ -153,7 +132,7 @@ pub async fn relay_from_api(
     } else {
         format!("https://{}/api/turn", turn.trim_end_matches('/'))
     };
-    let answer: TurnAnswer = client
+    let body: serde_json::Value = client
         .get(&url)
         .send()
         .await
@@ -162,43 +141,11 @@ pub async fn relay_from_api(
         .json()
         .await
         .map_err(|e| api(&url, e))?;
-    for server in answer.ice_servers.unwrap_or_default() {
-        let urls = match server.urls {
-            Urls::One(u) => vec![u],
-            Urls::Many(u) => u,
-        };
-        let (Some(username), Some(credential)) = (server.username, server.credential) else {
-            continue;
-        };
-        for u in urls {
-            if let Some(addr) = turn_udp_addr(&u).await {
-                return Ok(Some(RelayConfig {
-                    server: addr,
-                    username,
-                    credential,
-                }));
-            }
-        }
+    match RelayConfig::from_ice_servers(&body).await {
+        Ok(relay) => Ok(Some(relay)),
+        Err(kibitz_rtc::RelayError::NoTurn) => Ok(None),
+        Err(e) => Err(api(&url, e)),
     }
-    Ok(None)
-}
-
-/// `turn:host:port[?transport=udp]` → a socket address (TCP/TLS transports are not spoken).
-async fn turn_udp_addr(u: &str) -> Option<SocketAddr> {
-    let rest = u.strip_prefix("turn:")?;
-    let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if !query.is_empty() && !query.split('&').any(|kv| kv == "transport=udp") {
-        return None;
-    }
-    let hostport = if hostport
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        hostport.to_owned()
-    } else {
-        format!("{hostport}:3478")
-    };
-    tokio::net::lookup_host(hostport).await.ok()?.next()
 }
 
 #[derive(Debug)]
