@@ -410,3 +410,72 @@ pub fn kibitz_bin() -> std::path::PathBuf {
     );
     bin
 }
+
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+/// A `kibitz` process with piped stdin and stdout, read line by line.
+#[derive(Debug)]
+pub struct KibitzProc {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// Its stdin.
+    pub stdin: tokio::process::ChildStdin,
+    out: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+    name: String,
+}
+
+impl KibitzProc {
+    /// Starts `kibitz <args>`; `name` labels failures.
+    pub fn spawn(name: &str, args: &[&str]) -> Self {
+        let mut child = tokio::process::Command::new(kibitz_bin())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn kibitz");
+        let stdin = child.stdin.take().expect("stdin");
+        let out = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self {
+            child,
+            stdin,
+            out,
+            seen: Vec::new(),
+            name: name.into(),
+        }
+    }
+
+    /// Waits up to `wait` for a line satisfying `pred` (lines already seen count).
+    pub async fn expect(&mut self, wait: Duration, pred: impl Fn(&str) -> bool) -> String {
+        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.out.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                other => panic!(
+                    "{}: not seen within {wait:?} ({other:?}); output: {:#?}",
+                    self.name, self.seen
+                ),
+            }
+        }
+    }
+
+    /// Types a line.
+    pub async fn line(&mut self, text: &str) {
+        self.stdin
+            .write_all(format!("{text}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+}

@@ -5,69 +5,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use kibitz_e2e::{Config, kibitz_bin, start};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use kibitz_e2e::{Config, KibitzProc as Proc, kibitz_bin, start};
 use tokio::time::{Instant, timeout};
-
-struct Proc {
-    child: Child,
-    stdin: ChildStdin,
-    out: Lines<BufReader<ChildStdout>>,
-    seen: Vec<String>,
-    name: String,
-}
-
-fn spawn(name: &str, args: &[&str]) -> Proc {
-    let mut child = Command::new(kibitz_bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn kibitz");
-    let stdin = child.stdin.take().unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap()).lines();
-    Proc {
-        child,
-        stdin,
-        out,
-        seen: Vec::new(),
-        name: name.into(),
-    }
-}
-
-impl Proc {
-    async fn expect(&mut self, wait: Duration, pred: impl Fn(&str) -> bool) -> String {
-        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
-            return l.clone();
-        }
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match timeout(left, self.out.next_line()).await {
-                Ok(Ok(Some(line))) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                other => panic!(
-                    "{}: not seen within {wait:?} ({other:?}); output: {:#?}",
-                    self.name, self.seen
-                ),
-            }
-        }
-    }
-
-    async fn line(&mut self, text: &str) {
-        self.stdin
-            .write_all(format!("{text}\n").as_bytes())
-            .await
-            .unwrap();
-        self.stdin.flush().await.unwrap();
-    }
-}
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -76,14 +15,14 @@ async fn join_and_agent_in_one_room_then_the_coordinator_is_killed() {
     let broker = start(Config::default()).await;
     let signal = format!("ws://127.0.0.1:{}", broker.addr.port());
     let room = "cli-room";
-    let mut alice = spawn(
+    let mut alice = Proc::spawn(
         "alice",
         &["join", room, "--name", "Alice", "--signal-host", &signal],
     );
     alice
         .expect(WAIT, |l| l == "* connected (you coordinate the room)")
         .await;
-    let mut bot = spawn(
+    let mut bot = Proc::spawn(
         "bot",
         &[
             "agent",
@@ -96,7 +35,7 @@ async fn join_and_agent_in_one_room_then_the_coordinator_is_killed() {
             &signal,
         ],
     );
-    let mut bob = spawn(
+    let mut bob = Proc::spawn(
         "bob",
         &["join", room, "--name", "Bob", "--signal-host", &signal],
     );
@@ -200,13 +139,13 @@ async fn a_host_with_the_password_kicks_from_the_terminal() {
         String::from_utf8_lossy(&out.stderr)
     );
     let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let mut alice = spawn(
+    let mut alice = Proc::spawn(
         "alice",
         &["join", &link, "--name", "Alice", "--signal-host", &signal],
     );
     alice.expect(WAIT, |l| l.starts_with("* connected")).await;
     let pw_arg = pw.to_string_lossy().into_owned();
-    let mut hana = spawn(
+    let mut hana = Proc::spawn(
         "hana",
         &[
             "join",
@@ -219,7 +158,7 @@ async fn a_host_with_the_password_kicks_from_the_terminal() {
             &pw_arg,
         ],
     );
-    let mut bob = spawn(
+    let mut bob = Proc::spawn(
         "bob",
         &["join", &link, "--name", "Bob", "--signal-host", &signal],
     );

@@ -538,9 +538,12 @@ impl Driver {
                     None => Vec::new(),
                 }
             }
-            RtcEvent::Leave { remote } => vec![NetEvent::Left { peer: key, remote }],
-            // EXPIRE closes the unopened connections it concerns (handled above); the rest is
-            // nothing the room acts on.
+            // LEAVE, or EXPIRE for an id we signalled: either way that peer is gone from the
+            // broker (for the room id: the authority is, so claim at once).
+            RtcEvent::Leave { remote } | RtcEvent::Expire { remote } => {
+                vec![NetEvent::Left { peer: key, remote }]
+            }
+            // Nothing the room acts on.
             _ => Vec::new(),
         }
     }
