@@ -154,12 +154,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 pub(crate) type Ws = WebSocketStream<Box<dyn Io>>;
 
-/// Opens the broker WebSocket as `id` with `token`.
+/// How long TCP, TLS and the WebSocket handshake may take together.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the broker WebSocket as `id` with `token`, within [`CONNECT_TIMEOUT`].
 pub(crate) async fn connect_ws(
     broker: &BrokerConfig,
     id: &str,
     token: &str,
 ) -> Result<Ws, BrokerError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_ws_now(broker, id, token))
+        .await
+        .unwrap_or_else(|_| Err(BrokerError::Connect("timed out".into())))
+}
+
+async fn connect_ws_now(broker: &BrokerConfig, id: &str, token: &str) -> Result<Ws, BrokerError> {
     let tcp = TcpStream::connect((broker.host.as_str(), broker.port))
         .await
         .map_err(|e| BrokerError::Connect(e.to_string()))?;
