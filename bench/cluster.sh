@@ -7,11 +7,14 @@
 #   bench/cluster.sh --per-node N     idle peers per node (each process is capped at
 #                                     `ulimit -n` open files: a node needs N + ~15)
 #   bench/cluster.sh --no-build       skip cargo build
+#   bench/cluster.sh --no-idle        only the relay runs
 #
 # idle: one load generator per node holds N peers that only heartbeat (every 5 s); the
 # figures are the sum over every node plus Redis: memory per peer and CPU per peer.
 # relay: closed-loop OFFER relay between pairs, half of them with both ends on node 1
-# (same-node) and half across node 1 and node 2 (cross-node, through Redis), in the same run.
+# (same-node) and half across node 1 and node 2 (cross-node, through Redis), in the same run:
+# once saturated (16 messages in flight per direction: throughput) and once ping-pong (one in
+# flight: latency at light load).
 # Raw logs and RESULT json go to target/bench/cluster-<timestamp>/.
 set -euo pipefail
 
@@ -19,13 +22,20 @@ NODES=5
 PER_NODE=19900
 HOLD=20
 RELAY=(relay --pairs 100 --size 200 --window 16 --secs 10 --warmup-secs 2)
+PING=(relay --pairs 100 --size 200 --window 1 --secs 10 --warmup-secs 2)
 BUILD=1
+IDLE=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    --quick) PER_NODE=1000 HOLD=5 RELAY=(relay --pairs 20 --size 200 --window 16 --secs 4 --warmup-secs 1) ;;
+    --quick)
+        PER_NODE=1000 HOLD=5
+        RELAY=(relay --pairs 20 --size 200 --window 16 --secs 4 --warmup-secs 1)
+        PING=(relay --pairs 20 --size 200 --window 1 --secs 4 --warmup-secs 1)
+        ;;
+    --no-idle) IDLE=0 ;;
     --per-node) shift; PER_NODE=$1 ;;
     --no-build) BUILD=0 ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -93,6 +103,7 @@ redis_rss0=$(rss_kb "$RPID")
 redis_cpu0=$(cpu_ticks "$RPID")
 
 # ---- idle: one load generator per node, all at once ----
+if [[ $IDLE -eq 1 ]]; then
 echo "== idle: $NODES nodes x $PER_NODE peers, heartbeat 5 s, hold ${HOLD}s"
 LGPIDS=()
 for i in $(seq 0 $((NODES - 1))); do
@@ -127,6 +138,9 @@ jq -s --argjson rr0 "$redis_rss0" --argjson rr1 "$redis_rss1" \
         cpu_us_per_peer_per_s: (if $opened > 0 then ($node_cpu * 10000 / $opened | . * 100 | round / 100) else null end)
       }' "$OUT"/idle-node*.json >"$OUT/idle.json"
 echo "redis CPU during the run: $(( (redis_cpu1 - redis_cpu0) )) ticks (1/100 s)"
+else
+    echo '{}' >"$OUT/idle.json"
+fi
 
 # ---- relay: same-node and cross-node pairs in the same run ----
 echo "== ${RELAY[*]}: half the pairs on node 1, half across node 1 and node 2"
@@ -135,15 +149,22 @@ sleep 2
     --server-pid "${NPIDS[0]},${NPIDS[1]},$RPID" "${RELAY[@]}" >"$OUT/relay.log" 2>&1 ||
     echo "warning: relay load generator failed; see $OUT/relay.log" >&2
 grep '^RESULT ' "$OUT/relay.log" | sed 's/^RESULT //' >"$OUT/relay.json" || echo '{}' >"$OUT/relay.json"
+echo "== ${PING[*]}: the same split, one message in flight per direction"
+sleep 1
+"$LG" --label cluster-ping --port "${PORTS[0]}" --alt-port "${PORTS[1]}" \
+    --server-pid "${NPIDS[0]},${NPIDS[1]},$RPID" "${PING[@]}" >"$OUT/ping.log" 2>&1 ||
+    echo "warning: ping load generator failed; see $OUT/ping.log" >&2
+grep '^RESULT ' "$OUT/ping.log" | sed 's/^RESULT //' >"$OUT/ping.json" || echo '{}' >"$OUT/ping.json"
 
 # ---- table ----
 i=$(cat "$OUT/idle.json")
 r=$(cat "$OUT/relay.json")
+g=$(cat "$OUT/ping.json")
 {
     echo
     echo "| figure | value |"
     echo "|---|---:|"
-    jq -r '"| idle: nodes | \(.nodes) |",
+    [[ $IDLE -eq 1 ]] && jq -r '"| idle: nodes | \(.nodes) |",
         "| idle: peers opened (all nodes) | \(.peers_opened) |",
         "| idle: failed + dropped | \(.failed_or_dropped) |",
         "| idle: time to open all (s) | \(.time_to_open_all_s) |",
@@ -152,10 +173,15 @@ r=$(cat "$OUT/relay.json")
         "| idle: RSS per peer, nodes + Redis (KiB) | \(.rss_per_peer_kib) |",
         "| idle: node CPU during hold (% of a core, summed) | \(.node_cpu_pct_sum) |",
         "| idle: CPU per peer (µs per second) | \(.cpu_us_per_peer_per_s) |"' <<<"$i"
-    jq -r '"| relay: same-node msg/s | \(.same_msg_per_s // "-") |",
-        "| relay: cross-node msg/s | \(.cross_msg_per_s // "-") |",
-        "| relay: same-node latency p50 / p99 (µs) | \(.same_lat_p50_us // "-") / \(.same_lat_p99_us // "-") |",
-        "| relay: cross-node latency p50 / p99 (µs) | \(.cross_lat_p50_us // "-") / \(.cross_lat_p99_us // "-") |",
-        "| relay: CPU of node 1 + node 2 + Redis (% of a core) | \(.server_cpu_pct // "-") |",
-        "| relay: errors | \((.errors // 0) + (.conn_failures // 0)) |"' <<<"$r"
+    jq -r '"| saturated relay: same-node msg/s | \(.same_msg_per_s // "-") |",
+        "| saturated relay: cross-node msg/s | \(.cross_msg_per_s // "-") |",
+        "| saturated relay: same-node latency p50 / p99 (µs) | \(.same_lat_p50_us // "-") / \(.same_lat_p99_us // "-") |",
+        "| saturated relay: cross-node latency p50 / p99 (µs) | \(.cross_lat_p50_us // "-") / \(.cross_lat_p99_us // "-") |",
+        "| saturated relay: CPU of node 1 + node 2 + Redis (% of a core) | \(.server_cpu_pct // "-") |",
+        "| saturated relay: errors | \((.errors // 0) + (.conn_failures // 0)) |"' <<<"$r"
+    jq -r '"| ping-pong: same-node msg/s | \(.same_msg_per_s // "-") |",
+        "| ping-pong: cross-node msg/s | \(.cross_msg_per_s // "-") |",
+        "| ping-pong: same-node latency p50 / p99 (µs) | \(.same_lat_p50_us // "-") / \(.same_lat_p99_us // "-") |",
+        "| ping-pong: cross-node latency p50 / p99 (µs) | \(.cross_lat_p50_us // "-") / \(.cross_lat_p99_us // "-") |",
+        "| ping-pong: errors | \((.errors // 0) + (.conn_failures // 0)) |"' <<<"$g"
 } | tee "$OUT/table.md"

@@ -246,3 +246,39 @@ async fn a_redis_restart_mid_relay_loses_no_message() {
     a.send(&offer("bob", 10_000)).await;
     b.expect(&relayed("alice", "bob", 10_000)).await;
 }
+
+/// Room leave notices work across nodes: the room id's holder on one node closes, and the
+/// peer that signalled with it from another node gets LEAVE after the grace; a room id taken
+/// back (on any node) within the grace sends nothing.
+#[tokio::test]
+async fn room_leave_notices_cross_nodes() {
+    let redis = Redis::start();
+    let config = Config {
+        room_notices: Some(kibitz_signal::core::RoomNotices {
+            grace: Duration::from_millis(300),
+            expire: Duration::from_millis(1000),
+        }),
+        ..Config::default()
+    };
+    let ns = nodes(&redis, 2, &config);
+    let room = "kbz-v1-standup";
+    let mut auth = open(&ns[0], room, "auth").await;
+    let mut member = open(&ns[1], "m1", "tm").await;
+    member.send(&offer(room, 1)).await;
+    auth.expect(&relayed("m1", room, 1)).await;
+    drop(auth);
+    assert_eq!(
+        member.next_within(Duration::from_secs(3)).await,
+        Seen::Text(format!(r#"{{"type":"LEAVE","src":"{room}","dst":"m1"}}"#))
+    );
+    // Taken back on the other node within the grace: no notice.
+    let mut auth = open(&ns[0], room, "auth").await;
+    member.send(&offer(room, 2)).await;
+    auth.expect(&relayed("m1", room, 2)).await;
+    drop(auth);
+    let _back = open(&ns[1], room, "auth2").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The next frame is the member's own probe, not a LEAVE.
+    member.send(&offer("m1", 3)).await;
+    member.expect(&relayed("m1", "m1", 3)).await;
+}
