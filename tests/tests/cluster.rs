@@ -282,3 +282,24 @@ async fn room_leave_notices_cross_nodes() {
     member.send(&offer("m1", 3)).await;
     member.expect(&relayed("m1", "m1", 3)).await;
 }
+
+/// A node that shuts down cleanly gives its ids back at once, not after the lease.
+#[tokio::test]
+async fn a_clean_shutdown_frees_ids_at_once() {
+    let redis = Redis::start();
+    let long_lease = cluster_config(Config::default(), &redis, 30_000);
+    let stopping = kibitz_e2e::start(long_lease.clone()).await;
+    let other = Node::start(long_lease);
+    kibitz_e2e::wait_cluster_ready(stopping.addr.port()).await;
+    let mut x = stopping.connect("x", "old").await;
+    x.expect(r#"{"type":"OPEN"}"#).await;
+    let stopped = Instant::now();
+    drop(stopping);
+    x.expect_closed(Some(1001)).await;
+    let _x = open(&other, "x", "new").await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "freed after {:?} (lease 30 s)",
+        stopped.elapsed()
+    );
+}

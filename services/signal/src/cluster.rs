@@ -1262,3 +1262,90 @@ async fn inbox(hub: Arc<Hub>, stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn cluster() -> Cluster {
+        Cluster::new(ClusterConfig {
+            redis_url: "redis://127.0.0.1:1/".into(),
+            lease: Duration::from_secs(1),
+            prefix: "t:".into(),
+        })
+    }
+
+    #[test]
+    fn claim_answers_parse_and_drop_repeated_messages() {
+        let c = cluster();
+        assert!(c.fresh("n.1"));
+        let v = Value::Array(vec![
+            bulk("new"),
+            Value::Int(7),
+            bulk(""),
+            bulk("a"),
+            bulk("frame-1"),
+            bulk("n.1"),
+            bulk("b"),
+            bulk("frame-2"),
+            bulk("n.2"),
+        ]);
+        assert_eq!(
+            parse_claim(v, &c),
+            (
+                Claim::New {
+                    reg: 7,
+                    queued: vec![("b".into(), "frame-2".into())]
+                },
+                None
+            )
+        );
+        let v = Value::Array(vec![bulk("reattach"), bulk("3"), bulk("node-b")]);
+        assert_eq!(
+            parse_claim(v, &c),
+            (
+                Claim::Reattach {
+                    reg: 3,
+                    queued: vec![]
+                },
+                Some("node-b".into())
+            )
+        );
+        for (tag, want) in [
+            ("taken", Claim::Taken),
+            ("limit", Claim::Limit),
+            ("settle", Claim::Unavailable(MSG_RECOVERING)),
+            ("stale", Claim::Unavailable(MSG_UNAVAILABLE)),
+        ] {
+            assert_eq!(parse_claim(Value::Array(vec![bulk(tag)]), &c).0, want);
+        }
+        // Garbage from the wire never panics.
+        assert_eq!(
+            parse_claim(Value::Nil, &c).0,
+            Claim::Unavailable(MSG_UNAVAILABLE)
+        );
+        assert_eq!(
+            parse_claim(Value::Array(vec![bulk("new"), bulk("x"), bulk("")]), &c).0,
+            Claim::New {
+                reg: 0,
+                queued: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn repeats_are_forgotten_only_beyond_the_cap() {
+        let c = cluster();
+        for i in 0..SEEN_CAP + 1 {
+            assert!(c.fresh(&i.to_string()));
+        }
+        assert!(c.fresh("0"), "the oldest number was evicted");
+        assert!(!c.fresh(&SEEN_CAP.to_string()));
+        assert!(c.fresh(""), "unnumbered messages always pass");
+        assert!(c.fresh(""));
+    }
+}
