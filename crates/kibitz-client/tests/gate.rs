@@ -462,3 +462,62 @@ fn a_leave_notice_for_the_room_id_reclaims_at_once() {
             .any(|c| matches!(c, NetCmd::OpenPeer { id: Some(id), .. } if id == "kbz-v1-r"))
     );
 }
+
+/// Stands in for an OIDC verifier with fetched JWKS: a `jwt` of `email:<address>` proves the
+/// address (the RS256 check itself is kibitz-proto's `credit`/JWT code's job).
+#[derive(Debug)]
+struct EmailProof;
+
+impl Verifier for EmailProof {
+    fn requires_verification(&self) -> bool {
+        true
+    }
+    fn binds_fingerprint(&self) -> bool {
+        true
+    }
+    fn verify(&mut self, c: &Credentials<'_>) -> Verdict {
+        match c.jwt.and_then(|j| j.strip_prefix("email:")) {
+            Some(email) => Verdict::Ok(Verified {
+                email: Some(email.to_owned()),
+                ..Verified::default()
+            }),
+            None => Verdict::Reject("no email".into()),
+        }
+    }
+}
+
+#[test]
+fn email_tier_declares_the_member_proving_the_committed_address_host() {
+    let mut sim = sim(23);
+    let member = |name: &str, email: &str| {
+        let mut c = cfg("r", name);
+        c.host = kibitz_client::HostCommit::Email("Host@Example.org".into());
+        c.credential = Some(format!("email:{email}"));
+        c.verifier = Some(Box::new(EmailProof));
+        c
+    };
+    let a = join(&mut sim, member("Alice", "alice@example.org"));
+    sim.run_for(500);
+    let b = join(&mut sim, member("Bob", "bob@example.org"));
+    let h = join(&mut sim, member("Hana", " host@example.ORG "));
+    sim.run_for(3_000);
+    let idh = id_of(&sim, h);
+    assert_eq!(sim.engine(b).roster().host(), Some(idh.as_str()));
+    // The email tier moderates through the coordinator, which is not the host here.
+    assert_eq!(
+        sim.with(h, |e, now| e.set_locked(now, true)),
+        Err(kibitz_client::HostError::NotHost)
+    );
+    assert_eq!(names(&sim, a), ["Alice", "Bob", "Hana"]);
+    // It is a cryptographic tier: the host's grants are honoured.
+    let idb = id_of(&sim, b);
+    sim.with(h, |e, now| {
+        e.set_capability_grant(now, &idb, kibitz_proto::grants::Grant::agent_default())
+    })
+    .unwrap();
+    sim.run_for(500);
+    assert_eq!(
+        sim.engine(a).capability_grant(&idb),
+        kibitz_proto::grants::Grant::agent_default()
+    );
+}
