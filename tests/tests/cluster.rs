@@ -141,7 +141,9 @@ async fn a_dead_nodes_ids_are_free_within_the_lease_and_others_untouched() {
     let freed = killed.elapsed();
     eprintln!("dead node's ids free {freed:?} after the kill (lease {LEASE_MS} ms)");
     assert!(
-        freed <= Duration::from_millis(LEASE_MS + 100),
+        // Redis drops the lease at most LEASE_MS after the kill (it was renewed at most a
+        // third of that before); the rest is this poll's 20 ms and a WebSocket handshake.
+        freed <= Duration::from_millis(LEASE_MS + 400),
         "ids freed after {freed:?}, lease {LEASE_MS} ms"
     );
     for i in 1..20 {

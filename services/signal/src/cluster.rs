@@ -828,10 +828,18 @@ impl Driver {
             // their receiver's inbox (which drops what it already had) rather than a queue.
             self.replay_at = Some(now() + c.cfg.lease);
         }
+        // They keep their original deadline: an outage does not extend a queue's lifetime.
+        let t = now();
         let again: Vec<Cmd> = self
             .waiting
             .drain(..)
-            .map(|w| Cmd::Forward(w.fwd, w.seq))
+            .map(|mut w| {
+                w.fwd.ttl = w
+                    .deadline
+                    .saturating_duration_since(t)
+                    .max(Duration::from_millis(1));
+                Cmd::Forward(w.fwd, w.seq)
+            })
             .collect();
         self.hub.metrics.cluster_pending.set(0.0);
         let mut again = again.into_iter().peekable();
@@ -891,7 +899,10 @@ impl Driver {
                             .recent
                             .drain(..)
                             .filter(|(until, _, _)| *until > t)
-                            .map(|(_, seq, f)| (f, seq))
+                            .map(|(until, seq, mut f)| {
+                                f.ttl = until.saturating_duration_since(t);
+                                (f, seq)
+                            })
                             .collect();
                         tracing::warn!(
                             messages = again.len(),
