@@ -77,7 +77,11 @@ async fn relays_across_nodes_and_queues_for_offline_ids() {
 /// other ID-TAKEN, every time.
 #[tokio::test]
 async fn racing_claims_on_different_nodes_open_exactly_once() {
-    const RUNS: usize = 200;
+    // KIBITZ_RACE_RUNS=2000 for a longer run.
+    let runs: usize = std::env::var("KIBITZ_RACE_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(200);
     let redis = Redis::start();
     let ns = nodes(&redis, 3, &Config::default());
     // Warm up: every node joined the registry.
@@ -86,7 +90,7 @@ async fn racing_claims_on_different_nodes_open_exactly_once() {
     }
     let taken = Seen::Text(r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#.into());
     let opened = Seen::Text(r#"{"type":"OPEN"}"#.into());
-    for run in 0..RUNS {
+    for run in 0..runs {
         let id = format!("room-{run}");
         let (x, y) = (&ns[run % 3], &ns[(run + 1) % 3]);
         let ((_a, fa), (_b, fb)) = tokio::join!(attempt(x, &id, "ta"), attempt(y, &id, "tb"));
@@ -304,4 +308,62 @@ async fn a_clean_shutdown_frees_ids_at_once() {
         "freed after {:?} (lease 30 s)",
         stopped.elapsed()
     );
+}
+
+/// While Redis is unreachable a node refuses new ids with an in-band ERROR (never granting one
+/// on its own) and answers `GET /id` with 503; peers it already holds keep relaying locally.
+/// When Redis is back (empty), claims resume once the cluster has settled.
+#[tokio::test]
+async fn while_redis_is_down_new_ids_are_refused_clearly() {
+    let mut redis = Redis::start();
+    let ns = nodes(&redis, 2, &Config::default());
+    let mut a = open(&ns[0], "a", "ta").await;
+    let mut b = open(&ns[0], "b", "tb").await;
+    redis.kill();
+    // The node notices at its next registry call (a lease renewal at the latest).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_c, first) = attempt(&ns[1], "newcomer", "t").await;
+        if first
+            == Seen::Text(
+                r#"{"type":"ERROR","payload":{"msg":"Cluster registry unavailable, try again"}}"#
+                    .into(),
+            )
+        {
+            break;
+        }
+        assert_ne!(
+            first,
+            Seen::Text(r#"{"type":"OPEN"}"#.into()),
+            "granted without Redis"
+        );
+        assert!(Instant::now() < deadline, "no clear refusal: {first:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = http_status(ns[1].addr.port(), "/id").await;
+    assert_eq!(status, 503, "GET /id while Redis is down");
+    // Same-node relays go on.
+    a.send(&offer("b", 1)).await;
+    b.expect(&relayed("a", "b", 1)).await;
+    redis.start_again();
+    kibitz_e2e::wait_cluster_ready(ns[1].addr.port()).await;
+    let _n = open(&ns[1], "newcomer", "t").await;
+    // "a" was re-asserted: another token is refused.
+    let (_c, first) = attempt(&ns[1], "a", "thief").await;
+    assert_eq!(
+        first,
+        Seen::Text(r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#.into())
+    );
+}
+
+async fn http_status(port: u16, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
 }
