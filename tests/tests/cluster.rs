@@ -367,3 +367,43 @@ async fn http_status(port: u16, path: &str) -> u16 {
     s.read_exact(&mut head).await.unwrap();
     std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
 }
+
+/// Offline queues whose deadline passes while Redis is away (queued before it died, or held on
+/// the sender's node during the outage) still end in one EXPIRE each.
+#[tokio::test]
+async fn queues_that_expire_during_an_outage_still_expire() {
+    let mut redis = Redis::start();
+    let config = Config {
+        expire_timeout: Duration::from_millis(600),
+        ..Config::default()
+    };
+    let ns = nodes(&redis, 2, &config);
+    let mut a = open(&ns[0], "alice", "ta").await;
+    a.send(&offer("ghost-q", 1)).await;
+    a.send(&offer("ghost-q", 2)).await;
+    // Both queued in Redis (the probe proves alice's node handled them).
+    a.send(&offer("alice", 0)).await;
+    a.expect(&relayed("alice", "alice", 0)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    redis.kill();
+    a.send(&offer("ghost-w", 1)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    redis.start_again();
+    let mut expired = Vec::new();
+    for _ in 0..2 {
+        match a.next_within(Duration::from_secs(5)).await {
+            Seen::Text(t) => expired.push(t),
+            other => panic!("alice: {other:?} (got {expired:?})"),
+        }
+    }
+    expired.sort();
+    assert_eq!(
+        expired,
+        [
+            r#"{"type":"EXPIRE","src":"ghost-q","dst":"alice"}"#,
+            r#"{"type":"EXPIRE","src":"ghost-w","dst":"alice"}"#,
+        ]
+    );
+    a.send(&offer("alice", 9)).await;
+    a.expect(&relayed("alice", "alice", 9)).await;
+}

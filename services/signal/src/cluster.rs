@@ -704,6 +704,31 @@ pub(crate) async fn run(hub: Arc<Hub>, stop: CancellationToken) {
     cluster.set_up(false, &hub.metrics);
 }
 
+/// A message the registry accepted.
+#[derive(Debug)]
+struct Recent {
+    /// When it was handed over.
+    at: Instant,
+    /// Its queue deadline.
+    until: Instant,
+    seq: u64,
+    fwd: Forward,
+    /// It went into an offline queue (rather than a node's inbox).
+    queued: bool,
+}
+
+impl Recent {
+    /// As a command, with what is left of its queue lifetime.
+    fn again(&self, t: Instant) -> Cmd {
+        let mut f = self.fwd.clone();
+        f.ttl = self
+            .until
+            .saturating_duration_since(t)
+            .max(Duration::from_millis(1));
+        Cmd::Forward(f, self.seq)
+    }
+}
+
 struct Driver {
     hub: Arc<Hub>,
     cluster: Arc<Cluster>,
@@ -711,13 +736,14 @@ struct Driver {
     waiting: VecDeque<Waiting>,
     /// The registry's epoch as this node last saw it ("" before the first hello).
     epoch: String,
-    /// Messages handed to the registry within their queue lifetime, oldest first:
-    /// (until, number, message), kept to hand again if the registry loses its data.
-    recent: VecDeque<(Instant, u64, Forward)>,
+    /// Messages handed to the registry within their queue lifetime, oldest first, kept to
+    /// hand again if the registry loses its data.
+    recent: VecDeque<Recent>,
     /// Set by a hello that found the registry's data lost.
     lost_data: bool,
-    /// When to hand `recent` to the registry again after it lost its data.
-    replay_at: Option<Instant>,
+    /// After the registry lost its data: when to hand the delivered part of `recent` again,
+    /// and the time of the loss (later messages are not repeated).
+    replay_at: Option<(Instant, Instant)>,
     /// The last message number given out.
     next_seq: u64,
 }
@@ -742,14 +768,20 @@ impl Driver {
     }
 
     /// Keeps a message handed to the registry for its queue lifetime (bounded).
-    fn remember(&mut self, fwd: Forward, seq: u64) {
+    fn remember(&mut self, fwd: Forward, seq: u64, queued: bool) {
         let t = now();
-        while self.recent.front().is_some_and(|(until, _, _)| *until <= t)
+        while self.recent.front().is_some_and(|r| r.until <= t)
             || self.recent.len() >= self.hub.config.limits.max_queued_total
         {
             self.recent.pop_front();
         }
-        self.recent.push_back((t + fwd.ttl, seq, fwd));
+        self.recent.push_back(Recent {
+            at: t,
+            until: t + fwd.ttl,
+            seq,
+            fwd,
+            queued,
+        });
     }
 
     /// Numbers a message the first time the driver sees it.
@@ -823,24 +855,44 @@ impl Driver {
         // If Redis lost its data, what this node handed it within one queue lifetime may be
         // gone (unread inbox entries, offline queues): hand it again (receivers drop
         // repeats). Then the messages that waited for the registry, in order.
+        let t = now();
+        let mut again: Vec<Cmd> = Vec::new();
         if std::mem::take(&mut self.lost_data) {
-            // After one lease every live node has re-asserted its ids, so most of these find
-            // their receiver's inbox (which drops what it already had) rather than a queue.
-            self.replay_at = Some(now() + c.cfg.lease);
+            // Offline queues died with Redis: their messages go back at once (still within
+            // their deadline, which they keep). Delivered ones go again after one lease, when
+            // every live node has re-asserted its ids, so they meet their receiver's inbox,
+            // which drops what it already had, rather than a queue.
+            self.replay_at = Some((t + c.cfg.lease, t));
+            again.extend(
+                self.recent
+                    .iter()
+                    .filter(|r| r.queued && r.until > t)
+                    .map(|r| r.again(t)),
+            );
+            // Queues whose deadline passed while Redis was away: their senders get the
+            // EXPIRE the sweep would have sent.
+            let mut due: Vec<(String, Vec<String>)> = Vec::new();
+            for r in self.recent.iter().filter(|r| r.queued && r.until <= t) {
+                let src = r.fwd.src.to_string();
+                match due.iter_mut().find(|(d, _)| *d == r.fwd.dst) {
+                    Some((_, senders)) if senders.contains(&src) => {}
+                    Some((_, senders)) => senders.push(src),
+                    None => due.push((r.fwd.dst.clone(), vec![src])),
+                }
+            }
+            if !due.is_empty() {
+                self.hub.expired(&due);
+            }
+            self.recent.retain(|r| !r.queued);
         }
         // They keep their original deadline: an outage does not extend a queue's lifetime.
-        let t = now();
-        let again: Vec<Cmd> = self
-            .waiting
-            .drain(..)
-            .map(|mut w| {
-                w.fwd.ttl = w
-                    .deadline
-                    .saturating_duration_since(t)
-                    .max(Duration::from_millis(1));
-                Cmd::Forward(w.fwd, w.seq)
-            })
-            .collect();
+        again.extend(self.waiting.drain(..).map(|mut w| {
+            w.fwd.ttl = w
+                .deadline
+                .saturating_duration_since(t)
+                .max(Duration::from_millis(1));
+            Cmd::Forward(w.fwd, w.seq)
+        }));
         self.hub.metrics.cluster_pending.set(0.0);
         let mut again = again.into_iter().peekable();
         while again.peek().is_some() {
@@ -892,25 +944,21 @@ impl Driver {
                         self.hub.claim_result(conn, claim);
                     }
                     self.sweep(con).await?;
-                    if self.replay_at.is_some_and(|at| at <= now()) {
-                        self.replay_at = None;
+                    if let Some((_, lost)) = self.replay_at.take_if(|(at, _)| *at <= now()) {
                         let t = now();
-                        let again: Vec<(Forward, u64)> = self
+                        let again: Vec<Cmd> = self
                             .recent
-                            .drain(..)
-                            .filter(|(until, _, _)| *until > t)
-                            .map(|(until, seq, mut f)| {
-                                f.ttl = until.saturating_duration_since(t);
-                                (f, seq)
-                            })
+                            .iter()
+                            .filter(|r| r.at <= lost && r.until > t)
+                            .map(|r| r.again(t))
                             .collect();
                         tracing::warn!(
                             messages = again.len(),
                             "handing recent messages to the registry again"
                         );
-                        for batch in again.chunks(BATCH) {
-                            let cmds = batch.iter().map(|(f, seq)| Cmd::Forward(f.clone(), *seq));
-                            self.exec(con, cmds.collect()).await?;
+                        let mut again = again.into_iter().peekable();
+                        while again.peek().is_some() {
+                            self.exec(con, again.by_ref().take(BATCH).collect()).await?;
                         }
                     }
                 }
@@ -1121,8 +1169,10 @@ impl Driver {
                     if matches!(outcome.as_deref(), Some("sent")) {
                         self.hub.metrics.cluster_out.increment(1);
                     }
-                    if matches!(outcome.as_deref(), Some("sent" | "queued")) {
-                        self.remember(f, seq);
+                    match outcome.as_deref() {
+                        Some("sent") => self.remember(f, seq, false),
+                        Some("queued") => self.remember(f, seq, true),
+                        _ => {}
                     }
                 }
                 (Cmd::Forward(f, seq), Err(e)) => {
