@@ -51,7 +51,10 @@ async fn join_and_agent_in_one_room_then_the_coordinator_is_killed() {
     }
     let roster = bot
         .expect(WAIT, |l| {
-            l.contains("\"participants\"") && l.contains("Alice") && l.contains("Bob")
+            l.contains("\"participants\"")
+                && l.contains("Alice")
+                && l.contains("Bob")
+                && l.contains("\"self\":true")
         })
         .await;
     let v: serde_json::Value = serde_json::from_str(&roster).unwrap();

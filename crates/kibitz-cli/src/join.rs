@@ -223,50 +223,59 @@ fn roster_line(ps: &[Participant]) -> String {
     format!("* in the room: {}", names.join(", "))
 }
 
-/// `kibitz join`.
-pub async fn run_join(args: JoinArgs) -> anyhow::Result<()> {
-    let (room, mut events, target) = connect(&args.room, "Guest", None).await?;
+/// Runs a session until the room is left: events and typed lines in, lines printed out.
+/// Closing stdin leaves the room.
+async fn session<S>(
+    room: &RoomHandle,
+    mut events: UnboundedReceiver<Event>,
+    mut state: S,
+    on_event: impl Fn(&Event, &mut S) -> (Option<String>, bool),
+    on_line: impl AsyncFn(&RoomHandle, &str) -> (Option<String>, bool),
+) -> anyhow::Result<()> {
     let mut out = tokio::io::stdout();
-    let say = |line: String| line + "\n";
-    out.write_all(say(format!("* room {}", target.room)).as_bytes())
-        .await?;
-    out.flush().await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut names: BTreeMap<String, String> = BTreeMap::new();
     loop {
-        tokio::select! {
-            ev = events.recv() => {
-                let Some(ev) = ev else { break };
-                let (text, done) = describe(&ev, &mut names);
-                if let Some(t) = text {
-                    out.write_all(say(t).as_bytes()).await?;
-                    out.flush().await?;
-                }
-                if done {
+        let (text, done) = tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => on_event(&ev, &mut state),
+                None => break,
+            },
+            line = lines.next_line() => match line? {
+                None => {
+                    room.leave().await;
                     break;
                 }
-            }
-            line = lines.next_line() => {
-                match line? {
-                    None => {
-                        room.leave().await;
-                        break;
-                    }
-                    Some(line) => {
-                        let reply = command(&room, line.trim()).await;
-                        if let Some(r) = reply {
-                            out.write_all(say(r).as_bytes()).await?;
-                            out.flush().await?;
-                        }
-                        if line.trim() == "/quit" {
-                            break;
-                        }
-                    }
-                }
-            }
+                Some(l) if l.trim().is_empty() => (None, false),
+                Some(l) => on_line(room, l.trim()).await,
+            },
+        };
+        if let Some(mut t) = text {
+            t.push('\n');
+            out.write_all(t.as_bytes()).await?;
+            out.flush().await?;
+        }
+        if done {
+            break;
         }
     }
     Ok(())
+}
+
+/// `kibitz join`.
+pub async fn run_join(args: JoinArgs) -> anyhow::Result<()> {
+    let (room, events, target) = connect(&args.room, "Guest", None).await?;
+    let mut out = tokio::io::stdout();
+    out.write_all(format!("* room {}\n", target.room).as_bytes())
+        .await?;
+    out.flush().await?;
+    session(
+        &room,
+        events,
+        BTreeMap::new(),
+        describe,
+        async |room: &RoomHandle, line: &str| (command(room, line).await, line == "/quit"),
+    )
+    .await
 }
 
 /// What to print for an event, and whether the session is over.
@@ -392,40 +401,22 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         backend: args.backend.clone(),
         egress: args.egress,
     };
-    let (room, mut events, target) = connect(&args.room, "Agent", Some(agent)).await?;
+    let (room, events, target) = connect(&args.room, "Agent", Some(agent)).await?;
     let mut out = tokio::io::stdout();
     emit(&mut out, json!({"event": "room", "room": target.room})).await?;
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    loop {
-        tokio::select! {
-            ev = events.recv() => {
-                let Some(ev) = ev else { break };
-                let left = matches!(ev, Event::Status(Status::Left { .. }));
-                if let Some(v) = agent_event(&ev) {
-                    emit(&mut out, v).await?;
-                }
-                if left {
-                    break;
-                }
-            }
-            line = lines.next_line() => {
-                match line? {
-                    None => {
-                        room.leave().await;
-                        break;
-                    }
-                    Some(line) if line.trim().is_empty() => {}
-                    Some(line) => {
-                        let reply = agent_op(&room, &line).await;
-                        if let Some(v) = reply {
-                            emit(&mut out, v).await?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
+    session(
+        &room,
+        events,
+        (),
+        |ev, _| {
+            let left = matches!(ev, Event::Status(Status::Left { .. }));
+            (agent_event(ev).map(|v| v.to_string()), left)
+        },
+        async |room: &RoomHandle, line: &str| {
+            (agent_op(room, line).await.map(|v| v.to_string()), false)
+        },
+    )
+    .await
 }
 
 async fn emit(out: &mut tokio::io::Stdout, v: serde_json::Value) -> anyhow::Result<()> {

@@ -905,6 +905,11 @@ impl Engine {
     }
 
     fn kicked(&mut self) {
+        self.end("kicked");
+    }
+
+    /// Out of the room for good: both peers closed, nothing more will happen.
+    fn end(&mut self, reason: &str) {
         self.in_call = false;
         self.next_announce = None;
         self.close_presence();
@@ -916,7 +921,7 @@ impl Engine {
         self.phase = Phase::Left;
         self.set_roster(Roster::default());
         self.set_status(Status::Left {
-            reason: "kicked".into(),
+            reason: reason.to_owned(),
         });
     }
 
@@ -1255,19 +1260,7 @@ impl Engine {
             let conn = p.conn;
             self.ctx.send(conn, wire::bare("leave"));
         }
-        self.in_call = false;
-        self.next_announce = None;
-        self.close_presence();
-        if let Some(p) = self.mesh.peer {
-            self.ctx.net(NetCmd::ClosePeer { key: p });
-        }
-        self.mesh.reset();
-        self.media_retry_at = None;
-        self.phase = Phase::Left;
-        self.set_roster(Roster::default());
-        self.set_status(Status::Left {
-            reason: "left".into(),
-        });
+        self.end("left");
     }
 
     /// Turns the camera flag on or off (re-announced).

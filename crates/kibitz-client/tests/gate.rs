@@ -188,6 +188,25 @@ fn drain(e: &mut Engine) -> (Vec<NetCmd>, u64) {
     }
 }
 
+/// The id was taken: feeds `ID-TAKEN` for `claim` at `ms` and returns the anonymous
+/// presence peer the engine opens instead.
+fn taken(e: &mut Engine, ms: u64, claim: kibitz_client::PeerKey) -> kibitz_client::PeerKey {
+    e.handle_input(
+        at(ms),
+        Input::Net(NetEvent::PeerFailed {
+            key: claim,
+            failure: PeerFailure::IdTaken,
+        }),
+    );
+    let (cmds, _) = drain(e);
+    cmds.iter()
+        .find_map(|c| match c {
+            NetCmd::OpenPeer { key, id: None, .. } => Some(*key),
+            _ => None,
+        })
+        .unwrap()
+}
+
 fn at(ms: u64) -> Now {
     Now {
         ms,
@@ -332,21 +351,7 @@ fn claims_and_dials_retry_on_the_protocol_timings() {
     };
     assert_eq!(id, "kbz-v1-r");
     // Taken: dial the holder, four attempts of 15 s, 3 s apart, then migrate.
-    e.handle_input(
-        at(11_100),
-        Input::Net(NetEvent::PeerFailed {
-            key: *key,
-            failure: PeerFailure::IdTaken,
-        }),
-    );
-    let (cmds, _) = drain(&mut e);
-    let anon = cmds
-        .iter()
-        .find_map(|c| match c {
-            NetCmd::OpenPeer { key, id: None, .. } => Some(*key),
-            _ => None,
-        })
-        .unwrap();
+    let anon = taken(&mut e, 11_100, *key);
     e.handle_input(
         at(11_200),
         Input::Net(NetEvent::PeerOpen {
@@ -395,21 +400,7 @@ fn a_leave_notice_for_the_room_id_reclaims_at_once() {
             _ => None,
         })
         .unwrap();
-    e.handle_input(
-        at(10),
-        Input::Net(NetEvent::PeerFailed {
-            key: claim,
-            failure: PeerFailure::IdTaken,
-        }),
-    );
-    let (cmds, _) = drain(&mut e);
-    let anon = cmds
-        .iter()
-        .find_map(|c| match c {
-            NetCmd::OpenPeer { key, id: None, .. } => Some(*key),
-            _ => None,
-        })
-        .unwrap();
+    let anon = taken(&mut e, 10, claim);
     e.handle_input(
         at(20),
         Input::Net(NetEvent::PeerOpen {

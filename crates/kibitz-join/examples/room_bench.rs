@@ -24,10 +24,21 @@ fn proc_stat() -> (u64, u64) {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     // utime and stime are fields 14 and 15 of the whole line; 12 and 13 after the `)`.
-    let ticks = fields.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = fields
+        .get(11)
+        .and_then(|x| x.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0);
     (rss_kib, ticks)
 }
 
@@ -77,7 +88,8 @@ async fn main() {
     let mut full = vec![false; n];
     let mut last_full = Instant::now();
     while full.iter().any(|f| !f) {
-        let Ok(Some((i, at, e))) = tokio::time::timeout(Duration::from_secs(120), rx.recv()).await else {
+        let Ok(Some((i, at, e))) = tokio::time::timeout(Duration::from_secs(120), rx.recv()).await
+        else {
             panic!("rosters did not converge: {full:?}");
         };
         if let Event::Participants(p) = e {
@@ -102,9 +114,7 @@ async fn main() {
     let (rss1, ticks0) = proc_stat();
     let idle = Duration::from_secs(10);
     let t_idle = Instant::now();
-    let drain = async {
-        while rx.recv().await.is_some() {}
-    };
+    let drain = async { while rx.recv().await.is_some() {} };
     let _ = tokio::time::timeout(idle, drain).await;
     let (rss2, ticks1) = proc_stat();
     let hz = 100.0;
@@ -122,7 +132,8 @@ async fn main() {
     let want = messages * (n - 1);
     let deadline = Instant::now() + Duration::from_secs(30);
     while lat.len() < want && Instant::now() < deadline {
-        let Ok(Some((_, at, e))) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await else {
+        let Ok(Some((_, at, e))) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
+        else {
             break;
         };
         if let Event::Message(msg) = e
