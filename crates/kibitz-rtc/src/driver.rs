@@ -317,6 +317,21 @@ async fn reconnect_done(r: &mut Option<Reconnecting>) -> Result<Ws, BrokerError>
     }
 }
 
+/// Kernel buffer asked for on each UDP socket: SCTP bursts up to a megabyte, and the
+/// Linux default (about 200 KB) drops part of such a burst on loopback, which costs SCTP a
+/// retransmission timeout. The kernel caps it at `net.core.rmem_max`/`wmem_max`.
+const UDP_BUFFER: usize = 4 << 20;
+
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, std::io::Error> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(UDP_BUFFER);
+    let _ = s.set_send_buffer_size(UDP_BUFFER);
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
 async fn read_socket(udp: Arc<UdpSocket>, local: SocketAddr, tx: mpsc::Sender<Datagram>) {
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -335,8 +350,7 @@ impl Driver {
     /// Binds sockets until the core has [`SPARE_SOCKETS`] spares.
     fn top_up(&mut self) -> Result<(), std::io::Error> {
         while self.core.spare_sockets() < SPARE_SOCKETS {
-            let std = std::net::UdpSocket::bind(self.bind)?;
-            std.set_nonblocking(true)?;
+            let std = bind_udp(self.bind)?;
             let udp = Arc::new(UdpSocket::from_std(std)?);
             let local = udp.local_addr()?;
             let reader = tokio::spawn(read_socket(udp.clone(), local, self.dgram_tx.clone()));
