@@ -7,7 +7,9 @@ use kibitz_e2e::{Client, Config, Node, Redis, Seen, cluster_config};
 use std::time::Duration;
 use tokio::time::Instant;
 
-const LEASE_MS: u64 = 1000;
+// Short enough to keep the tests quick, long enough for a loaded CI machine to renew in time
+// (every third of it).
+const LEASE_MS: u64 = 2000;
 
 fn nodes(redis: &Redis, n: usize, config: &Config) -> Vec<Node> {
     let _ = tracing_subscriber::fmt()
