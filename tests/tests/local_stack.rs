@@ -225,7 +225,12 @@ async fn local_stack_serves_peerjs_and_relays_through_its_coturn() {
         "--good".to_owned(),
         format!("http://127.0.0.1:{http}/"),
         "--artifacts".to_owned(),
-        "target/test-artifacts/local-stack".to_owned(),
+        // The workspace's target/, not one under tests/ (node runs with tests/ as its cwd).
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/test-artifacts/local-stack"
+        )
+        .to_owned(),
     ];
     node(&selftest).await;
 
