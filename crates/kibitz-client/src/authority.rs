@@ -75,6 +75,17 @@ pub(crate) struct Authority {
     pub next_tick: u64,
 }
 
+/// Identities an authority remembers (seen, admitted, kicked), at most: a flood of made-up
+/// tokens must not grow it without bound. Past the cap an arbitrary old entry goes.
+const REMEMBER_CAP: usize = 4096;
+
+fn remember(set: &mut BTreeSet<String>, v: String) {
+    if set.len() >= REMEMBER_CAP && !set.contains(&v) {
+        set.pop_first();
+    }
+    set.insert(v);
+}
+
 fn norm_name(s: &str) -> String {
     s.trim().to_lowercase()
 }
@@ -236,8 +247,8 @@ impl Authority {
         let mut fx = Effects::default();
         match member {
             Some(m) => {
-                self.seen_voice.insert(m.id.clone());
-                self.seen_tokens.insert(cfg.token.clone());
+                remember(&mut self.seen_voice, m.id.clone());
+                remember(&mut self.seen_tokens, cfg.token.clone());
                 let entry = Entry {
                     key: Key::Own,
                     member: m,
@@ -462,9 +473,9 @@ impl Authority {
                 }
             }
         }
-        self.seen_voice.insert(id.clone());
+        remember(&mut self.seen_voice, id.clone());
         if let Some(t) = &v.token {
-            self.seen_tokens.insert(t.clone());
+            remember(&mut self.seen_tokens, t.clone());
         }
         let member = Member {
             id,
@@ -490,7 +501,7 @@ impl Authority {
             s.admitted = true;
             s.pending = None;
             if let Some(t) = &s.token {
-                self.admitted_tokens.insert(t.clone());
+                remember(&mut self.admitted_tokens, t.clone());
             }
         }
     }
@@ -741,7 +752,7 @@ impl Authority {
                 let Some(key) = self.member_key_by_voice(target) else {
                     return fx;
                 };
-                self.kicked_voice.insert(target.to_owned());
+                remember(&mut self.kicked_voice, target.to_owned());
                 if let Some(t) = self
                     .members
                     .iter()
