@@ -8,6 +8,7 @@ use kibitz_client::{Event, HostCommit, Participant, RoomConfig, Status};
 use kibitz_e2e::{Config, start};
 use kibitz_join::{HostAction, RoomHandle, RoomOptions};
 use kibitz_proto::content::Content;
+use kibitz_proto::grants::{Grant, Perceive};
 use kibitz_rtc::{BrokerConfig, Identity};
 use p256::ecdsa::SigningKey;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -166,6 +167,40 @@ async fn three_rust_participants_chat_moderate_and_migrate() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(ps);
+
+    // The host takes chat away from Bob: every peer enforces it, so Alice's next chat goes
+    // to Hana only.
+    let mut deaf = Grant::full();
+    deaf.perceive.retain(|p| *p != Perceive::ReadChat);
+    hana.handle
+        .set_grant(&bob_id, deaf.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = Instant::now() + long;
+    loop {
+        let ps = alice.handle.participants().await.unwrap();
+        if ps.iter().any(|p| p.id == bob_id && p.grant == deaf) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Alice never applied Bob's grant");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(alice.handle.chat("not for Bob", None).await.unwrap(), Ok(1));
+    hana.until("chat", long, |e| {
+        chat_text(e) == Some(("not for Bob".into(), false))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(e) = bob.events.try_recv() {
+        bob.seen.push(e);
+    }
+    assert!(
+        !bob.seen
+            .iter()
+            .any(|e| chat_text(e).is_some_and(|(t, _)| t == "not for Bob"))
+    );
+
     hana.handle
         .host(HostAction::Remove(bob_id.clone()))
         .await
