@@ -168,6 +168,11 @@ async fn a_host_with_the_password_kicks_from_the_terminal() {
     alice
         .expect(WAIT, |l| l.contains("Hana (host)") && l.contains("Bob"))
         .await;
+    // Hana names Bob from her own roster.
+    hana.expect(WAIT, |l| {
+        l.starts_with("* in the room:") && l.contains("Bob")
+    })
+    .await;
     hana.line("/kick bob").await;
     bob.expect(WAIT, |l| l == "* left the room (kicked)").await;
     let status = timeout(WAIT, bob.child.wait()).await.unwrap().unwrap();
