@@ -100,21 +100,28 @@ struct SignalAnswer {
     host: Option<String>,
 }
 
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<T, SelectError> {
+    client
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| api(url, e))?
+        .json()
+        .await
+        .map_err(|e| api(url, e))
+}
+
 /// Asks `<origin>/api/signal` which broker the room uses (one shared verdict for everyone).
 pub async fn broker_from_api(
     client: &reqwest::Client,
     origin: &str,
 ) -> Result<BrokerConfig, SelectError> {
     let url = format!("{}/api/signal", origin.trim_end_matches('/'));
-    let answer: SignalAnswer = client
-        .get(&url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| api(&url, e))?
-        .json()
-        .await
-        .map_err(|e| api(&url, e))?;
+    let answer: SignalAnswer = get_json(client, &url).await?;
     match answer.host.filter(|h| !h.trim().is_empty()) {
         Some(h) => broker_from(&h),
         None => Err(SelectError::NoBroker(url)),
@@ -132,15 +139,7 @@ pub async fn relay_from_api(
     } else {
         format!("https://{}/api/turn", turn.trim_end_matches('/'))
     };
-    let body: serde_json::Value = client
-        .get(&url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| api(&url, e))?
-        .json()
-        .await
-        .map_err(|e| api(&url, e))?;
+    let body: serde_json::Value = get_json(client, &url).await?;
     match RelayConfig::from_ice_servers(&body).await {
         Ok(relay) => Ok(Some(relay)),
         Err(kibitz_rtc::RelayError::NoTurn) => Ok(None),
