@@ -479,3 +479,22 @@ impl KibitzProc {
         self.stdin.flush().await.unwrap();
     }
 }
+
+/// The first item on `rx` matching `want` within `within` (others are skipped); panics with
+/// `what` otherwise. For event streams such as kibitz-rtc's.
+pub async fn next_matching<T>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    within: Duration,
+    mut want: impl FnMut(&T) -> bool,
+) -> T {
+    tokio::time::timeout(within, async {
+        loop {
+            let e = rx.recv().await.expect("sender running");
+            if want(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no matching event within {within:?}"))
+}

@@ -11,19 +11,10 @@ use kibitz_rtc::{
     BrokerConfig, CloseReason, ConnectOptions, Event, Events, Identity, Message, Peer, PeerOptions,
     SignalError,
 };
-use tokio::time::timeout;
 
-async fn next(ev: &mut Events, mut want: impl FnMut(&Event) -> bool) -> Event {
-    timeout(Duration::from_secs(10), async {
-        loop {
-            let e = ev.recv().await.expect("peer running");
-            if want(&e) {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("event within 10 s")
+/// The first event matching `want` within 10 s (others are skipped).
+async fn next(ev: &mut Events, want: impl FnMut(&Event) -> bool) -> Event {
+    kibitz_e2e::next_matching(ev, Duration::from_secs(10), want).await
 }
 
 fn offer(payload: &str) -> String {

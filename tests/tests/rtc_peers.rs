@@ -10,7 +10,7 @@ use kibitz_rtc::{
     BrokerConfig, CloseReason, ConnId, ConnectOptions, Event, Events, Identity, Message, PackValue,
     Peer, PeerHandle, PeerOptions, Serialization,
 };
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 
 async fn peer(port: u16, id: Option<&str>, identity: &Identity) -> (PeerHandle, Events) {
     let mut opts = PeerOptions::new(BrokerConfig::plain("127.0.0.1", port), identity.clone());
@@ -27,17 +27,8 @@ async fn peer(port: u16, id: Option<&str>, identity: &Identity) -> (PeerHandle, 
 }
 
 /// The first event matching `want` within 10 s (others are skipped).
-async fn next(ev: &mut Events, mut want: impl FnMut(&Event) -> bool) -> Event {
-    timeout(Duration::from_secs(10), async {
-        loop {
-            let e = ev.recv().await.expect("peer running");
-            if want(&e) {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("event within 10 s")
+async fn next(ev: &mut Events, want: impl FnMut(&Event) -> bool) -> Event {
+    kibitz_e2e::next_matching(ev, Duration::from_secs(10), want).await
 }
 
 async fn data(ev: &mut Events, conn: ConnId) -> Message {

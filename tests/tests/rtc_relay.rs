@@ -20,21 +20,13 @@ use kibitz_rtc::{
     BrokerConfig, CloseReason, ConnectOptions, Event, Events, Identity, Message, PackValue, Peer,
     PeerHandle, PeerOptions, RelayConfig,
 };
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 
 const SECRET: &str = "kibitz-rtc-relay-secret";
 
-async fn next(ev: &mut Events, mut want: impl FnMut(&Event) -> bool) -> Event {
-    timeout(Duration::from_secs(15), async {
-        loop {
-            let e = ev.recv().await.expect("peer running");
-            if want(&e) {
-                return e;
-            }
-        }
-    })
-    .await
-    .expect("event within 15 s")
+/// The first event matching `want` within 15 s (others are skipped).
+async fn next(ev: &mut Events, want: impl FnMut(&Event) -> bool) -> Event {
+    kibitz_e2e::next_matching(ev, Duration::from_secs(15), want).await
 }
 
 async fn peer(
