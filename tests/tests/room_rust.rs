@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kibitz_client::{Event, HostCommit, Participant, RoomConfig, Status};
+use kibitz_client::{Event, HostCommit, Lane, Participant, RoomConfig, Status};
 use kibitz_e2e::{Config, start};
 use kibitz_join::{HostAction, RoomHandle, RoomOptions};
 use kibitz_proto::content::Content;
@@ -118,6 +118,36 @@ async fn three_rust_participants_chat_moderate_and_migrate() {
         m.roster(&["Alice", "Bob", "Hana"], long).await;
     }
     eprintln!("three rosters converged in {:?}", t0.elapsed());
+
+    // The data mesh as the web client builds it: a sig and a bulk channel per pair, each a
+    // WebRTC connection of its own (bulk is labelled so, and dialled after the other's cap).
+    let deadline = Instant::now() + long;
+    for m in [&alice, &hana, &bob] {
+        let me = m.handle.voice_id().await.unwrap().unwrap();
+        loop {
+            let links = m.handle.mesh_links().await.unwrap();
+            let ps = m.handle.participants().await.unwrap();
+            let whole = ps.iter().filter(|p| p.id != me).all(|p| {
+                [Lane::Sig, Lane::Bulk].iter().all(|lane| {
+                    links
+                        .iter()
+                        .any(|l| l.remote == p.id && l.lane == *lane && l.open)
+                })
+            });
+            if whole && ps.len() == 3 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mesh of {me} never whole: {links:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "sig and bulk channels open between all three {:?} after launch",
+        t0.elapsed()
+    );
 
     // Chat to everyone, and a directed message to Bob only (the mesh is up once both ends
     // see each other; retry until it is).

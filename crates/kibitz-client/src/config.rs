@@ -32,6 +32,10 @@ pub mod timing {
     pub const JOIN_ANNOUNCES_MS: [u64; 2] = [600, 1_800];
     /// Re-dial a mesh peer after a failed connection.
     pub const MESH_REDIAL_MS: u64 = 800;
+    /// The `mh` keepalive on every mesh sig channel.
+    pub const MESH_KEEPALIVE_MS: u64 = 2_000;
+    /// A sig channel whose keepalive stopped this long ago is dead, open or not.
+    pub const SIG_DEAD_MS: u64 = 8_000;
     /// Re-sign an agent assertion this often (it is valid for 300 s).
     pub const ASSERTION_RESIGN_MS: u64 = 240_000;
 }

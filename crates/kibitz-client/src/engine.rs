@@ -15,7 +15,7 @@ use crate::authority::{Authority, Effects, Key};
 use crate::config::timing::*;
 use crate::config::{HostCommit, RoomConfig};
 use crate::ctx::{Ctx, Now};
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, MeshLink};
 use crate::net::{ConnId, NetCmd, NetEvent, PeerFailure, PeerKey, Plane};
 use crate::wire::{self, Announce};
 
@@ -397,8 +397,8 @@ impl Engine {
         self.mesh.self_id.as_deref()
     }
 
-    /// The data-mesh links: `(remote voiceId, open)`.
-    pub fn mesh_links(&self) -> Vec<(String, bool)> {
+    /// The data-mesh links.
+    pub fn mesh_links(&self) -> Vec<MeshLink> {
         self.mesh.links()
     }
 
@@ -517,6 +517,7 @@ impl Engine {
             peer,
             conn,
             remote: self.room_id.clone(),
+            label: None,
         });
         let now = self.ctx.now.ms;
         self.phase = Phase::Participant(Part {
@@ -647,7 +648,8 @@ impl Engine {
                 conn,
                 remote,
                 fingerprint,
-            } => self.on_incoming(peer, conn, remote, fingerprint),
+                label,
+            } => self.on_incoming(peer, conn, remote, fingerprint, label),
             NetEvent::Open { conn, .. } => self.on_open(conn),
             NetEvent::Data { conn, frame } => self.on_data(conn, frame),
             NetEvent::Closed { conn } => self.on_closed(conn),
@@ -732,9 +734,11 @@ impl Engine {
         conn: ConnId,
         remote: String,
         fingerprint: Option<String>,
+        label: Option<String>,
     ) {
         if self.mesh.peer == Some(peer) {
-            self.mesh.on_incoming(conn, remote);
+            self.mesh
+                .on_incoming(&mut self.ctx, conn, remote, label.as_deref());
             let am_host = self.am_crypto_host();
             self.mesh.on_open(&mut self.ctx, conn, am_host);
             // Frames may have been held for this sender already.
@@ -913,6 +917,7 @@ impl Engine {
         self.in_call = false;
         self.next_announce = None;
         self.close_presence();
+        self.mesh.bye(&mut self.ctx);
         if let Some(p) = self.mesh.peer {
             self.ctx.net(NetCmd::ClosePeer { key: p });
         }

@@ -37,4 +37,5 @@ pub use engine::{
     AuditEntry, AuditKind, Engine, Event, HostError, Input, Knocker, Message, Output, Participant,
     SendError, Status,
 };
-pub use net::{ConnId, NetCmd, NetEvent, PeerFailure, PeerKey, Plane};
+pub use mesh::{Lane, MeshLink};
+pub use net::{BULK_LABEL, ConnId, NetCmd, NetEvent, PeerFailure, PeerKey, Plane};

@@ -1,22 +1,29 @@
 //! The data mesh (KIBITZ.md §4.9) and capability grants (§4.8).
 //!
-//! Full mesh over the roster's voiceIds on the media peer; the smaller id dials. Every frame
-//! arriving on a mesh connection is attributed to the connection's remote peer id, never to
-//! a field. Grants are enforced here on both sides: content is withheld from a recipient whose
-//! grant does not allow it, and content from a sender without `send-chat` is dropped.
+//! Full mesh over the roster's voiceIds on the media peer; the smaller id dials. Each pair has
+//! a `sig` channel (control frames, content fallback) and, once the other side advertised
+//! `{t:'cap', bulk:1}`, a `bulk` channel that the dialler opens and all content prefers. Both
+//! sides send an `mh` keepalive on sig every 2 s (zeros: this client carries no media), which
+//! is what the web client's watchdog expects of a live channel; we hold peers that keep it
+//! alive to the same rule. `{t:'bye'}` on leaving lets peers drop the links at once.
+//!
+//! Every frame arriving on a mesh connection is attributed to the connection's remote peer
+//! id, never to a field. Grants are enforced here on both sides: content is withheld from a
+//! recipient whose grant does not allow it, and content from a sender without `send-chat` is
+//! dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kibitz_proto::binarypack::{Value, to_value};
 use kibitz_proto::content::{Chat, Content};
 use kibitz_proto::grants::{Act, Grant, Perceive, Role, effective_grant};
-use kibitz_proto::mesh::{MeshFrame, should_initiate};
+use kibitz_proto::mesh::{MeshControl, MeshFrame, should_initiate};
 use kibitz_proto::presence::{Member, Roster};
 
-use crate::config::timing::MESH_REDIAL_MS;
+use crate::config::timing::{MESH_KEEPALIVE_MS, MESH_REDIAL_MS, SIG_DEAD_MS};
 use crate::ctx::Ctx;
 use crate::engine::{AuditEntry, AuditKind, Event, Message};
-use crate::net::{ConnId, NetCmd, PeerKey};
+use crate::net::{BULK_LABEL, ConnId, NetCmd, PeerKey};
 
 /// Frames held from a sender the roster does not list yet (it may be just behind).
 const HELD_PER_CONN: usize = 32;
@@ -26,10 +33,37 @@ pub const GRANT_LAPSE_MS: u64 = 15_000;
 /// Audit entries kept.
 const AUDIT_CAP: usize = 1024;
 
+/// The two channels of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lane {
+    /// The first connection: control frames, and content until bulk is open.
+    Sig,
+    /// The content channel.
+    Bulk,
+}
+
+/// One data-mesh connection, as [`crate::Engine::mesh_links`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshLink {
+    /// The remote voiceId.
+    pub remote: String,
+    /// Which channel of the pair.
+    pub lane: Lane,
+    /// Whether it is open.
+    pub open: bool,
+}
+
 #[derive(Debug)]
 struct Link {
     remote: String,
+    lane: Lane,
     open: bool,
+    /// We dialled it (so we re-dial it).
+    ours: bool,
+    /// When anything last arrived (or it opened).
+    last_recv: u64,
+    /// The remote sends the `mh` keepalive on it, so silence means it is dead.
+    keepalive: bool,
     held: Vec<Value>,
 }
 
@@ -38,7 +72,12 @@ pub(crate) struct Mesh {
     pub peer: Option<PeerKey>,
     pub self_id: Option<String>,
     links: BTreeMap<ConnId, Link>,
-    redial_at: BTreeMap<String, u64>,
+    redial_at: BTreeMap<(String, Lane), u64>,
+    /// Peers that advertised a bulk channel.
+    bulk_capable: BTreeSet<String>,
+    /// Peers that said `bye`: not re-dialled while the roster still lists them.
+    left: BTreeSet<String>,
+    next_keepalive: Option<u64>,
     /// Grants in force, from the verified host's last `caps`.
     pub explicit: BTreeMap<String, Grant>,
     /// Who issued them: they lapse (to role defaults) once the issuer leaves the roster.
@@ -59,15 +98,22 @@ impl Mesh {
     pub fn reset(&mut self) {
         self.links.clear();
         self.redial_at.clear();
+        self.bulk_capable.clear();
+        self.left.clear();
+        self.next_keepalive = None;
         self.peer = None;
         self.self_id = None;
     }
 
-    /// `(remote, open)` for every link.
-    pub fn links(&self) -> Vec<(String, bool)> {
+    /// Every link.
+    pub fn links(&self) -> Vec<MeshLink> {
         self.links
             .values()
-            .map(|l| (l.remote.clone(), l.open))
+            .map(|l| MeshLink {
+                remote: l.remote.clone(),
+                lane: l.lane,
+                open: l.open,
+            })
             .collect()
     }
 
@@ -75,19 +121,116 @@ impl Mesh {
         self.links.contains_key(&conn)
     }
 
-    fn has_link_to(&self, remote: &str) -> bool {
-        self.links.values().any(|l| l.remote == remote)
-    }
-
-    fn open_conn(&self, remote: &str) -> Option<ConnId> {
+    fn link_to(&self, remote: &str, lane: Lane) -> Option<ConnId> {
         self.links
             .iter()
-            .find(|(_, l)| l.open && l.remote == remote)
+            .find(|(_, l)| l.lane == lane && l.remote == remote)
             .map(|(c, _)| *c)
     }
 
+    fn open_on(&self, remote: &str, lane: Lane) -> Option<ConnId> {
+        self.link_to(remote, lane)
+            .filter(|c| self.links.get(c).is_some_and(|l| l.open))
+    }
+
+    /// Where content to `remote` goes: bulk once open, else sig.
+    fn content_conn(&self, remote: &str) -> Option<ConnId> {
+        self.open_on(remote, Lane::Bulk)
+            .or_else(|| self.open_on(remote, Lane::Sig))
+    }
+
     pub fn next_timeout(&self) -> Option<u64> {
-        self.redial_at.values().min().copied()
+        self.redial_at
+            .values()
+            .copied()
+            .chain(self.next_keepalive)
+            .min()
+    }
+
+    fn dial(&mut self, ctx: &mut Ctx, peer: PeerKey, remote: &str, lane: Lane) {
+        let conn = ctx.conn_id();
+        self.links.insert(
+            conn,
+            Link {
+                remote: remote.to_owned(),
+                lane,
+                open: false,
+                ours: true,
+                last_recv: ctx.now.ms,
+                keepalive: false,
+                held: Vec::new(),
+            },
+        );
+        ctx.net(NetCmd::Connect {
+            peer,
+            conn,
+            remote: remote.to_owned(),
+            label: (lane == Lane::Bulk).then(|| BULK_LABEL.to_owned()),
+        });
+    }
+
+    /// Dials whatever we should and have not: sig to every member we initiate with, bulk
+    /// to those of them that take it.
+    fn dial_missing(&mut self, ctx: &mut Ctx, ids: &[&str]) {
+        let (Some(peer), Some(me)) = (self.peer, self.self_id.clone()) else {
+            return;
+        };
+        for &id in ids {
+            if id == me || !should_initiate(&me, id) || self.left.contains(id) {
+                continue;
+            }
+            for lane in [Lane::Sig, Lane::Bulk] {
+                if lane == Lane::Bulk && !self.bulk_capable.contains(id) {
+                    continue;
+                }
+                if self.link_to(id, lane).is_none()
+                    && !self.redial_at.contains_key(&(id.to_owned(), lane))
+                {
+                    self.dial(ctx, peer, id, lane);
+                }
+            }
+        }
+    }
+
+    /// Drops a link from the books. The `cap` a peer sent holds for its sig channel only: a
+    /// new one brings a new `cap`.
+    fn forget(&mut self, conn: ConnId) -> Option<Link> {
+        let l = self.links.remove(&conn)?;
+        if l.lane == Lane::Sig {
+            self.bulk_capable.remove(&l.remote);
+        }
+        Some(l)
+    }
+
+    /// Says `bye` on every open sig channel (we are leaving the room).
+    pub fn bye(&mut self, ctx: &mut Ctx) {
+        let Ok(frame) = to_value(&MeshControl::Bye) else {
+            return;
+        };
+        let conns: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.open && l.lane == Lane::Sig)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in conns {
+            ctx.send(c, frame.clone());
+        }
+    }
+
+    /// Closes every link to `remote`.
+    fn drop_remote(&mut self, ctx: &mut Ctx, remote: &str) {
+        let conns: Vec<ConnId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.remote == remote)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in conns {
+            self.forget(c);
+            ctx.net(NetCmd::Close { conn: c });
+        }
+        self.redial_at.retain(|(id, _), _| id != remote);
     }
 
     pub fn audit(&mut self, ctx: &Ctx, kind: AuditKind) -> AuditEntry {
@@ -129,7 +272,7 @@ impl Mesh {
     /// Dials roster members we should dial, drops links to those who left, and (as host)
     /// resyncs grants.
     pub fn sync(&mut self, ctx: &mut Ctx, roster: &Roster, am_host: bool) {
-        let (Some(peer), Some(me)) = (self.peer, self.self_id.clone()) else {
+        let (Some(_), Some(me)) = (self.peer, self.self_id.clone()) else {
             return;
         };
         let ids: Vec<&str> = roster.members.iter().map(|m| m.id.as_str()).collect();
@@ -171,32 +314,13 @@ impl Mesh {
             .map(|(c, _)| *c)
             .collect();
         for c in gone {
-            self.links.remove(&c);
+            self.forget(c);
             ctx.net(NetCmd::Close { conn: c });
         }
-        self.redial_at.retain(|id, _| ids.contains(&id.as_str()));
-        for id in ids {
-            if id != me
-                && should_initiate(&me, id)
-                && !self.has_link_to(id)
-                && !self.redial_at.contains_key(id)
-            {
-                let conn = ctx.conn_id();
-                self.links.insert(
-                    conn,
-                    Link {
-                        remote: id.to_owned(),
-                        open: false,
-                        held: Vec::new(),
-                    },
-                );
-                ctx.net(NetCmd::Connect {
-                    peer,
-                    conn,
-                    remote: id.to_owned(),
-                });
-            }
-        }
+        self.redial_at
+            .retain(|(id, _), _| ids.contains(&id.as_str()));
+        self.left.retain(|id| ids.contains(&id.as_str()));
+        self.dial_missing(ctx, &ids);
         if am_host {
             self.send_caps(ctx, None);
         }
@@ -221,6 +345,9 @@ impl Mesh {
 
     pub fn on_timeout(&mut self, ctx: &mut Ctx, roster: &Roster, am_host: bool) {
         let now = ctx.now.ms;
+        if self.next_keepalive.is_some_and(|t| t <= now) {
+            self.keepalive(ctx);
+        }
         let before = self.redial_at.len();
         self.redial_at.retain(|_, at| *at > now);
         if self.redial_at.len() != before {
@@ -228,34 +355,115 @@ impl Mesh {
         }
     }
 
-    pub fn on_incoming(&mut self, conn: ConnId, remote: String) {
+    /// Every 2 s: `mh` on every open sig channel, and a fresh sig channel in place of one
+    /// we dialled whose keepalive has stopped (open but dead, as a stalled SCTP association
+    /// over a relay can be).
+    fn keepalive(&mut self, ctx: &mut Ctx) {
+        let now = ctx.now.ms;
+        self.next_keepalive = None;
+        let zeros = MeshControl::Mh {
+            v: 0.0,
+            a: 0.0,
+            ov: 0.0,
+            oa: 0.0,
+        };
+        let Ok(frame) = to_value(&zeros) else {
+            return;
+        };
+        let mut dead = Vec::new();
+        let mut any = false;
+        for (c, l) in &self.links {
+            if !l.open || l.lane != Lane::Sig {
+                continue;
+            }
+            if l.ours && l.keepalive && now.saturating_sub(l.last_recv) > SIG_DEAD_MS {
+                dead.push((*c, l.remote.clone()));
+                continue;
+            }
+            any = true;
+            ctx.send(*c, frame.clone());
+        }
+        for (c, remote) in dead {
+            self.forget(c);
+            ctx.net(NetCmd::Close { conn: c });
+            if let Some(peer) = self.peer {
+                self.dial(ctx, peer, &remote, Lane::Sig);
+            }
+        }
+        if any {
+            self.next_keepalive = Some(now + MESH_KEEPALIVE_MS);
+        }
+    }
+
+    fn arm_keepalive(&mut self, now: u64) {
+        if self.next_keepalive.is_none() {
+            self.next_keepalive = Some(now + MESH_KEEPALIVE_MS);
+        }
+    }
+
+    pub fn on_incoming(
+        &mut self,
+        ctx: &mut Ctx,
+        conn: ConnId,
+        remote: String,
+        label: Option<&str>,
+    ) {
+        let lane = if label == Some(BULK_LABEL) {
+            Lane::Bulk
+        } else {
+            Lane::Sig
+        };
+        // The newest connection of a lane is the one in use (the dialler re-dialled).
+        if let Some(old) = self.link_to(&remote, lane) {
+            self.forget(old);
+            ctx.net(NetCmd::Close { conn: old });
+        }
+        self.left.remove(&remote);
         self.links.insert(
             conn,
             Link {
                 remote,
-                open: true,
+                lane,
+                open: false,
+                ours: false,
+                last_recv: ctx.now.ms,
+                keepalive: false,
                 held: Vec::new(),
             },
         );
     }
 
-    /// A link opened (either direction): the host resyncs that peer's grants.
+    /// A link opened (either direction). On sig: advertise bulk and, as host, resync that
+    /// peer's grants.
     pub fn on_open(&mut self, ctx: &mut Ctx, conn: ConnId, am_host: bool) {
-        if let Some(l) = self.links.get_mut(&conn) {
-            l.open = true;
-            if am_host {
-                let remote = l.remote.clone();
-                self.send_caps(ctx, Some(&remote));
-            }
+        let now = ctx.now.ms;
+        let Some(l) = self.links.get_mut(&conn) else {
+            return;
+        };
+        l.open = true;
+        l.last_recv = now;
+        if l.lane != Lane::Sig {
+            return;
+        }
+        let remote = l.remote.clone();
+        if let Ok(cap) = to_value(&MeshControl::cap_bulk()) {
+            ctx.send(conn, cap);
+        }
+        self.arm_keepalive(now);
+        if am_host {
+            self.send_caps(ctx, Some(&remote));
         }
     }
 
-    /// A link failed or closed: re-dial after a pause if we are the dialling side.
+    /// A link failed or closed: re-dial it after a pause if we are the dialling side.
     pub fn on_closed(&mut self, ctx: &mut Ctx, conn: ConnId) {
-        if let Some(l) = self.links.remove(&conn)
-            && !self.has_link_to(&l.remote)
+        if let Some(l) = self.forget(conn)
+            && l.ours
+            && !self.left.contains(&l.remote)
+            && self.link_to(&l.remote, l.lane).is_none()
         {
-            self.redial_at.insert(l.remote, ctx.now.ms + MESH_REDIAL_MS);
+            self.redial_at
+                .insert((l.remote, l.lane), ctx.now.ms + MESH_REDIAL_MS);
         }
     }
 
@@ -273,11 +481,15 @@ impl Mesh {
         let Some(frame) = self.caps_frame() else {
             return;
         };
-        let conns: Vec<ConnId> = self
+        let remotes: BTreeSet<&str> = self
             .links
-            .iter()
-            .filter(|(_, l)| l.open && to.is_none_or(|t| t == l.remote))
-            .map(|(c, _)| *c)
+            .values()
+            .filter(|l| l.open && to.is_none_or(|t| t == l.remote))
+            .map(|l| l.remote.as_str())
+            .collect();
+        let conns: Vec<ConnId> = remotes
+            .into_iter()
+            .filter_map(|r| self.content_conn(r))
             .collect();
         for c in conns {
             ctx.send(c, frame.clone());
@@ -317,7 +529,17 @@ impl Mesh {
         let Some(link) = self.links.get_mut(&conn) else {
             return;
         };
+        link.last_recv = ctx.now.ms;
         let from = link.remote.clone();
+        let lane = link.lane;
+        if frame.get("t").is_some()
+            && let MeshFrame::Control(c) = MeshFrame::from_raw(frame.clone())
+        {
+            if lane == Lane::Sig {
+                self.on_control(ctx, roster, conn, &from, c);
+            }
+            return;
+        }
         if member(roster, &from).is_none() {
             if link.held.len() < HELD_PER_CONN {
                 link.held.push(frame);
@@ -326,8 +548,7 @@ impl Mesh {
         }
         let content = match MeshFrame::from_raw(frame) {
             MeshFrame::Content(c) => c,
-            // Control frames (media negotiation, health) and unknown kinds: nothing for the
-            // room engine; unknown kinds are ignored by contract (§4.11).
+            // Unknown kinds are ignored by contract (§4.11).
             MeshFrame::Control(_) | MeshFrame::Unknown(_) => return,
         };
         match &content {
@@ -364,6 +585,37 @@ impl Mesh {
             direct,
             content,
         }));
+    }
+
+    /// A control frame on a sig channel. Media negotiation and its health reports are for a
+    /// media connection this client does not have; the rest run the mesh.
+    fn on_control(
+        &mut self,
+        ctx: &mut Ctx,
+        roster: &Roster,
+        conn: ConnId,
+        from: &str,
+        c: MeshControl,
+    ) {
+        match c {
+            MeshControl::Mh { .. } => {
+                if let Some(l) = self.links.get_mut(&conn) {
+                    l.keepalive = true;
+                }
+            }
+            MeshControl::Cap { bulk: Some(1) } => {
+                let new = self.bulk_capable.insert(from.to_owned());
+                // A peer the roster does not list yet is dialled when it does (`sync`).
+                if new && member(roster, from).is_some() {
+                    self.dial_missing(ctx, &[from]);
+                }
+            }
+            MeshControl::Bye => {
+                self.left.insert(from.to_owned());
+                self.drop_remote(ctx, from);
+            }
+            _ => {}
+        }
     }
 
     /// What a recipient needs to perceive this content.
@@ -434,7 +686,7 @@ impl Mesh {
                 );
                 continue;
             }
-            if let Some(c) = self.open_conn(&id) {
+            if let Some(c) = self.content_conn(&id) {
                 ctx.send(c, frame.clone());
                 sent += 1;
             }

@@ -89,6 +89,9 @@ pub enum NetCmd {
         conn: ConnId,
         /// The remote peer id.
         remote: String,
+        /// The channel label; `None` is PeerJS's default (the connectionId). The data mesh
+        /// labels its second channel [`BULK_LABEL`].
+        label: Option<String>,
     },
     /// Send one frame (reliable, ordered).
     Send {
@@ -103,6 +106,10 @@ pub enum NetCmd {
         conn: ConnId,
     },
 }
+
+/// The label of the data mesh's second channel (KIBITZ.md §4.9), which carries content so
+/// a large transfer cannot hold up control frames on the first.
+pub const BULK_LABEL: &str = "bulk";
 
 /// What the transport tells the engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +144,8 @@ pub enum NetEvent {
         remote: String,
         /// The remote side's DTLS certificate fingerprint, if readable.
         fingerprint: Option<String>,
+        /// The channel label the dialler chose (`None` when the transport cannot tell).
+        label: Option<String>,
     },
     /// A connection we dialled is open.
     Open {

@@ -91,6 +91,7 @@ enum Action {
         from_peer: PeerKey,
         from_id: String,
         to_id: String,
+        label: Option<String>,
     },
     /// A claim or anonymous registration reaches the broker.
     Register {
@@ -407,7 +408,12 @@ impl Sim {
                     self.close_link(l, node);
                 }
             }
-            NetCmd::Connect { peer, conn, remote } => {
+            NetCmd::Connect {
+                peer,
+                conn,
+                remote,
+                label,
+            } => {
                 let Some(from_id) = self.registered.get(&(node, peer)).cloned() else {
                     self.deliver(node, 0, NetEvent::ConnFailed { conn });
                     return;
@@ -420,6 +426,7 @@ impl Sim {
                         from_peer: peer,
                         from_id,
                         to_id: remote,
+                        label,
                     },
                 );
             }
@@ -535,6 +542,7 @@ impl Sim {
                 from_peer,
                 from_id,
                 to_id,
+                label,
             } => {
                 let target = self.ids.get(&to_id).copied();
                 let Some((to_node, to_peer)) = target else {
@@ -590,6 +598,7 @@ impl Sim {
                             conn: to.conn,
                             remote: from_id,
                             fingerprint: Some(from_fp),
+                            label,
                         },
                     ),
                 );

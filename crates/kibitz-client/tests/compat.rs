@@ -191,6 +191,7 @@ fn authority_roster_and_ping_match_the_real_client() {
             conn,
             remote: "anon-1".into(),
             fingerprint: None,
+            label: None,
         }),
     );
     // On open (lobby off) the authority sends the roster at once.

@@ -6,8 +6,7 @@ use common::*;
 
 use kibitz_client::verify::{Credentials, GateVerifier, Verdict, Verified, Verifier};
 use kibitz_client::{
-    AgentIdentity, ConnId, Engine, Event, Input, NetCmd, NetEvent, Now, Output, PeerFailure,
-    RoomConfig, Status,
+    AgentIdentity, ConnId, Engine, Event, Input, NetCmd, NetEvent, PeerFailure, RoomConfig, Status,
 };
 use kibitz_proto::agent::AgentKeyEntry;
 use kibitz_proto::binarypack::Value;
@@ -177,17 +176,6 @@ fn agents_whose_credit_lapses_are_reaped_and_renewing_ones_stay() {
 
 // ---- the engine by hand ---------------------------------------------------------------
 
-fn drain(e: &mut Engine) -> (Vec<NetCmd>, u64) {
-    let mut out = Vec::new();
-    loop {
-        match e.poll_output() {
-            Output::Net(c) => out.push(c),
-            Output::Event(_) => {}
-            Output::Timeout(t) => return (out, t),
-        }
-    }
-}
-
 /// The id was taken: feeds `ID-TAKEN` for `claim` at `ms` and returns the anonymous
 /// presence peer the engine opens instead.
 fn taken(e: &mut Engine, ms: u64, claim: kibitz_client::PeerKey) -> kibitz_client::PeerKey {
@@ -205,58 +193,6 @@ fn taken(e: &mut Engine, ms: u64, claim: kibitz_client::PeerKey) -> kibitz_clien
             _ => None,
         })
         .unwrap()
-}
-
-fn at(ms: u64) -> Now {
-    Now {
-        ms,
-        unix_ms: T0_UNIX_MS + ms,
-    }
-}
-
-/// An engine that holds the room, with one member connected on `ConnId::incoming(1)`.
-fn authority_with_member() -> Engine {
-    let mut e = Engine::new(cfg("r", "Alice"), at(0));
-    e.start(at(0));
-    let (cmds, _) = drain(&mut e);
-    let keys: Vec<_> = cmds
-        .iter()
-        .filter_map(|c| match c {
-            NetCmd::OpenPeer { key, .. } => Some(*key),
-            _ => None,
-        })
-        .collect();
-    e.handle_input(
-        at(0),
-        Input::Net(NetEvent::PeerOpen {
-            key: keys[1],
-            id: "kbz-v1-r".into(),
-        }),
-    );
-    e.handle_input(
-        at(0),
-        Input::Net(NetEvent::PeerOpen {
-            key: keys[0],
-            id: "va".into(),
-        }),
-    );
-    e.join(at(0));
-    let conn = ConnId::incoming(1);
-    e.handle_input(
-        at(0),
-        Input::Net(NetEvent::Incoming {
-            peer: keys[1],
-            conn,
-            remote: "x".into(),
-            fingerprint: None,
-        }),
-    );
-    let voice = app(
-        json!({"t": "voice", "on": true, "cam": false, "name": "Bob", "voiceId": "vb", "token": "tb"}),
-    );
-    e.handle_input(at(0), Input::Net(NetEvent::Data { conn, frame: voice }));
-    drain(&mut e);
-    e
 }
 
 fn member_names(e: &Engine) -> Vec<String> {

@@ -16,7 +16,7 @@ mod common;
 use common::*;
 
 use kibitz_client::sim::{NetConfig, NodeId, Sim};
-use kibitz_client::{HostCommit, RoomConfig, Status};
+use kibitz_client::{HostCommit, Lane, RoomConfig, Status};
 use kibitz_proto::grants::{Act, Grant, Perceive};
 
 struct Rng(u64);
@@ -310,6 +310,21 @@ fn check(r: &Run) -> Result<(), String> {
             return Err(format!(
                 "node {n}: the live key holder is not host ({host:?})"
             ));
+        }
+    }
+    // The data mesh is whole: both channels open between every two live members.
+    for n in &live {
+        let me = sim.engine(*n).voice_id().unwrap_or("?");
+        let links = sim.engine(*n).mesh_links();
+        for m in want.iter().filter(|m| *m != me) {
+            for lane in [Lane::Sig, Lane::Bulk] {
+                if !links
+                    .iter()
+                    .any(|l| l.remote == *m && l.lane == lane && l.open)
+                {
+                    return Err(format!("node {n} has no open {lane:?} channel to {m}"));
+                }
+            }
         }
     }
     for m in &want {

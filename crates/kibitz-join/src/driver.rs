@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kibitz_client::{
-    ConnId, Engine, Event, HostError, Input, NetCmd, NetEvent, Now, Output, Participant,
+    ConnId, Engine, Event, HostError, Input, MeshLink, NetCmd, NetEvent, Now, Output, Participant,
     PeerFailure, PeerKey, RoomConfig, SendError,
 };
 use kibitz_proto::binarypack::Value;
@@ -64,6 +64,7 @@ enum Command {
     Credit(Option<String>),
     Participants(oneshot::Sender<Vec<Participant>>),
     VoiceId(oneshot::Sender<Option<String>>),
+    MeshLinks(oneshot::Sender<Vec<MeshLink>>),
 }
 
 /// Commands a running room. Cheap to clone; the room stops when every handle is dropped.
@@ -86,6 +87,7 @@ impl std::fmt::Debug for Command {
             Command::Credit(_) => "Credit",
             Command::Participants(_) => "Participants",
             Command::VoiceId(_) => "VoiceId",
+            Command::MeshLinks(_) => "MeshLinks",
         })
     }
 }
@@ -175,6 +177,11 @@ impl RoomHandle {
     pub async fn voice_id(&self) -> Result<Option<String>, Stopped> {
         self.ask(Command::VoiceId).await
     }
+
+    /// The data-mesh channels.
+    pub async fn mesh_links(&self) -> Result<Vec<MeshLink>, Stopped> {
+        self.ask(Command::MeshLinks).await
+    }
 }
 
 /// What a peer task reports.
@@ -186,7 +193,7 @@ enum PeerMsg {
 
 /// What a peer task is asked to do, in order.
 enum PeerOp {
-    Connect(ConnId, String),
+    Connect(ConnId, String, Option<String>),
     Send(kibitz_rtc::ConnId, Value),
     Close(kibitz_rtc::ConnId),
 }
@@ -212,7 +219,8 @@ struct Driver {
     by_rtc: BTreeMap<(PeerKey, kibitz_rtc::ConnId), ConnId>,
     /// Engine connections closed before the peer task said which rtc connection they are.
     dropped: BTreeSet<ConnId>,
-    remotes: BTreeMap<(PeerKey, kibitz_rtc::ConnId), String>,
+    /// Who offered each incoming connection, and its label, until it opens.
+    remotes: BTreeMap<(PeerKey, kibitz_rtc::ConnId), (String, String)>,
     next_incoming: u64,
     peer_tx: mpsc::UnboundedSender<(PeerKey, PeerMsg)>,
     events: mpsc::UnboundedSender<Event>,
@@ -356,6 +364,9 @@ impl Driver {
             Command::VoiceId(r) => {
                 let _ = r.send(e.voice_id().map(str::to_owned));
             }
+            Command::MeshLinks(r) => {
+                let _ = r.send(e.mesh_links());
+            }
         }
         false
     }
@@ -385,9 +396,14 @@ impl Driver {
                 self.by_rtc.retain(|(k, _), _| *k != key);
                 self.remotes.retain(|(k, _), _| *k != key);
             }
-            NetCmd::Connect { peer, conn, remote } => {
+            NetCmd::Connect {
+                peer,
+                conn,
+                remote,
+                label,
+            } => {
                 if let Some(p) = self.peers.get(&peer) {
-                    let _ = p.ops.send(PeerOp::Connect(conn, remote));
+                    let _ = p.ops.send(PeerOp::Connect(conn, remote, label));
                 }
             }
             NetCmd::Send { conn, frame } => {
@@ -477,8 +493,8 @@ impl Driver {
                     failure: PeerFailure::Lost,
                 }]
             }
-            RtcEvent::Connection { conn, remote, .. } => {
-                self.remotes.insert((key, conn), remote);
+            RtcEvent::Connection { conn, remote, info } => {
+                self.remotes.insert((key, conn), (remote, info.label));
                 Vec::new()
             }
             RtcEvent::ConnOpen {
@@ -495,7 +511,10 @@ impl Driver {
                         fingerprint: Some(remote_fingerprint),
                     }]
                 }
-                None if self.remotes.remove(&(key, conn)).is_some() => {
+                None => {
+                    let Some((_, label)) = self.remotes.remove(&(key, conn)) else {
+                        return Vec::new();
+                    };
                     self.next_incoming += 1;
                     let c = ConnId::incoming(self.next_incoming);
                     self.conns.insert(
@@ -513,9 +532,9 @@ impl Driver {
                         conn: c,
                         remote,
                         fingerprint: Some(remote_fingerprint),
+                        label: Some(label),
                     }]
                 }
-                None => Vec::new(),
             },
             RtcEvent::Data { conn, value } => {
                 let Some(c) = self.by_rtc.get(&(key, conn)).copied() else {
@@ -595,9 +614,10 @@ async fn run_op(
     out: &mpsc::UnboundedSender<(PeerKey, PeerMsg)>,
 ) -> bool {
     match op {
-        PeerOp::Connect(conn, remote) => {
+        PeerOp::Connect(conn, remote, label) => {
             let opts = ConnectOptions {
                 reliable: true,
+                label,
                 ..ConnectOptions::default()
             };
             let rtc = match peer.connect(&remote, opts).await {

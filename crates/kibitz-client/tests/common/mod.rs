@@ -2,7 +2,10 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use kibitz_client::sim::{NetConfig, NodeId, Sim};
-use kibitz_client::{Event, RoomConfig, Status};
+use kibitz_client::{
+    ConnId, Engine, Event, Input, NetCmd, NetEvent, Now, Output, PeerKey, RoomConfig, Status,
+};
+use serde_json::json;
 
 pub const T0_UNIX_MS: u64 = 1_800_000_000_000;
 
@@ -96,4 +99,75 @@ pub fn lobby_events(sim: &Sim, n: NodeId) -> Vec<kibitz_proto::presence::LobbySt
 
 pub fn app(v: serde_json::Value) -> kibitz_proto::binarypack::Value {
     serde_json::from_value(v).unwrap()
+}
+
+/// Every network command the engine has queued, and its next timeout.
+pub fn drain(e: &mut Engine) -> (Vec<NetCmd>, u64) {
+    let mut out = Vec::new();
+    loop {
+        match e.poll_output() {
+            Output::Net(c) => out.push(c),
+            Output::Event(_) => {}
+            Output::Timeout(t) => return (out, t),
+        }
+    }
+}
+
+pub fn at(ms: u64) -> Now {
+    Now {
+        ms,
+        unix_ms: T0_UNIX_MS + ms,
+    }
+}
+
+/// An engine that holds the room, with one member connected on `ConnId::incoming(1)`.
+pub fn authority_with_member() -> Engine {
+    authority_with_member_on().0
+}
+
+/// [`authority_with_member`], also returning the media peer's key and what the engine did
+/// once the member joined (it dials the member's mesh channel: `va` < `vb`).
+pub fn authority_with_member_on() -> (Engine, PeerKey, Vec<NetCmd>) {
+    let mut e = Engine::new(cfg("r", "Alice"), at(0));
+    e.start(at(0));
+    let (cmds, _) = drain(&mut e);
+    let keys: Vec<_> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            NetCmd::OpenPeer { key, .. } => Some(*key),
+            _ => None,
+        })
+        .collect();
+    e.handle_input(
+        at(0),
+        Input::Net(NetEvent::PeerOpen {
+            key: keys[1],
+            id: "kbz-v1-r".into(),
+        }),
+    );
+    e.handle_input(
+        at(0),
+        Input::Net(NetEvent::PeerOpen {
+            key: keys[0],
+            id: "va".into(),
+        }),
+    );
+    e.join(at(0));
+    let conn = ConnId::incoming(1);
+    e.handle_input(
+        at(0),
+        Input::Net(NetEvent::Incoming {
+            peer: keys[1],
+            conn,
+            remote: "x".into(),
+            fingerprint: None,
+            label: None,
+        }),
+    );
+    let voice = app(
+        json!({"t": "voice", "on": true, "cam": false, "name": "Bob", "voiceId": "vb", "token": "tb"}),
+    );
+    e.handle_input(at(0), Input::Net(NetEvent::Data { conn, frame: voice }));
+    let (cmds, _) = drain(&mut e);
+    (e, keys[0], cmds)
 }
