@@ -264,3 +264,51 @@ async fn three_rust_participants_chat_moderate_and_migrate() {
     );
     hana.roster(&["Hana"], long).await;
 }
+
+/// A browser member (official peerjs in Chromium, speaking the room as KIBITZ.md describes
+/// the web client) next to a Rust member: both mesh channels, chat both ways on bulk, the
+/// Rust member's keepalive never lets the web client's watchdog trip, and `bye` on leaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_member_sees_the_mesh_the_web_client_expects() {
+    let broker = start(Config::default()).await;
+    let port = broker.addr.port();
+    let mut alice = join(port, config("browser-room", "Alice", false));
+    alice
+        .until("authority", Duration::from_secs(20), |e| {
+            matches!(e, Event::Status(Status::Authority))
+        })
+        .await;
+    // Alice answers the page: "hello rust" → "hello browser"; "please leave" → leaves.
+    let rust = tokio::spawn(async move {
+        while let Some(e) = alice.events.recv().await {
+            match chat_text(&e).map(|(t, _)| t).as_deref() {
+                Some("hello rust") => {
+                    let _ = alice.handle.chat("hello browser", None).await;
+                }
+                Some("please leave") => {
+                    alice.handle.leave().await;
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        false
+    });
+    let port = port.to_string();
+    let res = kibitz_e2e::node_scenarios(
+        "node/room-browser.mjs",
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--room",
+            "browser-room",
+        ],
+    )
+    .await;
+    if let Err(out) = res {
+        panic!("browser member failed:\n{out}");
+    }
+    assert!(rust.await.unwrap(), "Alice was asked to leave");
+}

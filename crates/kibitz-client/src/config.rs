@@ -32,6 +32,9 @@ pub mod timing {
     pub const JOIN_ANNOUNCES_MS: [u64; 2] = [600, 1_800];
     /// Re-dial a mesh peer after a failed connection.
     pub const MESH_REDIAL_MS: u64 = 800;
+    /// Mesh links to a peer the roster stopped listing are closed after this long (a roster
+    /// gap during a broker blip or a migration must not tear the mesh down).
+    pub const MESH_DROP_GRACE_MS: u64 = 7_000;
     /// The `mh` keepalive on every mesh sig channel.
     pub const MESH_KEEPALIVE_MS: u64 = 2_000;
     /// A sig channel whose keepalive stopped this long ago is dead, open or not.

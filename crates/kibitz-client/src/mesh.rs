@@ -20,7 +20,7 @@ use kibitz_proto::grants::{Act, Grant, Perceive, Role, effective_grant};
 use kibitz_proto::mesh::{MeshControl, MeshFrame, should_initiate};
 use kibitz_proto::presence::{Member, Roster};
 
-use crate::config::timing::{MESH_KEEPALIVE_MS, MESH_REDIAL_MS, SIG_DEAD_MS};
+use crate::config::timing::{MESH_DROP_GRACE_MS, MESH_KEEPALIVE_MS, MESH_REDIAL_MS, SIG_DEAD_MS};
 use crate::ctx::Ctx;
 use crate::engine::{AuditEntry, AuditKind, Event, Message};
 use crate::net::{BULK_LABEL, ConnId, NetCmd, PeerKey};
@@ -77,6 +77,8 @@ pub(crate) struct Mesh {
     bulk_capable: BTreeSet<String>,
     /// Peers that said `bye`: not re-dialled while the roster still lists them.
     left: BTreeSet<String>,
+    /// Since when a peer we have links to is missing from the roster.
+    absent_since: BTreeMap<String, u64>,
     next_keepalive: Option<u64>,
     /// Grants in force, from the verified host's last `caps`.
     pub explicit: BTreeMap<String, Grant>,
@@ -100,6 +102,7 @@ impl Mesh {
         self.redial_at.clear();
         self.bulk_capable.clear();
         self.left.clear();
+        self.absent_since.clear();
         self.next_keepalive = None;
         self.peer = None;
         self.self_id = None;
@@ -144,6 +147,7 @@ impl Mesh {
             .values()
             .copied()
             .chain(self.next_keepalive)
+            .chain(self.absent_since.values().map(|t| t + MESH_DROP_GRACE_MS))
             .min()
     }
 
@@ -307,15 +311,22 @@ impl Mesh {
             let grants = self.host_grants.clone();
             self.apply_grants(ctx, grants, &me);
         }
-        let gone: Vec<ConnId> = self
+        // Links to a peer the roster no longer lists go only once it has stayed away a while:
+        // a roster gap (a broker blip, a migration) must not tear the mesh down.
+        let now = ctx.now.ms;
+        let absent: BTreeSet<String> = self
             .links
-            .iter()
-            .filter(|(_, l)| !ids.contains(&l.remote.as_str()))
-            .map(|(c, _)| *c)
+            .values()
+            .filter(|l| !ids.contains(&l.remote.as_str()))
+            .map(|l| l.remote.clone())
             .collect();
-        for c in gone {
-            self.forget(c);
-            ctx.net(NetCmd::Close { conn: c });
+        self.absent_since.retain(|id, _| absent.contains(id));
+        for id in absent {
+            let since = *self.absent_since.entry(id.clone()).or_insert(now);
+            if now.saturating_sub(since) >= MESH_DROP_GRACE_MS {
+                self.absent_since.remove(&id);
+                self.drop_remote(ctx, &id);
+            }
         }
         self.redial_at
             .retain(|(id, _), _| ids.contains(&id.as_str()));
@@ -350,7 +361,11 @@ impl Mesh {
         }
         let before = self.redial_at.len();
         self.redial_at.retain(|_, at| *at > now);
-        if self.redial_at.len() != before {
+        let drop_due = self
+            .absent_since
+            .values()
+            .any(|t| t + MESH_DROP_GRACE_MS <= now);
+        if self.redial_at.len() != before || drop_due {
             self.sync(ctx, roster, am_host);
         }
     }

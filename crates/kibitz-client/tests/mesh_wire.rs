@@ -281,3 +281,27 @@ fn an_incoming_bulk_channel_is_the_content_channel() {
     );
     assert!(cmds.contains(&NetCmd::Close { conn: bulk }));
 }
+
+#[test]
+fn a_member_missing_from_the_roster_keeps_its_links_for_a_grace() {
+    let (mut e, _, sig, _) = with_sig_open();
+    // Bob's presence connection drops: the roster loses him at once, the mesh not yet.
+    let cmds = feed(
+        &mut e,
+        1_000,
+        NetEvent::Closed {
+            conn: ConnId::incoming(1),
+        },
+    );
+    assert_eq!(e.roster().members.len(), 1);
+    assert!(!cmds.contains(&NetCmd::Close { conn: sig }));
+    let mut closed_at = None;
+    for t in (1_100..=10_000).step_by(100) {
+        if tick(&mut e, t).contains(&NetCmd::Close { conn: sig }) {
+            closed_at = Some(t);
+            break;
+        }
+    }
+    assert_eq!(closed_at, Some(8_000), "closed 7 s after the roster lost him");
+    assert!(e.mesh_links().is_empty());
+}

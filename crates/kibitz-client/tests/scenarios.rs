@@ -368,6 +368,8 @@ fn sim_soft() -> kibitz_client::sim::Sim {
     join(&mut sim, soft("Alice"));
     sim.run_for(500);
     join(&mut sim, soft("Hana"));
+    // Second with the same name, after the first is in.
+    sim.run_for(1_500);
     join(&mut sim, soft("hana"));
     sim.run_for(3_000);
     sim

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kibitz_client::{Event, RoomConfig};
+use kibitz_client::{Event, Lane, RoomConfig};
 use kibitz_join::select::broker_from;
 use kibitz_join::{RoomHandle, RoomOptions};
 use kibitz_proto::content::Content;
@@ -98,9 +98,19 @@ async fn main() {
         }
     }
     let converge = last_full - t0;
-    // The mesh is complete once everyone reaches everyone.
+    // The mesh is complete once everyone has both channels (sig and bulk) open to everyone
+    // and a chat reaches them all.
     for (i, h) in handles.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let links = h.mesh_links().await.unwrap();
+            let open = |lane| links.iter().filter(|l| l.open && l.lane == lane).count();
+            if open(Lane::Sig) == n - 1 && open(Lane::Bulk) == n - 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "mesh incomplete at p{i}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         while h.chat("warm-up", None).await.unwrap() != Ok(n - 1) {
             assert!(Instant::now() < deadline, "mesh incomplete at p{i}");
             tokio::time::sleep(Duration::from_millis(200)).await;
