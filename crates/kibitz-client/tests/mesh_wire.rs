@@ -302,6 +302,10 @@ fn a_member_missing_from_the_roster_keeps_its_links_for_a_grace() {
             break;
         }
     }
-    assert_eq!(closed_at, Some(8_000), "closed 7 s after the roster lost him");
+    assert_eq!(
+        closed_at,
+        Some(8_000),
+        "closed 7 s after the roster lost him"
+    );
     assert!(e.mesh_links().is_empty());
 }
