@@ -278,6 +278,7 @@ async fn a_browser_member_sees_the_mesh_the_web_client_expects() {
             matches!(e, Event::Status(Status::Authority))
         })
         .await;
+    let probe = alice.handle.clone();
     // Alice answers the page: "hello rust" → "hello browser"; "please leave" → leaves.
     let rust = tokio::spawn(async move {
         while let Some(e) = alice.events.recv().await {
@@ -308,7 +309,9 @@ async fn a_browser_member_sees_the_mesh_the_web_client_expects() {
     )
     .await;
     if let Err(out) = res {
-        panic!("browser member failed:\n{out}");
+        let links = probe.mesh_links().await;
+        let ps = probe.participants().await;
+        panic!("browser member failed:\n{out}\nAlice's mesh: {links:?}\nroster: {ps:?}");
     }
     assert!(rust.await.unwrap(), "Alice was asked to leave");
 }

@@ -660,15 +660,14 @@ impl DataConn {
 
     fn on_event(&mut self, now: Instant, e: RtcEvent, out: &mut Vec<ConnOut>) {
         match e {
-            RtcEvent::ChannelOpen(id, _label) if self.channel.is_none() => {
-                self.channel = Some(id);
-                self.open_deadline = None;
-                if let Some(mut c) = self.rtc.channel(id) {
-                    c.set_buffered_amount_low_threshold(self.cfg.low_water);
-                }
-                out.push(ConnOut::Open {
-                    remote_fingerprint: self.remote_fingerprint.clone().unwrap_or_default(),
-                });
+            RtcEvent::ChannelOpen(id, _label) if self.channel.is_none() => self.opened(id, out),
+            // str0m reads a stream's data whatever its DCEP state, so the remote's first
+            // message can come before the ACK that opens our side (the ACK is resent after
+            // a loss, the data overtook it). Data means the channel is open: dropping it
+            // lost a peer's first frame.
+            RtcEvent::ChannelData(d) if self.channel.is_none() => {
+                self.opened(d.id, out);
+                self.on_data(now, d.binary, d.data, out);
             }
             RtcEvent::ChannelData(d) if Some(d.id) == self.channel => {
                 self.on_data(now, d.binary, d.data, out);
@@ -682,6 +681,17 @@ impl DataConn {
             }
             _ => {}
         }
+    }
+
+    fn opened(&mut self, id: ChannelId, out: &mut Vec<ConnOut>) {
+        self.channel = Some(id);
+        self.open_deadline = None;
+        if let Some(mut c) = self.rtc.channel(id) {
+            c.set_buffered_amount_low_threshold(self.cfg.low_water);
+        }
+        out.push(ConnOut::Open {
+            remote_fingerprint: self.remote_fingerprint.clone().unwrap_or_default(),
+        });
     }
 
     fn on_data(&mut self, now: Instant, binary: bool, data: Vec<u8>, out: &mut Vec<ConnOut>) {
