@@ -1,7 +1,9 @@
 // Shared by the browser tests: Debian's Chromium under playwright-core, a page server on
 // 127.0.0.1:0, and error/timeout helpers.
+import { readFile } from "node:fs/promises";
 import http from "node:http";
 import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
 
 const require = createRequire(import.meta.url);
 const { chromium } = require("playwright-core");
@@ -35,6 +37,34 @@ export async function startPageServer(files) {
   });
   await new Promise((resolve, reject) => server.once("error", reject).listen(0, "127.0.0.1", resolve));
   return server;
+}
+
+/**
+ * Serves a page that loads the official peerjs build and `pageJs`, opens it in Chromium and
+ * collects what the page logs as errors. Sets `state.server` and `state.browser` (closed by
+ * runScenarios); resolves to `{ page, consoleErrors }`.
+ */
+export async function openPeerjsPage(state, title, pageJs) {
+  const html = `<!doctype html>
+<meta charset="utf-8">
+<link rel="icon" href="data:,">
+<title>${title}</title>
+<script src="/peerjs.min.js"></script>
+<script src="/page.js"></script>
+`;
+  const peerjs = await readFile(fileURLToPath(new URL("./node_modules/peerjs/dist/peerjs.min.js", import.meta.url)));
+  state.server = await startPageServer({
+    "/": { type: "text/html", body: html },
+    "/peerjs.min.js": { type: "text/javascript", body: peerjs },
+    "/page.js": { type: "text/javascript", body: pageJs },
+  });
+  state.browser = await launchChromium();
+  const page = await (await state.browser.newContext()).newPage();
+  const consoleErrors = [];
+  page.on("console", (msg) => msg.type() === "error" && consoleErrors.push(oneLine(msg.text())));
+  page.on("pageerror", (err) => consoleErrors.push(`uncaught: ${oneLine(err.message)}`));
+  await page.goto(`http://127.0.0.1:${state.server.address().port}/`);
+  return { page, consoleErrors };
 }
 
 export function withTimeout(promise, ms, what) {

@@ -9,20 +9,8 @@
 // keepalive that never lets the watchdog trip, and `bye` when the Rust member leaves.
 // Run by tests/tests/room_rust.rs, whose Rust member answers "hello rust" with "hello browser"
 // and leaves on "please leave".
-import { readFile } from "node:fs/promises";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { launchChromium, oneLine, pageErrorMessage, runScenarios, startPageServer, withTimeout } from "./chromium.mjs";
-
-const here = (rel) => fileURLToPath(new URL(rel, import.meta.url));
-
-const PAGE_HTML = `<!doctype html>
-<meta charset="utf-8">
-<link rel="icon" href="data:,">
-<title>kibitz room member</title>
-<script src="/peerjs.min.js"></script>
-<script src="/page.js"></script>
-`;
+import { openPeerjsPage, pageErrorMessage, runScenarios, withTimeout } from "./chromium.mjs";
 
 const PAGE_JS = `"use strict";
 window.M = (() => {
@@ -177,17 +165,7 @@ const NAMES = [
 ];
 
 async function main(args, state) {
-  state.server = await startPageServer({
-    "/": { type: "text/html", body: PAGE_HTML },
-    "/peerjs.min.js": { type: "text/javascript", body: await readFile(here("./node_modules/peerjs/dist/peerjs.min.js")) },
-    "/page.js": { type: "text/javascript", body: PAGE_JS },
-  });
-  state.browser = await launchChromium();
-  const page = await (await state.browser.newContext()).newPage();
-  const consoleErrors = [];
-  page.on("console", (msg) => msg.type() === "error" && consoleErrors.push(oneLine(msg.text())));
-  page.on("pageerror", (err) => consoleErrors.push(`uncaught: ${oneLine(err.message)}`));
-  await page.goto(`http://127.0.0.1:${state.server.address().port}/`);
+  const { page, consoleErrors } = await openPeerjsPage(state, "kibitz room member", PAGE_JS);
   const opts = { host: args.host, port: Number(args.port), path: "/", secure: false, debug: 1, config: { iceServers: [] } };
   const runs = [
     () => page.evaluate(([o, room]) => M.join(o, room), [opts, args.room]),

@@ -7,20 +7,8 @@
 // messages, checks the echoes and sends "ok" (or what differed). With --turn-url, --turn-user
 // and --turn-pass the page is relay-only (iceTransportPolicy "relay") and every scenario also
 // checks that the selected candidate pair is relayed on the browser's side.
-import { readFile } from "node:fs/promises";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { launchChromium, oneLine, pageErrorMessage, runScenarios, startPageServer, withTimeout } from "./chromium.mjs";
-
-const here = (rel) => fileURLToPath(new URL(rel, import.meta.url));
-
-const PAGE_HTML = `<!doctype html>
-<meta charset="utf-8">
-<link rel="icon" href="data:,">
-<title>kibitz-rtc interop</title>
-<script src="/peerjs.min.js"></script>
-<script src="/page.js"></script>
-`;
+import { openPeerjsPage, pageErrorMessage, runScenarios, withTimeout } from "./chromium.mjs";
 
 // In-page helpers (window.R).
 const PAGE_JS = `"use strict";
@@ -151,17 +139,7 @@ const SCENARIOS = [
 ];
 
 async function main(args, state) {
-  state.server = await startPageServer({
-    "/": { type: "text/html", body: PAGE_HTML },
-    "/peerjs.min.js": { type: "text/javascript", body: await readFile(here("./node_modules/peerjs/dist/peerjs.min.js")) },
-    "/page.js": { type: "text/javascript", body: PAGE_JS },
-  });
-  state.browser = await launchChromium();
-  const page = await (await state.browser.newContext()).newPage();
-  const consoleErrors = [];
-  page.on("console", (msg) => msg.type() === "error" && consoleErrors.push(oneLine(msg.text())));
-  page.on("pageerror", (err) => consoleErrors.push(`uncaught: ${oneLine(err.message)}`));
-  await page.goto(`http://127.0.0.1:${state.server.address().port}/`);
+  const { page, consoleErrors } = await openPeerjsPage(state, "kibitz-rtc interop", PAGE_JS);
   const browserId = `browser-${Math.random().toString(36).slice(2, 10)}`;
   await page.evaluate(([rust, relay]) => { window.RUST = rust; window.RELAY = relay; }, [args.rust, !!args["turn-url"]]);
   const config = args["turn-url"]
