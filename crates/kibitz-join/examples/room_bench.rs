@@ -4,7 +4,7 @@
 //! in the same run.
 //!
 //! `room_bench <ws://host:port> <participants> <messages>`
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -50,9 +50,9 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let broker = broker_from(args.get(1).map_or("ws://127.0.0.1:9000", String::as_str)).unwrap();
+    let broker = broker_from(args.get(1).map_or("ws://127.0.0.1:9000", String::as_str))?;
     let n: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
     let messages: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(50);
     let room = format!("bench-{}-{}", n, std::process::id());
@@ -67,7 +67,7 @@ async fn main() {
         let opts = RoomOptions {
             broker: broker.clone(),
             relay: None,
-            identity: Identity::generate().unwrap(),
+            identity: Identity::generate()?,
         };
         let (h, mut ev) = kibitz_join::start(cfg, opts);
         h.join();
@@ -103,7 +103,7 @@ async fn main() {
     for (i, h) in handles.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let links = h.mesh_links().await.unwrap();
+            let links = h.mesh_links().await?;
             let open = |lane| links.iter().filter(|l| l.open && l.lane == lane).count();
             if open(Lane::Sig) == n - 1 && open(Lane::Bulk) == n - 1 {
                 break;
@@ -111,7 +111,7 @@ async fn main() {
             assert!(Instant::now() < deadline, "mesh incomplete at p{i}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        while h.chat("warm-up", None).await.unwrap() != Ok(n - 1) {
+        while h.chat("warm-up", None).await? != Ok(n - 1) {
             assert!(Instant::now() < deadline, "mesh incomplete at p{i}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -136,7 +136,7 @@ async fn main() {
     for m in 0..messages {
         let text = format!("m{m}");
         sent_at.insert(text.clone(), Instant::now());
-        handles[m % n].chat(&text, None).await.unwrap().unwrap();
+        handles[m % n].chat(&text, None).await??;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let want = messages * (n - 1);
@@ -166,5 +166,5 @@ async fn main() {
     );
     for h in &handles {
         h.leave().await;
-    }
+    }    Ok(())
 }
