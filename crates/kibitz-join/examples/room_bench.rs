@@ -166,5 +166,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     for h in &handles {
         h.leave().await;
-    }    Ok(())
+    }
+    Ok(())
 }

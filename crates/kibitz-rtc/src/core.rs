@@ -272,6 +272,15 @@ impl PeerCore {
         self.out.push_back(Output::Event(e));
     }
 
+    fn reject_offer(&mut self, src: String, connection_id: String, why: impl Into<String>) {
+        self.event(Event::SignalError(SignalError::Rejected {
+            kind: "OFFER",
+            src,
+            connection_id,
+            why: why.into(),
+        }));
+    }
+
     /// Next thing to do, or `None` when only time can bring more.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
@@ -412,12 +421,7 @@ impl PeerCore {
             self.close_with(now, old, CloseReason::Replaced);
         }
         if self.conns.len() >= self.cfg.max_connections {
-            self.event(Event::SignalError(SignalError::Rejected {
-                kind: "OFFER",
-                src,
-                connection_id,
-                why: "too many connections".into(),
-            }));
+            self.reject_offer(src, connection_id, "too many connections");
             return;
         }
         let info = ConnInfo {
@@ -428,12 +432,7 @@ impl PeerCore {
             metadata: p.metadata.clone(),
         };
         let Some((local, hosts)) = self.take_socket() else {
-            self.event(Event::SignalError(SignalError::Rejected {
-                kind: "OFFER",
-                src,
-                connection_id,
-                why: "no spare UDP socket".into(),
-            }));
+            self.reject_offer(src, connection_id, "no spare UDP socket");
             return;
         };
         let id = self.alloc();
@@ -449,12 +448,7 @@ impl PeerCore {
             Ok(x) => x,
             Err(why) => {
                 self.spares.push_front(local);
-                self.event(Event::SignalError(SignalError::Rejected {
-                    kind: "OFFER",
-                    src,
-                    connection_id,
-                    why,
-                }));
+                self.reject_offer(src, connection_id, why);
                 return;
             }
         };
