@@ -67,6 +67,20 @@ struct Link {
     held: Vec<Value>,
 }
 
+impl Link {
+    fn new(remote: String, lane: Lane, ours: bool, now: u64) -> Self {
+        Self {
+            remote,
+            lane,
+            open: false,
+            ours,
+            last_recv: now,
+            keepalive: false,
+            held: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Mesh {
     pub peer: Option<PeerKey>,
@@ -153,18 +167,8 @@ impl Mesh {
 
     fn dial(&mut self, ctx: &mut Ctx, peer: PeerKey, remote: &str, lane: Lane) {
         let conn = ctx.conn_id();
-        self.links.insert(
-            conn,
-            Link {
-                remote: remote.to_owned(),
-                lane,
-                open: false,
-                ours: true,
-                last_recv: ctx.now.ms,
-                keepalive: false,
-                held: Vec::new(),
-            },
-        );
+        self.links
+            .insert(conn, Link::new(remote.to_owned(), lane, true, ctx.now.ms));
         ctx.net(NetCmd::Connect {
             peer,
             conn,
@@ -206,6 +210,12 @@ impl Mesh {
         Some(l)
     }
 
+    /// Forgets a link and closes it.
+    fn close(&mut self, ctx: &mut Ctx, conn: ConnId) {
+        self.forget(conn);
+        ctx.net(NetCmd::Close { conn });
+    }
+
     /// Says `bye` on every open sig channel (we are leaving the room).
     pub fn bye(&mut self, ctx: &mut Ctx) {
         let Ok(frame) = to_value(&MeshControl::Bye) else {
@@ -231,8 +241,7 @@ impl Mesh {
             .map(|(c, _)| *c)
             .collect();
         for c in conns {
-            self.forget(c);
-            ctx.net(NetCmd::Close { conn: c });
+            self.close(ctx, c);
         }
         self.redial_at.retain(|(id, _), _| id != remote);
     }
@@ -399,8 +408,7 @@ impl Mesh {
             ctx.send(*c, frame.clone());
         }
         for (c, remote) in dead {
-            self.forget(c);
-            ctx.net(NetCmd::Close { conn: c });
+            self.close(ctx, c);
             if let Some(peer) = self.peer {
                 self.dial(ctx, peer, &remote, Lane::Sig);
             }
@@ -430,22 +438,11 @@ impl Mesh {
         };
         // The newest connection of a lane is the one in use (the dialler re-dialled).
         if let Some(old) = self.link_to(&remote, lane) {
-            self.forget(old);
-            ctx.net(NetCmd::Close { conn: old });
+            self.close(ctx, old);
         }
         self.left.remove(&remote);
-        self.links.insert(
-            conn,
-            Link {
-                remote,
-                lane,
-                open: false,
-                ours: false,
-                last_recv: ctx.now.ms,
-                keepalive: false,
-                held: Vec::new(),
-            },
-        );
+        self.links
+            .insert(conn, Link::new(remote, lane, false, ctx.now.ms));
     }
 
     /// A link opened (either direction). On sig: advertise bulk and, as host, resync that

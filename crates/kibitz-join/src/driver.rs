@@ -219,8 +219,8 @@ struct Driver {
     by_rtc: BTreeMap<(PeerKey, kibitz_rtc::ConnId), ConnId>,
     /// Engine connections closed before the peer task said which rtc connection they are.
     dropped: BTreeSet<ConnId>,
-    /// Who offered each incoming connection, and its label, until it opens.
-    remotes: BTreeMap<(PeerKey, kibitz_rtc::ConnId), (String, String)>,
+    /// The label of each incoming connection, until it opens.
+    incoming_labels: BTreeMap<(PeerKey, kibitz_rtc::ConnId), String>,
     next_incoming: u64,
     peer_tx: mpsc::UnboundedSender<(PeerKey, PeerMsg)>,
     events: mpsc::UnboundedSender<Event>,
@@ -261,7 +261,7 @@ pub fn start(
         conns: BTreeMap::new(),
         by_rtc: BTreeMap::new(),
         dropped: BTreeSet::new(),
-        remotes: BTreeMap::new(),
+        incoming_labels: BTreeMap::new(),
         next_incoming: 0,
         peer_tx,
         events: ev_tx,
@@ -394,7 +394,7 @@ impl Driver {
                 self.peers.remove(&key);
                 self.conns.retain(|_, c| c.peer != key);
                 self.by_rtc.retain(|(k, _), _| *k != key);
-                self.remotes.retain(|(k, _), _| *k != key);
+                self.incoming_labels.retain(|(k, _), _| *k != key);
             }
             NetCmd::Connect {
                 peer,
@@ -493,8 +493,8 @@ impl Driver {
                     failure: PeerFailure::Lost,
                 }]
             }
-            RtcEvent::Connection { conn, remote, info } => {
-                self.remotes.insert((key, conn), (remote, info.label));
+            RtcEvent::Connection { conn, info, .. } => {
+                self.incoming_labels.insert((key, conn), info.label);
                 Vec::new()
             }
             RtcEvent::ConnOpen {
@@ -512,7 +512,7 @@ impl Driver {
                     }]
                 }
                 None => {
-                    let Some((_, label)) = self.remotes.remove(&(key, conn)) else {
+                    let Some(label) = self.incoming_labels.remove(&(key, conn)) else {
                         return Vec::new();
                     };
                     self.next_incoming += 1;
@@ -547,7 +547,7 @@ impl Driver {
                 }
             }
             RtcEvent::ConnClosed { conn, .. } => {
-                self.remotes.remove(&(key, conn));
+                self.incoming_labels.remove(&(key, conn));
                 let Some(c) = self.by_rtc.remove(&(key, conn)) else {
                     return Vec::new();
                 };
