@@ -111,14 +111,22 @@ window.R = (() => {
     if (verdict !== "ok") throw new Error("rust says: " + show(verdict));
     return "label " + conn.label + (await checkRelay(conn));
   }
-  // "local/remote" candidate types of the selected pair.
+  // "local/remote" candidate types of the selected pair. Data can flow before getStats reports
+  // the selection (seen under load), so poll until the transport names its selected pair.
   async function pairTypes(conn) {
-    const stats = await conn.peerConnection.getStats();
-    let pair = null;
-    stats.forEach((r) => { if (r.type === "candidate-pair" && r.state === "succeeded" && (r.nominated || !pair)) pair = r; });
-    if (!pair) return "no pair";
-    const l = stats.get(pair.localCandidateId), r = stats.get(pair.remoteCandidateId);
-    return (l && l.candidateType) + "/" + (r && r.candidateType);
+    const deadline = performance.now() + 15000;
+    for (;;) {
+      const stats = await conn.peerConnection.getStats();
+      let pair = null;
+      stats.forEach((r) => { if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId) || pair; });
+      if (!pair) stats.forEach((r) => { if (r.type === "candidate-pair" && r.state === "succeeded" && r.nominated) pair = r; });
+      if (pair) {
+        const l = stats.get(pair.localCandidateId), r = stats.get(pair.remoteCandidateId);
+        return (l && l.candidateType) + "/" + (r && r.candidateType);
+      }
+      if (performance.now() > deadline) return "no pair";
+      await new Promise((res) => setTimeout(res, 50));
+    }
   }
   async function checkRelay(conn) {
     if (!window.RELAY) return "";

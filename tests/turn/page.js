@@ -100,12 +100,19 @@ window.T = (() => {
     }
   }
 
+  // Data can flow before getStats reports the selection (seen under load): poll until it does.
   async function selectedPair(pc) {
-    const stats = await pc.getStats();
-    let pair;
-    stats.forEach((r) => {
-      if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
-    });
+    const deadline = performance.now() + 15_000;
+    let stats, pair;
+    for (;;) {
+      stats = await pc.getStats();
+      stats.forEach((r) => {
+        if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+      });
+      if (pair && pair.state === "succeeded") break;
+      if (performance.now() > deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
     if (!pair) throw new Error("no selected candidate pair in getStats()");
     const local = stats.get(pair.localCandidateId);
     const remote = stats.get(pair.remoteCandidateId);
