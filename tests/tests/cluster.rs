@@ -193,9 +193,9 @@ async fn a_redis_restart_mid_relay_loses_no_message() {
                     *seen.entry(v["payload"].as_u64().unwrap()).or_default() += 1;
                 }
                 other => panic!(
-                    "bob: {other:?} after {} messages, last {:?}",
+                    "bob: {other:?} after {} messages, missing {:?}",
                     seen.len(),
-                    seen.keys().last()
+                    (0..N).filter(|n| !seen.contains_key(n)).collect::<Vec<_>>()
                 ),
             }
         }

