@@ -4,32 +4,8 @@ use std::collections::VecDeque;
 
 use kibitz_proto::binarypack::Value;
 
-use crate::engine::{Event, Output};
 use crate::net::{ConnId, NetCmd, PeerKey};
-
-/// The current time as the driver reads it: a monotonic clock and the wall clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Now {
-    /// Monotonic milliseconds (any epoch; only differences matter).
-    pub ms: u64,
-    /// Unix time, milliseconds (tokens and grants expire on it).
-    pub unix_ms: u64,
-}
-
-impl Now {
-    /// Unix seconds.
-    pub fn unix(self) -> u64 {
-        self.unix_ms / 1000
-    }
-
-    /// The same clocks `ms` milliseconds later.
-    pub fn plus(self, ms: u64) -> Self {
-        Self {
-            ms: self.ms + ms,
-            unix_ms: self.unix_ms + ms,
-        }
-    }
-}
+use crate::types::{Event, Now, Output};
 
 #[derive(Debug)]
 pub(crate) struct Ctx {

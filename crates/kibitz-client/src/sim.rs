@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, BinaryHeap};
 use kibitz_proto::binarypack::{self, Value};
 
 use crate::config::RoomConfig;
-use crate::ctx::Now;
-use crate::engine::{Engine, Event, Input, Output};
+use crate::engine::Engine;
 use crate::net::{ConnId, NetCmd, NetEvent, PeerFailure, PeerKey};
+use crate::types::{Event, Input, Now, Output};
 
 /// The broker's offline-message expiry: a dial to an unknown id fails after this (ms).
 pub const EXPIRE_MS: u64 = 5_000;
