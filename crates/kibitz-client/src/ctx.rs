@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 
+use kibitz_proto::SplitMix64;
 use kibitz_proto::binarypack::Value;
 
 use crate::net::{ConnId, NetCmd, PeerKey};
@@ -13,7 +14,8 @@ pub(crate) struct Ctx {
     pub now: Now,
     next_conn: u64,
     next_peer: u64,
-    rng: u64,
+    /// Ids need to be unique, not secret (signatures carry the security).
+    rng: SplitMix64,
 }
 
 impl Ctx {
@@ -23,7 +25,7 @@ impl Ctx {
             now,
             next_conn: 1,
             next_peer: 1,
-            rng: seed,
+            rng: SplitMix64::new(seed),
         }
     }
 
@@ -51,13 +53,8 @@ impl Ctx {
         k
     }
 
-    /// SplitMix64: ids need to be unique, not secret (signatures carry the security).
     pub fn next_u64(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 
     pub fn jti(&mut self) -> [u8; 12] {
