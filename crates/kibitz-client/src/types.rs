@@ -1,6 +1,6 @@
 //! The room's public vocabulary: what goes into and comes out of the engine, and the
-//! views and errors the controller API hands back. It depends on no other part of the
-//! engine, so every part can use it.
+//! views and errors the controller API hands back. It uses nothing of the crate but the
+//! transport vocabulary in [`crate::net`] (itself a leaf), so every part can use it.
 
 use std::collections::BTreeMap;
 

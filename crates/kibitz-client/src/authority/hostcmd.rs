@@ -58,7 +58,7 @@ impl Authority {
         self.apply(ctx, Key::Own, cmd)
     }
 
-    pub(super) fn apply(&mut self, ctx: &mut Ctx, from: Key, cmd: &HostCmd) -> Effects {
+    fn apply(&mut self, ctx: &mut Ctx, from: Key, cmd: &HostCmd) -> Effects {
         let mut fx = Effects::default();
         let target = cmd.target.as_deref().unwrap_or("");
         match cmd.op {

@@ -1,4 +1,5 @@
-//! The claim loop: claiming `kbz-v1-<room>`, dialling whoever holds it, taking over, and the media peer.
+//! The claim loop: claiming `kbz-v1-<room>`, dialling whoever holds it, taking over; and
+//! opening the media peer.
 
 use crate::authority::{Authority, Effects};
 use crate::config::timing::{

@@ -30,7 +30,7 @@ impl Engine {
             .flatten()
     }
 
-    pub(super) fn signed(&mut self, op: HostOp, target: Option<&str>) -> Option<String> {
+    fn signed(&mut self, op: HostOp, target: Option<&str>) -> Option<String> {
         let key = self.cfg.host_key.as_ref()?;
         let fp = self.cfg.fingerprint.as_deref().unwrap_or("");
         let cmd = HostCmd::new(
@@ -81,7 +81,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn direct_host_op(&mut self, op: HostOp, target: Option<&str>) {
+    fn direct_host_op(&mut self, op: HostOp, target: Option<&str>) {
         // The authority applies a self-injected command; building one keeps a single code path.
         let cmd = HostCmd::new(
             &self.room,

@@ -94,7 +94,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_peer_open(&mut self, key: PeerKey, id: String) {
+    fn on_peer_open(&mut self, key: PeerKey, id: String) {
         if self.mesh.peer == Some(key) {
             self.mesh.self_id = Some(id);
             self.sync_self();
@@ -114,7 +114,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_peer_failed(&mut self, key: PeerKey, failure: PeerFailure) {
+    fn on_peer_failed(&mut self, key: PeerKey, failure: PeerFailure) {
         if self.mesh.peer == Some(key) {
             // A new media peer means a new voiceId; the roster self-heals by re-announcing.
             self.mesh.reset();
@@ -147,7 +147,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_conn_failed(&mut self, conn: ConnId) {
+    fn on_conn_failed(&mut self, conn: ConnId) {
         if self.mesh.owns(conn) {
             self.mesh.on_closed(&mut self.ctx, conn);
             return;
@@ -165,7 +165,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_incoming(
+    fn on_incoming(
         &mut self,
         peer: PeerKey,
         conn: ConnId,
@@ -189,7 +189,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_open(&mut self, conn: ConnId) {
+    fn on_open(&mut self, conn: ConnId) {
         if self.mesh.owns(conn) {
             let am_host = self.am_crypto_host();
             self.mesh.on_open(&mut self.ctx, conn, am_host);
@@ -215,7 +215,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_data(&mut self, conn: ConnId, frame: Value) {
+    fn on_data(&mut self, conn: ConnId, frame: Value) {
         if self.mesh.owns(conn) {
             let host = self.crypto_host();
             self.mesh
@@ -235,7 +235,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_left(&mut self, peer: PeerKey, remote: &str) {
+    fn on_left(&mut self, peer: PeerKey, remote: &str) {
         if remote != self.room_id || self.presence_peer() != Some(peer) {
             return;
         }
@@ -245,7 +245,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_closed(&mut self, conn: ConnId) {
+    fn on_closed(&mut self, conn: ConnId) {
         if self.mesh.owns(conn) {
             self.mesh.on_closed(&mut self.ctx, conn);
             return;

@@ -69,7 +69,7 @@ impl Engine {
 
     /// Remembers every ban heard of; hands those the authority's roster lacks back to it (a
     /// coordinator that did not inherit them, e.g. one that claimed a freed id first).
-    pub(super) fn learn_bans(&mut self, carried: Vec<String>) {
+    fn learn_bans(&mut self, carried: Vec<String>) {
         let missing: Vec<String> = self
             .last_bans
             .iter()
@@ -112,7 +112,7 @@ impl Engine {
         });
     }
 
-    pub(super) fn assertion(&mut self) -> Option<String> {
+    fn assertion(&mut self) -> Option<String> {
         let agent = self.cfg.agent.as_ref()?;
         let key = agent.key.as_ref()?;
         let fp = self.cfg.fingerprint.as_deref()?;
@@ -145,7 +145,7 @@ impl Engine {
         })
     }
 
-    pub(super) fn voice_frame(&mut self, on: bool) -> Value {
+    fn voice_frame(&mut self, on: bool) -> Value {
         let assertion = self.assertion();
         wire::voice(
             on,

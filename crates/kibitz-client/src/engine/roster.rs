@@ -10,7 +10,7 @@ use super::{Engine, Phase};
 impl Engine {
     // ---- authority side -----------------------------------------------------------------
 
-    pub(super) fn self_member(&self) -> Option<Member> {
+    fn self_member(&self) -> Option<Member> {
         if !self.in_call {
             return None;
         }
