@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use kibitz_proto::SplitMix64;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -223,13 +224,11 @@ impl Target {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| u64::from(std::process::id()));
-        // splitmix64 over (seed, call number): random-looking, reproducible with the seed.
-        let mut z = seed
-            .wrapping_add(PICK.fetch_add(1, Ordering::Relaxed))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
+        // SplitMix64's mix over (seed, call number): random-looking, reproducible with the seed.
+        let z = SplitMix64::mix(
+            seed.wrapping_add(PICK.fetch_add(1, Ordering::Relaxed))
+                .wrapping_mul(SplitMix64::GAMMA),
+        );
         self.ports[(z % self.ports.len() as u64) as usize]
     }
 }

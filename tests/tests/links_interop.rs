@@ -5,6 +5,7 @@
 //! passwords and tampered tokens fail on both sides.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use kibitz_proto::SplitMix64;
 use kibitz_proto::gate::GateDescriptor;
 use kibitz_proto::link::{commit_host_password, parse_room_target, room_link, unlock_host_key};
 use kibitz_proto::rand_core::{self, CryptoRng, RngCore};
@@ -61,7 +62,7 @@ fn webcrypto_opens_and_verifies_what_rust_makes() {
 
 #[test]
 fn webcrypto_claims_the_host_key_of_a_rust_link() {
-    let mut rng = Counter(0x5eed);
+    let mut rng = Counter(SplitMix64::new(0x5eed));
     let key = SigningKey::random(&mut rng);
     let mut gate = GateDescriptor::default();
     commit_host_password(&mut gate, &key, PASSWORD, &mut rng).unwrap();
@@ -132,19 +133,14 @@ fn rust_opens_and_verifies_what_webcrypto_makes() {
 
 /// A counter "RNG": these tests need valid keys and fresh-looking nonces, not secrecy.
 #[derive(Debug)]
-struct Counter(u64);
+struct Counter(SplitMix64);
 
 impl RngCore for Counter {
     fn next_u32(&mut self) -> u32 {
         self.next_u64() as u32
     }
     fn next_u64(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn fill_bytes(&mut self, dest: &mut [u8]) {
         rand_core::impls::fill_bytes_via_next(self, dest);

@@ -202,11 +202,7 @@ async fn three_rust_participants_chat_moderate_and_migrate() {
     // to Hana only.
     let mut deaf = Grant::full();
     deaf.perceive.retain(|p| *p != Perceive::ReadChat);
-    hana.handle
-        .set_grant(&bob_id, deaf.clone())
-        .await
-        .unwrap()
-        .unwrap();
+    hana.handle.set_grant(&bob_id, deaf.clone()).await.unwrap();
     let deadline = Instant::now() + long;
     loop {
         let ps = alice.handle.participants().await.unwrap();
@@ -234,7 +230,6 @@ async fn three_rust_participants_chat_moderate_and_migrate() {
     hana.handle
         .host(HostAction::Remove(bob_id.clone()))
         .await
-        .unwrap()
         .unwrap();
     bob.until(
         "kick",

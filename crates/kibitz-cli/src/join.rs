@@ -356,11 +356,7 @@ async fn command(room: &RoomHandle, line: &str) -> Option<String> {
     };
     let (cmd, arg) = rest.split_once(' ').unwrap_or((rest, ""));
     let arg = arg.trim();
-    let host = |r: Result<Result<(), kibitz_client::HostError>, kibitz_join::Stopped>| match r {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("* {e}")),
-        Err(e) => Some(format!("* {e}")),
-    };
+    let host = |r: Result<(), kibitz_join::HostActionError>| r.err().map(|e| format!("* {e}"));
     match cmd {
         "who" => Some(roster_line(&room.participants().await.unwrap_or_default())),
         "dm" => {

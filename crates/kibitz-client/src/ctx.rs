@@ -2,34 +2,11 @@
 
 use std::collections::VecDeque;
 
+use kibitz_proto::SplitMix64;
 use kibitz_proto::binarypack::Value;
 
-use crate::engine::{Event, Output};
 use crate::net::{ConnId, NetCmd, PeerKey};
-
-/// The current time as the driver reads it: a monotonic clock and the wall clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Now {
-    /// Monotonic milliseconds (any epoch; only differences matter).
-    pub ms: u64,
-    /// Unix time, milliseconds (tokens and grants expire on it).
-    pub unix_ms: u64,
-}
-
-impl Now {
-    /// Unix seconds.
-    pub fn unix(self) -> u64 {
-        self.unix_ms / 1000
-    }
-
-    /// The same clocks `ms` milliseconds later.
-    pub fn plus(self, ms: u64) -> Self {
-        Self {
-            ms: self.ms + ms,
-            unix_ms: self.unix_ms + ms,
-        }
-    }
-}
+use crate::types::{Event, Now, Output};
 
 #[derive(Debug)]
 pub(crate) struct Ctx {
@@ -37,7 +14,8 @@ pub(crate) struct Ctx {
     pub now: Now,
     next_conn: u64,
     next_peer: u64,
-    rng: u64,
+    /// Ids need to be unique, not secret (signatures carry the security).
+    rng: SplitMix64,
 }
 
 impl Ctx {
@@ -47,7 +25,7 @@ impl Ctx {
             now,
             next_conn: 1,
             next_peer: 1,
-            rng: seed,
+            rng: SplitMix64::new(seed),
         }
     }
 
@@ -75,13 +53,8 @@ impl Ctx {
         k
     }
 
-    /// SplitMix64: ids need to be unique, not secret (signatures carry the security).
     pub fn next_u64(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 
     pub fn jti(&mut self) -> [u8; 12] {

@@ -11,6 +11,9 @@
 //! [`Engine::handle_input`], or a controller method — drain [`Engine::poll_output`] until it
 //! returns [`Output::Timeout`]: carry out each [`NetCmd`], deliver each [`Event`], then call
 //! `handle_input(now, Input::Timeout)` at the time given (or earlier, on any input).
+//! The shape is str0m's (`handle_input(now, input)`, `poll_output() -> Output`): the outbox is
+//! never `None`, a drained engine says when it next wants time. `kibitz-rtc`'s `PeerCore` has
+//! the same shape.
 //!
 //! # Errors
 //! Frames from the network are never trusted: malformed or unknown frames are ignored (the
@@ -28,14 +31,15 @@ mod engine;
 mod mesh;
 pub mod net;
 pub mod sim;
+mod types;
 pub mod verify;
 pub mod wire;
 
 pub use config::{AgentIdentity, HostCommit, RoomConfig};
-pub use ctx::Now;
-pub use engine::{
-    AuditEntry, AuditKind, Engine, Event, HostError, Input, Knocker, Message, Output, Participant,
-    SendError, Status,
-};
+pub use engine::Engine;
 pub use mesh::{Lane, MeshLink};
 pub use net::{BULK_LABEL, ConnId, NetCmd, NetEvent, PeerFailure, PeerKey, Plane};
+pub use types::{
+    AuditEntry, AuditKind, Event, HostError, Input, Knocker, Message, Now, Output, Participant,
+    SendError, Status,
+};

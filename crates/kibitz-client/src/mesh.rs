@@ -22,8 +22,8 @@ use kibitz_proto::presence::{Member, Roster};
 
 use crate::config::timing::{MESH_DROP_GRACE_MS, MESH_KEEPALIVE_MS, MESH_REDIAL_MS, SIG_DEAD_MS};
 use crate::ctx::Ctx;
-use crate::engine::{AuditEntry, AuditKind, Event, Message};
 use crate::net::{BULK_LABEL, ConnId, NetCmd, PeerKey};
+use crate::types::{AuditEntry, AuditKind, Event, Message, SendError};
 
 /// Frames held from a sender the roster does not list yet (it may be just behind).
 const HELD_PER_CONN: usize = 32;
@@ -656,9 +656,9 @@ impl Mesh {
         roster: &Roster,
         content: &Content,
         to: Option<&str>,
-    ) -> Result<usize, crate::engine::SendError> {
+    ) -> Result<usize, SendError> {
         let Some(me) = self.self_id.clone() else {
-            return Err(crate::engine::SendError::NotConnected);
+            return Err(SendError::NotConnected);
         };
         let what = kind_name(content);
         if !matches!(content, Content::Idtoken { .. } | Content::Caps { .. })
@@ -667,10 +667,10 @@ impl Mesh {
                 .may(Act::SendChat)
         {
             self.audit_event(ctx, AuditKind::Blocked { what });
-            return Err(crate::engine::SendError::NotPermitted);
+            return Err(SendError::NotPermitted);
         }
         let Ok(frame) = to_value(content) else {
-            return Err(crate::engine::SendError::NotConnected);
+            return Err(SendError::NotConnected);
         };
         let direct = to.is_some();
         let need = Self::needs(content, direct);
@@ -683,7 +683,7 @@ impl Mesh {
         if let Some(t) = to
             && targets.is_empty()
         {
-            return Err(crate::engine::SendError::UnknownMember(t.to_owned()));
+            return Err(SendError::UnknownMember(t.to_owned()));
         }
         let mut sent = 0;
         for id in targets {

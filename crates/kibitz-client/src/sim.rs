@@ -14,12 +14,13 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
+use kibitz_proto::SplitMix64;
 use kibitz_proto::binarypack::{self, Value};
 
 use crate::config::RoomConfig;
-use crate::ctx::Now;
-use crate::engine::{Engine, Event, Input, Output};
+use crate::engine::Engine;
 use crate::net::{ConnId, NetCmd, NetEvent, PeerFailure, PeerKey};
+use crate::types::{Event, Input, Now, Output};
 
 /// The broker's offline-message expiry: a dial to an unknown id fails after this (ms).
 pub const EXPIRE_MS: u64 = 5_000;
@@ -117,7 +118,7 @@ pub struct Sim {
     /// Network shape (may be changed between steps).
     pub net: NetConfig,
     now: Now,
-    rng: u64,
+    rng: SplitMix64,
     nodes: Vec<Node>,
     /// id → (node, peer key): the broker's table.
     ids: BTreeMap<String, (NodeId, PeerKey)>,
@@ -147,7 +148,7 @@ impl Sim {
         Self {
             net,
             now: Now { ms: 0, unix_ms },
-            rng: seed ^ 0x5151_5151_5151_5151,
+            rng: SplitMix64::new(seed ^ 0x5151_5151_5151_5151),
             nodes: Vec::new(),
             ids: BTreeMap::new(),
             registered: BTreeMap::new(),
@@ -172,11 +173,7 @@ impl Sim {
     }
 
     fn rand(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 
     fn range(&mut self, (lo, hi): (u64, u64)) -> u64 {

@@ -17,19 +17,13 @@ use common::*;
 
 use kibitz_client::sim::{NetConfig, NodeId, Sim};
 use kibitz_client::{HostCommit, Lane, RoomConfig, Status};
+use kibitz_proto::SplitMix64;
 use kibitz_proto::grants::{Act, Grant, Perceive};
 
-struct Rng(u64);
+struct Rng(SplitMix64);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.next_u64() % n.max(1)
     }
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -76,7 +70,7 @@ fn keyed_cfg(name: &str, holds: bool) -> RoomConfig {
 }
 
 fn run(seed: u64) -> Result<(), String> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64::new(seed));
     let lat_max = [40, 120, 300][rng.below(3) as usize];
     let net = NetConfig {
         latency: (2, lat_max),

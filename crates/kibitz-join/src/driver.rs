@@ -97,6 +97,18 @@ impl std::fmt::Debug for Command {
 #[error("the room has stopped")]
 pub struct Stopped;
 
+/// Why a host action (or grant) did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostActionError {
+    /// The engine refused it.
+    #[error(transparent)]
+    Refused(#[from] HostError),
+    /// The room task has stopped.
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
+}
+
 impl RoomHandle {
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopped> {
         let (tx, rx) = oneshot::channel();
@@ -149,18 +161,14 @@ impl RoomHandle {
     }
 
     /// A host action.
-    pub async fn host(&self, action: HostAction) -> Result<Result<(), HostError>, Stopped> {
-        self.ask(|r| Command::Host(action, r)).await
+    pub async fn host(&self, action: HostAction) -> Result<(), HostActionError> {
+        Ok(self.ask(|r| Command::Host(action, r)).await??)
     }
 
     /// Host: set a member's grant.
-    pub async fn set_grant(
-        &self,
-        voice_id: &str,
-        grant: Grant,
-    ) -> Result<Result<(), HostError>, Stopped> {
+    pub async fn set_grant(&self, voice_id: &str, grant: Grant) -> Result<(), HostActionError> {
         let id = voice_id.to_owned();
-        self.ask(|r| Command::Grant(id, grant, r)).await
+        Ok(self.ask(|r| Command::Grant(id, grant, r)).await??)
     }
 
     /// Presents a fresh agent credit.

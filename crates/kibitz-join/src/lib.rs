@@ -9,4 +9,4 @@
 mod driver;
 pub mod select;
 
-pub use driver::{HostAction, RoomHandle, RoomOptions, Stopped, start};
+pub use driver::{HostAction, HostActionError, RoomHandle, RoomOptions, Stopped, start};

@@ -16,6 +16,7 @@
 //! - [`agent`]: agent key assertions (`kbz-agent-key.v1`) and key thumbprints.
 //! - [`manifest`]: signed room manifests (members, domains, agent keys).
 //! - [`credit`]: agent credit JWTs (RS256 against an issuer's JWKS).
+//! - [`SplitMix64`]: the one small deterministic generator (seeded ids, simulations, tests).
 
 pub mod agent;
 pub mod binarypack;
@@ -31,8 +32,11 @@ pub mod peerjs;
 pub mod presence;
 pub mod room;
 pub mod seal;
+mod splitmix;
 pub mod token;
 pub mod turn;
+
+pub use splitmix::SplitMix64;
 
 /// The RNG traits (rand_core 0.6) that key generation and sealing take, for matching versions.
 pub use rand_core;

@@ -93,6 +93,28 @@ pub enum Event {
     Disconnected,
 }
 
+/// Input to [`PeerCore::handle_input`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// The time given by the last [`Output::Timeout`] has come (early calls are harmless).
+    Timeout,
+    /// One text frame from the broker.
+    Signal(&'a str),
+    /// One UDP datagram arrived on our socket bound at `local` from `source`.
+    Datagram {
+        /// The remote address.
+        source: SocketAddr,
+        /// The socket's address, as given to [`PeerCore::add_socket`].
+        local: SocketAddr,
+        /// The datagram.
+        contents: &'a [u8],
+    },
+    /// The broker WebSocket is (re)connected: held frames go out, heartbeats start.
+    BrokerConnected,
+    /// The broker WebSocket closed: emits [`Event::Disconnected`]; connections carry on.
+    BrokerDisconnected,
+}
+
 /// What [`PeerCore::poll_output`] gives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -114,6 +136,9 @@ pub enum Output {
         /// The socket's address, as given to [`PeerCore::add_socket`].
         local: SocketAddr,
     },
+    /// Nothing more for now: call [`PeerCore::handle_input`] with [`Input::Timeout`] at this
+    /// time, or earlier on any input. `None`: nothing is scheduled, only input brings more.
+    Timeout(Option<Instant>),
 }
 
 /// Tunables of a [`PeerCore`].
@@ -166,9 +191,8 @@ const MAX_HELD_SIGNALS: usize = 1024;
 
 /// One PeerJS peer, sans-IO.
 ///
-/// Feed it with [`PeerCore::handle_signal`], [`PeerCore::handle_datagram`],
-/// [`PeerCore::handle_timeout`] and the commands; after any of them, drain
-/// [`PeerCore::poll_output`] until `None`, then sleep until [`PeerCore::poll_timeout`].
+/// Feed it with [`PeerCore::handle_input`] and the commands; after any of them, drain
+/// [`PeerCore::poll_output`] until [`Output::Timeout`], then sleep until the time it gives.
 #[derive(Debug)]
 pub struct PeerCore {
     cfg: CoreConfig,
@@ -185,7 +209,7 @@ pub struct PeerCore {
 }
 
 impl PeerCore {
-    /// A peer with no broker socket yet (call [`PeerCore::broker_connected`]).
+    /// A peer with no broker socket yet (feed [`Input::BrokerConnected`] when there is one).
     pub fn new(cfg: CoreConfig) -> Self {
         let conn_cfg = ConnConfig {
             max_buffered: cfg.max_buffered,
@@ -240,8 +264,22 @@ impl PeerCore {
         Some((local, hosts))
     }
 
-    /// The broker WebSocket is (re)connected: held frames go out, heartbeats start.
-    pub fn broker_connected(&mut self, now: Instant) {
+    /// Feeds time and one input. Drain [`PeerCore::poll_output`] afterwards.
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        match input {
+            Input::Timeout => self.on_timeout(now),
+            Input::Signal(text) => self.on_signal(now, text),
+            Input::Datagram {
+                source,
+                local,
+                contents,
+            } => self.on_datagram(now, source, local, contents),
+            Input::BrokerConnected => self.on_broker_connected(now),
+            Input::BrokerDisconnected => self.on_broker_disconnected(),
+        }
+    }
+
+    fn on_broker_connected(&mut self, now: Instant) {
         self.broker_up = true;
         self.heartbeat_at = Some(now + self.cfg.heartbeat);
         while let Some(s) = self.held.pop_front() {
@@ -249,8 +287,7 @@ impl PeerCore {
         }
     }
 
-    /// The broker WebSocket closed: emits [`Event::Disconnected`]; connections carry on.
-    pub fn broker_disconnected(&mut self) {
+    fn on_broker_disconnected(&mut self) {
         if self.broker_up {
             self.broker_up = false;
             self.heartbeat_at = None;
@@ -281,13 +318,15 @@ impl PeerCore {
         }));
     }
 
-    /// Next thing to do, or `None` when only time can bring more.
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+    /// The next output; [`Output::Timeout`] once drained.
+    pub fn poll_output(&mut self) -> Output {
+        match self.out.pop_front() {
+            Some(o) => o,
+            None => Output::Timeout(self.next_timeout()),
+        }
     }
 
-    /// When [`PeerCore::handle_timeout`] is due.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn next_timeout(&self) -> Option<Instant> {
         self.conns
             .values()
             .filter_map(DataConn::next_timeout)
@@ -295,8 +334,7 @@ impl PeerCore {
             .min()
     }
 
-    /// Time passed.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn on_timeout(&mut self, now: Instant) {
         if let Some(at) = self.heartbeat_at
             && now >= at
         {
@@ -320,14 +358,7 @@ impl PeerCore {
         }
     }
 
-    /// One UDP datagram arrived on our socket bound at `local` from `source`.
-    pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        source: SocketAddr,
-        local: SocketAddr,
-        buf: &[u8],
-    ) {
+    fn on_datagram(&mut self, now: Instant, source: SocketAddr, local: SocketAddr, buf: &[u8]) {
         let Some(id) = self.by_local.get(&local).copied() else {
             trace!("datagram for no connection ignored");
             return;
@@ -340,8 +371,7 @@ impl PeerCore {
         self.absorb(id, outs);
     }
 
-    /// One text frame from the broker.
-    pub fn handle_signal(&mut self, now: Instant, text: &str) {
+    fn on_signal(&mut self, now: Instant, text: &str) {
         let msg = match signal::parse_server(text) {
             Ok(m) => m,
             Err(e) => {

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tracing::{debug, info, warn};
 
 use crate::broker::{BrokerConfig, BrokerError, Ws, connect_ws, fetch_id};
-use crate::core::{CoreConfig, Event, Output, PeerCore};
+use crate::core::{CoreConfig, Event, Input, Output, PeerCore};
 use crate::{ConnId, ConnInfo, ConnectOptions, Identity, Message, RelayConfig, SendError};
 
 /// The one clock read of this crate: the driver passes it into the sans-IO core.
@@ -143,7 +143,7 @@ impl Peer {
         cfg.relay = opts.relay.clone();
         cfg.max_connections = opts.max_connections;
         let mut core = PeerCore::new(cfg);
-        core.broker_connected(now());
+        core.handle_input(now(), Input::BrokerConnected);
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let (dgram_tx, dgram_rx) = mpsc::channel(1024);
@@ -360,16 +360,17 @@ impl Driver {
         Ok(())
     }
 
-    async fn flush(&mut self) {
-        while let Some(o) = self.core.poll_output() {
-            match o {
+    /// Carries out the core's outputs until it is drained; returns when it next wants time.
+    async fn flush(&mut self) -> Option<Instant> {
+        loop {
+            match self.core.poll_output() {
                 Output::Signal(text) => {
                     let sent = match self.ws.as_mut() {
                         Some(ws) => ws.send(WsMessage::text(text)).await.is_ok(),
                         None => false,
                     };
                     if !sent && self.ws.take().is_some() {
-                        self.core.broker_disconnected();
+                        self.core.handle_input(now(), Input::BrokerDisconnected);
                     }
                 }
                 Output::Transmit {
@@ -398,34 +399,35 @@ impl Driver {
                 Output::Event(e) => {
                     let _ = self.events.send(e);
                 }
+                Output::Timeout(at) => return at,
             }
         }
     }
 
     async fn run(mut self) {
         loop {
-            self.flush().await;
+            let deadline = self.flush().await;
             if let Err(e) = self.top_up() {
                 warn!(error = %e, "could not bind a UDP socket");
             }
-            let deadline = self
-                .core
-                .poll_timeout()
-                .unwrap_or_else(|| now() + Duration::from_secs(3600));
+            let deadline = deadline.unwrap_or_else(|| now() + Duration::from_secs(3600));
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
             tokio::select! {
                 Some((local, source, bytes)) = self.dgram_rx.recv() => {
-                    self.core.handle_datagram(now(), source, local, &bytes);
+                    let contents = &bytes;
+                    self.core.handle_input(now(), Input::Datagram { source, local, contents });
                 }
                 m = next_ws(&mut self.ws) => match m {
-                    Some(Ok(WsMessage::Text(t))) => self.core.handle_signal(now(), t.as_str()),
-                    Some(Ok(WsMessage::Binary(b))) => match std::str::from_utf8(&b) {
-                        Ok(t) => self.core.handle_signal(now(), t),
-                        Err(_) => self.core.handle_signal(now(), ""),
-                    },
+                    Some(Ok(WsMessage::Text(t))) => {
+                        self.core.handle_input(now(), Input::Signal(t.as_str()));
+                    }
+                    Some(Ok(WsMessage::Binary(b))) => {
+                        let t = std::str::from_utf8(&b).unwrap_or("");
+                        self.core.handle_input(now(), Input::Signal(t));
+                    }
                     Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {
                         self.ws = None;
-                        self.core.broker_disconnected();
+                        self.core.handle_input(now(), Input::BrokerDisconnected);
                     }
                     Some(Ok(_)) => {}
                 },
@@ -434,7 +436,7 @@ impl Driver {
                         match r {
                             Ok(ws) => {
                                 self.ws = Some(ws);
-                                self.core.broker_connected(now());
+                                self.core.handle_input(now(), Input::BrokerConnected);
                                 let _ = reply.send(Ok(()));
                             }
                             Err(e) => {
@@ -447,7 +449,7 @@ impl Driver {
                     Some(Command::Destroy) | None => break,
                     Some(c) => self.command(c),
                 },
-                () = sleep => self.core.handle_timeout(now()),
+                () = sleep => self.core.handle_input(now(), Input::Timeout),
             }
         }
         self.core.close_all(now());
@@ -514,7 +516,7 @@ impl Driver {
                     tokio::spawn(async move {
                         let _ = ws.close(None).await;
                     });
-                    self.core.broker_disconnected();
+                    self.core.handle_input(now(), Input::BrokerDisconnected);
                 } else {
                     warn!("disconnect while not connected");
                 }

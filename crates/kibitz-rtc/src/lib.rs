@@ -3,13 +3,14 @@
 //!
 //! # Model
 //!
-//! - [`PeerCore`] is the whole peer as a sans-IO state machine. Broker frames
-//!   ([`PeerCore::handle_signal`]), UDP datagrams ([`PeerCore::handle_datagram`]), commands
-//!   ([`PeerCore::connect`], [`PeerCore::send`], [`PeerCore::close`]) and time
-//!   ([`PeerCore::handle_timeout`]) go in, each with `now`. **After any of them, drain
-//!   [`PeerCore::poll_output`] until `None`** (frames for the broker, datagrams, [`Event`]s),
-//!   then wait until [`PeerCore::poll_timeout`]. It never reads the clock and never touches
-//!   a socket; str0m draws its own randomness (ICE credentials, DTLS).
+//! - [`PeerCore`] is the whole peer as a sans-IO state machine, in str0m's shape (as the
+//!   room engine in `kibitz-client`): [`PeerCore::handle_input`]`(now, `[`Input`]`)` takes
+//!   broker frames, UDP datagrams, the broker socket going up or down and time; commands
+//!   ([`PeerCore::connect`], [`PeerCore::send`], [`PeerCore::close`]) take `now` too.
+//!   **After any of them, drain [`PeerCore::poll_output`] until it returns
+//!   [`Output::Timeout`]** (frames for the broker, datagrams, [`Event`]s before it), then
+//!   feed [`Input::Timeout`] at the time it gives. It never reads the clock and never
+//!   touches a socket; str0m draws its own randomness (ICE credentials, DTLS).
 //! - [`Peer::connect`] starts the thin tokio driver: one task owning the broker WebSocket
 //!   (plain or TLS) and one UDP socket per connection, as browsers have one per peer
 //!   connection (two connections between the same peers would otherwise share a 5-tuple,
@@ -83,7 +84,7 @@ mod turn;
 
 pub use broker::{BrokerConfig, BrokerError, fetch_id};
 pub use conn::{CloseReason, ConnError, SendError};
-pub use core::{CoreConfig, Event, Output, PeerCore};
+pub use core::{CoreConfig, Event, Input, Output, PeerCore};
 pub use driver::{Events, Peer, PeerError, PeerHandle, PeerOptions};
 pub use identity::{Identity, IdentityError};
 pub use kibitz_proto::binarypack::Value as PackValue;

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use kibitz_rtc::{
-    CloseReason, ConnId, ConnectOptions, CoreConfig, Event, Identity, Message, Output, PackValue,
-    PeerCore, Serialization,
+    CloseReason, ConnId, ConnectOptions, CoreConfig, Event, Identity, Input, Message, Output,
+    PackValue, PeerCore, Serialization,
 };
 
 struct Node {
@@ -17,6 +17,19 @@ struct Node {
     /// Sockets this node has been given (one per connection).
     addrs: Vec<SocketAddr>,
     events: Vec<Event>,
+    /// When the core last said it next wants time.
+    timeout: Option<Instant>,
+}
+
+/// Everything the core has to give, up to its [`Output::Timeout`].
+fn drain(core: &mut PeerCore) -> Vec<Output> {
+    let mut outs = Vec::new();
+    loop {
+        match core.poll_output() {
+            Output::Timeout(_) => return outs,
+            o => outs.push(o),
+        }
+    }
 }
 
 struct Sim {
@@ -40,11 +53,12 @@ impl Sim {
             .enumerate()
             .map(|(i, ident)| {
                 let mut core = PeerCore::new(CoreConfig::new(format!("peer{i}"), ident.clone()));
-                core.broker_connected(now);
+                core.handle_input(now, Input::BrokerConnected);
                 Node {
                     core,
                     addrs: Vec::new(),
                     events: Vec::new(),
+                    timeout: None,
                 }
             })
             .collect();
@@ -72,8 +86,8 @@ impl Sim {
                 self.nodes[i].addrs.push(a);
                 self.nodes[i].core.add_socket(a);
             }
-            while let Some(o) = self.nodes[i].core.poll_output() {
-                match o {
+            loop {
+                match self.nodes[i].core.poll_output() {
                     Output::Signal(text) => {
                         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
                         let Some(dst) = v.get("dst").and_then(|d| d.as_str()).map(str::to_owned)
@@ -103,6 +117,10 @@ impl Sim {
                     }
                     Output::Release { local } => self.nodes[i].addrs.retain(|a| *a != local),
                     Output::Event(e) => self.nodes[i].events.push(e),
+                    Output::Timeout(at) => {
+                        self.nodes[i].timeout = at;
+                        break;
+                    }
                 }
             }
         }
@@ -119,18 +137,25 @@ impl Sim {
             }
             if let Some((j, text)) = self.broker.pop_front() {
                 let now = self.now;
-                self.nodes[j].core.handle_signal(now, &text);
+                self.nodes[j].core.handle_input(now, Input::Signal(&text));
                 continue;
             }
             if let Some((j, to, from, bytes)) = self.wire.pop_front() {
                 let now = self.now;
-                self.nodes[j].core.handle_datagram(now, from, to, &bytes);
+                self.nodes[j].core.handle_input(
+                    now,
+                    Input::Datagram {
+                        source: from,
+                        local: to,
+                        contents: &bytes,
+                    },
+                );
                 continue;
             }
             let next = self
                 .nodes
                 .iter()
-                .filter_map(|n| n.core.poll_timeout())
+                .filter_map(|n| n.timeout)
                 .min()
                 .unwrap_or(end)
                 .max(self.now + Duration::from_micros(100));
@@ -144,7 +169,7 @@ impl Sim {
             }
             self.now = next;
             for n in &mut self.nodes {
-                n.core.handle_timeout(next);
+                n.core.handle_input(next, Input::Timeout);
             }
         }
     }
@@ -360,7 +385,7 @@ fn garbage_from_broker_network_and_remote_never_panics() {
     ];
     for (i, f) in frames.iter().enumerate() {
         let now = sim.now;
-        sim.nodes[i % 2].core.handle_signal(now, f);
+        sim.nodes[i % 2].core.handle_input(now, Input::Signal(f));
     }
     for _ in 0..2000 {
         let now = sim.now;
@@ -369,9 +394,16 @@ fn garbage_from_broker_network_and_remote_never_panics() {
         let to = addrs[(rng.next() as usize) % addrs.len()];
         let junk = rng.bytes(1500);
         let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        sim.nodes[n].core.handle_datagram(now, from, to, &junk);
+        sim.nodes[n].core.handle_input(
+            now,
+            Input::Datagram {
+                source: from,
+                local: to,
+                contents: &junk,
+            },
+        );
         let s = String::from_utf8_lossy(&junk).into_owned();
-        sim.nodes[n].core.handle_signal(now, &s);
+        sim.nodes[n].core.handle_input(now, Input::Signal(&s));
     }
     sim.run_until(Duration::from_secs(5), |s| {
         s.wire.is_empty() && s.broker.is_empty()
@@ -403,39 +435,42 @@ fn heartbeats_every_five_seconds_only_while_the_broker_is_up() {
     let mut core = PeerCore::new(CoreConfig::new("p".into(), Identity::generate().unwrap()));
     let beats = |core: &mut PeerCore| {
         let mut n = 0;
-        while let Some(o) = core.poll_output() {
+        for o in drain(core) {
             if o == Output::Signal(r#"{"type":"HEARTBEAT"}"#.into()) {
                 n += 1;
             }
         }
         n
     };
-    core.broker_connected(t0);
-    assert_eq!(core.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    core.handle_input(t0, Input::BrokerConnected);
+    assert_eq!(
+        core.poll_output(),
+        Output::Timeout(Some(t0 + Duration::from_secs(5)))
+    );
     let mut n = 0;
     for s in 1..=12 {
-        core.handle_timeout(t0 + Duration::from_secs(s));
+        core.handle_input(t0 + Duration::from_secs(s), Input::Timeout);
         n += beats(&mut core);
     }
     assert_eq!(n, 2);
-    core.broker_disconnected();
+    core.handle_input(t0 + Duration::from_secs(12), Input::BrokerDisconnected);
     assert!(matches!(
         core.poll_output(),
-        Some(Output::Event(Event::Disconnected))
+        Output::Event(Event::Disconnected)
     ));
-    core.handle_timeout(t0 + Duration::from_secs(30));
+    core.handle_input(t0 + Duration::from_secs(30), Input::Timeout);
     assert_eq!(beats(&mut core), 0);
-    assert_eq!(core.poll_timeout(), None);
+    assert_eq!(core.poll_output(), Output::Timeout(None));
     // A connect while the broker is down waits for it: the OFFER goes out on reconnect.
     core.add_socket("127.0.0.1:40000".parse().unwrap());
     core.connect(t0, "q", "dc_1".into(), ConnectOptions::default())
         .unwrap();
-    while let Some(o) = core.poll_output() {
+    for o in drain(&mut core) {
         assert!(!matches!(o, Output::Signal(_)), "signal while down: {o:?}");
     }
-    core.broker_connected(t0 + Duration::from_secs(31));
+    core.handle_input(t0 + Duration::from_secs(31), Input::BrokerConnected);
     let mut offers = 0;
-    while let Some(o) = core.poll_output() {
+    for o in drain(&mut core) {
         if let Output::Signal(s) = o
             && s.starts_with(r#"{"type":"OFFER""#)
         {
@@ -452,7 +487,7 @@ fn connections_are_bounded() {
     let mut cfg = CoreConfig::new("p".into(), Identity::generate().unwrap());
     cfg.max_connections = 1;
     let mut core = PeerCore::new(cfg);
-    core.broker_connected(t0);
+    core.handle_input(t0, Input::BrokerConnected);
     for port in [40_001, 40_002, 40_003] {
         core.add_socket(format!("127.0.0.1:{port}").parse().unwrap());
     }
@@ -464,9 +499,9 @@ fn connections_are_bounded() {
     );
     // Without a socket to spare, or over the bound, an OFFER is refused, never a panic.
     let offer = r#"{"type":"OFFER","src":"r","dst":"p","payload":{"type":"data","connectionId":"dc_9","sdp":{"type":"offer","sdp":"v=0"}}}"#;
-    core.handle_signal(t0, offer);
+    core.handle_input(t0, Input::Signal(offer));
     let mut refused = false;
-    while let Some(o) = core.poll_output() {
+    for o in drain(&mut core) {
         if let Output::Event(Event::SignalError(e)) = o {
             refused = e.to_string().contains("too many connections");
         }
