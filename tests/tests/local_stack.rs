@@ -29,7 +29,8 @@ const NEW_SECRET: &str = "kibitz-local-stack-newest-secret";
 const OLD_SECRET: &str = "kibitz-local-stack-older-secret";
 const OTHER_SECRET: &str = "kibitz-local-stack-secret-coturn-never-heard-of";
 const REALM: &str = "local-stack.test";
-const START_WITHIN: Duration = Duration::from_secs(30);
+// The script itself gives each attempt 20 s and tries three port sets.
+const START_WITHIN: Duration = Duration::from_secs(90);
 const STOP_WITHIN: Duration = Duration::from_secs(25);
 
 fn repo_root() -> PathBuf {
@@ -67,6 +68,19 @@ impl Drop for Stack {
 }
 
 impl Stack {
+    /// The tails of the stack's own logs, for a failure message.
+    fn logs(&self) -> String {
+        ["kibitz.log", "coturn.log"]
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("\n--- {f} (last lines)\n{}", tail.join("\n"))
+            })
+            .collect()
+    }
+
     async fn start() -> Self {
         let dir =
             std::env::temp_dir().join(format!("kibitz-local-stack-test-{}", std::process::id()));
@@ -125,8 +139,8 @@ impl Stack {
             }
         })
         .await
-        .expect("local-stack not ready in time")
-        .expect("local-stack exited before it was ready");
+        .unwrap_or_else(|_| panic!("local-stack not ready in {START_WITHIN:?}{}", stack.logs()))
+        .unwrap_or_else(|| panic!("local-stack exited before it was ready{}", stack.logs()));
         let field = |name: &str| {
             ready
                 .split_whitespace()
