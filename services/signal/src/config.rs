@@ -378,4 +378,39 @@ mod tests {
         assert!(normalize_path("/a b").is_err());
         assert!(normalize_path("/{key}").is_err());
     }
+
+    #[test]
+    fn redis_urls_print_masked() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
+            (
+                "redis://:s3cret@10.0.0.5:6379/0",
+                "redis://***@10.0.0.5:6379/0",
+            ),
+            ("rediss://user:s3cret@host/", "rediss://***@host/"),
+            (
+                "redis+unix:///run/r.sock?db=1&pass=s3cret",
+                "redis+unix:///run/r.sock?db=1&pass=***",
+            ),
+            ("redis://host?password=s3cret", "redis://host?password=***"),
+        ] {
+            let u = RedisUrl::from(url);
+            assert_eq!(u.to_string(), shown);
+            assert_eq!(format!("{u:?}"), format!("RedisUrl({shown:?})"));
+            assert_eq!(u.expose(), url);
+        }
+        let args = SignalArgs {
+            redis_url: Some("redis://:s3cret@127.0.0.1:6379/".into()),
+            ..<SignalArgs as clap::FromArgMatches>::from_arg_matches(
+                &<SignalArgs as clap::Args>::augment_args(clap::Command::new("t"))
+                    .get_matches_from(["t"]),
+            )
+            .unwrap()
+        };
+        let config = args.to_config().unwrap();
+        for shown in [format!("{args:?}"), format!("{config:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("***@127.0.0.1"), "{shown}");
+        }
+    }
 }

@@ -163,3 +163,43 @@ impl Cluster {
         Some(ids.into_iter().map(|(_, id)| id).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ConnId;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_command_queue_is_bounded_but_releases_always_pass() {
+        let cfg = ClusterConfig {
+            redis_url: "redis://:s3cret@127.0.0.1:1/".into(),
+            lease: Duration::from_secs(1),
+            prefix: "t:".into(),
+        };
+        let c = Cluster::new(cfg, 10, 10, 2, Metrics::new());
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let claim = |n| Cmd::Claim {
+            conn: ConnId(n),
+            id: Arc::from("a"),
+            token: "t".into(),
+        };
+        assert!(c.send(claim(1)).is_ok());
+        assert!(c.send(claim(2)).is_ok());
+        assert!(matches!(c.send(claim(3)), Err(Cmd::Claim { .. })));
+        for _ in 0..5 {
+            let release = Cmd::Release {
+                id: Arc::from("a"),
+                reg: 1,
+            };
+            assert!(c.send(release).is_ok());
+        }
+        let mut rx = c.take_rx().unwrap();
+        let first = rx.try_recv().unwrap();
+        c.took(&first);
+        assert!(
+            c.send(claim(4)).is_ok(),
+            "room again once the driver took one"
+        );
+    }
+}
