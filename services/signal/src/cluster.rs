@@ -1,7 +1,8 @@
 //! Cluster mode: the shared registry on Redis, and this node's driver for it.
 //!
 //! Layout: `registry` is this node's side of the registry as a sans-IO state machine (time,
-//! the core's commands and Redis replies in; Redis calls and answers for the core out);
+//! the core's commands and Redis replies in; Redis calls and answers for the core out), with
+//! its inputs and outputs in `protocol` and the messages it keeps in `held`;
 //! `driver` is the thin async layer that owns the Redis connections; `handle` is what the
 //! broker holds (the bounded command queue, health); `scripts` holds the Lua scripts (the
 //! `.lua` files) and turns calls into Redis commands; `wire` reads Redis answers.
@@ -45,6 +46,8 @@
 
 mod driver;
 mod handle;
+mod held;
+mod protocol;
 mod registry;
 mod scripts;
 #[cfg(test)]
@@ -53,5 +56,5 @@ mod wire;
 
 pub(crate) use driver::{Local, run};
 pub(crate) use handle::Cluster;
-pub(crate) use registry::{Cmd, ToCore};
+pub(crate) use protocol::{Cmd, ToCore};
 pub use wire::{MSG_RECOVERING, MSG_UNAVAILABLE};

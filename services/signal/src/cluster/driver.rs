@@ -3,7 +3,8 @@
 //! hands what it produces to the core. No registry logic lives here.
 
 use super::handle::Cluster;
-use super::registry::{Command, Event, Input, Lane, Output, Registry, Reply, ToCore};
+use super::protocol::{Command, Event, Input, Lane, Output, Reply, ToCore};
+use super::registry::Registry;
 use super::scripts::Ctx;
 use redis::aio::MultiplexedConnection;
 use std::future::Future;

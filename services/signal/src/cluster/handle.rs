@@ -1,7 +1,7 @@
 //! This node's handle on the cluster, shared by the broker and the driver: the bounded
 //! command queue, whether the registry is up, and the discovery query.
 
-use super::registry::{Cmd, Script, Settings};
+use super::protocol::{Cmd, Script, Settings};
 use super::scripts::Scripts;
 use super::wire;
 use crate::config::ClusterConfig;

@@ -10,8 +10,12 @@
 //! failed, [`Input::Disconnected`]. The registry never reads the clock, never draws
 //! randomness and never touches a socket; the module docs of `cluster` explain the model.
 
+use super::held::Held;
+use super::protocol::{
+    BATCH, Call, Cmd, Command, Event, Input, Lane, Output, Reply, Script, Settings, ToCore,
+};
 use super::wire::{self, Entry, MSG_UNAVAILABLE, Seen};
-use crate::core::{Claim, ConnId, Forward};
+use crate::core::{Claim, ConnId};
 use crate::metrics::Metrics;
 use kibitz_proto::peerjs::MessageType;
 use redis::Value;
@@ -19,12 +23,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Commands per pipelined batch.
-pub(crate) const BATCH: usize = 512;
-/// Entries read from the inbox per `XREAD`.
-pub(crate) const INBOX_COUNT: usize = 1024;
-/// How long one `XREAD` blocks in Redis.
-pub(crate) const INBOX_BLOCK_MS: u64 = 500;
 /// How often due offline queues are swept.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// Ids re-asserted per script call.
@@ -36,216 +34,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Pause before the inbox lane tries again after a failed connect.
 const INBOX_RETRY: Duration = Duration::from_millis(200);
-
-/// A command for the registry, in the order the core produced it.
-#[derive(Debug)]
-pub(crate) enum Cmd {
-    Claim {
-        conn: ConnId,
-        id: Arc<str>,
-        token: String,
-    },
-    Release {
-        id: Arc<str>,
-        reg: u64,
-    },
-    /// A message, and its number on this node (0 until the registry numbers it): receivers
-    /// drop a number they have seen, so handing a message to Redis twice delivers it once.
-    Forward(Forward, u64),
-}
-
-/// What the registry needs to know about this node and the broker's limits.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    /// This node's id (random per process); message numbers are `{node}.{n}`.
-    pub node: String,
-    /// How long this node's ids outlive its last lease renewal.
-    pub lease: Duration,
-    /// The cluster-wide id limit.
-    pub concurrent_limit: usize,
-    /// Offline-queue bounds, and the bound on messages kept here.
-    pub max_queued_per_dst: usize,
-    pub max_queued_total: usize,
-}
-
-/// The two connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lane {
-    Main,
-    Inbox,
-}
-
-/// The registry's Lua scripts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Script {
-    Claim,
-    Release,
-    Route,
-    Sweep,
-    Hello,
-    Reassert,
-    ReassertDone,
-    Reap,
-    List,
-    Leave,
-    Stats,
-}
-
-impl Script {
-    pub(crate) const ALL: [Script; 11] = [
-        Script::Claim,
-        Script::Release,
-        Script::Route,
-        Script::Sweep,
-        Script::Hello,
-        Script::Reassert,
-        Script::ReassertDone,
-        Script::Reap,
-        Script::List,
-        Script::Leave,
-        Script::Stats,
-    ];
-}
-
-/// One Redis command; the driver adds the key prefix and this node's id.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Call {
-    /// `SCRIPT LOAD`.
-    Load(Script),
-    /// Renew the lease, join, read the epoch (`known` is the last one seen, "" at first).
-    Hello {
-        known: String,
-        fresh: String,
-    },
-    Claim {
-        id: Arc<str>,
-        token: String,
-    },
-    Release {
-        id: Arc<str>,
-        reg: u64,
-    },
-    /// Route `fwd` (numbered `seq`).
-    Route {
-        fwd: Forward,
-        seq: u64,
-    },
-    Sweep,
-    /// Start a re-assert: clear the set of ids it collects.
-    ReassertBegin,
-    /// (id, token, registry number) of this node's live registrations.
-    Reassert(Vec<(Arc<str>, String, u64)>),
-    ReassertDone,
-    /// `PEXPIRE` of this node's lease key.
-    Renew,
-    Stats,
-    Reap,
-    Leave,
-    /// `XREAD` of this node's inbox after stream id `last`.
-    Read {
-        last: String,
-    },
-    /// Tell node `to` that this node stopped delivering to `id`.
-    Ack {
-        to: String,
-        id: String,
-    },
-    /// Drop this node's inbox entries up to `upto`.
-    Trim {
-        upto: String,
-    },
-}
-
-/// What a lane should do.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Command {
-    /// (Re)connect, dropping the lane's connection if it has one.
-    Connect,
-    /// Run these calls as one pipeline; answer with one result each.
-    Run(Vec<Call>),
-}
-
-/// A Redis call's result (a failed call's error is logged by the driver).
-pub(crate) type Reply = Result<Value, ()>;
-
-/// Everything the registry learns.
-#[derive(Debug)]
-pub(crate) enum Input {
-    /// A command from the core.
-    Local(Cmd),
-    /// This node's live registrations, asked for with [`Event::NeedRegistrations`].
-    Registrations(Vec<(Arc<str>, String, u64)>),
-    Connected(Lane),
-    /// The lane's connect failed, or its connection broke with a request in flight.
-    Disconnected(Lane),
-    Reply(Lane, Vec<Reply>),
-    /// Some instant given by [`Output::Timeout`] passed.
-    Timeout,
-    /// The broker stops: give this node's ids back if the registry can be told.
-    Stop,
-}
-
-/// What the core must learn (each maps onto one of its `handle_*` calls).
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum ToCore {
-    Claim(ConnId, Claim),
-    /// Messages from the inbox or an offline queue: (type, src, dst, frame).
-    Remote(Vec<(MessageType, String, String, String)>),
-    Moved(String),
-    Lost(String),
-    /// Expired offline queues: (dst, senders).
-    Expired(Vec<(String, Vec<String>)>),
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Event {
-    /// Whether the registry answers (for health checks and the status page).
-    Up(bool),
-    /// Answer with [`Input::Registrations`] before anything else.
-    NeedRegistrations,
-}
-
-#[derive(Debug)]
-pub(crate) enum Output {
-    Redis(Lane, Command),
-    Core(ToCore),
-    Event(Event),
-    /// Nothing more to do until this instant (or the next input).
-    Timeout(Instant),
-}
-
-/// A message waiting for the registry.
-#[derive(Debug)]
-struct Waiting {
-    fwd: Forward,
-    seq: u64,
-    deadline: Instant,
-}
-
-/// A message the registry accepted.
-#[derive(Debug)]
-struct Recent {
-    /// When it was handed over.
-    at: Instant,
-    /// Its queue deadline.
-    until: Instant,
-    seq: u64,
-    fwd: Forward,
-    /// It went into an offline queue (rather than a node's inbox).
-    queued: bool,
-}
-
-impl Recent {
-    /// As a command, with what is left of its queue lifetime.
-    fn again(&self, t: Instant) -> Cmd {
-        let mut f = self.fwd.clone();
-        f.ttl = self
-            .until
-            .saturating_duration_since(t)
-            .max(Duration::from_millis(1));
-        Cmd::Forward(f, self.seq)
-    }
-}
 
 /// The main lane.
 #[derive(Debug)]
@@ -307,23 +95,16 @@ pub(crate) struct Registry {
     pending: VecDeque<Cmd>,
     /// Messages to hand over before anything else (after a reconnect or a data loss).
     again: VecDeque<Cmd>,
-    /// Messages for the registry sent while it could not be reached, oldest first.
-    waiting: VecDeque<Waiting>,
-    /// The earliest deadline in `waiting`.
-    waiting_due: Option<Instant>,
+    /// Messages kept for the registry.
+    held: Held,
     /// The registry's epoch as this node last saw it ("" before the first hello).
     epoch: String,
     hellos: u64,
-    /// Messages handed to the registry within their queue lifetime, oldest first, kept to
-    /// hand again if the registry loses its data.
-    recent: VecDeque<Recent>,
     /// Set by a hello that found the registry's data lost.
     lost_data: bool,
     /// After the registry lost its data: when to hand the delivered part of `recent` again,
     /// and the time of the loss (later messages are not repeated).
     replay_at: Option<(Instant, Instant)>,
-    /// The last message number given out.
-    next_seq: u64,
     /// Re-attaches from another node, answered once that node confirms it stopped
     /// delivering to its socket: (id, socket, answer, give up at).
     acks: Vec<(String, ConnId, Claim, Instant)>,
@@ -340,6 +121,7 @@ pub(crate) struct Registry {
 impl Registry {
     /// A registry that starts connecting both lanes at once.
     pub(crate) fn new(now: Instant, cfg: Settings, metrics: Metrics) -> Self {
+        let held = Held::new(cfg.max_queued_total, metrics.clone());
         let mut r = Self {
             cfg,
             metrics,
@@ -350,14 +132,11 @@ impl Registry {
             backoff: BACKOFF_MIN,
             pending: VecDeque::new(),
             again: VecDeque::new(),
-            waiting: VecDeque::new(),
-            waiting_due: None,
+            held,
             epoch: String::new(),
             hellos: 0,
-            recent: VecDeque::new(),
             lost_data: false,
             replay_at: None,
-            next_seq: 0,
             acks: Vec::new(),
             seen: Seen::default(),
             last: "0".to_owned(),
@@ -415,7 +194,7 @@ impl Registry {
     fn next_timeout(&self) -> Instant {
         let main = match &self.main {
             Main::Down { retry_at } => {
-                Some(self.waiting_due.map_or(*retry_at, |d| d.min(*retry_at)))
+                Some(self.held.due().map_or(*retry_at, |d| d.min(*retry_at)))
             }
             Main::Idle => Some(self.renew_at.min(self.sweep_at)),
             _ => None,
@@ -436,7 +215,7 @@ impl Registry {
     fn advance(&mut self) {
         let now = self.now;
         if let Main::Down { retry_at } = self.main {
-            if self.waiting_due.is_some_and(|d| d <= now) {
+            if self.held.due().is_some_and(|d| d <= now) {
                 self.expire_waiting();
             }
             if retry_at <= now {
@@ -496,7 +275,7 @@ impl Registry {
             let mut batch: Vec<Cmd> = self.pending.drain(..n).collect();
             for cmd in &mut batch {
                 if let Cmd::Forward(_, seq) = cmd {
-                    *seq = self.number(*seq);
+                    *seq = self.held.number(*seq);
                 }
             }
             self.exec(batch);
@@ -524,68 +303,18 @@ impl Registry {
             // Re-asserting after the outage replaces this node's id set wholesale.
             Cmd::Release { .. } => {}
             Cmd::Forward(fwd, seq) => {
-                let seq = self.number(seq);
-                self.wait(fwd, seq);
+                let seq = self.held.number(seq);
+                self.held.wait(self.now, fwd, seq);
             }
         }
     }
 
-    /// Numbers a message the first time the registry sees it.
-    fn number(&mut self, seq: u64) -> u64 {
-        if seq != 0 {
-            return seq;
-        }
-        self.next_seq += 1;
-        self.next_seq
-    }
-
-    fn wait(&mut self, fwd: Forward, seq: u64) {
-        if self.waiting.len() >= self.cfg.max_queued_total {
-            self.metrics.rejected("queue_full");
-            return;
-        }
-        let deadline = self.now + fwd.ttl;
-        self.waiting_due = Some(self.waiting_due.map_or(deadline, |d| d.min(deadline)));
-        self.waiting.push_back(Waiting { fwd, seq, deadline });
-        self.metrics.cluster_pending.set(self.waiting.len() as f64);
-    }
-
-    /// Messages whose deadline passed while the registry was away: one EXPIRE per
-    /// (dst, sender), as an offline queue would have produced.
+    /// Messages whose deadline passed while the registry was away get their EXPIREs.
     fn expire_waiting(&mut self) {
-        let now = self.now;
-        let mut due: Vec<(String, Vec<String>)> = Vec::new();
-        self.waiting.retain(|w| {
-            if w.deadline > now {
-                return true;
-            }
-            if !matches!(w.fwd.kind, MessageType::Leave | MessageType::Expire) {
-                add_sender(&mut due, &w.fwd);
-            }
-            false
-        });
-        self.waiting_due = self.waiting.iter().map(|w| w.deadline).min();
-        self.metrics.cluster_pending.set(self.waiting.len() as f64);
+        let due = self.held.expire_waiting(self.now);
         if !due.is_empty() {
             self.core(ToCore::Expired(due));
         }
-    }
-
-    /// Keeps a message handed to the registry for its queue lifetime (bounded).
-    fn remember(&mut self, fwd: Forward, seq: u64, queued: bool) {
-        let t = self.now;
-        while self.recent.front().is_some_and(|r| r.until <= t)
-            || self.recent.len() >= self.cfg.max_queued_total
-        {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(Recent {
-            at: t,
-            until: t + fwd.ttl,
-            seq,
-            fwd,
-            queued,
-        });
     }
 
     // ---- the main lane ----
@@ -629,7 +358,7 @@ impl Registry {
                     self.core(ToCore::Claim(conn, Claim::Unavailable(MSG_UNAVAILABLE)));
                 }
                 Cmd::Release { .. } => {}
-                Cmd::Forward(f, seq) => self.wait(f, seq),
+                Cmd::Forward(f, seq) => self.held.wait(self.now, f, seq),
             }
         }
     }
@@ -658,7 +387,7 @@ impl Registry {
     fn hold_again(&mut self) {
         for cmd in std::mem::take(&mut self.again) {
             if let Cmd::Forward(f, seq) = cmd {
-                self.wait(f, seq);
+                self.held.wait(self.now, f, seq);
             }
         }
     }
@@ -813,34 +542,16 @@ impl Registry {
             // every live node has re-asserted its ids, so they meet their receiver's inbox,
             // which drops what it already had, rather than a queue.
             self.replay_at = Some((t + self.cfg.lease, t));
-            let again: Vec<Cmd> = self
-                .recent
-                .iter()
-                .filter(|r| r.queued && r.until > t)
-                .map(|r| r.again(t))
-                .collect();
-            self.again.extend(again);
             // Queues whose deadline passed while Redis was away: their senders get the
             // EXPIRE the sweep would have sent.
-            let mut due: Vec<(String, Vec<String>)> = Vec::new();
-            for r in self.recent.iter().filter(|r| r.queued && r.until <= t) {
-                add_sender(&mut due, &r.fwd);
-            }
+            let (again, due) = self.held.after_loss(t);
+            self.again.extend(again);
             if !due.is_empty() {
                 self.core(ToCore::Expired(due));
             }
-            self.recent.retain(|r| !r.queued);
         }
-        // They keep their original deadline: an outage does not extend a queue's lifetime.
-        for mut w in std::mem::take(&mut self.waiting) {
-            w.fwd.ttl = w
-                .deadline
-                .saturating_duration_since(t)
-                .max(Duration::from_millis(1));
-            self.again.push_back(Cmd::Forward(w.fwd, w.seq));
-        }
-        self.waiting_due = None;
-        self.metrics.cluster_pending.set(0.0);
+        let waiting = self.held.take_waiting(t);
+        self.again.extend(waiting);
         self.renew_at = t;
         self.sweep_at = t;
         self.reap_at = t + self.cfg.lease;
@@ -853,12 +564,7 @@ impl Registry {
         let Some((_, lost)) = self.replay_at.take_if(|(at, _)| *at <= now) else {
             return;
         };
-        let again: Vec<Cmd> = self
-            .recent
-            .iter()
-            .filter(|r| r.at <= lost && r.until > now)
-            .map(|r| r.again(now))
-            .collect();
+        let again = self.held.replay(now, lost);
         tracing::warn!(
             messages = again.len(),
             "handing recent messages to the registry again"
@@ -919,14 +625,14 @@ impl Registry {
                 (Cmd::Forward(f, seq), Ok(v)) => match wire::text(v).as_deref() {
                     Some("sent") => {
                         self.metrics.cluster_out.increment(1);
-                        self.remember(f, seq, false);
+                        self.held.remember(self.now, f, seq, false);
                     }
-                    Some("queued") => self.remember(f, seq, true),
+                    Some("queued") => self.held.remember(self.now, f, seq, true),
                     _ => {}
                 },
                 (Cmd::Forward(f, seq), Err(())) => {
                     stale = true;
-                    self.wait(f, seq);
+                    self.held.wait(self.now, f, seq);
                 }
                 (Cmd::Release { .. }, _) => {}
             }
@@ -1038,15 +744,5 @@ fn next_tick(at: Instant, now: Instant, every: Duration) -> Instant {
         at + every
     } else {
         now + every
-    }
-}
-
-/// Adds `fwd`'s sender to the EXPIREs due for its destination (once per sender).
-fn add_sender(due: &mut Vec<(String, Vec<String>)>, fwd: &Forward) {
-    let src = fwd.src.to_string();
-    match due.iter_mut().find(|(d, _)| *d == fwd.dst) {
-        Some((_, s)) if s.contains(&src) => {}
-        Some((_, s)) => s.push(src),
-        None => due.push((fwd.dst.clone(), vec![src])),
     }
 }

@@ -1,7 +1,7 @@
 //! The registry's Lua scripts (the `.lua` files beside this one) and how each [`Call`]
 //! becomes a Redis command.
 
-use super::registry::{Call, INBOX_BLOCK_MS, INBOX_COUNT, Script, Settings};
+use super::protocol::{Call, INBOX_BLOCK_MS, INBOX_COUNT, Script, Settings};
 
 /// Inbox streams are trimmed to about this many entries.
 const INBOX_MAXLEN: usize = 100_000;

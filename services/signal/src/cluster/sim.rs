@@ -14,9 +14,8 @@
 //! `KIBITZ_CLUSTER_SIM_SEEDS` sets how many seeds run (default 1000); a failure names its
 //! seed, and `KIBITZ_CLUSTER_SIM_SEED=<n>` replays one and prints what happened.
 
-use super::registry::{
-    Call, Cmd, Command, Event, Input, Lane, Output, Registry, Reply, Settings, ToCore,
-};
+use super::protocol::{Call, Cmd, Command, Event, Input, Lane, Output, Reply, Settings, ToCore};
+use super::registry::Registry;
 use crate::core::{Claim, ConnId, Forward};
 use crate::metrics::Metrics;
 use kibitz_proto::peerjs::MessageType;
@@ -176,7 +175,7 @@ impl Redis {
             .get(node)?
             .iter()
             .filter(|(sid, _)| *sid > last)
-            .take(super::registry::INBOX_COUNT)
+            .take(super::protocol::INBOX_COUNT)
             .map(|(sid, f)| {
                 let fields = f.iter().flat_map(|(k, v)| [bulk(k), bulk(v)]).collect();
                 arr(vec![bulk(&sid_text(*sid)), arr(fields)])
@@ -882,7 +881,7 @@ impl Sim {
                     match self.redis.read(&me, last) {
                         Some(v) => self.answer_read(n, epoch, v),
                         None => {
-                            let until = self.now + super::registry::INBOX_BLOCK_MS;
+                            let until = self.now + super::protocol::INBOX_BLOCK_MS;
                             self.redis.parked.insert(me, (epoch, last, until));
                             self.schedule(until, Ev::ReadTimeout(n, epoch));
                         }
