@@ -1,4 +1,4 @@
-//! What goes in and out of the [`Registry`](super::registry::Registry): the core's
+//! What goes in and out of the registry state machine: the core's
 //! commands, the Redis calls (by name, with their arguments), replies, and what the core and
 //! the driver must do.
 
