@@ -1464,34 +1464,23 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
         "seed {seed}: {n_nodes} nodes{}, lease {lease} ms, latency {latency:?} ms",
         if crash { " + one that crashes" } else { "" }
     ));
-    // Senders (stay), receivers (come late, move, leave and come back), offline ids.
+    // Senders (stay), receivers (come late, move, leave and come back), the crashing node's
+    // clients, offline ids.
     let senders = rng.range(2, 4) as usize;
-    for i in 0..senders {
-        let home = rng.below(n_nodes as u64) as usize;
-        sim.clients.push(Client {
-            id: format!("s{i}"),
-            token: format!("ts{i}"),
-            home,
-            sender: true,
-        });
-    }
     let receivers = rng.range(1, 3) as usize;
-    for i in 0..receivers {
-        let home = rng.below(n_nodes as u64) as usize;
-        sim.clients.push(Client {
-            id: format!("r{i}"),
-            token: format!("tr{i}"),
-            home,
-            sender: false,
-        });
-    }
-    if crash {
-        for i in 0..2 {
+    let doomed = if crash { 2 } else { 0 };
+    let kinds = [("s", senders), ("r", receivers), ("d", doomed)];
+    for (kind, count) in kinds {
+        for i in 0..count {
+            let home = match kind {
+                "d" => n_nodes,
+                _ => rng.below(n_nodes as u64) as usize,
+            };
             sim.clients.push(Client {
-                id: format!("d{i}"),
-                token: format!("td{i}"),
-                home: n_nodes,
-                sender: false,
+                id: format!("{kind}{i}"),
+                token: format!("t{kind}{i}"),
+                home,
+                sender: kind == "s",
             });
         }
     }
@@ -1537,27 +1526,12 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
                 };
                 sim.schedule(at, Ev::Drop(n, lane));
             }
-            2 => {
-                let for_ms = rng.range(10, 1500);
+            kind => {
+                // An outage, or a restart that loses everything (shorter).
+                let lose_data = kind == 3;
+                let for_ms = rng.range(10, if lose_data { 800 } else { 1500 });
                 outages += for_ms;
-                sim.schedule(
-                    at,
-                    Ev::RedisDown {
-                        lose_data: false,
-                        for_ms,
-                    },
-                );
-            }
-            _ => {
-                let for_ms = rng.range(10, 800);
-                outages += for_ms;
-                sim.schedule(
-                    at,
-                    Ev::RedisDown {
-                        lose_data: true,
-                        for_ms,
-                    },
-                );
+                sim.schedule(at, Ev::RedisDown { lose_data, for_ms });
             }
         }
     }
