@@ -11,6 +11,14 @@
 //!   (no later than its deadline plus the outages it met);
 //! - a dead node's ids can be claimed by another client within the lease.
 //!
+//! The registry's known limits are told apart from violations and counted (`--nocapture`
+//! prints the totals): a claim or sweep whose answer is lost takes the queued messages it
+//! popped along; numbers are remembered per node, so a receiver that moved to another node,
+//! or a message a node routed again under its own number, can repeat after a data loss; a
+//! message unread in an inbox when Redis loses its data comes back only if it is still
+//! within its lifetime one lease after Redis is back; an `EXPIRE` for a sender whose node
+//! lost its lease meanwhile is dropped.
+//!
 //! `KIBITZ_CLUSTER_SIM_SEEDS` sets how many seeds run (default 1000); a failure names its
 //! seed, and `KIBITZ_CLUSTER_SIM_SEED=<n>` replays one and prints what happened.
 
