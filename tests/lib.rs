@@ -311,7 +311,7 @@ static NEXT_REDIS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 /// `config` as a cluster node on `redis` with a `lease_ms` lease.
 pub fn cluster_config(mut config: Config, redis: &Redis, lease_ms: u64) -> Config {
     config.cluster = Some(kibitz_signal::ClusterConfig {
-        redis_url: redis.url(),
+        redis_url: redis.url().into(),
         lease: Duration::from_millis(lease_ms),
         prefix: "kibitz:".into(),
     });

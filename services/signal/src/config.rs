@@ -28,7 +28,104 @@ pub struct Config {
     /// Opt-in leave notices for Kibitz room ids (off: the reference behaviour).
     pub room_notices: Option<crate::core::RoomNotices>,
     /// Cluster mode: share ids, queues and routing with other nodes through Redis.
-    pub cluster: Option<crate::cluster::ClusterConfig>,
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How a broker node joins a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db` (or `redis+unix:///path`); it may carry a password, so it
+    /// prints masked.
+    pub redis_url: RedisUrl,
+    /// How long a node's ids outlive its last lease renewal.
+    pub lease: Duration,
+    /// Key prefix, so several clusters can share one Redis.
+    pub prefix: String,
+}
+
+/// A Redis URL: used to connect, printed (`Debug`, `Display`) with its password masked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The URL with its password, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with anything secret replaced by `***`: the user info before `@` and the
+    /// values of `pass`/`password` query parameters (`redis+unix://…?pass=…`).
+    pub fn masked(&self) -> String {
+        let url = self.0.as_str();
+        let (scheme, rest) = match url.find("://") {
+            Some(i) => url.split_at(i + 3),
+            None => ("", url),
+        };
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let host = match authority.rfind('@') {
+            Some(at) => format!("***@{}", &authority[at + 1..]),
+            None => authority.to_owned(),
+        };
+        let tail = match tail.split_once('?') {
+            None => tail.to_owned(),
+            Some((path, query)) => {
+                let params: Vec<String> = query
+                    .split('&')
+                    .map(|kv| match kv.split_once('=') {
+                        Some((k, _))
+                            if k.eq_ignore_ascii_case("pass")
+                                || k.eq_ignore_ascii_case("password") =>
+                        {
+                            format!("{k}=***")
+                        }
+                        _ => kv.to_owned(),
+                    })
+                    .collect();
+                format!("{path}?{}", params.join("&"))
+            }
+        };
+        format!("{scheme}{host}{tail}")
+    }
+}
+
+impl From<String> for RedisUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl From<&str> for RedisUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+}
+
+impl std::str::FromStr for RedisUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(url.into())
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({:?})", self.masked())
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+/// Whether `url` is a Redis URL this node can use (checked when the config is built). The
+/// redis crate's parse errors are fixed texts that never repeat the URL.
+pub fn check_url(url: &RedisUrl) -> Result<(), String> {
+    redis::Client::open(url.expose())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Abuse limits. Zero means unlimited where noted.
@@ -173,7 +270,7 @@ pub struct SignalArgs {
     /// Cluster mode: share ids, offline queues and relaying with every broker node using
     /// this Redis (redis://host:port/db). Off: one node, in memory.
     #[arg(long, env = "KIBITZ_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
     /// Cluster mode: milliseconds a node's ids outlive its last lease renewal (a dead node's
     /// ids are free after this long; renewed every third of it).
     #[arg(long, env = "KIBITZ_REDIS_LEASE_MS", default_value_t = 10_000)]
@@ -251,12 +348,12 @@ impl SignalArgs {
                 grace: Duration::from_millis(self.room_leave_grace_ms),
                 expire: Duration::from_millis(self.room_expire_timeout_ms.max(1)),
             }),
-            cluster: match self.redis_url.as_deref().filter(|u| !u.is_empty()) {
+            cluster: match self.redis_url.as_ref().filter(|u| !u.expose().is_empty()) {
                 None => None,
                 Some(url) => {
-                    crate::cluster::check_url(url).map_err(ConfigError::RedisUrl)?;
-                    Some(crate::cluster::ClusterConfig {
-                        redis_url: url.to_owned(),
+                    check_url(url).map_err(ConfigError::RedisUrl)?;
+                    Some(ClusterConfig {
+                        redis_url: url.clone(),
                         lease: Duration::from_millis(
                             positive(self.redis_lease_ms, "redis-lease-ms")?.max(300),
                         ),
@@ -280,5 +377,40 @@ mod tests {
         assert_eq!(normalize_path("/a/b/").unwrap(), "/a/b/");
         assert!(normalize_path("/a b").is_err());
         assert!(normalize_path("/{key}").is_err());
+    }
+
+    #[test]
+    fn redis_urls_print_masked() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
+            (
+                "redis://:s3cret@10.0.0.5:6379/0",
+                "redis://***@10.0.0.5:6379/0",
+            ),
+            ("rediss://user:s3cret@host/", "rediss://***@host/"),
+            (
+                "redis+unix:///run/r.sock?db=1&pass=s3cret",
+                "redis+unix:///run/r.sock?db=1&pass=***",
+            ),
+            ("redis://host?password=s3cret", "redis://host?password=***"),
+        ] {
+            let u = RedisUrl::from(url);
+            assert_eq!(u.to_string(), shown);
+            assert_eq!(format!("{u:?}"), format!("RedisUrl({shown:?})"));
+            assert_eq!(u.expose(), url);
+        }
+        let args = SignalArgs {
+            redis_url: Some("redis://:s3cret@127.0.0.1:6379/".into()),
+            ..<SignalArgs as clap::FromArgMatches>::from_arg_matches(
+                &<SignalArgs as clap::Args>::augment_args(clap::Command::new("t"))
+                    .get_matches_from(["t"]),
+            )
+            .unwrap()
+        };
+        let config = args.to_config().unwrap();
+        for shown in [format!("{args:?}"), format!("{config:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("***@127.0.0.1"), "{shown}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! connection to [`Outbox`], and the one timer. A cluster backend replaces this module's
 //! insides; the connection tasks and HTTP handlers only see [`Hub`].
 
-use crate::cluster::{Cluster, Cmd};
+use crate::cluster::{Cluster, Cmd, Local, MSG_UNAVAILABLE, ToCore};
 use crate::config::Config;
 use crate::core::{Broker, Claim, CloseReason, ConnId, CoreConfig, OpenParams, Output};
 use crate::metrics::Metrics;
@@ -81,20 +81,24 @@ impl Inner {
                         ob.close(close_status(reason));
                     }
                 }
-                // Only produced in cluster mode, where `cluster` is set.
+                // Only produced in cluster mode, where `cluster` is set. Past the command
+                // queue's bound a claim is refused at once and a message dropped (counted).
                 Output::Claim { conn, id, token } => {
-                    if let Some(c) = cluster {
-                        c.send(Cmd::Claim { conn, id, token });
+                    if let Some(c) = cluster
+                        && c.send(Cmd::Claim { conn, id, token }).is_err()
+                    {
+                        let refused = Claim::Unavailable(MSG_UNAVAILABLE);
+                        self.core.handle_claim(now(), conn, refused);
                     }
                 }
                 Output::Release { id, reg } => {
                     if let Some(c) = cluster {
-                        c.send(Cmd::Release { id, reg });
+                        let _ = c.send(Cmd::Release { id, reg });
                     }
                 }
                 Output::Forward(f) => {
                     if let Some(c) = cluster {
-                        c.send(Cmd::Forward(f, 0));
+                        let _ = c.send(Cmd::Forward(f, 0));
                     }
                 }
             }
@@ -106,10 +110,15 @@ impl Inner {
 impl Hub {
     pub(crate) fn new(config: Config) -> Self {
         let metrics = Metrics::new();
-        let cluster = config
-            .cluster
-            .as_ref()
-            .map(|cc| Arc::new(Cluster::new(cc.clone())));
+        let cluster = config.cluster.as_ref().map(|cc| {
+            Arc::new(Cluster::new(
+                cc.clone(),
+                config.concurrent_limit,
+                config.limits.max_queued_per_dst,
+                config.limits.max_queued_total,
+                metrics.clone(),
+            ))
+        });
         let core = Broker::new(
             CoreConfig {
                 key: config.key.clone(),
@@ -314,6 +323,30 @@ impl Hub {
                 () = stop.cancelled() => return,
             }
         }
+    }
+}
+
+impl Local for Hub {
+    fn now(&self) -> Instant {
+        now()
+    }
+
+    fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.clone()
+    }
+
+    fn deliver(&self, ev: ToCore) {
+        match ev {
+            ToCore::Claim(conn, claim) => self.claim_result(conn, claim),
+            ToCore::Remote(msgs) => self.remote(msgs),
+            ToCore::Moved(id) => self.moved(&id),
+            ToCore::Lost(id) => self.lost(&id),
+            ToCore::Expired(due) => self.expired(&due),
+        }
+    }
+
+    fn registrations(&self) -> Vec<(Arc<str>, String, u64)> {
+        Hub::registrations(self)
     }
 }
 

@@ -18,8 +18,8 @@ pub mod metrics;
 mod outbox;
 mod ws;
 
-pub use cluster::{ClusterConfig, MSG_RECOVERING, MSG_UNAVAILABLE};
-pub use config::{Config, ConfigError, Limits, SignalArgs};
+pub use cluster::{MSG_RECOVERING, MSG_UNAVAILABLE};
+pub use config::{ClusterConfig, Config, ConfigError, Limits, RedisUrl, SignalArgs};
 
 use hub::Hub;
 use std::future::Future;

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub cluster_nodes: Gauge,
     /// Cluster mode: ids registered over the whole cluster, as of the last lease renewal.
     pub cluster_peers: Gauge,
+    /// Cluster mode: claims and messages refused because the queue to the cluster driver was
+    /// full.
+    pub cluster_overflow: Counter,
     messages: [Counter; 6],
     rejected: Vec<(&'static str, Counter)>,
 }
@@ -105,6 +108,7 @@ impl Metrics {
             cluster_mode: gauge!("kibitz_signal_cluster_mode"),
             cluster_nodes: gauge!("kibitz_signal_cluster_nodes"),
             cluster_peers: gauge!("kibitz_signal_cluster_peers"),
+            cluster_overflow: counter!("kibitz_signal_cluster_queue_overflow_total"),
             messages: TYPES.map(|t| counter!("kibitz_signal_messages_total", "type" => t.as_str())),
             rejected: REJECT_REASONS
                 .iter()

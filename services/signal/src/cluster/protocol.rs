@@ -1,0 +1,193 @@
+//! What goes in and out of the registry state machine: the core's
+//! commands, the Redis calls (by name, with their arguments), replies, and what the core and
+//! the driver must do.
+
+use crate::core::{Claim, ConnId, Forward};
+use kibitz_proto::peerjs::MessageType;
+use redis::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Commands per pipelined batch.
+pub(crate) const BATCH: usize = 512;
+/// Entries read from the inbox per `XREAD`.
+pub(crate) const INBOX_COUNT: usize = 1024;
+/// How long one `XREAD` blocks in Redis.
+pub(crate) const INBOX_BLOCK_MS: u64 = 500;
+
+/// A command for the registry, in the order the core produced it.
+#[derive(Debug)]
+pub(crate) enum Cmd {
+    Claim {
+        conn: ConnId,
+        id: Arc<str>,
+        token: String,
+    },
+    Release {
+        id: Arc<str>,
+        reg: u64,
+    },
+    /// A message, and its number on this node (0 until the registry numbers it): receivers
+    /// drop a number they have seen, so handing a message to Redis twice delivers it once.
+    Forward(Forward, u64),
+}
+
+/// What the registry needs to know about this node and the broker's limits.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// This node's id (random per process); message numbers are `{node}.{n}`.
+    pub node: String,
+    /// How long this node's ids outlive its last lease renewal.
+    pub lease: Duration,
+    /// The cluster-wide id limit.
+    pub concurrent_limit: usize,
+    /// Offline-queue bounds, and the bound on messages kept here.
+    pub max_queued_per_dst: usize,
+    pub max_queued_total: usize,
+}
+
+/// The two connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    Main,
+    Inbox,
+}
+
+/// The registry's Lua scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Script {
+    Claim,
+    Release,
+    Route,
+    Sweep,
+    Hello,
+    Reassert,
+    ReassertDone,
+    Reap,
+    List,
+    Leave,
+    Stats,
+}
+
+impl Script {
+    pub(crate) const ALL: [Script; 11] = [
+        Script::Claim,
+        Script::Release,
+        Script::Route,
+        Script::Sweep,
+        Script::Hello,
+        Script::Reassert,
+        Script::ReassertDone,
+        Script::Reap,
+        Script::List,
+        Script::Leave,
+        Script::Stats,
+    ];
+}
+
+/// One Redis command; the driver adds the key prefix and this node's id.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Call {
+    /// `SCRIPT LOAD`.
+    Load(Script),
+    /// Renew the lease, join, read the epoch (`known` is the last one seen, "" at first).
+    Hello {
+        known: String,
+        fresh: String,
+    },
+    Claim {
+        id: Arc<str>,
+        token: String,
+    },
+    Release {
+        id: Arc<str>,
+        reg: u64,
+    },
+    /// Route `fwd` (numbered `seq`).
+    Route {
+        fwd: Forward,
+        seq: u64,
+    },
+    Sweep,
+    /// Start a re-assert: clear the set of ids it collects.
+    ReassertBegin,
+    /// (id, token, registry number) of this node's live registrations.
+    Reassert(Vec<(Arc<str>, String, u64)>),
+    ReassertDone,
+    /// `PEXPIRE` of this node's lease key.
+    Renew,
+    Stats,
+    Reap,
+    Leave,
+    /// `XREAD` of this node's inbox after stream id `last`.
+    Read {
+        last: String,
+    },
+    /// Tell node `to` that this node stopped delivering to `id`.
+    Ack {
+        to: String,
+        id: String,
+    },
+    /// Drop this node's inbox entries up to `upto`.
+    Trim {
+        upto: String,
+    },
+}
+
+/// What a lane should do.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Command {
+    /// (Re)connect, dropping the lane's connection if it has one.
+    Connect,
+    /// Run these calls as one pipeline; answer with one result each.
+    Run(Vec<Call>),
+}
+
+/// A Redis call's result (a failed call's error is logged by the driver).
+pub(crate) type Reply = Result<Value, ()>;
+
+/// Everything the registry learns.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A command from the core.
+    Local(Cmd),
+    /// This node's live registrations, asked for with [`Event::NeedRegistrations`].
+    Registrations(Vec<(Arc<str>, String, u64)>),
+    Connected(Lane),
+    /// The lane's connect failed, or its connection broke with a request in flight.
+    Disconnected(Lane),
+    Reply(Lane, Vec<Reply>),
+    /// Some instant given by [`Output::Timeout`] passed.
+    Timeout,
+    /// The broker stops: give this node's ids back if the registry can be told.
+    Stop,
+}
+
+/// What the core must learn (each maps onto one of its `handle_*` calls).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ToCore {
+    Claim(ConnId, Claim),
+    /// Messages from the inbox or an offline queue: (type, src, dst, frame).
+    Remote(Vec<(MessageType, String, String, String)>),
+    Moved(String),
+    Lost(String),
+    /// Expired offline queues: (dst, senders).
+    Expired(Vec<(String, Vec<String>)>),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// Whether the registry answers (for health checks and the status page).
+    Up(bool),
+    /// Answer with [`Input::Registrations`] before anything else.
+    NeedRegistrations,
+}
+
+#[derive(Debug)]
+pub(crate) enum Output {
+    Redis(Lane, Command),
+    Core(ToCore),
+    Event(Event),
+    /// Nothing more to do until this instant (or the next input).
+    Timeout(Instant),
+}

@@ -1,0 +1,748 @@
+//! This node's side of the shared registry as a sans-IO state machine: time, commands from
+//! the core and Redis replies in; Redis calls, answers for the core and timeouts out.
+//!
+//! Drive it like the core: after any [`Registry::handle_input`], drain
+//! [`Registry::poll_output`] until it returns [`Output::Timeout`], run what it asked for, and
+//! call `handle_input(now, Input::Timeout)` once that instant passes. Two connections
+//! ([`Lane`]s) carry its calls: `Main` runs one pipelined request at a time, in order (claims,
+//! routes, lease, sweeps, re-asserts); `Inbox` runs this node's blocking `XREAD`. A lane's
+//! request is answered with [`Input::Reply`] (one result per call) or, when the connection
+//! failed, [`Input::Disconnected`]. The registry never reads the clock, never draws
+//! randomness and never touches a socket; the module docs of `cluster` explain the model.
+
+use super::held::Held;
+use super::protocol::{
+    BATCH, Call, Cmd, Command, Event, Input, Lane, Output, Reply, Script, Settings, ToCore,
+};
+use super::wire::{self, Entry, MSG_UNAVAILABLE, Seen};
+use crate::core::{Claim, ConnId};
+use crate::metrics::Metrics;
+use kibitz_proto::peerjs::MessageType;
+use redis::Value;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often due offline queues are swept.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// Ids re-asserted per script call.
+const REASSERT_BATCH: usize = 500;
+/// How long a cross-node re-attach waits for the old node to confirm.
+const ACK_WAIT: Duration = Duration::from_secs(1);
+/// Reconnect backoff of the main lane after a failed connect: doubles up to the maximum.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Pause before the inbox lane tries again after a failed connect.
+const INBOX_RETRY: Duration = Duration::from_millis(200);
+
+/// The main lane.
+#[derive(Debug)]
+enum Main {
+    Down {
+        retry_at: Instant,
+    },
+    Connecting,
+    /// Connected, with this request in flight.
+    Busy(Step),
+    /// Connected and set up, nothing in flight.
+    Idle,
+    Stopped,
+}
+
+/// The main lane's request in flight.
+#[derive(Debug)]
+enum Step {
+    Load,
+    Hello,
+    /// Waiting for [`Input::Registrations`] (nothing in flight).
+    Registrations,
+    /// `ReassertBegin` (when `chunk` is false) or a chunk in flight, the rest to follow.
+    Reassert {
+        chunk: bool,
+        rest: VecDeque<Vec<(Arc<str>, String, u64)>>,
+    },
+    ReassertDone,
+    Exec(Vec<Cmd>),
+    Renew,
+    Sweep,
+    Leave,
+}
+
+/// The inbox lane.
+#[derive(Debug)]
+enum Inbox {
+    Down {
+        retry_at: Instant,
+    },
+    Connecting,
+    Reading,
+    /// Confirmations and the trim after a read are in flight.
+    Settling,
+    Stopped,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    cfg: Settings,
+    metrics: Metrics,
+    now: Instant,
+    out: VecDeque<Output>,
+    main: Main,
+    inbox: Inbox,
+    backoff: Duration,
+    /// Commands from the core not yet run, oldest first.
+    pending: VecDeque<Cmd>,
+    /// Messages to hand over before anything else (after a reconnect or a data loss).
+    again: VecDeque<Cmd>,
+    /// Messages kept for the registry.
+    held: Held,
+    /// The registry's epoch as this node last saw it ("" before the first hello).
+    epoch: String,
+    hellos: u64,
+    /// Set by a hello that found the registry's data lost.
+    lost_data: bool,
+    /// After the registry lost its data: when to hand the delivered part of `recent` again,
+    /// and the time of the loss (later messages are not repeated).
+    replay_at: Option<(Instant, Instant)>,
+    /// Re-attaches from another node, answered once that node confirms it stopped
+    /// delivering to its socket: (id, socket, answer, give up at).
+    acks: Vec<(String, ConnId, Claim, Instant)>,
+    seen: Seen,
+    /// The inbox stream id read up to.
+    last: String,
+    renew_at: Instant,
+    sweep_at: Instant,
+    reap_at: Instant,
+    /// The broker stops: leave once the request in flight is done.
+    stopping: bool,
+}
+
+impl Registry {
+    /// A registry that starts connecting both lanes at once.
+    pub(crate) fn new(now: Instant, cfg: Settings, metrics: Metrics) -> Self {
+        let held = Held::new(cfg.max_queued_total, metrics.clone());
+        let mut r = Self {
+            cfg,
+            metrics,
+            now,
+            out: VecDeque::new(),
+            main: Main::Connecting,
+            inbox: Inbox::Connecting,
+            backoff: BACKOFF_MIN,
+            pending: VecDeque::new(),
+            again: VecDeque::new(),
+            held,
+            epoch: String::new(),
+            hellos: 0,
+            lost_data: false,
+            replay_at: None,
+            acks: Vec::new(),
+            seen: Seen::default(),
+            last: "0".to_owned(),
+            renew_at: now,
+            sweep_at: now,
+            reap_at: now,
+            stopping: false,
+        };
+        r.redis(Lane::Main, Command::Connect);
+        r.redis(Lane::Inbox, Command::Connect);
+        r
+    }
+
+    /// Whether the driver should hand over more commands now (otherwise they wait in its
+    /// bounded queue).
+    pub(crate) fn wants_local(&self) -> bool {
+        self.pending.len() < BATCH
+    }
+
+    pub(crate) fn handle_input(&mut self, now: Instant, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Local(cmd) => self.local(cmd),
+            Input::Registrations(regs) => self.registrations(regs),
+            Input::Connected(Lane::Main) => self.main_connected(),
+            Input::Connected(Lane::Inbox) => self.inbox_connected(),
+            Input::Disconnected(Lane::Main) => self.main_disconnected(),
+            Input::Disconnected(Lane::Inbox) => self.inbox_disconnected(),
+            Input::Reply(Lane::Main, r) => self.main_reply(r),
+            Input::Reply(Lane::Inbox, r) => self.inbox_reply(r),
+            Input::Timeout => {}
+            Input::Stop => self.stop(),
+        }
+    }
+
+    /// The next thing to do; [`Output::Timeout`] once there is nothing else.
+    pub(crate) fn poll_output(&mut self) -> Output {
+        if self.out.is_empty() {
+            self.advance();
+        }
+        match self.out.pop_front() {
+            Some(o) => o,
+            None => Output::Timeout(self.next_timeout()),
+        }
+    }
+
+    fn redis(&mut self, lane: Lane, cmd: Command) {
+        self.out.push_back(Output::Redis(lane, cmd));
+    }
+
+    fn core(&mut self, ev: ToCore) {
+        self.out.push_back(Output::Core(ev));
+    }
+
+    fn next_timeout(&self) -> Instant {
+        let main = match &self.main {
+            Main::Down { retry_at } => {
+                Some(self.held.due().map_or(*retry_at, |d| d.min(*retry_at)))
+            }
+            Main::Idle => Some(self.renew_at.min(self.sweep_at)),
+            _ => None,
+        };
+        let inbox = match &self.inbox {
+            Inbox::Down { retry_at } => Some(*retry_at),
+            _ => None,
+        };
+        [main, inbox]
+            .into_iter()
+            .flatten()
+            .min()
+            // Nothing timed: the next input wakes the registry.
+            .unwrap_or(self.now + Duration::from_secs(3600))
+    }
+
+    /// Starts whatever is due.
+    fn advance(&mut self) {
+        let now = self.now;
+        if let Main::Down { retry_at } = self.main {
+            if self.held.due().is_some_and(|d| d <= now) {
+                self.expire_waiting();
+            }
+            if retry_at <= now {
+                self.main = Main::Connecting;
+                self.redis(Lane::Main, Command::Connect);
+            }
+        }
+        if let Inbox::Down { retry_at } = self.inbox
+            && retry_at <= now
+        {
+            self.inbox = Inbox::Connecting;
+            self.redis(Lane::Inbox, Command::Connect);
+        }
+        if self.stopping {
+            match self.main {
+                Main::Idle => {
+                    // Give the ids back at once rather than after the lease.
+                    self.main = Main::Busy(Step::Leave);
+                    self.redis(Lane::Main, Command::Run(vec![Call::Leave]));
+                }
+                Main::Down { .. } | Main::Connecting => self.main = Main::Stopped,
+                Main::Busy(_) | Main::Stopped => {}
+            }
+            return;
+        }
+        if !matches!(self.main, Main::Idle) {
+            return;
+        }
+        if !self.again.is_empty() {
+            let n = self.again.len().min(BATCH);
+            let batch: Vec<Cmd> = self.again.drain(..n).collect();
+            self.exec(batch);
+        } else if self.renew_at <= now {
+            self.renew_at = next_tick(self.renew_at, now, self.cfg.lease / 3);
+            let mut calls = vec![Call::Renew, Call::Stats];
+            if self.reap_at <= now {
+                self.reap_at = now + self.cfg.lease;
+                calls.push(Call::Reap);
+            }
+            self.main = Main::Busy(Step::Renew);
+            self.redis(Lane::Main, Command::Run(calls));
+        } else if self.sweep_at <= now {
+            self.sweep_at = next_tick(self.sweep_at, now, SWEEP_EVERY);
+            // Claims whose old node never confirmed (it stalled or lost the registry):
+            // answered anyway.
+            let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.acks)
+                .into_iter()
+                .partition(|a| a.3 <= now);
+            self.acks = keep;
+            for (_, conn, claim, _) in due {
+                self.core(ToCore::Claim(conn, claim));
+            }
+            self.main = Main::Busy(Step::Sweep);
+            self.redis(Lane::Main, Command::Run(vec![Call::Sweep]));
+        } else if !self.pending.is_empty() {
+            let n = self.pending.len().min(BATCH);
+            let mut batch: Vec<Cmd> = self.pending.drain(..n).collect();
+            for cmd in &mut batch {
+                if let Cmd::Forward(_, seq) = cmd {
+                    *seq = self.held.number(*seq);
+                }
+            }
+            self.exec(batch);
+        }
+    }
+
+    fn local(&mut self, cmd: Cmd) {
+        match self.main {
+            Main::Down { .. } => self.offline(cmd),
+            Main::Stopped => {
+                if let Cmd::Claim { conn, .. } = cmd {
+                    self.core(ToCore::Claim(conn, Claim::Unavailable(MSG_UNAVAILABLE)));
+                }
+            }
+            _ => self.pending.push_back(cmd),
+        }
+    }
+
+    /// Registry down: refuse claims, keep messages (bounded) until their deadline.
+    fn offline(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Claim { conn, .. } => {
+                self.core(ToCore::Claim(conn, Claim::Unavailable(MSG_UNAVAILABLE)));
+            }
+            // Re-asserting after the outage replaces this node's id set wholesale.
+            Cmd::Release { .. } => {}
+            Cmd::Forward(fwd, seq) => {
+                let seq = self.held.number(seq);
+                self.held.wait(self.now, fwd, seq);
+            }
+        }
+    }
+
+    /// Messages whose deadline passed while the registry was away get their EXPIREs.
+    fn expire_waiting(&mut self) {
+        let due = self.held.expire_waiting(self.now);
+        if !due.is_empty() {
+            self.core(ToCore::Expired(due));
+        }
+    }
+
+    // ---- the main lane ----
+
+    fn main_connected(&mut self) {
+        if !matches!(self.main, Main::Connecting) {
+            return;
+        }
+        let load = Script::ALL.iter().map(|s| Call::Load(*s)).collect();
+        self.main = Main::Busy(Step::Load);
+        self.redis(Lane::Main, Command::Run(load));
+    }
+
+    fn main_disconnected(&mut self) {
+        match std::mem::replace(&mut self.main, Main::Connecting) {
+            Main::Connecting => {
+                tracing::warn!("cluster registry unreachable");
+                self.out.push_back(Output::Event(Event::Up(false)));
+                self.offline_all();
+                self.main = Main::Down {
+                    retry_at: self.now + self.backoff,
+                };
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            }
+            Main::Busy(Step::Exec(batch)) => {
+                self.unanswered(batch);
+                self.broken();
+            }
+            Main::Busy(Step::Leave) | Main::Stopped => self.main = Main::Stopped,
+            main @ Main::Down { .. } => self.main = main,
+            Main::Busy(_) | Main::Idle => self.broken(),
+        }
+    }
+
+    /// A batch whose fate is unknown: messages wait for the next connection, claims are
+    /// refused.
+    fn unanswered(&mut self, batch: Vec<Cmd>) {
+        for cmd in batch {
+            match cmd {
+                Cmd::Claim { conn, .. } => {
+                    self.core(ToCore::Claim(conn, Claim::Unavailable(MSG_UNAVAILABLE)));
+                }
+                Cmd::Release { .. } => {}
+                Cmd::Forward(f, seq) => self.held.wait(self.now, f, seq),
+            }
+        }
+    }
+
+    /// The connection failed: reconnect at once, holding messages meanwhile.
+    fn broken(&mut self) {
+        tracing::warn!("cluster registry connection lost");
+        self.out.push_back(Output::Event(Event::Up(false)));
+        self.hold_again();
+        self.offline_all();
+        self.main = Main::Connecting;
+        self.redis(Lane::Main, Command::Connect);
+    }
+
+    /// This node's lease lapsed (the registry restarted or the node stalled): start over
+    /// with hello and re-assert on a fresh connection.
+    fn stale(&mut self) {
+        tracing::warn!("cluster lease lapsed; re-asserting this node's ids");
+        self.backoff = BACKOFF_MIN;
+        self.hold_again();
+        self.main = Main::Connecting;
+        self.redis(Lane::Main, Command::Connect);
+    }
+
+    /// Whatever was not tried yet waits for the next connection too.
+    fn hold_again(&mut self) {
+        for cmd in std::mem::take(&mut self.again) {
+            if let Cmd::Forward(f, seq) = cmd {
+                self.held.wait(self.now, f, seq);
+            }
+        }
+    }
+
+    fn offline_all(&mut self) {
+        for cmd in std::mem::take(&mut self.pending) {
+            self.offline(cmd);
+        }
+        self.expire_waiting();
+    }
+
+    fn main_reply(&mut self, results: Vec<Reply>) {
+        if matches!(self.main, Main::Busy(Step::Registrations)) {
+            return;
+        }
+        let Main::Busy(step) = std::mem::replace(&mut self.main, Main::Idle) else {
+            return;
+        };
+        match step {
+            Step::Exec(batch) => return self.exec_reply(batch, results),
+            Step::Leave => {
+                self.main = Main::Stopped;
+                return;
+            }
+            _ => {}
+        }
+        if results.iter().any(Result::is_err) {
+            return self.broken();
+        }
+        let mut results = results.into_iter().map(|r| r.unwrap_or(Value::Nil));
+        match step {
+            Step::Load => {
+                self.hellos += 1;
+                let fresh = format!("{}-{}", self.cfg.node, self.hellos);
+                self.main = Main::Busy(Step::Hello);
+                let known = self.epoch.clone();
+                self.redis(Lane::Main, Command::Run(vec![Call::Hello { known, fresh }]));
+            }
+            Step::Hello => {
+                let Some(epoch) = results.next().and_then(wire::text) else {
+                    return self.broken();
+                };
+                if !self.epoch.is_empty() && self.epoch != epoch {
+                    tracing::warn!("cluster registry lost its data; claims pause for one lease");
+                    self.lost_data = true;
+                }
+                self.epoch = epoch;
+                self.metrics.reasserts.increment(1);
+                self.main = Main::Busy(Step::Registrations);
+                self.out.push_back(Output::Event(Event::NeedRegistrations));
+            }
+            Step::Reassert { chunk, rest } => {
+                if chunk {
+                    self.reasserted(results.next().unwrap_or(Value::Nil));
+                }
+                self.reassert_next(rest);
+            }
+            Step::ReassertDone => self.serve(),
+            Step::Renew => {
+                match results.next().as_ref().and_then(wire::int) {
+                    Some(0) => return self.stale(),
+                    Some(_) => self.metrics.lease_renewals.increment(1),
+                    None => return self.broken(),
+                }
+                if let Some(Value::Array(stats)) = results.next()
+                    && let [nodes, ids] = &stats[..]
+                {
+                    self.metrics
+                        .cluster_nodes
+                        .set(wire::int(nodes).unwrap_or(0) as f64);
+                    self.metrics
+                        .cluster_peers
+                        .set(wire::int(ids).unwrap_or(0) as f64);
+                }
+            }
+            Step::Sweep => {
+                let due: Vec<(String, Vec<String>)> =
+                    wire::items(results.next().unwrap_or(Value::Nil))
+                        .into_iter()
+                        .filter_map(|q| {
+                            let mut it = wire::items(q).into_iter();
+                            let dst = it.next().and_then(wire::text)?;
+                            Some((dst, it.filter_map(wire::text).collect()))
+                        })
+                        .collect();
+                if !due.is_empty() {
+                    self.core(ToCore::Expired(due));
+                }
+                self.replay_if_due();
+            }
+            Step::Registrations | Step::Exec(_) | Step::Leave => {}
+        }
+    }
+
+    fn registrations(&mut self, regs: Vec<(Arc<str>, String, u64)>) {
+        if !matches!(self.main, Main::Busy(Step::Registrations)) {
+            return;
+        }
+        let rest = regs.chunks(REASSERT_BATCH).map(<[_]>::to_vec).collect();
+        self.main = Main::Busy(Step::Reassert { chunk: false, rest });
+        self.redis(Lane::Main, Command::Run(vec![Call::ReassertBegin]));
+    }
+
+    fn reassert_next(&mut self, mut rest: VecDeque<Vec<(Arc<str>, String, u64)>>) {
+        match rest.pop_front() {
+            Some(chunk) => {
+                self.main = Main::Busy(Step::Reassert { chunk: true, rest });
+                self.redis(Lane::Main, Command::Run(vec![Call::Reassert(chunk)]));
+            }
+            None => {
+                self.main = Main::Busy(Step::ReassertDone);
+                self.redis(Lane::Main, Command::Run(vec![Call::ReassertDone]));
+            }
+        }
+    }
+
+    /// One re-assert chunk's answer: ids lost meanwhile, and messages queued for the others.
+    fn reasserted(&mut self, v: Value) {
+        for r in wire::items(v) {
+            let mut it = wire::items(r).into_iter();
+            let tag = it.next().and_then(wire::text).unwrap_or_default();
+            let Some(id) = it.next().and_then(wire::text) else {
+                continue;
+            };
+            if tag == "lost" {
+                self.metrics.leases_lost.increment(1);
+                tracing::warn!("an id held here was taken elsewhere during a registry outage");
+                self.core(ToCore::Lost(id));
+            } else {
+                let msgs: Vec<_> = wire::queued(it, &mut self.seen)
+                    .into_iter()
+                    .map(|(src, text)| (MessageType::Offer, src, id.clone(), text))
+                    .collect();
+                if !msgs.is_empty() {
+                    self.core(ToCore::Remote(msgs));
+                }
+            }
+        }
+    }
+
+    /// Set up: serve the core, after handing over what waited.
+    fn serve(&mut self) {
+        let t = self.now;
+        self.out.push_back(Output::Event(Event::Up(true)));
+        tracing::info!(node = %self.cfg.node, "cluster registry connected");
+        // If Redis lost its data, what this node handed it within one queue lifetime may be
+        // gone (unread inbox entries, offline queues): hand it again (receivers drop
+        // repeats). Then the messages that waited for the registry, in order.
+        if std::mem::take(&mut self.lost_data) {
+            // Offline queues died with Redis: their messages go back at once (still within
+            // their deadline, which they keep). Delivered ones go again after one lease, when
+            // every live node has re-asserted its ids, so they meet their receiver's inbox,
+            // which drops what it already had, rather than a queue.
+            self.replay_at = Some((t + self.cfg.lease, t));
+            // Queues whose deadline passed while Redis was away: their senders get the
+            // EXPIRE the sweep would have sent.
+            let (again, due) = self.held.after_loss(t);
+            self.again.extend(again);
+            if !due.is_empty() {
+                self.core(ToCore::Expired(due));
+            }
+        }
+        let waiting = self.held.take_waiting(t);
+        self.again.extend(waiting);
+        self.renew_at = t;
+        self.sweep_at = t;
+        self.reap_at = t + self.cfg.lease;
+        self.main = Main::Idle;
+    }
+
+    /// One lease after a data loss: hand the delivered messages of before the loss again.
+    fn replay_if_due(&mut self) {
+        let now = self.now;
+        let Some((_, lost)) = self.replay_at.take_if(|(at, _)| *at <= now) else {
+            return;
+        };
+        let again = self.held.replay(now, lost);
+        tracing::warn!(
+            messages = again.len(),
+            "handing recent messages to the registry again"
+        );
+        self.again.extend(again);
+    }
+
+    /// Runs a batch in one pipeline.
+    fn exec(&mut self, batch: Vec<Cmd>) {
+        let calls = batch
+            .iter()
+            .map(|cmd| match cmd {
+                Cmd::Claim { id, token, .. } => Call::Claim {
+                    id: id.clone(),
+                    token: token.clone(),
+                },
+                Cmd::Release { id, reg } => Call::Release {
+                    id: id.clone(),
+                    reg: *reg,
+                },
+                Cmd::Forward(fwd, seq) => Call::Route {
+                    fwd: fwd.clone(),
+                    seq: *seq,
+                },
+            })
+            .collect();
+        self.main = Main::Busy(Step::Exec(batch));
+        self.redis(Lane::Main, Command::Run(calls));
+    }
+
+    fn exec_reply(&mut self, batch: Vec<Cmd>, results: Vec<Reply>) {
+        if results.len() != batch.len() {
+            self.unanswered(batch);
+            return self.broken();
+        }
+        let mut stale = false;
+        for (cmd, r) in batch.into_iter().zip(results) {
+            match (cmd, r) {
+                (Cmd::Claim { conn, id, .. }, Ok(v)) => {
+                    if wire::text_tag(&v).as_deref() == Some("stale") {
+                        stale = true;
+                    }
+                    match wire::parse_claim(v, &mut self.seen) {
+                        // Re-attached from another node: answer once that node stopped
+                        // delivering to its socket, so no relay reaches the old socket after
+                        // the new one is in use.
+                        (claim, Some(_from)) => {
+                            self.acks
+                                .push((id.to_string(), conn, claim, self.now + ACK_WAIT));
+                        }
+                        (claim, None) => self.core(ToCore::Claim(conn, claim)),
+                    }
+                }
+                (Cmd::Claim { conn, .. }, Err(())) => {
+                    stale = true;
+                    self.core(ToCore::Claim(conn, Claim::Unavailable(MSG_UNAVAILABLE)));
+                }
+                (Cmd::Forward(f, seq), Ok(v)) => match wire::text(v).as_deref() {
+                    Some("sent") => {
+                        self.metrics.cluster_out.increment(1);
+                        self.held.remember(self.now, f, seq, false);
+                    }
+                    Some("queued") => self.held.remember(self.now, f, seq, true),
+                    _ => {}
+                },
+                (Cmd::Forward(f, seq), Err(())) => {
+                    stale = true;
+                    self.held.wait(self.now, f, seq);
+                }
+                (Cmd::Release { .. }, _) => {}
+            }
+        }
+        if stale {
+            // A script error (NOSCRIPT after a registry restart, or a lapsed lease).
+            self.stale();
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stopping = true;
+        self.inbox = Inbox::Stopped;
+    }
+
+    /// Whether the registry is done after [`Input::Stop`] (it left, or could not).
+    pub(crate) fn is_stopped(&self) -> bool {
+        matches!(self.main, Main::Stopped)
+    }
+
+    // ---- the inbox lane ----
+
+    fn read(&mut self) {
+        self.inbox = Inbox::Reading;
+        let last = self.last.clone();
+        self.redis(Lane::Inbox, Command::Run(vec![Call::Read { last }]));
+    }
+
+    fn inbox_connected(&mut self) {
+        if matches!(self.inbox, Inbox::Connecting) {
+            self.read();
+        }
+    }
+
+    fn inbox_disconnected(&mut self) {
+        match self.inbox {
+            Inbox::Connecting => {
+                self.inbox = Inbox::Down {
+                    retry_at: self.now + INBOX_RETRY,
+                };
+            }
+            Inbox::Reading | Inbox::Settling => self.inbox_reconnect(),
+            Inbox::Down { .. } | Inbox::Stopped => {}
+        }
+    }
+
+    fn inbox_reconnect(&mut self) {
+        self.inbox = Inbox::Connecting;
+        self.redis(Lane::Inbox, Command::Connect);
+    }
+
+    fn inbox_reply(&mut self, results: Vec<Reply>) {
+        match self.inbox {
+            Inbox::Settling => return self.read(),
+            Inbox::Reading => {}
+            _ => return,
+        }
+        let Some(Ok(v)) = results.into_iter().next() else {
+            return self.inbox_reconnect();
+        };
+        let (last, entries) = wire::inbox_entries(v);
+        if let Some(last) = last {
+            self.last = last;
+        }
+        let mut msgs = Vec::new();
+        let mut moved = Vec::new();
+        let mut acked = Vec::new();
+        for e in entries {
+            match e {
+                Entry::Message(kind, src, dst, text, mid) => {
+                    if self.seen.fresh(&mid) {
+                        msgs.push((kind, src, dst, text));
+                    }
+                }
+                Entry::Moved(id, node) => moved.push((id, node)),
+                Entry::Acked(id) => acked.push(id),
+            }
+        }
+        if msgs.is_empty() && moved.is_empty() && acked.is_empty() {
+            return self.read();
+        }
+        for id in acked {
+            if let Some(i) = self.acks.iter().position(|a| a.0 == id) {
+                let (_, conn, claim, _) = self.acks.remove(i);
+                self.core(ToCore::Claim(conn, claim));
+            }
+        }
+        let mut calls = Vec::new();
+        for (id, node) in moved {
+            self.core(ToCore::Moved(id.clone()));
+            // Tell the new holder this node no longer delivers to its socket.
+            calls.push(Call::Ack { to: node, id });
+        }
+        if !msgs.is_empty() {
+            self.core(ToCore::Remote(msgs));
+        }
+        // Entries up to the last one read are done with.
+        calls.push(Call::Trim {
+            upto: self.last.clone(),
+        });
+        self.inbox = Inbox::Settling;
+        self.redis(Lane::Inbox, Command::Run(calls));
+    }
+}
+
+/// A periodic timer's next instant: on schedule, or one period after a late tick.
+fn next_tick(at: Instant, now: Instant, every: Duration) -> Instant {
+    if at + every > now {
+        at + every
+    } else {
+        now + every
+    }
+}

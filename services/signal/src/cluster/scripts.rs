@@ -1,0 +1,173 @@
+//! The registry's Lua scripts (the `.lua` files beside this one) and how each [`Call`]
+//! becomes a Redis command.
+
+use super::protocol::{Call, INBOX_BLOCK_MS, INBOX_COUNT, Script, Settings};
+
+/// Inbox streams are trimmed to about this many entries.
+const INBOX_MAXLEN: usize = 100_000;
+
+/// A script and its SHA (scripts are loaded on every (re)connect, then called by SHA).
+pub(crate) struct Lua {
+    sha: String,
+}
+
+impl Lua {
+    fn new(src: &'static str) -> Self {
+        Self {
+            sha: redis::Script::new(src).get_hash().to_owned(),
+        }
+    }
+
+    pub(crate) fn call<A: redis::ToRedisArgs>(&self, args: &[A]) -> redis::Cmd {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(&self.sha).arg(0);
+        for a in args {
+            c.arg(a);
+        }
+        c
+    }
+}
+
+/// Every script, by SHA.
+pub(crate) struct Scripts([Lua; 11]);
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Self(Script::ALL.map(|s| Lua::new(source(s))))
+    }
+
+    pub(crate) fn get(&self, s: Script) -> &Lua {
+        // `ALL` lists every variant once, so the position always exists.
+        let i = Script::ALL.iter().position(|x| *x == s).unwrap_or(0);
+        &self.0[i]
+    }
+}
+
+fn source(s: Script) -> &'static str {
+    match s {
+        Script::Claim => include_str!("claim.lua"),
+        Script::Release => include_str!("release.lua"),
+        Script::Route => include_str!("route.lua"),
+        Script::Sweep => include_str!("sweep.lua"),
+        Script::Hello => include_str!("hello.lua"),
+        Script::Reassert => include_str!("reassert.lua"),
+        Script::ReassertDone => include_str!("reassert_done.lua"),
+        Script::Reap => include_str!("reap.lua"),
+        Script::List => include_str!("list.lua"),
+        Script::Leave => include_str!("leave.lua"),
+        Script::Stats => include_str!("stats.lua"),
+    }
+}
+
+/// What every call needs besides its own arguments.
+pub(crate) struct Ctx<'a> {
+    pub prefix: &'a str,
+    pub settings: &'a Settings,
+    pub scripts: &'a Scripts,
+}
+
+impl Ctx<'_> {
+    fn script(&self, s: Script, args: &[&str]) -> redis::Cmd {
+        let mut all = vec![self.prefix, self.settings.node.as_str()];
+        all.extend_from_slice(args);
+        self.scripts.get(s).call(&all)
+    }
+
+    fn inbox(&self, node: &str) -> String {
+        format!("{}inbox:{node}", self.prefix)
+    }
+
+    /// `call` as a Redis command.
+    pub(crate) fn command(&self, call: &Call) -> redis::Cmd {
+        let s = self.settings;
+        match call {
+            Call::Load(script) => {
+                let mut c = redis::cmd("SCRIPT");
+                c.arg("LOAD").arg(source(*script));
+                c
+            }
+            Call::Hello { known, fresh } => {
+                let lease = s.lease.as_millis().to_string();
+                self.script(Script::Hello, &[&lease, known, fresh])
+            }
+            Call::Claim { id, token } => {
+                let limit = s.concurrent_limit.to_string();
+                self.script(Script::Claim, &[id, token, &limit])
+            }
+            Call::Release { id, reg } => self.script(Script::Release, &[id, &reg.to_string()]),
+            Call::Route { fwd, seq } => {
+                let ttl = fwd.ttl.as_millis().to_string();
+                let mid = format!("{}.{seq}", s.node);
+                self.script(
+                    Script::Route,
+                    &[
+                        fwd.kind.as_str(),
+                        &fwd.src,
+                        &fwd.dst,
+                        &fwd.text,
+                        &ttl,
+                        if fwd.requeue { "1" } else { "0" },
+                        if fwd.notice { "1" } else { "0" },
+                        &s.max_queued_per_dst.to_string(),
+                        &s.max_queued_total.to_string(),
+                        &mid,
+                    ],
+                )
+            }
+            Call::Sweep => self.scripts.get(Script::Sweep).call(&[self.prefix]),
+            Call::ReassertBegin => {
+                let mut c = redis::cmd("DEL");
+                c.arg(format!("{}ids:{}:new", self.prefix, s.node));
+                c
+            }
+            Call::Reassert(regs) => {
+                let mut args: Vec<String> = vec![self.prefix.to_owned(), s.node.clone()];
+                for (id, token, reg) in regs {
+                    args.push(id.to_string());
+                    args.push(token.clone());
+                    args.push(reg.to_string());
+                }
+                self.scripts.get(Script::Reassert).call(&args)
+            }
+            Call::ReassertDone => self.script(Script::ReassertDone, &[]),
+            Call::Renew => {
+                let mut c = redis::cmd("PEXPIRE");
+                c.arg(format!("{}node:{}", self.prefix, s.node))
+                    .arg(s.lease.as_millis() as u64);
+                c
+            }
+            Call::Stats => self.scripts.get(Script::Stats).call(&[self.prefix]),
+            Call::Reap => self.script(Script::Reap, &[]),
+            Call::Leave => self.script(Script::Leave, &[]),
+            Call::Read { last } => {
+                let mut c = redis::cmd("XREAD");
+                c.arg("COUNT")
+                    .arg(INBOX_COUNT)
+                    .arg("BLOCK")
+                    .arg(INBOX_BLOCK_MS)
+                    .arg("STREAMS")
+                    .arg(self.inbox(&s.node))
+                    .arg(last);
+                c
+            }
+            Call::Ack { to, id } => {
+                let mut c = redis::cmd("XADD");
+                c.arg(self.inbox(to))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(INBOX_MAXLEN)
+                    .arg("*")
+                    .arg("t")
+                    .arg("a")
+                    .arg("d")
+                    .arg(id);
+                c
+            }
+            Call::Trim { upto } => {
+                let mut c = redis::cmd("XTRIM");
+                c.arg(self.inbox(&s.node)).arg("MINID").arg(upto);
+                c
+            }
+        }
+    }
+}
