@@ -26,6 +26,7 @@ use super::protocol::{Call, Cmd, Command, Event, Input, Lane, Output, Reply, Set
 use super::registry::Registry;
 use crate::core::{Claim, ConnId, Forward};
 use crate::metrics::Metrics;
+use kibitz_proto::SplitMix64;
 use kibitz_proto::peerjs::MessageType;
 use redis::Value;
 use std::cmp::Reverse;
@@ -40,15 +41,14 @@ const TTL: u64 = 5000;
 /// Clients retry a refused claim after this long (ms).
 const RETRY: u64 = 250;
 
-struct Rng(u64);
+struct Rng(SplitMix64);
 
 impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(SplitMix64::new(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
@@ -1409,14 +1409,14 @@ impl Sim {
 }
 
 fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let n_nodes = rng.range(2, 4) as usize;
     let lease = rng.range(1000, 2000);
     #[allow(clippy::disallowed_methods)] // a fixed origin for the virtual clock
     let base = Instant::now();
     let latency = (1, rng.range(5, 40));
     let mut sim = Sim {
-        rng: Rng(seed ^ 0x5eed),
+        rng: Rng::new(seed ^ 0x5eed),
         now: 0,
         base,
         seq: 0,
