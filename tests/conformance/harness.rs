@@ -493,7 +493,10 @@ pub struct Peer {
 impl Target {
     /// Attempts an upgrade at `ws_url_raw(path_and_query)`.
     pub async fn upgrade_raw(&self, path_and_query: &str) -> Upgrade {
-        let url = self.ws_url_raw(path_and_query);
+        Self::upgrade_url(self.ws_url_raw(path_and_query)).await
+    }
+
+    async fn upgrade_url(url: String) -> Upgrade {
         match timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(url.as_str())).await {
             Err(_) => panic!("upgrade {url}: no answer within {RECV_TIMEOUT:?}"),
             Ok(Ok((ws, resp))) => {
@@ -528,6 +531,53 @@ impl Target {
             .await;
         peer.id = id.to_owned();
         peer
+    }
+
+    /// Waits until everything `peer` sent so far has been handled as far as any other client
+    /// can tell, so a client that connects next sees its effects. On one server that is a
+    /// probe round trip. In a cluster a node hands messages for other nodes' (or offline)
+    /// ids to the registry after its own socket moved on, so `peer` then also sends an OFFER
+    /// to a fresh peer on every node: a node's registry traffic runs in order, so their
+    /// arrival proves `peer`'s earlier messages were routed.
+    pub async fn settle(&self, peer: &mut Peer) {
+        peer.probe().await;
+        if self.ports.len() < 2 {
+            return;
+        }
+        let n = PROBE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let mut fences = Vec::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            let id = format!("fence-{n}-{i}");
+            let url = format!(
+                "ws://127.0.0.1:{port}{}?key=peerjs&id={id}&token=fence",
+                self.ws_path()
+            );
+            let mut fence = match Self::upgrade_url(url).await {
+                Upgrade::Accepted(ws) => Peer {
+                    id: id.clone(),
+                    ws: *ws,
+                },
+                Upgrade::Refused(status) => panic!("fence {id}: HTTP {status}"),
+            };
+            fence.expect_text(OPEN).await;
+            fences.push(fence);
+        }
+        for fence in &mut fences {
+            let id = js(&fence.id);
+            peer.send_text(&format!(
+                r#"{{"type":"OFFER","dst":{id},"payload":"fence"}}"#
+            ))
+            .await;
+            let src = js(&peer.id);
+            fence
+                .expect_text(&format!(
+                    r#"{{"type":"OFFER","src":{src},"dst":{id},"payload":"fence"}}"#
+                ))
+                .await;
+        }
+        for fence in fences {
+            fence.close().await;
+        }
     }
 
     /// Connects as `id`/`token` (key `peerjs` unless the test set another) and expects `OPEN`.

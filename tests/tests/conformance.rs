@@ -505,7 +505,7 @@ async fn case_13_leave_and_expire_forwarded_or_dropped() {
     alice
         .send_text(r#"{"type":"LEAVE","dst":"ghost","payload":1}"#)
         .await;
-    alice.probe().await; // The server has handled all of the above; alice got nothing back.
+    t.settle(&mut alice).await; // The server has handled all of the above; alice got nothing back.
     let mut ghost = t.open("ghost", "tg").await;
     ghost
         .expect_text(r#"{"type":"OFFER","src":"alice","dst":"ghost","payload":"queued"}"#)
@@ -678,16 +678,16 @@ async fn case_18_offline_queue_delivered_in_order_after_open() {
     alice
         .send_text(r#"{"type":"OFFER","dst":"bob","payload":{"n":1}}"#)
         .await;
-    alice.probe().await;
+    t.settle(&mut alice).await;
     carol
         .send_text(r#"{"type":"OFFER","dst":"bob","payload":{"n":2},"extra":true}"#)
         .await;
-    carol.probe().await;
+    t.settle(&mut carol).await;
     alice
         .send_text(r#"{"type":"CANDIDATE","dst":"bob","payload":{"n":3}}"#)
         .await;
     alice.send_text(r#"{"type":"ANSWER","dst":"bob"}"#).await;
-    alice.probe().await;
+    t.settle(&mut alice).await;
 
     let mut bob = t.open("bob", "tb").await; // OPEN first...
     for expected in [
