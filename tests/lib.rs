@@ -152,6 +152,51 @@ impl Client {
     }
 }
 
+/// The broker serving TLS itself with a fresh self-signed certificate for `localhost` (what
+/// `kibitz serve --tls-self-signed` runs) on 127.0.0.1:0; stopped when dropped.
+#[derive(Debug)]
+pub struct TlsBroker {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A client configuration that trusts only that certificate.
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Starts a [`TlsBroker`] with `config`.
+pub async fn start_tls(config: Config) -> TlsBroker {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let (tls, pem) = kibitz_http::tls_self_signed(&["localhost".to_owned()]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = kibitz_signal::router(kibitz_signal::SignalState::start(config));
+    let opts = kibitz_http::ServeOptions {
+        tls: Some(tls),
+        ..Default::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(kibitz_http::serve(listener, app, opts, async {
+        let _ = stopped.await;
+    }));
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    TlsBroker {
+        addr,
+        client: std::sync::Arc::new(client),
+        _stop: stop,
+    }
+}
+
 /// Runs a Node scenario script under `tests/` (`script` relative to it) to completion, at most
 /// 3 minutes, echoing its output. `Ok(stdout)` once it exited 0 with `N passed, 0 failed`;
 /// `Err(stdout)` otherwise, so a caller can add context before failing.

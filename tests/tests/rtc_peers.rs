@@ -333,35 +333,10 @@ async fn two_peers_share_one_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_broker_with_a_self_signed_certificate() {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    use std::sync::Arc;
-
-    let (tls, pem) = kibitz_http::tls_self_signed(&["localhost".to_owned()]).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = kibitz_signal::router(kibitz_signal::SignalState::start(Config::default()));
-    let opts = kibitz_http::ServeOptions {
-        tls: Some(tls),
-        ..Default::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(kibitz_http::serve(listener, app, opts, async {
-        let _ = stopped.await;
-    }));
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
-        .unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let server = kibitz_e2e::start_tls(Config::default()).await;
+    let port = server.addr.port();
     let broker = BrokerConfig {
-        tls: Some(Arc::new(client)),
+        tls: Some(server.client.clone()),
         ..BrokerConfig::secure("localhost", port)
     };
     // One peer gets its id over https, the other claims one over wss.
@@ -390,5 +365,5 @@ async fn wss_broker_with_a_self_signed_certificate() {
     assert_eq!(value, Message::Pack("over wss".into()));
     alice.destroy();
     bob.destroy();
-    let _ = stop.send(());
+    drop(server);
 }

@@ -4,40 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use kibitz_e2e::Config;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use std::sync::Arc;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn wss_and_https_with_a_self_signed_certificate() {
-    let (tls, pem) = kibitz_http::tls_self_signed(&["localhost".to_owned()]).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = kibitz_signal::SignalState::start(Config::default());
-    let app = kibitz_signal::router(state);
-    let opts = kibitz_http::ServeOptions {
-        tls: Some(tls),
-        ..Default::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(kibitz_http::serve(listener, app, opts, async {
-        let _ = stopped.await;
-    }));
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
-        .unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let broker = kibitz_e2e::start_tls(Config::default()).await;
+    let addr = broker.addr;
+    let connector = tokio_rustls::TlsConnector::from(broker.client.clone());
     let name = ServerName::try_from("localhost").unwrap();
 
     // HTTPS: a fresh id.
@@ -63,5 +38,5 @@ async fn wss_and_https_with_a_self_signed_certificate() {
     use futures_util::StreamExt;
     let first = ws.next().await.unwrap().unwrap();
     assert_eq!(first.into_text().unwrap().as_str(), r#"{"type":"OPEN"}"#);
-    let _ = stop.send(());
+    drop(broker);
 }
