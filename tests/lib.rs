@@ -197,6 +197,17 @@ pub async fn start_tls(config: Config) -> TlsBroker {
     }
 }
 
+/// Decodes fixture base64 (standard alphabet, padding optional).
+pub fn base64(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    let config =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    GeneralPurpose::new(&base64::alphabet::STANDARD, config)
+        .decode(s)
+        .expect("fixture base64")
+}
+
 /// Runs a Node scenario script under `tests/` (`script` relative to it) to completion, at most
 /// 3 minutes, echoing its output. `Ok(stdout)` once it exited 0 with `N passed, 0 failed`;
 /// `Err(stdout)` otherwise, so a caller can add context before failing.

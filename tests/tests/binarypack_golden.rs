@@ -23,20 +23,6 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-fn base64(s: &str) -> Vec<u8> {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
-    for c in s.bytes().filter(|&c| c != b'=') {
-        acc = (acc << 6) | A.iter().position(|&a| a == c).unwrap() as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
-}
-
 fn s(x: &str) -> Value {
     Value::Str(x.into())
 }
@@ -74,7 +60,7 @@ fn captured_frames_decode_to_the_recorded_values_and_reencode_identically() {
     let frames = doc["frames"].as_array().unwrap();
     assert_eq!(frames.len(), 6);
     for frame in frames {
-        let bytes = base64(frame["bytes_b64"].as_str().unwrap());
+        let bytes = kibitz_e2e::base64(frame["bytes_b64"].as_str().unwrap());
         let value = dec(&bytes).unwrap();
         assert_eq!(
             serde_json::to_value(&value).unwrap(),

@@ -13,20 +13,6 @@ use kibitz_proto::presence::{AuthorityWire, ClientWire, Wire, feature};
 
 const FIXTURES: &str = include_str!("../binarypack/kibitz-presence-frames.json");
 
-fn base64(s: &str) -> Vec<u8> {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
-    for c in s.bytes().filter(|&c| c != b'=') {
-        acc = (acc << 6) | A.iter().position(|&a| a == c).unwrap() as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
-}
-
 /// The value with every nil (or undefined) map entry removed, recursively.
 fn without_nils(v: Value) -> Value {
     match v {
@@ -56,7 +42,7 @@ fn frames() -> Vec<Frame> {
         .unwrap()
         .iter()
         .map(|f| {
-            let bytes = base64(f["bytes_b64"].as_str().unwrap());
+            let bytes = kibitz_e2e::base64(f["bytes_b64"].as_str().unwrap());
             let has_nils = f["decoded"]
                 .as_object()
                 .unwrap()
