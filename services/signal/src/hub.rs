@@ -295,9 +295,14 @@ impl Hub {
         self.closing.load(Ordering::Relaxed)
     }
 
+    /// Shutdown has begun: the broker reports itself unhealthy but keeps serving.
+    pub(crate) fn begin_drain(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
     /// Closes every socket with 1001 (going away), for shutdown.
     pub(crate) fn close_all(&self) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.begin_drain();
         let inner = self.lock();
         for ob in inner.outboxes.values() {
             ob.close(Closing::Graceful(Some(1001), "server shutting down"));

@@ -74,7 +74,14 @@ impl SignalState {
             .map(|c| (c.node.clone(), c.is_up()))
     }
 
-    /// Closes every broker socket with 1001 and waits up to `deadline` for them to finish.
+    /// Shutdown has begun: [`SignalState::is_healthy`] answers false from now on, while the
+    /// broker keeps serving until [`SignalState::shutdown`].
+    pub fn begin_drain(&self) {
+        self.hub.begin_drain();
+    }
+
+    /// Closes every broker socket with 1001 at once, then waits up to `deadline` for them to
+    /// finish their close handshakes.
     pub async fn shutdown(&self, deadline: Duration) {
         self.hub.close_all();
         let wait = async {
@@ -111,6 +118,11 @@ pub async fn serve(
         ..Default::default()
     };
     let state = SignalState::start(config);
+    let draining = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        draining.begin_drain();
+    };
     kibitz_http::serve_with_ops(listener, router(state.clone()), opts, shutdown).await?;
     state.shutdown(Duration::from_secs(5)).await;
     Ok(())
