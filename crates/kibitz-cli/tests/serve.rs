@@ -58,24 +58,33 @@ fn sigterm(child: &tokio::process::Child) {
     assert!(killed.success());
 }
 
-#[tokio::test]
-async fn serves_then_drains_on_sigterm() {
-    let (mut child, addr) = start(&["--drain-timeout-ms", "3000"]).await;
-    let mut ws = peer(&addr, "a").await;
-
-    sigterm(&child);
-    let close = tokio::time::timeout(Duration::from_secs(5), ws.next())
+/// The next frame on `ws`, within `within`, is a close with 1001 (going away).
+async fn expect_going_away(ws: &mut Ws, within: Duration) {
+    let close = tokio::time::timeout(within, ws.next())
         .await
         .expect("no close frame after SIGTERM");
     match close {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
         other => panic!("expected close 1001, got {other:?}"),
     }
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+}
+
+async fn expect_clean_exit(child: &mut tokio::process::Child, within: Duration) {
+    let status = tokio::time::timeout(within, child.wait())
         .await
         .expect("kibitz did not exit after SIGTERM")
         .unwrap();
     assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn serves_then_drains_on_sigterm() {
+    let (mut child, addr) = start(&["--drain-timeout-ms", "3000"]).await;
+    let mut ws = peer(&addr, "a").await;
+
+    sigterm(&child);
+    expect_going_away(&mut ws, Duration::from_secs(5)).await;
+    expect_clean_exit(&mut child, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -135,20 +144,10 @@ async fn readyz_answers_503_while_still_serving_through_the_drain_grace() {
     );
 
     // After the grace: 1001, and the listener is gone.
-    let close = tokio::time::timeout(Duration::from_secs(15), a.next())
-        .await
-        .expect("no close frame after the drain grace");
-    match close {
-        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
-        other => panic!("expected close 1001, got {other:?}"),
-    }
+    expect_going_away(&mut a, Duration::from_secs(15)).await;
     assert!(
         TcpStream::connect(&addr).await.is_err(),
         "the listener closes before sockets are told to go"
     );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("kibitz did not exit after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status}");
+    expect_clean_exit(&mut child, Duration::from_secs(10)).await;
 }

@@ -133,20 +133,11 @@ impl Broker {
     /// socket does on one node, but is no longer delivered to.
     pub fn handle_moved(&mut self, now: Instant, id: &str) {
         self.saw(now);
-        let Some(p) = self.peers.get_mut(id).filter(|p| !p.moved) else {
+        let Some(conn) = self.mark_moved(id) else {
             return;
         };
-        p.moved = true;
-        let conn = p.conn;
         if self.cfg.takeover {
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.id = None;
-            }
-            self.out.push_back(Output::Close {
-                conn,
-                reason: CloseReason::Replaced,
-            });
-            self.unregister(now, id);
+            self.close_moved(now, id, conn, CloseReason::Replaced);
         }
     }
 
@@ -154,18 +145,25 @@ impl Broker {
     /// for it is closed without releasing anything.
     pub fn handle_lost(&mut self, now: Instant, id: &str) {
         self.saw(now);
-        let Some(p) = self.peers.get_mut(id).filter(|p| !p.moved) else {
-            return;
-        };
+        if let Some(conn) = self.mark_moved(id) {
+            self.close_moved(now, id, conn, CloseReason::Lost);
+        }
+    }
+
+    /// `id`, held here, is now held elsewhere: it is no longer delivered to or released from
+    /// here. Returns its socket.
+    fn mark_moved(&mut self, id: &str) -> Option<ConnId> {
+        let p = self.peers.get_mut(id).filter(|p| !p.moved)?;
         p.moved = true;
-        let conn = p.conn;
+        Some(p.conn)
+    }
+
+    /// Closes the socket of a moved `id` for `reason` and ends the registration here.
+    fn close_moved(&mut self, now: Instant, id: &str, conn: ConnId, reason: CloseReason) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.id = None;
         }
-        self.out.push_back(Output::Close {
-            conn,
-            reason: CloseReason::Lost,
-        });
+        self.out.push_back(Output::Close { conn, reason });
         self.unregister(now, id);
     }
 

@@ -473,6 +473,12 @@ impl Sim {
         self.b.handle_claim(self.at(ms), ConnId(conn), c);
         self.drain()
     }
+    /// `conn` opens as `id` (token "t") at 0 and the registry grants it as registration `reg`.
+    fn registered(&mut self, conn: u64, id: &str, reg: u64) {
+        self.open(0, conn, id, "t");
+        let queued = vec![];
+        self.claim(0, conn, Claim::New { reg, queued });
+    }
 }
 
 #[test]
@@ -546,24 +552,8 @@ fn cluster_refusals_and_a_claim_answered_after_the_close() {
 #[test]
 fn cluster_relays_locally_or_forwards() {
     let mut s = Sim::new(clustered());
-    s.open(0, 1, "a", "t");
-    s.claim(
-        0,
-        1,
-        Claim::New {
-            reg: 1,
-            queued: vec![],
-        },
-    );
-    s.open(0, 2, "b", "t");
-    s.claim(
-        0,
-        2,
-        Claim::New {
-            reg: 2,
-            queued: vec![],
-        },
-    );
+    s.registered(1, "a", 1);
+    s.registered(2, "b", 2);
     // Same node: straight through.
     assert_eq!(
         s.msg(1, 1, r#"{"type":"OFFER","dst":"b"}"#),
@@ -601,24 +591,8 @@ fn cluster_relays_locally_or_forwards() {
 #[test]
 fn cluster_moved_id_keeps_the_old_socket_speaking_but_not_delivered_to() {
     let mut s = Sim::new(clustered());
-    s.open(0, 1, "a", "t");
-    s.claim(
-        0,
-        1,
-        Claim::New {
-            reg: 1,
-            queued: vec![],
-        },
-    );
-    s.open(0, 2, "b", "t");
-    s.claim(
-        0,
-        2,
-        Claim::New {
-            reg: 2,
-            queued: vec![],
-        },
-    );
+    s.registered(1, "a", 1);
+    s.registered(2, "b", 2);
     s.b.handle_moved(s.at(1), "a");
     assert!(s.drain().is_empty());
     assert!(!s.b.is_registered("a"));
@@ -645,15 +619,7 @@ fn cluster_takeover_closes_the_moved_socket() {
         takeover: true,
         ..clustered()
     });
-    s.open(0, 1, "a", "t");
-    s.claim(
-        0,
-        1,
-        Claim::New {
-            reg: 1,
-            queued: vec![],
-        },
-    );
+    s.registered(1, "a", 1);
     s.b.handle_moved(s.at(1), "a");
     assert_eq!(s.drain(), [close(1, CloseReason::Replaced)]);
     // Re-attached here from elsewhere with takeover: OPEN.
