@@ -16,15 +16,17 @@ pub use config::{Backend, Config, ConfigError, Gating, HmacConfig, Secret, TurnA
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{MethodRouter, get, post};
 use kibitz_proto::turn::{GrantPayload, sign_grant, tag_of, valid_grant_room, verify_grant};
 use serde_json::{Value, json};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// Unix seconds: the one place this service reads the wall clock.
@@ -145,46 +147,101 @@ enum Route {
 }
 
 /// `methods` with Kibitz's CORS set on every response: [`CorsLayer`] answers preflights and
-/// sets `Access-Control-Allow-Origin: *`; [`kibitz_cors`] adds the rest.
+/// sets `Access-Control-Allow-Origin: *`; [`KibitzCors`] adds the rest.
 fn with_cors(methods: MethodRouter<TurnState>, route: Route) -> MethodRouter<TurnState> {
+    let cors = CorsLayer::new().allow_origin(AllowOrigin::any()).vary([]);
     methods
-        // Never reached (`CorsLayer` answers every `OPTIONS`): registered so the route layers
-        // run for preflights and `Allow` lists OPTIONS. Route layers leave 405s without CORS.
+        // Never reached (`CorsLayer` answers every `OPTIONS`): registered so the route layer
+        // runs for preflights and `Allow` lists OPTIONS. A route layer leaves 405s alone.
         .options(|| async { StatusCode::NO_CONTENT })
-        .route_layer(CorsLayer::new().allow_origin(AllowOrigin::any()).vary([]))
-        .route_layer(middleware::from_fn_with_state(route, kibitz_cors))
+        .route_layer(ServiceBuilder::new().layer(KibitzCors(route)).layer(cors))
 }
 
 /// What Kibitz's contract asks that [`CorsLayer`] cannot say: preflights answer 204
 /// (`CorsLayer` answers 200), and the methods, headers and max-age go on every response, not
 /// only on preflights, with `", "` between list items (`CorsLayer` joins them with `","`).
-async fn kibitz_cors(State(route): State<Route>, req: Request, next: Next) -> Response {
-    let (methods, headers) = match route {
-        Route::Turn => (
-            "GET, OPTIONS",
-            "authorization, content-type, x-kibitz-grant",
-        ),
-        Route::Grant => ("POST, OPTIONS", "authorization, content-type"),
-    };
-    let preflight = req.method() == Method::OPTIONS;
-    let mut r = next.run(req).await;
-    if preflight {
-        *r.status_mut() = StatusCode::NO_CONTENT;
+/// A plain layer rather than `from_fn`: that boxed every request and cost `/api/turn` a
+/// measurable share of its time.
+#[derive(Debug, Clone, Copy)]
+struct KibitzCors(Route);
+
+impl<S> tower::Layer<S> for KibitzCors {
+    type Service = WithKibitzCors<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        WithKibitzCors {
+            inner,
+            route: self.0,
+        }
     }
-    let h = r.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static(methods),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static(headers),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
-    r
+}
+
+#[derive(Debug, Clone)]
+struct WithKibitzCors<S> {
+    inner: S,
+    route: Route,
+}
+
+impl<S> tower::Service<Request> for WithKibitzCors<S>
+where
+    S: tower::Service<Request, Response = Response>,
+    S::Future: Unpin,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = KibitzCorsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        KibitzCorsFuture {
+            preflight: req.method() == Method::OPTIONS,
+            route: self.route,
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+struct KibitzCorsFuture<F> {
+    inner: F,
+    route: Route,
+    preflight: bool,
+}
+
+impl<F, E> Future for KibitzCorsFuture<F>
+where
+    F: Future<Output = Result<Response, E>> + Unpin,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut r = ready!(Pin::new(&mut self.inner).poll(cx))?;
+        if self.preflight {
+            *r.status_mut() = StatusCode::NO_CONTENT;
+        }
+        let (methods, headers) = match self.route {
+            Route::Turn => (
+                "GET, OPTIONS",
+                "authorization, content-type, x-kibitz-grant",
+            ),
+            Route::Grant => ("POST, OPTIONS", "authorization, content-type"),
+        };
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static(methods),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(headers),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
+        Poll::Ready(Ok(r))
+    }
 }
 
 fn json_response(status: StatusCode, cache: &'static str, body: String) -> Response {
