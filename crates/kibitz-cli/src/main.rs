@@ -113,7 +113,12 @@ struct ListenArgs {
     /// Serve HTTPS/WSS with a fresh self-signed certificate for localhost and 127.0.0.1.
     #[arg(long, env = "KIBITZ_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
     tls_self_signed: bool,
-    /// Milliseconds to drain requests and sockets after SIGTERM or ctrl-c.
+    /// Milliseconds to keep serving after SIGTERM or ctrl-c with /readyz answering 503, so
+    /// load balancers stop sending work before the listener closes.
+    #[arg(long, env = "KIBITZ_DRAIN_GRACE_MS", default_value_t = 2_000)]
+    drain_grace_ms: u64,
+    /// Milliseconds to wait, once the listener is closed and broker sockets have been sent
+    /// 1001, for in-flight requests and those sockets to finish.
     #[arg(long, env = "KIBITZ_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     drain_timeout_ms: u64,
 }
@@ -286,6 +291,7 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
             .as_ref()
             .map_or(Duration::from_secs(10), |c| c.limits.handshake_timeout),
         drain_timeout: Duration::from_millis(listen.drain_timeout_ms),
+        drain_grace: Duration::from_millis(listen.drain_grace_ms),
     };
     // Every service's routes on one router; the services never import each other.
     let mut app = axum::Router::new();
@@ -348,9 +354,14 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, mode = what, "listening: {scheme}://{addr}/");
     let drain = opts.drain_timeout;
+    let draining = broker.clone();
     kibitz_http::serve_with_ops(listener, app, opts, async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
+        // The in-process health checks (status page, /api/signal) turn with /readyz.
+        if let Some(state) = draining {
+            state.begin_drain();
+        }
     })
     .await
     .context("serving")?;

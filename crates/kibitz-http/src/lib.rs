@@ -32,6 +32,11 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// After shutdown is signalled, how long in-flight HTTP requests may take.
     pub drain_timeout: Duration,
+    /// [`serve_with_ops`]: after shutdown is signalled, how long `/readyz` answers 503 while
+    /// everything else is still served and the listener still accepts, so load balancers
+    /// stop sending work before connections are refused. Zero by default, so embedders and
+    /// tests stop at once; the `kibitz` binary sets it (`--drain-grace-ms`).
+    pub drain_grace: Duration,
 }
 
 impl Default for ServeOptions {
@@ -40,6 +45,7 @@ impl Default for ServeOptions {
             tls: None,
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            drain_grace: Duration::ZERO,
         }
     }
 }
@@ -137,8 +143,10 @@ async fn serve_conn<S>(
     }
 }
 
-/// Serves one service's `app` with the ops routes added, marking the process as draining
-/// (`/readyz` 503) when `shutdown` resolves: what each service's own `serve` does.
+/// Serves one service's `app` with the ops routes added: what each service's own `serve`
+/// does. When `shutdown` resolves the process is marked as draining (`/readyz` 503) and keeps
+/// serving for [`ServeOptions::drain_grace`]; then the listener closes and HTTP requests drain
+/// as in [`serve`].
 pub async fn serve_with_ops(
     listener: TcpListener,
     app: Router,
@@ -147,9 +155,15 @@ pub async fn serve_with_ops(
 ) -> std::io::Result<()> {
     let readiness = Readiness::ready();
     let app = app.merge(ops_router(install_metrics(), readiness.clone()));
+    let grace = opts.drain_grace;
     serve(listener, app, opts, async move {
         shutdown.await;
         readiness.set_draining();
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "draining: /readyz answers 503"
+        );
+        tokio::time::sleep(grace).await;
     })
     .await
 }

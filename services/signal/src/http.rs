@@ -1,5 +1,5 @@
 //! The broker's HTTP surface: the banner, id allocation, discovery, the WebSocket upgrade,
-//! and CORS as the reference `cors` middleware does it.
+//! and CORS as the reference's `cors` middleware does it.
 
 use crate::core::OpenParams;
 use crate::hub::Hub;
@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use kibitz_proto::peerjs;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
 const JSON: &str = "application/json; charset=utf-8";
@@ -35,7 +36,8 @@ pub(crate) fn router(hub: Arc<Hub>) -> Router {
     // The health probe Kibitz's /api/signal runs: `GET https://HOST/id` at the root.
     r = r.route("/id", get(new_id));
     r.fallback(not_found)
-        .layer(middleware::from_fn_with_state(hub.clone(), cors))
+        .layer(cors(&hub.config.cors_origins))
+        .layer(middleware::from_fn(cors_status_and_vary))
         .layer(middleware::from_fn_with_state(ws_path, upgrade_guard))
         .with_state(hub)
 }
@@ -100,40 +102,53 @@ async fn upgrade_guard(State(ws_path): State<String>, req: Request, next: Next) 
 }
 
 /// CORS as the `cors` middleware with `{origin: true}` or an origin list: reflect an allowed
-/// `Origin` with `Vary: Origin`; answer preflights with 204.
-async fn cors(State(hub): State<Arc<Hub>>, req: Request, next: Next) -> Response {
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let allowed = origin.filter(|o| {
-        let list = &hub.config.cors_origins;
-        list.is_empty() || o.to_str().is_ok_and(|o| list.iter().any(|a| a == o))
-    });
-    let preflight = req.method() == Method::OPTIONS;
-    let request_headers = req
-        .headers()
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .cloned();
-    let mut resp = if preflight {
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        let h = r.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET,HEAD,PUT,PATCH,POST,DELETE"),
-        );
-        if let Some(rh) = request_headers {
-            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, rh);
-            h.append(
-                header::VARY,
-                HeaderValue::from_static("Access-Control-Request-Headers"),
-            );
-        }
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        r
+/// `Origin` (an empty list allows any); preflights (every `OPTIONS`) get the methods
+/// Express lists and any requested headers mirrored.
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.is_empty() {
+        AllowOrigin::mirror_request()
     } else {
-        next.run(req).await
+        // A predicate, not `AllowOrigin::list`: that one panics on a `*` entry, which here is
+        // just an origin nobody sends.
+        let list = origins.to_vec();
+        AllowOrigin::predicate(move |o: &HeaderValue, _| {
+            o.to_str().is_ok_and(|o| list.iter().any(|a| a == o))
+        })
     };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods(AllowMethods::list([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::PATCH,
+            Method::POST,
+            Method::DELETE,
+        ]))
+        .allow_headers(AllowHeaders::mirror_request())
+        .vary([])
+}
+
+/// The two things `cors` does that [`CorsLayer`] cannot say: preflights answer 204
+/// (`CorsLayer` answers 200), and `Vary` names `Origin` on every response plus
+/// `Access-Control-Request-Headers` on a preflight that sent them (`CorsLayer` has one fixed
+/// `Vary` list for every response, in lower case).
+async fn cors_status_and_vary(req: Request, next: Next) -> Response {
+    let preflight = req.method() == Method::OPTIONS;
+    let mirrored = preflight
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_HEADERS);
+    let mut resp = next.run(req).await;
+    if preflight {
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+    }
     let h = resp.headers_mut();
-    if let Some(o) = allowed {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+    if mirrored {
+        h.append(
+            header::VARY,
+            HeaderValue::from_static("Access-Control-Request-Headers"),
+        );
     }
     h.append(header::VARY, HeaderValue::from_static("Origin"));
     resp

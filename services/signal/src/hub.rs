@@ -1,6 +1,9 @@
-//! The seam between sockets and the sans-IO core: the core behind one lock, the map from
-//! connection to [`Outbox`], and the one timer. A cluster backend replaces this module's
-//! insides; the connection tasks and HTTP handlers only see [`Hub`].
+//! The core's driver: the sans-IO [`Broker`] behind one lock, the map from connection to
+//! [`Outbox`], and the one timer. Every input (a socket opening, a read batch, a close, the
+//! timer, and in cluster mode the registry's answers from `cluster`) goes through
+//! [`Hub::with_core`], which drains the core's outputs into outboxes (or, in cluster mode,
+//! commands for the registry driver) and re-arms the timer; socket writes happen after the
+//! lock is released. Connection tasks, HTTP handlers and the cluster driver only see [`Hub`].
 
 use crate::cluster::{Cluster, Cmd, Local, MSG_UNAVAILABLE, ToCore};
 use crate::config::Config;
@@ -26,8 +29,10 @@ pub(crate) fn now() -> Instant {
 struct Inner {
     core: Broker,
     outboxes: HashMap<ConnId, Arc<Outbox>>,
+    /// The core's last [`Output::Timeout`]: when it next wants [`Broker::handle_timeout`].
+    due: Instant,
     /// The deadline the timer task sleeps until.
-    armed: Option<Instant>,
+    armed: Instant,
 }
 
 /// The broker shared by every connection task and handler.
@@ -59,11 +64,16 @@ fn close_status(reason: CloseReason) -> Closing {
 }
 
 impl Inner {
-    /// Routes the core's outputs into outboxes; returns those to flush once the lock is gone.
+    /// Routes the core's outputs into outboxes until its [`Output::Timeout`], which it keeps
+    /// in `due`; returns the outboxes to flush once the lock is gone.
     fn drain(&mut self, metrics: &Metrics, cluster: Option<&Cluster>) -> Vec<Arc<Outbox>> {
         let mut touched: Vec<Arc<Outbox>> = Vec::new();
-        while let Some(out) = self.core.poll_output() {
-            match out {
+        loop {
+            match self.core.poll_output() {
+                Output::Timeout(at) => {
+                    self.due = at;
+                    return touched;
+                }
                 Output::Send { conn, text } => {
                     let Some(ob) = self.outboxes.get(&conn) else {
                         continue;
@@ -103,7 +113,6 @@ impl Inner {
                 }
             }
         }
-        touched
     }
 }
 
@@ -119,7 +128,9 @@ impl Hub {
                 metrics.clone(),
             ))
         });
+        let started = now();
         let core = Broker::new(
+            started,
             CoreConfig {
                 key: config.key.clone(),
                 expire_timeout: config.expire_timeout,
@@ -136,12 +147,17 @@ impl Hub {
             },
             metrics.clone(),
         );
+        let mut inner = Inner {
+            core,
+            outboxes: HashMap::new(),
+            due: started,
+            armed: started,
+        };
+        // A fresh core has nothing to send; this only reads its first timeout.
+        inner.drain(&metrics, cluster.as_deref());
+        inner.armed = inner.due;
         Self {
-            inner: Mutex::new(Inner {
-                core,
-                outboxes: HashMap::new(),
-                armed: None,
-            }),
+            inner: Mutex::new(inner),
             timer: Notify::new(),
             next_conn: AtomicU64::new(1),
             closing: AtomicBool::new(false),
@@ -162,10 +178,10 @@ impl Hub {
         let mut inner = self.lock();
         let r = f(&mut inner.core);
         let touched = inner.drain(&self.metrics, self.cluster.as_deref());
-        let next = inner.core.poll_timeout();
-        let rearm = next.is_some_and(|t| inner.armed.is_none_or(|a| t < a));
+        // Wake the timer only when the core wants it earlier than it sleeps.
+        let rearm = inner.due < inner.armed;
         if rearm {
-            inner.armed = next;
+            inner.armed = inner.due;
         }
         drop(inner);
         if rearm {
@@ -288,9 +304,14 @@ impl Hub {
         self.closing.load(Ordering::Relaxed)
     }
 
+    /// Shutdown has begun: the broker reports itself unhealthy but keeps serving.
+    pub(crate) fn begin_drain(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
     /// Closes every socket with 1001 (going away), for shutdown.
     pub(crate) fn close_all(&self) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.begin_drain();
         let inner = self.lock();
         for ob in inner.outboxes.values() {
             ob.close(Closing::Graceful(Some(1001), "server shutting down"));
@@ -307,18 +328,13 @@ impl Hub {
         loop {
             let next = {
                 let mut inner = self.lock();
-                let next = inner.core.poll_timeout();
-                inner.armed = next;
-                next
-            };
-            let sleep = async {
-                match next {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
+                inner.armed = inner.due;
+                inner.due
             };
             tokio::select! {
-                () = sleep => self.with_core(|core| core.handle_timeout(now())),
+                () = tokio::time::sleep_until(next.into()) => {
+                    self.with_core(|core| core.handle_timeout(now()));
+                }
                 () = self.timer.notified() => {}
                 () = stop.cancelled() => return,
             }

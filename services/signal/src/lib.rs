@@ -2,10 +2,20 @@
 //! widget use it as they would the reference `peer` server, with limits, metrics and a
 //! content-blind relay.
 //!
-//! Layout: [`core`] is the sans-IO broker (peer table, offline queues, liveness, limits);
-//! `hub` puts it behind one lock with the one timer (the seam a cluster backend replaces);
-//! `outbox` is a socket's bounded send side; `conn` runs a socket; `ws` is the WebSocket
-//! codec; `http` is the HTTP surface.
+//! # Run loop
+//! [`core::Broker`] is a sans-IO state machine: inputs go in through its `handle_*` methods
+//! with `now` passed in, and after each one the driver drains [`core::Broker::poll_output`]
+//! until it returns [`core::Output::Timeout`], carrying out every other output in order.
+//! The driver calls `handle_timeout` at that time, or earlier on any input (an early call is
+//! harmless); the core never reads the clock and never touches a socket.
+//!
+//! # Layout
+//! [`core`] is the broker's logic (peer table, offline queues, liveness, limits, room leave
+//! notices, and its side of cluster mode). `hub` is its driver: the core behind one lock, the
+//! outbox of every socket, and the one timer; it routes each output to a socket's outbox or,
+//! in cluster mode, to the registry driver in `cluster`, and it is what connection tasks,
+//! HTTP handlers and `cluster` call with their inputs. `outbox` is a socket's bounded send
+//! side; `conn` runs a socket; `ws` is the WebSocket codec; `http` is the HTTP surface.
 //! Payloads are relayed as opaque bytes and never logged.
 
 mod cluster;
@@ -64,7 +74,14 @@ impl SignalState {
             .map(|c| (c.node.clone(), c.is_up()))
     }
 
-    /// Closes every broker socket with 1001 and waits up to `deadline` for them to finish.
+    /// Shutdown has begun: [`SignalState::is_healthy`] answers false from now on, while the
+    /// broker keeps serving until [`SignalState::shutdown`].
+    pub fn begin_drain(&self) {
+        self.hub.begin_drain();
+    }
+
+    /// Closes every broker socket with 1001 at once, then waits up to `deadline` for them to
+    /// finish their close handshakes.
     pub async fn shutdown(&self, deadline: Duration) {
         self.hub.close_all();
         let wait = async {
@@ -101,6 +118,11 @@ pub async fn serve(
         ..Default::default()
     };
     let state = SignalState::start(config);
+    let draining = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        draining.begin_drain();
+    };
     kibitz_http::serve_with_ops(listener, router(state.clone()), opts, shutdown).await?;
     state.shutdown(Duration::from_secs(5)).await;
     Ok(())
