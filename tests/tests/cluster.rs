@@ -357,7 +357,12 @@ async fn while_redis_is_down_new_ids_are_refused_clearly() {
     a.send(&offer("b", 1)).await;
     b.expect(&relayed("a", "b", 1)).await;
     redis.start_again();
+    // Both nodes back: ns[0] has re-asserted "a" (a node turns ready after its re-assert). The
+    // cluster-wide settle window holds claims for one lease so that this normally happens
+    // first, but a node slower than a lease to reconnect (seen under load) loses its ids, by
+    // design; that window is not what this test asserts.
     kibitz_e2e::wait_cluster_ready(ns[1].addr.port()).await;
+    kibitz_e2e::wait_cluster_ready(ns[0].addr.port()).await;
     let _n = open(&ns[1], "newcomer", "t").await;
     // "a" was re-asserted: another token is refused.
     let (_c, first) = attempt(&ns[1], "a", "thief").await;
