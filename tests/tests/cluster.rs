@@ -328,6 +328,10 @@ async fn a_clean_shutdown_frees_ids_at_once() {
 async fn while_redis_is_down_new_ids_are_refused_clearly() {
     let mut redis = Redis::start();
     let ns = nodes(&redis, 2, &Config::default());
+    // Both nodes have joined (and seen the registry's epoch) before it goes away.
+    for n in &ns {
+        kibitz_e2e::wait_cluster_ready(n.addr.port()).await;
+    }
     let mut a = open(&ns[0], "a", "ta").await;
     let mut b = open(&ns[0], "b", "tb").await;
     redis.kill();
@@ -356,11 +360,21 @@ async fn while_redis_is_down_new_ids_are_refused_clearly() {
     // Same-node relays go on.
     a.send(&offer("b", 1)).await;
     b.expect(&relayed("a", "b", 1)).await;
+    // The holder of "a" notices too, at its next registry call (a lease renewal at the latest;
+    // an idle node had not yet, seen under load), so that its return below is a re-assert.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_status(ns[0].addr.port(), "/id").await != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "ns[0] never noticed Redis was gone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     redis.start_again();
     // Both nodes back: ns[0] has re-asserted "a" (a node turns ready after its re-assert). The
     // cluster-wide settle window holds claims for one lease so that this normally happens
-    // first, but a node slower than a lease to reconnect (seen under load) loses its ids, by
-    // design; that window is not what this test asserts.
+    // first, but a node slower than a lease to reconnect loses its ids, by design; that
+    // window is not what this test asserts.
     kibitz_e2e::wait_cluster_ready(ns[1].addr.port()).await;
     kibitz_e2e::wait_cluster_ready(ns[0].addr.port()).await;
     let _n = open(&ns[1], "newcomer", "t").await;
