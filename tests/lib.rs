@@ -426,7 +426,18 @@ impl Drop for Node {
 /// Waits until the cluster node on `port` has joined its registry (`GET /id` answers 200;
 /// it answers 503 while the node cannot reach Redis).
 pub async fn wait_cluster_ready(port: u16) {
+    wait_id_status(port, 200, "join the cluster").await;
+}
+
+/// Waits until the cluster node on `port` has noticed it lost its registry (`GET /id` 503).
+pub async fn wait_cluster_down(port: u16) {
+    wait_id_status(port, 503, "notice the registry was gone").await;
+}
+
+/// Polls `GET /id` on `port` until it answers `status`, for at most 10 s.
+async fn wait_id_status(port: u16, status: u16, what: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let want = format!("HTTP/1.1 {status}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
@@ -435,14 +446,14 @@ pub async fn wait_cluster_ready(port: u16) {
             let mut head = [0u8; 12];
             if s.write_all(req.as_bytes()).await.is_ok()
                 && s.read_exact(&mut head).await.is_ok()
-                && &head == b"HTTP/1.1 200"
+                && head == want.as_bytes()
             {
                 return;
             }
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "node on port {port} did not join the cluster"
+            "node on port {port} did not {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -362,14 +362,7 @@ async fn while_redis_is_down_new_ids_are_refused_clearly() {
     b.expect(&relayed("a", "b", 1)).await;
     // The holder of "a" notices too, at its next registry call (a lease renewal at the latest;
     // an idle node had not yet, seen under load), so that its return below is a re-assert.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while http_status(ns[0].addr.port(), "/id").await != 503 {
-        assert!(
-            Instant::now() < deadline,
-            "ns[0] never noticed Redis was gone"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    kibitz_e2e::wait_cluster_down(ns[0].addr.port()).await;
     redis.start_again();
     // Both nodes back: ns[0] has re-asserted "a" (a node turns ready after its re-assert). The
     // cluster-wide settle window holds claims for one lease so that this normally happens
