@@ -12,6 +12,9 @@ const MAX_LOST_RUN: u32 = 5;
 const MAX_JUMP: u64 = SAMPLE_RATE as u64; // 1 s
 /// How many played timestamps are remembered to tell a duplicate from a late packet.
 const PLAYED_MEMORY: usize = 64;
+/// Buffered audio beyond the target delay that is tolerated before packets are skipped to
+/// bring the delay back down (a fast sender clock, or the tail of a delay spike).
+const EXCESS_DELAY: u64 = 3 * FRAME_SAMPLES as u64; // 60 ms
 
 /// What to play for one slot, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +41,12 @@ pub struct JitterStats {
     pub resyncs: u64,
     /// Dropped because `max_packets` were already buffered (the oldest goes).
     pub overflow: u64,
+    /// Arrived just after their slot had been concealed and were played in the next slot
+    /// instead (the playout delay grew by that much; this absorbs a slow sender clock).
+    pub stretched: u64,
+    /// Skipped at playout because more than the target delay + 60 ms was buffered (the delay
+    /// shrinks back; this absorbs a fast sender clock).
+    pub skipped: u64,
 }
 
 /// Playout clock: the RTP time `rtp` plays at `at`.
@@ -55,6 +64,11 @@ struct Anchor {
 /// bounded by `max_packets`; a timestamp jump of more than 1 s, or a sender that went quiet
 /// (after 5 `Lost` slots in a row), restarts the clock at the next packet instead of producing
 /// a flood of `Lost`.
+///
+/// The delay adapts to clock drift and spikes: a packet arriving just after its slot was
+/// concealed plays in the next slot (delay +20 ms, `stats().stretched`), and when more than
+/// the target delay + 60 ms is queued, packets are skipped at playout until it is not
+/// (`stats().skipped`).
 #[derive(Debug)]
 pub struct JitterBuffer {
     target_delay: Duration,
@@ -66,6 +80,8 @@ pub struct JitterBuffer {
     next_rtp: u64,
     started: bool,
     lost_run: u32,
+    /// Start of the slot just concealed, while nothing has played since.
+    last_lost: Option<u64>,
     played: VecDeque<u64>,
     stats: JitterStats,
 }
@@ -82,6 +98,7 @@ impl JitterBuffer {
             next_rtp: 0,
             started: false,
             lost_run: 0,
+            last_lost: None,
             played: VecDeque::with_capacity(PLAYED_MEMORY),
             stats: JitterStats::default(),
         }
@@ -100,8 +117,20 @@ impl JitterBuffer {
                 self.resync(now, rtp_time);
                 self.stats.resyncs += 1;
             } else if rtp_time < self.next_rtp {
-                self.stats.late += 1;
-                return;
+                if self.last_lost != Some(rtp_time) {
+                    self.stats.late += 1;
+                    return;
+                }
+                // Its slot was just concealed: play it next, growing the delay by one slot
+                // rather than losing the packet too.
+                let shift = samples_to_duration(self.next_rtp - rtp_time);
+                if let Some(anchor) = self.anchor.as_mut() {
+                    anchor.at += shift;
+                }
+                self.next_rtp = rtp_time;
+                self.last_lost = None;
+                self.lost_run = 0;
+                self.stats.stretched += 1;
             }
         } else {
             self.started = true;
@@ -131,11 +160,33 @@ impl JitterBuffer {
                 continue;
             };
             if key <= self.next_rtp {
+                // Audio queued behind this packet, summed by packet so a hole does not look
+                // like a backlog.
+                let queued: u64 = self
+                    .packets
+                    .range(key + 1..)
+                    .map(|(_, p)| packet_samples(p))
+                    .sum();
                 if let Some(payload) = self.packets.remove(&key) {
                     self.remember(key);
-                    self.next_rtp = key + packet_samples(&payload);
+                    let samples = packet_samples(&payload);
+                    self.next_rtp = key + samples;
                     self.lost_run = 0;
-                    out.push(Playout::Packet(payload));
+                    self.last_lost = None;
+                    let excess = queued > self.target_samples() + EXCESS_DELAY;
+                    let earlier = self
+                        .anchor
+                        .and_then(|a| a.at.checked_sub(samples_to_duration(samples)));
+                    match (excess, earlier) {
+                        (true, Some(at)) => {
+                            // Too much queued: skip this one and play the next in its slot.
+                            if let Some(anchor) = self.anchor.as_mut() {
+                                anchor.at = at;
+                            }
+                            self.stats.skipped += 1;
+                        }
+                        _ => out.push(Playout::Packet(payload)),
+                    }
                 }
             } else if self.lost_run >= MAX_LOST_RUN {
                 // A long hole before buffered packets: jump to them, playing the first now.
@@ -155,9 +206,7 @@ impl JitterBuffer {
     /// sender that went quiet).
     pub fn next_due(&self) -> Option<Instant> {
         let anchor = self.anchor?;
-        let samples = self.next_rtp.saturating_sub(anchor.rtp);
-        let micros = samples.saturating_mul(1_000_000) / u64::from(SAMPLE_RATE);
-        Some(anchor.at + Duration::from_micros(micros))
+        Some(anchor.at + samples_to_duration(self.next_rtp.saturating_sub(anchor.rtp)))
     }
 
     /// Counters since creation.
@@ -175,9 +224,16 @@ impl JitterBuffer {
         self.packets.is_empty()
     }
 
+    fn target_samples(&self) -> u64 {
+        let micros = u64::try_from(self.target_delay.as_micros()).unwrap_or(u64::MAX);
+        micros.saturating_mul(u64::from(SAMPLE_RATE)) / 1_000_000
+    }
+
     fn resync(&mut self, now: Instant, rtp_time: u64) {
         self.packets.clear();
+        self.played.clear();
         self.lost_run = 0;
+        self.last_lost = None;
         self.anchor = Some(Anchor {
             at: now + self.target_delay,
             rtp: rtp_time,
@@ -186,6 +242,7 @@ impl JitterBuffer {
     }
 
     fn emit_lost(&mut self, out: &mut Vec<Playout>, samples: u64) {
+        self.last_lost = Some(self.next_rtp);
         self.lost_run += 1;
         self.stats.lost += 1;
         self.next_rtp += samples.max(1);
@@ -198,6 +255,10 @@ impl JitterBuffer {
         }
         self.played.push_back(rtp);
     }
+}
+
+fn samples_to_duration(samples: u64) -> Duration {
+    Duration::from_micros(samples.saturating_mul(1_000_000) / u64::from(SAMPLE_RATE))
 }
 
 /// Duration of an Opus packet in samples; 20 ms when it cannot be parsed.
@@ -282,6 +343,23 @@ mod tests {
     }
 
     #[test]
+    fn a_packet_just_after_its_concealed_slot_plays_next() {
+        let t0 = t0();
+        let mut jb = JitterBuffer::new(Duration::from_millis(40), 50);
+        jb.push(t0, 0, pkt(0));
+        jb.push(t0 + MS20, F, pkt(1));
+        let d = Duration::from_millis(40);
+        assert_eq!(tags(&jb.pop(t0 + d + MS20 * 2)), vec![0, 1, -1]);
+        // Packet 2 arrives 5 ms after its slot was concealed; 3 is on time.
+        jb.push(t0 + d + MS20 * 2 + Duration::from_millis(5), 2 * F, pkt(2));
+        jb.push(t0 + MS20 * 3, 3 * F, pkt(3));
+        assert_eq!(tags(&jb.pop(t0 + d + MS20 * 3)), vec![2]);
+        assert_eq!(tags(&jb.pop(t0 + d + MS20 * 4)), vec![3]);
+        let s = jb.stats();
+        assert_eq!((s.lost, s.late, s.stretched), (1, 0, 1));
+    }
+
+    #[test]
     fn duplicates_are_dropped_buffered_or_played() {
         let t0 = t0();
         let mut jb = JitterBuffer::new(Duration::from_millis(20), 50);
@@ -346,6 +424,20 @@ mod tests {
     }
 
     #[test]
+    fn excess_delay_is_shed() {
+        let t0 = t0();
+        let mut jb = JitterBuffer::new(Duration::from_millis(40), 50);
+        // A burst of 10 packets (200 ms) at once, target 40 ms.
+        for i in 0..10u64 {
+            jb.push(t0, i * F, pkt(i));
+        }
+        let out = tags(&jb.pop(t0 + Duration::from_millis(40)));
+        // Skips until at most 40 + 60 ms is queued, then plays.
+        assert_eq!(out, vec![4]);
+        assert_eq!(jb.stats().skipped, 4);
+    }
+
+    #[test]
     fn memory_is_bounded() {
         let t0 = t0();
         let mut jb = JitterBuffer::new(Duration::from_millis(20), 8);
@@ -356,6 +448,42 @@ mod tests {
         assert_eq!(jb.stats().overflow, 32);
         // Never more than max_packets + a capped Lost run per pop.
         assert!(jb.pop(t0 + Duration::from_secs(60)).len() <= 8 + 2 * MAX_LOST_RUN as usize);
+    }
+
+    /// A sender whose clock runs slow or fast against ours, polled every 20 ms.
+    fn drift(period_us: u64) -> (JitterStats, usize) {
+        let t0 = t0();
+        let mut jb = JitterBuffer::new(Duration::from_millis(60), 50);
+        let mut played = 0;
+        let mut next_send = 0u64;
+        let mut i = 0u64;
+        for tick in 0..3000u64 {
+            let now_us = tick * 20_000;
+            while next_send <= now_us {
+                jb.push(t0 + Duration::from_micros(next_send), i * F, pkt(i));
+                i += 1;
+                next_send += period_us;
+            }
+            let out = jb.pop(t0 + Duration::from_micros(now_us));
+            played += out
+                .iter()
+                .filter(|p| matches!(p, Playout::Packet(_)))
+                .count();
+            assert!(jb.len() <= 50);
+        }
+        (jb.stats(), played)
+    }
+
+    #[test]
+    fn clock_drift_either_way_stays_bounded() {
+        // 1 % slow sender over 60 s: 600 ms of drift, absorbed by ~30 concealed slots.
+        let (s, played) = drift(20_200);
+        assert!(played as u64 + 3 >= s.received, "{s:?}");
+        assert!(s.lost <= 31 && s.late == 0 && s.resyncs == 0, "{s:?}");
+        // 1 % fast sender: the surplus is skipped, the delay stays bounded.
+        let (s, played) = drift(19_800);
+        assert!(played > 2950 && s.lost == 0, "{s:?} played {played}");
+        assert!(s.skipped <= 31 && s.overflow == 0, "{s:?}");
     }
 
     #[test]

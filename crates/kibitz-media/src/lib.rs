@@ -66,3 +66,22 @@ pub const FRAME_MS: u32 = 20;
 pub const FRAME_SAMPLES: usize = 960;
 /// One 20 ms mono frame of 48 kHz PCM.
 pub type Frame = [i16; FRAME_SAMPLES];
+
+#[cfg(test)]
+mod tests {
+    /// The room driver moves these into tokio tasks.
+    #[test]
+    fn public_types_are_send() {
+        fn send<T: Send>() {}
+        send::<crate::OpusEncoder>();
+        send::<crate::OpusDecoder>();
+        send::<crate::SilenceEncoder>();
+        send::<crate::JitterBuffer>();
+        send::<crate::AudioSource>();
+        send::<crate::WavRecorder>();
+        send::<crate::SpeakingDetector>();
+        send::<crate::IvfWriter>();
+        send::<crate::Vp8Source>();
+        send::<crate::MediaError>();
+    }
+}
