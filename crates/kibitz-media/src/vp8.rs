@@ -277,6 +277,9 @@ struct Engine {
     picture: Picture,
     encoder: vpx_encode::Encoder,
     image: Vec<u8>,
+    background: Vec<u8>,
+    /// xorshift32 state for the noise strip (deterministic).
+    noise: u32,
     /// When the last keyframe came out, in the caller's ms.
     last_key_ms: Option<u64>,
     /// Last pts handed to libvpx (frame units), which must increase.
@@ -285,14 +288,16 @@ struct Engine {
 
 impl Engine {
     fn new(width: u16, height: u16, kbps: u32, picture: Picture) -> Result<Self, MediaError> {
-        let (w, h) = (usize::from(width), usize::from(height));
+        let background = background(width, height, picture);
         Ok(Self {
             width,
             height,
             kbps,
             picture,
             encoder: new_encoder(width, height, kbps)?,
-            image: vec![0; w * h + 2 * (w / 2) * (h / 2)],
+            image: background.clone(),
+            background,
+            noise: 0x9e37_79b9,
             last_key_ms: None,
             last_pts: None,
         })
@@ -324,58 +329,82 @@ impl Engine {
         Ok(frames)
     }
 
-    /// Fills the I420 image for `pts_ms`.
+    /// Fills the I420 image for `pts_ms`: the still background, then what moves.
     fn paint(&mut self, pts_ms: u64) {
+        self.image.copy_from_slice(&self.background);
+        let Picture::Pattern = self.picture else {
+            return;
+        };
         let (w, h) = (usize::from(self.width), usize::from(self.height));
         let (cw, ch) = (w / 2, h / 2);
         let (y_plane, chroma) = self.image.split_at_mut(w * h);
         let (u_plane, v_plane) = chroma.split_at_mut(cw * ch);
-        match self.picture {
-            Picture::Black => {
-                y_plane.fill(16);
-                u_plane.fill(128);
-                v_plane.fill(128);
+        // A black square sliding right at 100 px/s through the middle.
+        let size = ((h / 4).max(2) & !1).min(w);
+        let span = (w - size).max(1) as u64;
+        let bx = ((pts_ms / 10) % span) as usize & !1;
+        let by = (h / 2).saturating_sub(size / 2) & !1;
+        for row in y_plane.chunks_exact_mut(w).skip(by).take(size) {
+            row[bx..bx + size].fill(16);
+        }
+        for plane in [&mut *u_plane, &mut *v_plane] {
+            for row in plane.chunks_exact_mut(cw).skip(by / 2).take(size / 2) {
+                row[bx / 2..(bx + size) / 2].fill(128);
             }
-            Picture::Pattern => {
-                // BT.601 bars: white, yellow, cyan, green, magenta, red, blue, black.
-                const BARS: [(u8, u8, u8); 8] = [
-                    (235, 128, 128),
-                    (210, 16, 146),
-                    (170, 166, 16),
-                    (145, 54, 34),
-                    (106, 202, 222),
-                    (81, 90, 240),
-                    (41, 240, 110),
-                    (16, 128, 128),
-                ];
-                let bar = |x: usize| BARS[(x * BARS.len() / w).min(BARS.len() - 1)];
-                // A black square sliding right at 100 px/s through the middle.
-                let size = (h / 4).max(2) & !1;
-                let span = (w.saturating_sub(size)).max(1) as u64;
-                let bx = ((pts_ms / 10) % span) as usize & !1;
-                let by = (h / 2).saturating_sub(size / 2) & !1;
-                let in_block =
-                    |x: usize, y: usize| x >= bx && x < bx + size && y >= by && y < by + size;
-                for y in 0..h {
-                    for x in 0..w {
-                        y_plane[y * w + x] = if in_block(x, y) { 16 } else { bar(x).0 };
-                    }
+        }
+        // A strip of fresh noise along the bottom, so the stream costs real bits like a camera.
+        let strip = (h / 8) & !1;
+        for px in y_plane[(h - strip) * w..].iter_mut() {
+            self.noise ^= self.noise << 13;
+            self.noise ^= self.noise >> 17;
+            self.noise ^= self.noise << 5;
+            *px = 16 + (self.noise % 220) as u8;
+        }
+    }
+}
+
+/// The still part of the picture: BT.601 colour bars, or black.
+fn background(width: u16, height: u16, picture: Picture) -> Vec<u8> {
+    let (w, h) = (usize::from(width), usize::from(height));
+    let (cw, ch) = (w / 2, h / 2);
+    let mut image = vec![0u8; w * h + 2 * cw * ch];
+    let (y_plane, chroma) = image.split_at_mut(w * h);
+    let (u_plane, v_plane) = chroma.split_at_mut(cw * ch);
+    match picture {
+        Picture::Black => {
+            y_plane.fill(16);
+            u_plane.fill(128);
+            v_plane.fill(128);
+        }
+        Picture::Pattern => {
+            // White, yellow, cyan, green, magenta, red, blue, black.
+            const BARS: [(u8, u8, u8); 8] = [
+                (235, 128, 128),
+                (210, 16, 146),
+                (170, 166, 16),
+                (145, 54, 34),
+                (106, 202, 222),
+                (81, 90, 240),
+                (41, 240, 110),
+                (16, 128, 128),
+            ];
+            let bar = |x: usize, across: usize| BARS[(x * BARS.len() / across).min(BARS.len() - 1)];
+            for row in y_plane.chunks_exact_mut(w) {
+                for (x, px) in row.iter_mut().enumerate() {
+                    *px = bar(x, w).0;
                 }
-                for y in 0..ch {
-                    for x in 0..cw {
-                        let (u, v) = if in_block(2 * x, 2 * y) {
-                            (128, 128)
-                        } else {
-                            let b = bar(2 * x);
-                            (b.1, b.2)
-                        };
-                        u_plane[y * cw + x] = u;
-                        v_plane[y * cw + x] = v;
-                    }
+            }
+            for (urow, vrow) in u_plane
+                .chunks_exact_mut(cw)
+                .zip(v_plane.chunks_exact_mut(cw))
+            {
+                for (x, (u, v)) in urow.iter_mut().zip(vrow.iter_mut()).enumerate() {
+                    (_, *u, *v) = bar(x, cw);
                 }
             }
         }
     }
+    image
 }
 
 fn new_encoder(width: u16, height: u16, kbps: u32) -> Result<vpx_encode::Encoder, MediaError> {
