@@ -11,6 +11,13 @@ pub fn rms(pcm: &[i16]) -> f32 {
     ((sum / pcm.len() as f64).sqrt() / 32768.0) as f32
 }
 
+/// Largest sample magnitude in `pcm` (0 for an empty slice). SILK-coded silence (a VOIP
+/// encoder's, likely a browser's) decodes to a peak of 1-2, not 0; CELT silence (ours, see
+/// `silence_payload`) decodes to exactly 0.
+pub fn peak(pcm: &[i16]) -> u16 {
+    pcm.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0)
+}
+
 /// Level above which the web client shows a participant as speaking.
 const SPEAKING_RMS: f32 = 0.045;
 /// How long the level must stay below [`SPEAKING_RMS`] before speaking ends.

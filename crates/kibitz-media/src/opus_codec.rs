@@ -213,6 +213,31 @@ mod tests {
         }
     }
 
+    /// Why withheld lanes use a separate silence stream: the live encoder fed zeros after
+    /// speech first decodes to residue; and a VOIP encoder that only saw zeros codes them as
+    /// SILK, which decodes to ±1-2 LSB, not exact zeros.
+    #[test]
+    fn live_encoder_fed_zeros_is_not_exact_silence() {
+        let mut enc = OpusEncoder::new().unwrap();
+        let mut dec = OpusDecoder::new().unwrap();
+        for f in tone_frames(440.0, 20) {
+            dec.decode(Some(&enc.encode(&f).unwrap())).unwrap();
+        }
+        let p = enc.encode(&[0; FRAME_SAMPLES]).unwrap();
+        assert!(crate::peak(&dec.decode(Some(&p)).unwrap()) > 100);
+
+        let mut enc = OpusEncoder::new().unwrap();
+        let mut dec = OpusDecoder::new().unwrap();
+        let peaks: Vec<u16> = (0..20)
+            .map(|_| {
+                let p = enc.encode(&[0; FRAME_SAMPLES]).unwrap();
+                crate::peak(&dec.decode(Some(&p)).unwrap())
+            })
+            .collect();
+        assert!(peaks.iter().all(|&p| p <= 4), "{peaks:?}");
+        assert!(peaks.iter().any(|&p| p > 0), "{peaks:?}");
+    }
+
     #[test]
     fn fallback_silence_decodes_to_zeros() {
         let mut dec = OpusDecoder::new().unwrap();
