@@ -1,6 +1,7 @@
 //! Receive-side reordering and playout for one audio stream.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use crate::{FRAME_SAMPLES, SAMPLE_RATE};
@@ -164,13 +165,13 @@ impl JitterBuffer {
                 // like a backlog.
                 let queued: u64 = self
                     .packets
-                    .range(key + 1..)
+                    .range((Bound::Excluded(key), Bound::Unbounded))
                     .map(|(_, p)| packet_samples(p))
                     .sum();
                 if let Some(payload) = self.packets.remove(&key) {
                     self.remember(key);
                     let samples = packet_samples(&payload);
-                    self.next_rtp = key + samples;
+                    self.next_rtp = key.saturating_add(samples);
                     self.lost_run = 0;
                     self.last_lost = None;
                     let excess = queued > self.target_samples() + EXCESS_DELAY;
@@ -245,7 +246,7 @@ impl JitterBuffer {
         self.last_lost = Some(self.next_rtp);
         self.lost_run += 1;
         self.stats.lost += 1;
-        self.next_rtp += samples.max(1);
+        self.next_rtp = self.next_rtp.saturating_add(samples.max(1));
         out.push(Playout::Lost);
     }
 
@@ -435,6 +436,17 @@ mod tests {
         // Skips until at most 40 + 60 ms is queued, then plays.
         assert_eq!(out, vec![4]);
         assert_eq!(jb.stats().skipped, 4);
+    }
+
+    #[test]
+    fn extreme_timestamps_do_not_panic() {
+        let t0 = t0();
+        let mut jb = JitterBuffer::new(Duration::from_millis(20), 8);
+        for rtp in [u64::MAX, u64::MAX - 1, 0, u64::MAX / 2, u64::MAX] {
+            jb.push(t0, rtp, pkt(1));
+            let _ = jb.pop(t0 + Duration::from_secs(5));
+        }
+        let _ = jb.pop(t0 + Duration::from_secs(3600));
     }
 
     #[test]

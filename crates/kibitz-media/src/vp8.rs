@@ -313,7 +313,8 @@ impl Engine {
             self.last_pts = None;
         }
         self.paint(pts_ms);
-        let mut pts = i64::try_from(pts_ms * NOMINAL_FPS / 1000).unwrap_or(i64::MAX / 2);
+        let mut pts =
+            i64::try_from(pts_ms.saturating_mul(NOMINAL_FPS) / 1000).unwrap_or(i64::MAX / 2);
         if let Some(last) = self.last_pts {
             pts = pts.max(last + 1);
         }
@@ -568,6 +569,16 @@ mod tests {
             }
         }
         assert!(keys >= 1);
+    }
+
+    #[test]
+    fn odd_timestamps_do_not_panic() {
+        let mut src = Vp8Source::placeholder().unwrap();
+        for pts in [u64::MAX, 0, 5, 5, u64::MAX / 2, 1] {
+            for (frame, _) in src.next_frame(pts).unwrap() {
+                assert!(frame_info(&frame).is_some());
+            }
+        }
     }
 
     #[test]
