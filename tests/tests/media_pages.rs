@@ -1,0 +1,248 @@
+//! The browser media members of `node/media-room.mjs`, proved browser↔browser before any Rust
+//! media exists: two pages in a room a Rust participant (kibitz-join, data only) holds, in each
+//! build's media plane (MEDIA.md §1–4). The Rust coordinator is a member with no media: the
+//! pages must leave it be (legacy: its call never answers; owned: `cap`+`mh` zeros, no `m-sdp`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod media_support;
+
+use std::time::Duration;
+
+use kibitz_client::{Event, RoomConfig, Status};
+use kibitz_e2e::{Config, start};
+use kibitz_join::{RoomHandle, RoomOptions};
+use kibitz_rtc::{BrokerConfig, Identity};
+use media_support::{MediaPages, audio_packets, counter, energy, peer, video};
+use serde_json::{Value, json};
+use tokio::time::{Instant, timeout};
+
+/// Energy a silent lane may show (it is exactly 0 for digital silence).
+const SILENT: f64 = 1e-4;
+/// Energy that proves the tone arrived (half-scale 440 Hz: ≈0.12 per second of audio).
+const TONE: f64 = 0.01;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The room's coordinator: a Rust participant holding `kbz-v1-<room>`, data only.
+async fn coordinator(port: u16, room: &str) -> RoomHandle {
+    let mut cfg = RoomConfig::new(room, "Coordinator", "tok-coordinator");
+    cfg.seed = 7;
+    let options = RoomOptions {
+        broker: BrokerConfig::plain("127.0.0.1", port),
+        relay: None,
+        identity: Identity::generate().unwrap(),
+    };
+    let (handle, mut events) = kibitz_join::start(cfg, options);
+    handle.join();
+    timeout(WAIT, async {
+        while let Some(e) = events.recv().await {
+            if matches!(e, Event::Status(Status::Authority)) {
+                return;
+            }
+        }
+        panic!("coordinator stopped");
+    })
+    .await
+    .expect("the Rust member holds the room");
+    // Keep draining its events so the driver never blocks on them.
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    handle
+}
+
+/// Two pages, "a" (a human) and "b" (`b_meta`), joined to `room` in `mode`, and their voiceIds,
+/// once each receives the other's audio lane.
+async fn pair(
+    pages: &mut MediaPages,
+    room: &str,
+    mode: &str,
+    b_meta: Value,
+) -> (String, String) {
+    pages.open("a").await.unwrap();
+    pages.open("b").await.unwrap();
+    let a = pages.join("a", room, mode, json!({})).await.unwrap();
+    let b = pages.join("b", room, mode, b_meta).await.unwrap();
+    let t0 = Instant::now();
+    for (page, other) in [("a", &b), ("b", &a)] {
+        pages
+            .wait_stats(page, WAIT, |s| {
+                peer(s, other)["state"] == "connected" && audio_packets(s, other, "mic") > 10
+            })
+            .await
+            .unwrap();
+    }
+    eprintln!("{mode}: media both ways {:?} after the second join", t0.elapsed());
+    (a, b)
+}
+
+/// Waits until `page`'s audio lane from `from` has carried `n` more packets than now; returns
+/// the energy then.
+async fn energy_after(pages: &mut MediaPages, page: &str, from: &str, n: u64) -> f64 {
+    let s = pages.stats(page).await.unwrap();
+    let start = audio_packets(&s, from, "mic");
+    let s = pages
+        .wait_stats(page, WAIT, |s| audio_packets(s, from, "mic") >= start + n)
+        .await
+        .unwrap();
+    energy(&s, from, "mic")
+}
+
+/// Asserts the audio `page` hears from `from` stays silent over ~`n` packets (20 ms each).
+async fn stays_silent(pages: &mut MediaPages, page: &str, from: &str, n: u64, what: &str) {
+    let s = pages.stats(page).await.unwrap();
+    let (e0, p0) = (energy(&s, from, "mic"), audio_packets(&s, from, "mic"));
+    let e1 = energy_after(pages, page, from, n).await;
+    assert!(
+        e1 - e0 < SILENT,
+        "{what}: energy rose {e0} -> {e1} over {n} packets (from {p0})"
+    );
+}
+
+/// Waits until the tone from `from` arrives at `page`; returns how long it took.
+async fn hears_tone(pages: &mut MediaPages, page: &str, from: &str, wait: Duration) -> Duration {
+    let s = pages.stats(page).await.unwrap();
+    let e0 = energy(&s, from, "mic");
+    let t0 = Instant::now();
+    pages
+        .wait_stats(page, wait, |s| energy(s, from, "mic") - e0 > TONE)
+        .await
+        .unwrap();
+    t0.elapsed()
+}
+
+/// Silence before the mic, the tone after it, the fake camera's 320×240 after the camera.
+async fn mic_and_camera(pages: &mut MediaPages, a: &str, b: &str, mode: &str) {
+    stays_silent(pages, "b", a, 50, "placeholder mic before toggleMic").await;
+    assert_eq!(
+        pages.call("a", "toggleMic", json!([])).await.unwrap(),
+        json!(true)
+    );
+    let took = hears_tone(pages, "b", a, Duration::from_secs(10)).await;
+    eprintln!("{mode}: B hears A's tone {took:?} after toggleMic");
+    assert_eq!(
+        pages.call("a", "toggleCam", json!([])).await.unwrap(),
+        json!(true)
+    );
+    let t0 = Instant::now();
+    let s = pages
+        .wait_stats("b", WAIT, |s| {
+            let (frames, w, h) = video(s, a, "cam");
+            frames > 10 && w == 320 && h == 240
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "{mode}: B decodes A's camera at 320x240 {:?} after toggleCam ({:?})",
+        t0.elapsed(),
+        video(&s, a, "cam")
+    );
+    // The roster says so too.
+    pages
+        .wait_stats("b", WAIT, |s| {
+            s["roster"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|m| m["id"] == a && m["cam"] == true))
+        })
+        .await
+        .unwrap();
+    let _ = b;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_pages_hear_and_see_each_other() {
+    let broker = start(Config::default()).await;
+    let port = broker.addr.port();
+    let _room = coordinator(port, "media-legacy").await;
+    let mut pages = MediaPages::start(port).await.unwrap();
+    let (a, b) = pair(&mut pages, "media-legacy", "legacy", json!({})).await;
+    mic_and_camera(&mut pages, &a, &b, "legacy").await;
+    // The 0.1.0 bundle sends no `t` frames: neither page counted any.
+    for (page, other) in [("a", &b), ("b", &a)] {
+        let s = pages.stats(page).await.unwrap();
+        assert_eq!(peer(&s, other)["remoteMh"], Value::Null, "{page}: {s}");
+        assert_eq!(peer(&s, other)["pcs"], 1, "{page} made one call: {s}");
+    }
+    pages.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_pages_hear_and_see_each_other_on_one_steady_pc() {
+    let broker = start(Config::default()).await;
+    let port = broker.addr.port();
+    let _room = coordinator(port, "media-owned").await;
+    let mut pages = MediaPages::start(port).await.unwrap();
+    let (a, b) = pair(&mut pages, "media-owned", "owned", json!({})).await;
+    let steady_from = Instant::now();
+    mic_and_camera(&mut pages, &a, &b, "owned").await;
+    // Stability: 20 s on the first pc, with no recovery asked for or made on either side.
+    let left = Duration::from_secs(20).saturating_sub(steady_from.elapsed());
+    let s = pages
+        .wait_stats("a", left + Duration::from_secs(5), |_| {
+            steady_from.elapsed() >= Duration::from_secs(20)
+        })
+        .await
+        .unwrap();
+    let sb = pages.stats("b").await.unwrap();
+    for (page, s, other) in [("a", &s, &b), ("b", &sb, &a)] {
+        let p = peer(s, other);
+        assert_eq!(p["pcs"], 1, "{page} made one pc for the pair: {p}");
+        assert_eq!(p["state"], "connected", "{page}: {p}");
+        for t in ["m-recreate", "mh-dead"] {
+            for dir in ["sent", "recv"] {
+                assert_eq!(counter(s, other, dir, t), 0, "{page} {dir} {t}: {p}");
+            }
+        }
+        assert!(p["bulk"] == true && p["sig"] == true, "{page}: {p}");
+        assert!(p["remoteMh"]["a"].as_u64().unwrap() > 1, "{page}: {p}");
+    }
+    eprintln!(
+        "owned: one pc each way, no m-recreate/mh-dead for {:?}",
+        steady_from.elapsed()
+    );
+    pages.shutdown().await.unwrap();
+}
+
+/// B announces itself as an agent: A withholds its mic from B (the lane stays alive, silent),
+/// grants hear-audio from A's own page let the tone through, and revoking silences it again.
+async fn gating(mode: &str, room: &str) {
+    let broker = start(Config::default()).await;
+    let port = broker.addr.port();
+    let _room = coordinator(port, room).await;
+    let mut pages = MediaPages::start(port).await.unwrap();
+    let (a, b) = pair(&mut pages, room, mode, json!({"role": "agent"})).await;
+    assert_eq!(
+        pages.call("a", "toggleMic", json!([])).await.unwrap(),
+        json!(true)
+    );
+    let s = pages.stats("a").await.unwrap();
+    assert_eq!(peer(&s, &b)["senders"]["mic"], "gate", "{s}");
+    stays_silent(&mut pages, "b", &a, 75, "an agent, after A unmuted").await;
+
+    let grant = json!({
+        "perceive": ["hear-audio", "see-screen", "read-chat", "read-roster", "receive-directed"],
+        "act": []
+    });
+    pages
+        .call("a", "setCapabilityGrant", json!([b, grant]))
+        .await
+        .unwrap();
+    let took = hears_tone(&mut pages, "b", &a, Duration::from_secs(3)).await;
+    eprintln!("{mode} gating: the tone reached the agent {took:?} after the grant");
+
+    pages
+        .call("a", "setCapabilityGrant", json!([b, null]))
+        .await
+        .unwrap();
+    // Let what was in flight play out, then the lane must be flat again.
+    energy_after(&mut pages, "b", &a, 50).await;
+    stays_silent(&mut pages, "b", &a, 75, "after the grant was revoked").await;
+    let s = pages.stats("b").await.unwrap();
+    assert!(
+        audio_packets(&s, &a, "mic") > 200,
+        "the lane stayed alive: {s}"
+    );
+    pages.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_pages_gate_an_agents_audio_by_grant() {
+    gating("owned", "media-gate-owned").await;
+}
