@@ -57,7 +57,8 @@ window.M = (() => {
     osc.start();
     return dest.stream.getAudioTracks()[0];
   }
-  function canvasTrack(w, h, fps, paint) {
+  // A canvas captured at `fps`; `paint` is called once, then `fps` times a second if `animate`.
+  function canvasTrack(w, h, fps, animate, paint) {
     const c = document.createElement("canvas");
     c.width = w; c.height = h;
     const g = c.getContext("2d");
@@ -65,13 +66,14 @@ window.M = (() => {
     const draw = () => paint(g, w, h, n++);
     draw();
     const track = c.captureStream(fps).getVideoTracks()[0];
-    const timer = setInterval(draw, 1000 / fps);
+    const timer = animate ? setInterval(draw, 1000 / fps) : null;
     track.addEventListener("ended", () => clearInterval(timer));
     const stop = track.stop.bind(track);
     track.stop = () => { clearInterval(timer); stop(); };
     return track;
   }
-  const blackVideo = () => canvasTrack(2, 2, 1, (g) => { g.fillStyle = "#000"; g.fillRect(0, 0, 2, 2); });
+  // Painted once: Chromium sends a frame or two after a swap, then nothing (MEDIA.md §3).
+  const blackVideo = () => canvasTrack(2, 2, 1, false, (g) => { g.fillStyle = "#000"; g.fillRect(0, 0, 2, 2); });
 
   // --- grants and the gate (MEDIA.md §4, KIBITZ.md §4.8) --------------------------------------
   const member = (id) => members.find((m) => m.id === id);
@@ -149,7 +151,7 @@ window.M = (() => {
         chain: Promise.resolve(), iceQueue: [], createdAt: 0, connected: false, everIn: false, lowSince: 0,
         recoveries: 0, stuck: 0, relay: false, remoteMh: null, lastBytes: null, kbps: { v: 0, a: 0, ov: 0, oa: 0 },
         sent: { "m-recreate": 0, "mh-dead": 0, "m-dial": 0 }, recv: { "m-recreate": 0, "mh-dead": 0, "m-dial": 0 },
-        goneSince: 0, elements: new Map(), lastDeadAsk: 0,
+        goneSince: 0, elements: new Map(), lastDeadAsk: 0, ctlReceived: 0,
       };
       peers.set(id, p);
     }
@@ -196,6 +198,7 @@ window.M = (() => {
       link.lastRecv = Date.now();
       if (map.get(conn.peer) !== link || !d || typeof d !== "object") return;
       if (lane === "sig" && typeof d.t === "string") {
+        peerState(conn.peer).ctlReceived++;
         if (opts.mode === "owned") onCtl(conn.peer, d, link);
         return;
       }
@@ -521,7 +524,7 @@ window.M = (() => {
   function shareTrack(o) {
     const w = (o && o.width) || 640, h = (o && o.height) || 360;
     if (sharing) stopShare();
-    shareTrackObj = canvasTrack(w, h, 15, (g, W, H, n) => {
+    shareTrackObj = canvasTrack(w, h, 15, true, (g, W, H, n) => {
       g.fillStyle = "hsl(" + ((n * 7) % 360) + ",70%,50%)"; g.fillRect(0, 0, W, H);
       g.fillStyle = "#fff"; g.fillRect((n * 9) % W, H / 3, W / 8, H / 3);
     });
@@ -562,7 +565,7 @@ window.M = (() => {
       const pc = currentPc(p);
       const s = {
         mode: opts.mode, pcs: p.pcs, state: pc ? pc.connectionState : "none", sig: sigOpen(id),
-        bulk: !!(links.bulk.get(id) && links.bulk.get(id).open), relay: p.relay, kbps: p.kbps, remoteMh: p.remoteMh,
+        bulk: !!(links.bulk.get(id) && links.bulk.get(id).open), ctlReceived: p.ctlReceived, relay: p.relay, kbps: p.kbps, remoteMh: p.remoteMh,
         audio: {}, video: {}, outbound: {}, sent: Object.assign({}, p.sent), recv: Object.assign({}, p.recv),
         grant: grantFor(id), senders: {},
       };

@@ -50,12 +50,7 @@ async fn coordinator(port: u16, room: &str) -> RoomHandle {
 
 /// Two pages, "a" (a human) and "b" (`b_meta`), joined to `room` in `mode`, and their voiceIds,
 /// once each receives the other's audio lane.
-async fn pair(
-    pages: &mut MediaPages,
-    room: &str,
-    mode: &str,
-    b_meta: Value,
-) -> (String, String) {
+async fn pair(pages: &mut MediaPages, room: &str, mode: &str, b_meta: Value) -> (String, String) {
     pages.open("a").await.unwrap();
     pages.open("b").await.unwrap();
     let a = pages.join("a", room, mode, json!({})).await.unwrap();
@@ -69,7 +64,10 @@ async fn pair(
             .await
             .unwrap();
     }
-    eprintln!("{mode}: media both ways {:?} after the second join", t0.elapsed());
+    eprintln!(
+        "{mode}: media both ways {:?} after the second join",
+        t0.elapsed()
+    );
     (a, b)
 }
 
@@ -154,11 +152,24 @@ async fn legacy_pages_hear_and_see_each_other() {
     let mut pages = MediaPages::start(port).await.unwrap();
     let (a, b) = pair(&mut pages, "media-legacy", "legacy", json!({})).await;
     mic_and_camera(&mut pages, &a, &b, "legacy").await;
-    // The 0.1.0 bundle sends no `t` frames: neither page counted any.
+    // The 0.1.0 bundle sends no `t` frames on sig (MEDIA.md §6 tells it by that): neither page
+    // received any from the other, while both did from the Rust member (`cap`, `mh`).
     for (page, other) in [("a", &b), ("b", &a)] {
         let s = pages.stats(page).await.unwrap();
-        assert_eq!(peer(&s, other)["remoteMh"], Value::Null, "{page}: {s}");
-        assert_eq!(peer(&s, other)["pcs"], 1, "{page} made one call: {s}");
+        let p = peer(&s, other);
+        assert_eq!(p["sig"], true, "{page}: {p}");
+        assert_eq!(p["ctlReceived"], 0, "{page}: {p}");
+        assert_eq!(p["pcs"], 1, "{page} made one call: {p}");
+        let rust = s["peers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(id, _)| id != &other)
+            .map(|(_, p)| p["ctlReceived"].as_u64().unwrap_or(0));
+        assert!(
+            rust > Some(0),
+            "{page} heard no t frames from the Rust member: {s}"
+        );
     }
     pages.shutdown().await.unwrap();
 }
@@ -197,12 +208,20 @@ async fn owned_pages_hear_and_see_each_other_on_one_steady_pc() {
         "owned: one pc each way, no m-recreate/mh-dead for {:?}",
         steady_from.elapsed()
     );
+    if std::env::var("MEDIA_DEBUG").is_ok() {
+        for page in ["a", "b"] {
+            eprintln!("{page} stats {}", pages.stats(page).await.unwrap());
+            eprintln!("{page} console {}", pages.console(page).await);
+        }
+    }
     pages.shutdown().await.unwrap();
 }
 
-/// B announces itself as an agent: A withholds its mic from B (the lane stays alive, silent),
-/// grants hear-audio from A's own page let the tone through, and revoking silences it again.
-async fn gating(mode: &str, room: &str) {
+/// B announces itself as an agent: A withholds its mic and its share from B (the lanes stay
+/// alive, silent or 2×2), a grant from A's own page lets the tone and the share through within
+/// ~1 s, and revoking withholds them again. `share_lane` is where A's share travels: "share"
+/// (owned), or the single video lane "cam" (legacy).
+async fn gating(mode: &str, room: &str, share_lane: &str) {
     let broker = start(Config::default()).await;
     let port = broker.addr.port();
     let _room = coordinator(port, room).await;
@@ -212,9 +231,14 @@ async fn gating(mode: &str, room: &str) {
         pages.call("a", "toggleMic", json!([])).await.unwrap(),
         json!(true)
     );
+    pages.call("a", "shareTrack", json!([])).await.unwrap();
     let s = pages.stats("a").await.unwrap();
     assert_eq!(peer(&s, &b)["senders"]["mic"], "gate", "{s}");
+    assert_eq!(peer(&s, &b)["senders"][share_lane], "gate", "{s}");
     stays_silent(&mut pages, "b", &a, 75, "an agent, after A unmuted").await;
+    let s = pages.stats("b").await.unwrap();
+    let (_, w, h) = video(&s, &a, share_lane);
+    assert!(w <= 2 && h <= 2, "the agent saw a {w}x{h} share: {s}");
 
     let grant = json!({
         "perceive": ["hear-audio", "see-screen", "read-chat", "read-roster", "receive-directed"],
@@ -226,15 +250,32 @@ async fn gating(mode: &str, room: &str) {
         .unwrap();
     let took = hears_tone(&mut pages, "b", &a, Duration::from_secs(3)).await;
     eprintln!("{mode} gating: the tone reached the agent {took:?} after the grant");
+    let s = pages
+        .wait_stats("b", Duration::from_secs(10), |s| {
+            let (_, w, h) = video(s, &a, share_lane);
+            w > 2 && h > 2
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "{mode} gating: share frames reached the agent: {:?}",
+        video(&s, &a, share_lane)
+    );
 
     pages
         .call("a", "setCapabilityGrant", json!([b, null]))
         .await
         .unwrap();
-    // Let what was in flight play out, then the lane must be flat again.
+    // Let what was in flight play out, then the lanes must be flat again.
     energy_after(&mut pages, "b", &a, 50).await;
+    let (frames, ..) = video(&pages.stats("b").await.unwrap(), &a, share_lane);
     stays_silent(&mut pages, "b", &a, 75, "after the grant was revoked").await;
     let s = pages.stats("b").await.unwrap();
+    let (later, ..) = video(&s, &a, share_lane);
+    assert!(
+        later <= frames + 2,
+        "share frames kept coming after the revoke: {frames} -> {later}"
+    );
     assert!(
         audio_packets(&s, &a, "mic") > 200,
         "the lane stayed alive: {s}"
@@ -243,6 +284,11 @@ async fn gating(mode: &str, room: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn owned_pages_gate_an_agents_audio_by_grant() {
-    gating("owned", "media-gate-owned").await;
+async fn owned_pages_gate_an_agent_by_grant() {
+    gating("owned", "media-gate-owned", "share").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_pages_gate_an_agent_by_grant() {
+    gating("legacy", "media-gate-legacy", "cam").await;
 }

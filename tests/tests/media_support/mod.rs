@@ -108,7 +108,8 @@ impl MediaPages {
             .map_err(|_| "media-room.mjs said nothing for 90 s".to_string())?
             .map_err(|e| format!("reading media-room.mjs: {e}"))?
             .ok_or("media-room.mjs exited")?;
-        serde_json::from_str(&line).map_err(|e| format!("bad line from media-room.mjs ({e}): {line}"))
+        serde_json::from_str(&line)
+            .map_err(|e| format!("bad line from media-room.mjs ({e}): {line}"))
     }
 
     /// Sends one request (`id` added) and waits for its answer: the value, or the error text.
