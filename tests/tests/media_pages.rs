@@ -8,11 +8,13 @@ mod media_support;
 
 use std::time::Duration;
 
-use kibitz_client::{Event, RoomConfig, Status};
+use kibitz_client::{Event, HostCommit, RoomConfig, Status};
 use kibitz_e2e::{Config, start};
 use kibitz_join::{RoomHandle, RoomOptions};
+use kibitz_proto::grants::{Grant, Perceive};
 use kibitz_rtc::{BrokerConfig, Identity};
 use media_support::{MediaPages, audio_packets, counter, energy, peer, video};
+use p256::ecdsa::SigningKey;
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout};
 
@@ -24,8 +26,19 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// The room's coordinator: a Rust participant holding `kbz-v1-<room>`, data only.
 async fn coordinator(port: u16, room: &str) -> RoomHandle {
+    coordinator_with(port, room, false).await
+}
+
+/// The coordinator; with `host_key`, a committed host key it holds, so it is the room's
+/// verified (cryptographic-tier) host and its `caps` count.
+async fn coordinator_with(port: u16, room: &str, host_key: bool) -> RoomHandle {
     let mut cfg = RoomConfig::new(room, "Coordinator", "tok-coordinator");
     cfg.seed = 7;
+    if host_key {
+        let key = SigningKey::from_bytes(&[7u8; 32].into()).unwrap();
+        cfg.host = HostCommit::Key(*key.verifying_key());
+        cfg.host_key = Some(key);
+    }
     let options = RoomOptions {
         broker: BrokerConfig::plain("127.0.0.1", port),
         relay: None,
@@ -291,4 +304,70 @@ async fn owned_pages_gate_an_agent_by_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_pages_gate_an_agent_by_grant() {
     gating("legacy", "media-gate-legacy", "cam").await;
+}
+
+/// Caps from the room's verified host (the Rust coordinator, key tier) reach a page's gate only
+/// when the page was told the room has a cryptographic host: "a" (cryptoHost) lets an agent hear
+/// its tone once the host grants hear-audio, "c" (no cryptoHost) keeps it withheld.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_pages_honour_caps_from_a_crypto_host_only() {
+    let room = "media-caps";
+    let broker = start(Config::default()).await;
+    let port = broker.addr.port();
+    let host = coordinator_with(port, room, true).await;
+    // Its voiceId comes with its media peer, a moment after it holds the room.
+    let deadline = Instant::now() + WAIT;
+    let host_id = loop {
+        if let Some(id) = host.voice_id().await.unwrap() {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "the host never had a voiceId");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut pages = MediaPages::start(port).await.unwrap();
+    let mut ids = Vec::new();
+    for (page, crypto, meta) in [
+        ("a", true, json!({})),
+        ("c", false, json!({})),
+        ("b", false, json!({"role": "agent"})),
+    ] {
+        pages.open(page).await.unwrap();
+        let v = pages
+            .call(
+                page,
+                "join",
+                json!([{"room": room, "name": page, "mode": "owned", "meta": meta, "cryptoHost": crypto}]),
+            )
+            .await
+            .unwrap();
+        ids.push(v["voiceId"].as_str().unwrap().to_owned());
+    }
+    let (a, c, b) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    for from in [&a, &c] {
+        pages
+            .wait_stats("b", WAIT, |s| audio_packets(s, from, "mic") > 10)
+            .await
+            .unwrap();
+    }
+    pages
+        .wait_stats("a", WAIT, |s| s["host"] == host_id.as_str())
+        .await
+        .unwrap();
+    for page in ["a", "c"] {
+        assert_eq!(
+            pages.call(page, "toggleMic", json!([])).await.unwrap(),
+            json!(true)
+        );
+    }
+    stays_silent(&mut pages, "b", &a, 50, "an agent, before the host's grant").await;
+
+    let mut grant = Grant::agent_default();
+    grant.perceive.push(Perceive::HearAudio);
+    host.set_grant(&b, grant).await.unwrap();
+    let took = hears_tone(&mut pages, "b", &a, Duration::from_secs(5)).await;
+    eprintln!("caps: the agent hears the cryptoHost page {took:?} after the host's grant");
+    stays_silent(&mut pages, "b", &c, 50, "a page that does not honour caps").await;
+    let s = pages.stats("c").await.unwrap();
+    assert_eq!(peer(&s, &b)["senders"]["mic"], "gate", "{s}");
+    pages.shutdown().await.unwrap();
 }
