@@ -6,6 +6,7 @@
 window.M = (() => {
   const HEARTBEAT_MS = 2000, PING_MS = 2500, ANNOUNCE_MS = 3000;
   const RECOVER_AFTER_MS = 9000, STUCK_MS = 8000, MAX_RECOVERIES = 3, DROP_GRACE_MS = 7000;
+  const SIG_DEAD_MS = 8000, MESH_REDIAL_MS = 800;
   const PERCEIVE = ["see-screen", "hear-audio", "read-chat", "read-roster", "receive-directed", "read-media", "read-files"];
   const ACT = ["send-chat", "speak", "act"];
   const OWNED_LANES = [["mic", "audio"], ["cam", "video"], ["share", "video"], ["shareAudio", "audio"]];
@@ -151,7 +152,7 @@ window.M = (() => {
         chain: Promise.resolve(), iceQueue: [], createdAt: 0, connected: false, everIn: false, lowSince: 0,
         recoveries: 0, stuck: 0, relay: false, remoteMh: null, lastBytes: null, kbps: { v: 0, a: 0, ov: 0, oa: 0 },
         sent: { "m-recreate": 0, "mh-dead": 0, "m-dial": 0 }, recv: { "m-recreate": 0, "mh-dead": 0, "m-dial": 0 },
-        goneSince: 0, elements: new Map(), lastDeadAsk: 0, ctlReceived: 0,
+        goneSince: 0, elements: new Map(), lastDeadAsk: 0, ctlReceived: 0, sigRedials: 0, bye: false,
       };
       peers.set(id, p);
     }
@@ -184,7 +185,7 @@ window.M = (() => {
   };
   function wire(conn, lane) {
     const map = links[lane];
-    const link = { conn, open: false, lastRecv: Date.now(), heardMh: false };
+    const link = { conn, open: false, lastRecv: Date.now(), heardMh: false, ours: false, createdAt: Date.now() };
     map.set(conn.peer, link);
     conn.on("open", () => {
       link.open = true;
@@ -204,12 +205,36 @@ window.M = (() => {
       }
       onContent(conn.peer, d);
     });
-    conn.on("close", () => { if (map.get(conn.peer) === link) map.delete(conn.peer); });
+    conn.on("close", () => {
+      if (map.get(conn.peer) !== link) return;
+      map.delete(conn.peer);
+      if (lane === "sig" && link.ours) redialSig(conn.peer, "closed");
+    });
     conn.on("error", (e) => note(lane + " " + conn.peer + " error " + (e && e.type)));
+    return link;
   }
   function dialSig(id) {
     dialled.add(id);
-    wire(mediaPeer.connect(id, { reliable: true }), "sig");
+    wire(mediaPeer.connect(id, { reliable: true }), "sig").ours = true;
+  }
+  // The dialler's side of a sig link that closed, never opened, or went silent: drop it (and
+  // the media that rides it) and dial again after MESH_REDIAL_MS, while the peer is a member.
+  function redialSig(id, why) {
+    const l = links.sig.get(id);
+    if (l) { links.sig.delete(id); l.conn.close(); }
+    const p = peerState(id);
+    p.sigRedials++;
+    note("sig to " + id + " " + why + "; re-dial");
+    if (opts.mode === "owned") dropPc(p);
+    setTimeout(() => { if (!left && !p.bye && member(id) && !links.sig.has(id)) dialSig(id); }, MESH_REDIAL_MS);
+  }
+  function meshWatchdog() {
+    const now = Date.now();
+    for (const [id, l] of [...links.sig]) {
+      if (!l.ours) continue;
+      if (!l.open && now - l.createdAt >= SIG_DEAD_MS) redialSig(id, "never opened");
+      else if (opts.mode === "owned" && l.open && l.heardMh && now - l.lastRecv >= SIG_DEAD_MS) redialSig(id, "silent");
+    }
   }
   function maybeDialBulk(id) {
     if (dialled.has(id) && bulkCapable.has(id) && !links.bulk.has(id)) wire(mediaPeer.connect(id, { reliable: true, label: "bulk" }), "bulk");
@@ -347,7 +372,7 @@ window.M = (() => {
     switch (d.t) {
       case "cap": bulkCapable.add(from); maybeDialBulk(from); break;
       case "mh": link.heardMh = true; p.remoteMh = d; break;
-      case "bye": note("bye from " + from); dropPc(p); break;
+      case "bye": note("bye from " + from); p.bye = true; dropPc(p); break;
       case "m-dial": onDial(p); break;
       case "mh-dead": if (!p.polite) recover(p, "mh-dead"); break;
       case "m-recreate":
@@ -491,6 +516,7 @@ window.M = (() => {
     presenceConn.on("data", (d) => { if (d && d.t === "roster") onRoster(d); });
     every(PING_MS, () => { if (presenceConn.open) presenceConn.send({ t: "ping" }); });
     every(ANNOUNCE_MS, announce);
+    every(HEARTBEAT_MS, meshWatchdog);
     if (opts.mode === "owned") timers.push(setInterval(() => beat().catch((e) => note("beat: " + e)), HEARTBEAT_MS));
     joined = true;
     await until(() => member(self), 20000, "a roster with me in it");
@@ -565,7 +591,7 @@ window.M = (() => {
       const pc = currentPc(p);
       const s = {
         mode: opts.mode, pcs: p.pcs, state: pc ? pc.connectionState : "none", sig: sigOpen(id),
-        bulk: !!(links.bulk.get(id) && links.bulk.get(id).open), ctlReceived: p.ctlReceived, relay: p.relay, kbps: p.kbps, remoteMh: p.remoteMh,
+        bulk: !!(links.bulk.get(id) && links.bulk.get(id).open), ctlReceived: p.ctlReceived, sigRedials: p.sigRedials, relay: p.relay, kbps: p.kbps, remoteMh: p.remoteMh,
         audio: {}, video: {}, outbound: {}, sent: Object.assign({}, p.sent), recv: Object.assign({}, p.recv),
         grant: grantFor(id), senders: {},
       };

@@ -215,6 +215,7 @@ async fn owned_pages_hear_and_see_each_other_on_one_steady_pc() {
             }
         }
         assert!(p["bulk"] == true && p["sig"] == true, "{page}: {p}");
+        assert_eq!(p["sigRedials"], 0, "{page}: {p}");
         assert!(p["remoteMh"]["a"].as_u64().unwrap() > 1, "{page}: {p}");
     }
     eprintln!(

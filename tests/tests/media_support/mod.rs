@@ -163,7 +163,8 @@ impl MediaPages {
             .map_err(|e| format!("{page}.{method}: {e}"))
     }
 
-    /// Joins `page` to `room` and returns its voiceId.
+    /// Joins `page` to `room` in `mode` ("legacy" or "owned") as `name` = the page's name, with
+    /// `meta` in its voice announce; returns its voiceId.
     pub async fn join(
         &mut self,
         page: &str,
@@ -171,17 +172,48 @@ impl MediaPages {
         mode: &str,
         meta: Value,
     ) -> Result<String, String> {
-        let v = self
-            .call(
-                page,
-                "join",
-                json!([{"room": room, "name": page, "mode": mode, "meta": meta}]),
-            )
-            .await?;
+        self.join_with(
+            page,
+            json!({"room": room, "name": page, "mode": mode, "meta": meta}),
+        )
+        .await
+    }
+
+    /// `M.join(opts)` with every option spelt out (`host`/`port` default to the broker the
+    /// script was started with; `cryptoHost`, `iceServers`, `name`, `meta`, `mode`, `room`);
+    /// returns the page's voiceId.
+    pub async fn join_with(&mut self, page: &str, opts: Value) -> Result<String, String> {
+        let v = self.call(page, "join", json!([opts])).await?;
         v["voiceId"]
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| format!("join answered {v}"))
+    }
+
+    /// Polls `M.<method>(...args)` in `page` until `pred` holds for its value (returned) or
+    /// `wait` passes (an error with the last value and the page's log).
+    pub async fn wait_call(
+        &mut self,
+        page: &str,
+        method: &str,
+        args: Value,
+        wait: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Result<Value, String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let v = self.call(page, method, args.clone()).await?;
+            if pred(&v) {
+                return Ok(v);
+            }
+            if Instant::now() >= deadline {
+                let log = self.console(page).await;
+                return Err(format!(
+                    "{page}.{method}: condition not met within {wait:?}; last {v}\n{page} log: {log}"
+                ));
+            }
+            sleep(POLL).await;
+        }
     }
 
     /// `M.stats()` of `page`.
@@ -202,22 +234,9 @@ impl MediaPages {
         &mut self,
         page: &str,
         wait: Duration,
-        mut pred: impl FnMut(&Value) -> bool,
+        pred: impl FnMut(&Value) -> bool,
     ) -> Result<Value, String> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let s = self.stats(page).await?;
-            if pred(&s) {
-                return Ok(s);
-            }
-            if Instant::now() >= deadline {
-                let log = self.console(page).await;
-                return Err(format!(
-                    "condition not met within {wait:?}; {page} stats: {s}\n{page} log: {log}"
-                ));
-            }
-            sleep(POLL).await;
-        }
+        self.wait_call(page, "stats", json!([]), wait, pred).await
     }
 
     /// Closes stdin and waits for the script to close Chromium and exit.
