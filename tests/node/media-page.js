@@ -374,7 +374,7 @@ window.M = (() => {
       case "mh": link.heardMh = true; p.remoteMh = d; break;
       case "bye": note("bye from " + from); p.bye = true; dropPc(p); break;
       case "m-dial": onDial(p); break;
-      case "mh-dead": if (!p.polite) recover(p, "mh-dead"); break;
+      case "mh-dead": if (!p.polite) recover(p, "mh-dead").catch((e) => note("recover: " + e)); break;
       case "m-recreate":
         p.relay = p.relay || !!d.relay;
         dropPc(p); // await a new offer; m-dial asks for it
@@ -424,7 +424,8 @@ window.M = (() => {
     await p.pc.addIceCandidate(c).catch((e) => { if (!p.ignoreOffer) note("addIceCandidate: " + e); });
   }
   // Recovery ladder, run by the initiator (MEDIA.md §1).
-  function recover(p, why) {
+  async function recover(p, why) {
+    await measure(p).catch(() => {}); // has it ever received a byte?
     if (!p.pc || !sigOpen(p.id)) return;
     if (p.recoveries >= MAX_RECOVERIES) return;
     const n = p.recoveries++;
@@ -441,7 +442,7 @@ window.M = (() => {
     if (p.polite) {
       if (Date.now() - p.lastDeadAsk >= RECOVER_AFTER_MS) { p.lastDeadAsk = Date.now(); ctl(p.id, { t: "mh-dead" }); }
       p.lowSince = 0;
-    } else recover(p, why);
+    } else recover(p, why).catch((e) => note("recover: " + e));
   }
   // Inbound/outbound kbps per kind since the last beat, from getStats.
   async function measure(p) {
@@ -453,6 +454,7 @@ window.M = (() => {
       if (r.type === "inbound-rtp") b[r.kind === "video" ? "v" : "a"] += r.bytesReceived || 0;
       if (r.type === "outbound-rtp") b[r.kind === "video" ? "ov" : "oa"] += r.bytesSent || 0;
     });
+    if (b.v + b.a > 0 && p.pc === pc) p.everIn = true;
     const last = p.lastBytes;
     p.lastBytes = b;
     if (!last || p.pc !== pc) return;
@@ -476,7 +478,7 @@ window.M = (() => {
       const pc = p.pc;
       const inKbps = p.kbps.v + p.kbps.a;
       if (pc.connectionState === "connected") {
-        if (inKbps >= 1) { p.everIn = true; p.lowSince = 0; } else if (!p.lowSince) p.lowSince = now;
+        if (inKbps >= 1) p.lowSince = 0; else if (!p.lowSince) p.lowSince = now;
         const mh = p.remoteMh || {};
         if (inKbps >= 1 && (mh.a || 0) + (mh.v || 0) >= 1) p.recoveries = 0; // both directions flow
         const peerSends = (mh.ov || 0) + (mh.oa || 0) >= 1;
@@ -617,6 +619,19 @@ window.M = (() => {
     }
     return out;
   }
+  // Test hook, not in the web client: run the recovery ladder for peer `id` now, as if its media
+  // had stalled. The answerer asks with `mh-dead`; the initiator runs step `step` (default: the
+  // next one): 0 restartIce, 1 `m-recreate` relay:false, 2 `m-recreate` relay:true.
+  async function recoverNow(id, step) {
+    const p = peers.get(id);
+    if (!p || !p.pc) throw new Error("no media connection to " + id);
+    if (opts.mode !== "owned") throw new Error("legacy media has no recovery");
+    if (p.polite) { p.lastDeadAsk = Date.now(); ctl(id, { t: "mh-dead" }); return "mh-dead"; }
+    if (typeof step === "number") p.recoveries = step;
+    const n = p.recoveries;
+    await recover(p, "asked");
+    return n === 0 ? "restartIce" : "m-recreate";
+  }
   function receivedChats() { return chats.slice(); }
   function debugLog() { return log.slice(); }
   async function leave() {
@@ -632,5 +647,5 @@ window.M = (() => {
     for (const t of [micTrack, camTrack, shareTrackObj]) if (t) t.stop();
     return true;
   }
-  return { join, toggleMic, toggleCam, shareTrack, stopShare, setCapabilityGrant, chat, receivedChats, stats, leave, log: debugLog };
+  return { join, toggleMic, toggleCam, shareTrack, stopShare, setCapabilityGrant, chat, receivedChats, stats, leave, recoverNow, log: debugLog };
 })();

@@ -372,3 +372,68 @@ async fn owned_pages_honour_caps_from_a_crypto_host_only() {
     assert_eq!(peer(&s, &b)["senders"]["mic"], "gate", "{s}");
     pages.shutdown().await.unwrap();
 }
+
+/// The owned recovery ladder's wire, forced with the page's test hook `recoverNow`: the
+/// answerer's `mh-dead` makes the initiator restart ICE on the same pc; the initiator's
+/// `m-recreate` makes both sides build a new pc; the tone flows again after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_pages_recover_by_restart_and_recreate() {
+    let room = "media-recover";
+    let broker = start(Config::default()).await;
+    let port = broker.addr.port();
+    let _room = coordinator(port, room).await;
+    let mut pages = MediaPages::start(port).await.unwrap();
+    let (a, b) = pair(&mut pages, room, "owned", json!({})).await;
+    for page in ["a", "b"] {
+        pages.call(page, "toggleMic", json!([])).await.unwrap();
+    }
+    // The smaller voiceId initiates.
+    let (init, init_id, ans, ans_id) = if a < b {
+        ("a", &a, "b", &b)
+    } else {
+        ("b", &b, "a", &a)
+    };
+    hears_tone(&mut pages, ans, init_id, Duration::from_secs(10)).await;
+
+    let asked = pages
+        .call(ans, "recoverNow", json!([init_id]))
+        .await
+        .unwrap();
+    assert_eq!(asked, "mh-dead");
+    let s = pages
+        .wait_stats(init, WAIT, |s| counter(s, ans_id, "recv", "mh-dead") == 1)
+        .await
+        .unwrap();
+    assert_eq!(peer(&s, ans_id)["pcs"], 1, "restartIce keeps the pc: {s}");
+    hears_tone(&mut pages, ans, init_id, Duration::from_secs(10)).await;
+    hears_tone(&mut pages, init, ans_id, Duration::from_secs(10)).await;
+
+    let step = pages
+        .call(init, "recoverNow", json!([ans_id, 1]))
+        .await
+        .unwrap();
+    assert_eq!(step, "m-recreate");
+    let t0 = Instant::now();
+    let s = pages
+        .wait_stats(ans, WAIT, |s| {
+            let p = peer(s, init_id);
+            counter(s, init_id, "recv", "m-recreate") == 1
+                && p["pcs"] == 2
+                && p["state"] == "connected"
+                && energy(s, init_id, "mic") > TONE
+        })
+        .await
+        .unwrap();
+    eprintln!(
+        "recover: after m-recreate the answerer's new pc carries the tone again in {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(peer(&s, init_id)["relay"], false, "{s}");
+    pages
+        .wait_stats(init, WAIT, |s| {
+            peer(s, ans_id)["pcs"] == 2 && energy(s, ans_id, "mic") > TONE
+        })
+        .await
+        .unwrap();
+    pages.shutdown().await.unwrap();
+}
