@@ -296,7 +296,7 @@ window.M = (() => {
     adoptCall(p, call);
   }
   function adoptCall(p, call) {
-    if (p.call && p.call !== call) { const old = p.call; p.call = null; old.close(); }
+    if (p.call && p.call !== call) { const old = p.call; p.call = null; old.close(); detachAll(p); }
     p.call = call;
     p.pcs++;
     p.lanes = new Map();

@@ -119,6 +119,24 @@ async fn hears_tone(pages: &mut MediaPages, page: &str, from: &str, wait: Durati
     t0.elapsed()
 }
 
+/// A chat from "a" reaches "b" (and the Rust member: two sends) on the data mesh.
+async fn chat_arrives(pages: &mut MediaPages, a: &str) {
+    let sent = pages
+        .call("a", "chat", json!(["hello from a"]))
+        .await
+        .unwrap();
+    assert_eq!(sent, 2, "a chat to b and to the Rust member");
+    pages
+        .wait_call("b", "receivedChats", json!([]), WAIT, |v| {
+            v.as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|m| m["from"] == a && m["text"] == "hello from a")
+            })
+        })
+        .await
+        .unwrap();
+}
+
 /// Silence before the mic, the tone after it, the fake camera's 320×240 after the camera.
 async fn mic_and_camera(pages: &mut MediaPages, a: &str, b: &str, mode: &str) {
     stays_silent(pages, "b", a, 50, "placeholder mic before toggleMic").await;
@@ -165,6 +183,7 @@ async fn legacy_pages_hear_and_see_each_other() {
     let mut pages = MediaPages::start(port).await.unwrap();
     let (a, b) = pair(&mut pages, "media-legacy", "legacy", json!({})).await;
     mic_and_camera(&mut pages, &a, &b, "legacy").await;
+    chat_arrives(&mut pages, &a).await;
     // The 0.1.0 bundle sends no `t` frames on sig (MEDIA.md §6 tells it by that): neither page
     // received any from the other, while both did from the Rust member (`cap`, `mh`).
     for (page, other) in [("a", &b), ("b", &a)] {
@@ -196,6 +215,7 @@ async fn owned_pages_hear_and_see_each_other_on_one_steady_pc() {
     let (a, b) = pair(&mut pages, "media-owned", "owned", json!({})).await;
     let steady_from = Instant::now();
     mic_and_camera(&mut pages, &a, &b, "owned").await;
+    chat_arrives(&mut pages, &a).await;
     // Stability: 20 s on the first pc, with no recovery asked for or made on either side.
     let left = Duration::from_secs(20).saturating_sub(steady_from.elapsed());
     let s = pages
