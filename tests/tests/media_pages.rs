@@ -138,7 +138,7 @@ async fn chat_arrives(pages: &mut MediaPages, a: &str) {
 }
 
 /// Silence before the mic, the tone after it, the fake camera's 320×240 after the camera.
-async fn mic_and_camera(pages: &mut MediaPages, a: &str, b: &str, mode: &str) {
+async fn mic_and_camera(pages: &mut MediaPages, a: &str, mode: &str) {
     stays_silent(pages, "b", a, 50, "placeholder mic before toggleMic").await;
     assert_eq!(
         pages.call("a", "toggleMic", json!([])).await.unwrap(),
@@ -172,7 +172,6 @@ async fn mic_and_camera(pages: &mut MediaPages, a: &str, b: &str, mode: &str) {
         })
         .await
         .unwrap();
-    let _ = b;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +181,7 @@ async fn legacy_pages_hear_and_see_each_other() {
     let _room = coordinator(port, "media-legacy").await;
     let mut pages = MediaPages::start(port).await.unwrap();
     let (a, b) = pair(&mut pages, "media-legacy", "legacy", json!({})).await;
-    mic_and_camera(&mut pages, &a, &b, "legacy").await;
+    mic_and_camera(&mut pages, &a, "legacy").await;
     chat_arrives(&mut pages, &a).await;
     // The 0.1.0 bundle sends no `t` frames on sig (MEDIA.md §6 tells it by that): neither page
     // received any from the other, while both did from the Rust member (`cap`, `mh`).
@@ -214,7 +213,7 @@ async fn owned_pages_hear_and_see_each_other_on_one_steady_pc() {
     let mut pages = MediaPages::start(port).await.unwrap();
     let (a, b) = pair(&mut pages, "media-owned", "owned", json!({})).await;
     let steady_from = Instant::now();
-    mic_and_camera(&mut pages, &a, &b, "owned").await;
+    mic_and_camera(&mut pages, &a, "owned").await;
     chat_arrives(&mut pages, &a).await;
     // Stability: 20 s on the first pc, with no recovery asked for or made on either side.
     let left = Duration::from_secs(20).saturating_sub(steady_from.elapsed());
