@@ -39,6 +39,10 @@ pub mod timing {
     pub const MESH_KEEPALIVE_MS: u64 = 2_000;
     /// A sig channel whose keepalive stopped this long ago is dead, open or not.
     pub const SIG_DEAD_MS: u64 = 8_000;
+    /// Frames for a member whose link is still opening wait at most this many, per member.
+    pub const PENDING_MAX: usize = 64;
+    /// ... and at most this long (ms).
+    pub const PENDING_MS: u64 = 10_000;
     /// Re-sign an agent assertion this often (it is valid for 300 s).
     pub const ASSERTION_RESIGN_MS: u64 = 240_000;
 }

@@ -12,7 +12,7 @@
 //! recipient whose grant does not allow it, and content from a sender without `send-chat` is
 //! dropped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use kibitz_proto::binarypack::{Value, to_value};
 use kibitz_proto::content::{Chat, Content};
@@ -20,7 +20,9 @@ use kibitz_proto::grants::{Act, Grant, Perceive, Role, effective_grant};
 use kibitz_proto::mesh::{MeshControl, MeshFrame, should_initiate};
 use kibitz_proto::presence::{Member, Roster};
 
-use crate::config::timing::{MESH_DROP_GRACE_MS, MESH_KEEPALIVE_MS, MESH_REDIAL_MS, SIG_DEAD_MS};
+use crate::config::timing::{
+    MESH_DROP_GRACE_MS, MESH_KEEPALIVE_MS, MESH_REDIAL_MS, PENDING_MAX, PENDING_MS, SIG_DEAD_MS,
+};
 use crate::ctx::Ctx;
 use crate::net::{BULK_LABEL, ConnId, NetCmd, PeerKey};
 use crate::types::{AuditEntry, AuditKind, Event, Message, SendError};
@@ -81,6 +83,20 @@ impl Link {
     }
 }
 
+/// A frame waiting for a member's link to open (the member is in the roster, its link is not
+/// up yet): sent in order once it opens, dropped once too old or too many.
+#[derive(Debug)]
+struct Queued {
+    at: u64,
+    frame: Value,
+    /// The envelope kind or control tag, for the audit feed.
+    what: String,
+    /// What the recipient must perceive (re-checked at flush: grants may change meanwhile).
+    need: Vec<Perceive>,
+    /// A control frame (sig only), not content.
+    control: bool,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Mesh {
     pub peer: Option<PeerKey>,
@@ -103,6 +119,10 @@ pub(crate) struct Mesh {
     pub host_grants: BTreeMap<String, Grant>,
     pub audit: Vec<AuditEntry>,
     seq: u64,
+    /// Per member: frames waiting for its link to open.
+    pending: BTreeMap<String, VecDeque<Queued>>,
+    /// Frames dropped from those queues (bound, age, member gone).
+    pub pending_dropped: u64,
 }
 
 fn member<'a>(roster: &'a Roster, id: &str) -> Option<&'a Member> {
@@ -112,6 +132,9 @@ fn member<'a>(roster: &'a Roster, id: &str) -> Option<&'a Member> {
 impl Mesh {
     /// Forgets every connection (the media peer is gone).
     pub fn reset(&mut self) {
+        let waiting: usize = self.pending.values().map(VecDeque::len).sum();
+        self.pending_dropped += waiting as u64;
+        self.pending.clear();
         self.links.clear();
         self.redial_at.clear();
         self.bulk_capable.clear();
@@ -162,6 +185,11 @@ impl Mesh {
             .copied()
             .chain(self.next_keepalive)
             .chain(self.absent_since.values().map(|t| t + MESH_DROP_GRACE_MS))
+            .chain(
+                self.pending
+                    .values()
+                    .filter_map(|q| q.front().map(|f| f.at + PENDING_MS)),
+            )
             .min()
     }
 
@@ -337,6 +365,7 @@ impl Mesh {
                 self.drop_remote(ctx, &id);
             }
         }
+        self.expire_pending(ctx, Some(roster));
         self.redial_at
             .retain(|(id, _), _| ids.contains(&id.as_str()));
         self.left.retain(|id| ids.contains(&id.as_str()));
@@ -365,6 +394,7 @@ impl Mesh {
 
     pub fn on_timeout(&mut self, ctx: &mut Ctx, roster: &Roster, am_host: bool) {
         let now = ctx.now.ms;
+        self.expire_pending(ctx, None);
         if self.next_keepalive.is_some_and(|t| t <= now) {
             self.keepalive(ctx);
         }
@@ -447,7 +477,7 @@ impl Mesh {
 
     /// A link opened (either direction). On sig: advertise bulk and, as host, resync that
     /// peer's grants.
-    pub fn on_open(&mut self, ctx: &mut Ctx, conn: ConnId, am_host: bool) {
+    pub fn on_open(&mut self, ctx: &mut Ctx, roster: &Roster, conn: ConnId, am_host: bool) {
         let now = ctx.now.ms;
         let Some(l) = self.links.get_mut(&conn) else {
             return;
@@ -465,6 +495,7 @@ impl Mesh {
         if am_host {
             self.send_caps(ctx, Some(&remote));
         }
+        self.flush(ctx, roster, &remote);
     }
 
     /// A link failed or closed: re-dial it after a pause if we are the dialling side.
@@ -698,12 +729,126 @@ impl Mesh {
                 );
                 continue;
             }
-            if let Some(c) = self.content_conn(&id) {
-                ctx.send(c, frame.clone());
-                sent += 1;
+            match self.content_conn(&id) {
+                Some(c) if !self.has_pending(&id) => ctx.send(c, frame.clone()),
+                // Its link is still opening (or not dialled yet): wait for it, in order.
+                _ => {
+                    let q = Queued {
+                        at: ctx.now.ms,
+                        frame: frame.clone(),
+                        what: what.clone(),
+                        need: need.clone(),
+                        control: false,
+                    };
+                    self.enqueue(ctx, &id, q);
+                }
             }
+            sent += 1;
         }
         Ok(sent)
+    }
+
+    /// Whether frames for `remote` wait in its queue.
+    fn has_pending(&self, remote: &str) -> bool {
+        self.pending.get(remote).is_some_and(|q| !q.is_empty())
+    }
+
+    /// Counts and audits one frame that will never go out.
+    fn drop_queued(&mut self, ctx: &mut Ctx, to: &str, what: String) {
+        self.pending_dropped += 1;
+        self.audit_event(
+            ctx,
+            AuditKind::Unsent {
+                to: to.to_owned(),
+                what,
+            },
+        );
+    }
+
+    /// Holds a frame for a member whose link is not open yet; beyond the bound it is dropped.
+    fn enqueue(&mut self, ctx: &mut Ctx, to: &str, q: Queued) {
+        let queue = self.pending.entry(to.to_owned()).or_default();
+        if queue.len() >= PENDING_MAX {
+            let what = q.what;
+            self.drop_queued(ctx, to, what);
+            return;
+        }
+        queue.push_back(q);
+    }
+
+    /// Sends what waits for `remote`, in order, once its sig channel is open. Content is
+    /// checked again against the grant in force now.
+    fn flush(&mut self, ctx: &mut Ctx, roster: &Roster, remote: &str) {
+        let Some(sig) = self.open_on(remote, Lane::Sig) else {
+            return;
+        };
+        let Some(queue) = self.pending.remove(remote) else {
+            return;
+        };
+        let content = self.content_conn(remote).unwrap_or(sig);
+        let g = self.grant_of(roster, remote, ctx.now.unix());
+        for q in queue {
+            if q.control {
+                ctx.send(sig, q.frame);
+            } else if q.need.iter().all(|p| g.perceives(*p)) {
+                ctx.send(content, q.frame);
+            } else {
+                self.audit_event(
+                    ctx,
+                    AuditKind::Withheld {
+                        to: remote.to_owned(),
+                        what: q.what,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Drops queued frames past their age, and the queues of members the roster dropped.
+    fn expire_pending(&mut self, ctx: &mut Ctx, roster: Option<&Roster>) {
+        let now = ctx.now.ms;
+        let mut dropped = Vec::new();
+        for (to, q) in &mut self.pending {
+            let gone = roster.is_some_and(|r| member(r, to).is_none());
+            while let Some(f) = q.front() {
+                if !gone && f.at + PENDING_MS > now {
+                    break;
+                }
+                if let Some(f) = q.pop_front() {
+                    dropped.push((to.clone(), f.what));
+                }
+            }
+        }
+        self.pending.retain(|_, q| !q.is_empty());
+        for (to, what) in dropped {
+            self.drop_queued(ctx, &to, what);
+        }
+    }
+
+    /// Sends a control frame on `remote`'s sig channel, or holds it until that opens.
+    #[allow(dead_code)] // the media plane sends its control frames through it
+    pub fn send_control(&mut self, ctx: &mut Ctx, remote: &str, c: &MeshControl) {
+        let Ok(frame) = to_value(c) else {
+            return;
+        };
+        match self.open_on(remote, Lane::Sig) {
+            Some(sig) if !self.has_pending(remote) => ctx.send(sig, frame),
+            _ => {
+                let what = frame
+                    .get("t")
+                    .and_then(Value::as_str)
+                    .unwrap_or("control")
+                    .to_owned();
+                let q = Queued {
+                    at: ctx.now.ms,
+                    frame,
+                    what,
+                    need: Vec::new(),
+                    control: true,
+                };
+                self.enqueue(ctx, remote, q);
+            }
+        }
     }
 
     /// A chat envelope as the web client builds it.

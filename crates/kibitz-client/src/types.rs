@@ -158,6 +158,14 @@ pub enum AuditKind {
         /// Who sent them (voiceId), or `"lapsed"` when the issuing host left.
         by: String,
     },
+    /// A frame for `to` never went out: its link did not open in time, too many waited, or
+    /// it left the roster first.
+    Unsent {
+        /// Recipient voiceId.
+        to: String,
+        /// Envelope kind or control tag.
+        what: String,
+    },
     /// A `caps` frame from someone other than the verified host was ignored.
     CapsRefused {
         /// Sender voiceId.

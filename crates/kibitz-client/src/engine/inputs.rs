@@ -177,7 +177,8 @@ impl Engine {
             self.mesh
                 .on_incoming(&mut self.ctx, conn, remote, label.as_deref());
             let am_host = self.am_crypto_host();
-            self.mesh.on_open(&mut self.ctx, conn, am_host);
+            self.mesh
+                .on_open(&mut self.ctx, &self.roster, conn, am_host);
             // Frames may have been held for this sender already.
             self.mesh.sync(&mut self.ctx, &self.roster, false);
             return;
@@ -192,7 +193,8 @@ impl Engine {
     fn on_open(&mut self, conn: ConnId) {
         if self.mesh.owns(conn) {
             let am_host = self.am_crypto_host();
-            self.mesh.on_open(&mut self.ctx, conn, am_host);
+            self.mesh
+                .on_open(&mut self.ctx, &self.roster, conn, am_host);
             return;
         }
         if let Phase::Participant(p) = &mut self.phase

@@ -250,6 +250,12 @@ impl Engine {
         &self.mesh.audit
     }
 
+    /// How many frames never went out because their recipient's link did not open in time
+    /// (or too many waited, or it left the roster first); each is also in the audit feed.
+    pub fn unsent_count(&self) -> u64 {
+        self.mesh.pending_dropped
+    }
+
     fn set_status(&mut self, s: Status) {
         if self.status != s {
             self.status = s.clone();
