@@ -28,6 +28,7 @@ mod authority;
 pub mod config;
 mod ctx;
 mod engine;
+mod media;
 mod mesh;
 pub mod net;
 pub mod sim;
@@ -37,8 +38,12 @@ pub mod wire;
 
 pub use config::{AgentIdentity, HostCommit, RoomConfig};
 pub use engine::Engine;
+pub use media::MediaLink;
 pub use mesh::{Lane, MeshLink};
-pub use net::{BULK_LABEL, ConnId, NetCmd, NetEvent, PeerFailure, PeerKey, Plane};
+pub use net::{
+    BULK_LABEL, ConnId, LaneGates, MediaLane, MediaMode, MediaSignal, NetCmd, NetEvent,
+    PeerFailure, PeerKey, Plane,
+};
 pub use types::{
     AuditEntry, AuditKind, Event, HostError, Input, Knocker, Message, Now, Output, Participant,
     SendError, Status,

@@ -64,6 +64,8 @@ struct Link {
     ours: bool,
     /// When anything last arrived (or it opened).
     last_recv: u64,
+    /// When it opened.
+    opened_at: u64,
     /// The remote sends the `mh` keepalive on it, so silence means it is dead.
     keepalive: bool,
     held: Vec<Value>,
@@ -77,6 +79,7 @@ impl Link {
             open: false,
             ours,
             last_recv: now,
+            opened_at: now,
             keepalive: false,
             held: Vec::new(),
         }
@@ -123,6 +126,9 @@ pub(crate) struct Mesh {
     pending: BTreeMap<String, VecDeque<Queued>>,
     /// Frames dropped from those queues (bound, age, member gone).
     pub pending_dropped: u64,
+    /// Per peer, the `mh` figures (kbps: in video, in audio, out video, out audio) the media
+    /// plane measured; zeros for peers without media.
+    pub mh_figures: BTreeMap<String, [u64; 4]>,
 }
 
 fn member<'a>(roster: &'a Roster, id: &str) -> Option<&'a Member> {
@@ -171,6 +177,13 @@ impl Mesh {
     fn open_on(&self, remote: &str, lane: Lane) -> Option<ConnId> {
         self.link_to(remote, lane)
             .filter(|c| self.links.get(c).is_some_and(|l| l.open))
+    }
+
+    /// Since when `remote`'s sig channel is open.
+    pub fn sig_open_since(&self, remote: &str) -> Option<u64> {
+        self.open_on(remote, Lane::Sig)
+            .and_then(|c| self.links.get(&c))
+            .map(|l| l.opened_at)
     }
 
     /// Where content to `remote` goes: bulk once open, else sig.
@@ -387,7 +400,8 @@ impl Mesh {
                 .map(|l| std::mem::take(&mut l.held))
                 .unwrap_or_default();
             for f in held {
-                self.on_data(ctx, roster, c, f, None);
+                // Held frames are content: nothing for the media plane.
+                let _ = self.on_data(ctx, roster, c, f, None);
             }
         }
     }
@@ -415,15 +429,6 @@ impl Mesh {
     fn keepalive(&mut self, ctx: &mut Ctx) {
         let now = ctx.now.ms;
         self.next_keepalive = None;
-        let zeros = MeshControl::Mh {
-            v: 0.0,
-            a: 0.0,
-            ov: 0.0,
-            oa: 0.0,
-        };
-        let Ok(frame) = to_value(&zeros) else {
-            return;
-        };
         let mut dead = Vec::new();
         let mut any = false;
         for (c, l) in &self.links {
@@ -435,7 +440,16 @@ impl Mesh {
                 continue;
             }
             any = true;
-            ctx.send(*c, frame.clone());
+            let [v, a, ov, oa] = self.mh_figures.get(&l.remote).copied().unwrap_or_default();
+            let mh = MeshControl::Mh {
+                v: v as f64,
+                a: a as f64,
+                ov: ov as f64,
+                oa: oa as f64,
+            };
+            if let Ok(frame) = to_value(&mh) {
+                ctx.send(*c, frame);
+            }
         }
         for (c, remote) in dead {
             self.close(ctx, c);
@@ -484,6 +498,7 @@ impl Mesh {
         };
         l.open = true;
         l.last_recv = now;
+        l.opened_at = now;
         if l.lane != Lane::Sig {
             return;
         }
@@ -560,7 +575,9 @@ impl Mesh {
     }
 
     /// A frame arrived on mesh connection `conn`. `host` is the roster's verified host when
-    /// the room commits a cryptographic host tier (only then are `caps` honoured).
+    /// the room commits a cryptographic host tier (only then are `caps` honoured). Returns
+    /// the control frames of the media plane that arrived on a sig channel, with their
+    /// sender, for [`crate::media`] (which checks membership itself).
     pub fn on_data(
         &mut self,
         ctx: &mut Ctx,
@@ -568,10 +585,8 @@ impl Mesh {
         conn: ConnId,
         frame: Value,
         crypto_host: Option<&str>,
-    ) {
-        let Some(link) = self.links.get_mut(&conn) else {
-            return;
-        };
+    ) -> Option<(String, MeshControl)> {
+        let link = self.links.get_mut(&conn)?;
         link.last_recv = ctx.now.ms;
         let from = link.remote.clone();
         let lane = link.lane;
@@ -579,20 +594,34 @@ impl Mesh {
             && let MeshFrame::Control(c) = MeshFrame::from_raw(frame.clone())
         {
             if lane == Lane::Sig {
-                self.on_control(ctx, roster, conn, &from, c);
+                self.on_control(ctx, roster, conn, &from, &c);
+                return Some((from, c));
             }
-            return;
+            if matches!(
+                c,
+                MeshControl::MSdp { .. } | MeshControl::MIce { .. } | MeshControl::MRecreate { .. }
+            ) {
+                // Media signalling rides sig only: anything else is not acted on.
+                self.audit_event(
+                    ctx,
+                    AuditKind::MediaRefused {
+                        from,
+                        what: control_tag(&c).into(),
+                    },
+                );
+            }
+            return None;
         }
         if member(roster, &from).is_none() {
             if link.held.len() < HELD_PER_CONN {
                 link.held.push(frame);
             }
-            return;
+            return None;
         }
         let content = match MeshFrame::from_raw(frame) {
             MeshFrame::Content(c) => c,
             // Unknown kinds are ignored by contract (§4.11).
-            MeshFrame::Control(_) | MeshFrame::Unknown(_) => return,
+            MeshFrame::Control(_) | MeshFrame::Unknown(_) => return None,
         };
         match &content {
             Content::Caps { .. } => {
@@ -603,7 +632,7 @@ impl Mesh {
                 } else {
                     self.audit_event(ctx, AuditKind::CapsRefused { from });
                 }
-                return;
+                return None;
             }
             Content::Idtoken { .. } => {}
             _ => {
@@ -618,7 +647,7 @@ impl Mesh {
                             what: kind_name(&content),
                         },
                     );
-                    return;
+                    return None;
                 }
             }
         }
@@ -628,6 +657,7 @@ impl Mesh {
             direct,
             content,
         }));
+        None
     }
 
     /// A control frame on a sig channel. Media negotiation and its health reports are for a
@@ -638,7 +668,7 @@ impl Mesh {
         roster: &Roster,
         conn: ConnId,
         from: &str,
-        c: MeshControl,
+        c: &MeshControl,
     ) {
         match c {
             MeshControl::Mh { .. } => {
@@ -646,7 +676,7 @@ impl Mesh {
                     l.keepalive = true;
                 }
             }
-            MeshControl::Cap { bulk: Some(1) } => {
+            &MeshControl::Cap { bulk: Some(1) } => {
                 let new = self.bulk_capable.insert(from.to_owned());
                 // A peer the roster does not list yet is dialled when it does (`sync`).
                 if new && member(roster, from).is_some() {
@@ -826,7 +856,6 @@ impl Mesh {
     }
 
     /// Sends a control frame on `remote`'s sig channel, or holds it until that opens.
-    #[allow(dead_code)] // the media plane sends its control frames through it
     pub fn send_control(&mut self, ctx: &mut Ctx, remote: &str, c: &MeshControl) {
         let Ok(frame) = to_value(c) else {
             return;
@@ -866,6 +895,20 @@ impl Mesh {
             from: Some(me),
             name: Some(name.to_owned()),
         })
+    }
+}
+
+/// A control frame's `t`, for the audit feed.
+pub(crate) fn control_tag(c: &MeshControl) -> &'static str {
+    match c {
+        MeshControl::Cap { .. } => "cap",
+        MeshControl::Mh { .. } => "mh",
+        MeshControl::MhDead => "mh-dead",
+        MeshControl::MDial => "m-dial",
+        MeshControl::MSdp { .. } => "m-sdp",
+        MeshControl::MIce { .. } => "m-ice",
+        MeshControl::MRecreate { .. } => "m-recreate",
+        MeshControl::Bye => "bye",
     }
 }
 

@@ -8,7 +8,7 @@ use kibitz_proto::content::Content;
 use kibitz_proto::grants::Grant;
 use kibitz_proto::presence::{LobbyStatus, Meta};
 
-use crate::net::{NetCmd, NetEvent};
+use crate::net::{MediaMode, NetCmd, NetEvent};
 
 /// The current time as the driver reads it: a monotonic clock and the wall clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -166,6 +166,14 @@ pub enum AuditKind {
         /// Envelope kind or control tag.
         what: String,
     },
+    /// A media signalling frame was not acted on: its sender is not in the roster, or it
+    /// came on a channel other than sig.
+    MediaRefused {
+        /// Sender voiceId.
+        from: String,
+        /// Its `t`.
+        what: String,
+    },
     /// A `caps` frame from someone other than the verified host was ignored.
     CapsRefused {
         /// Sender voiceId.
@@ -196,6 +204,18 @@ pub enum Event {
     Grants(BTreeMap<String, Grant>),
     /// An audit entry.
     Audit(AuditEntry),
+    /// A media connection with a peer is connected.
+    MediaConnected {
+        /// The peer's voiceId.
+        voice_id: String,
+        /// How.
+        mode: MediaMode,
+    },
+    /// A media connection with a peer ended.
+    MediaDisconnected {
+        /// The peer's voiceId.
+        voice_id: String,
+    },
     /// As authority: a host command was refused.
     HostCommandRefused {
         /// Why.
