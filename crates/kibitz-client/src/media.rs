@@ -289,10 +289,14 @@ impl Media {
         };
         if !p.open {
             if now >= p.created_at + MEDIA_STUCK_MS && p.stuck < MEDIA_STUCK_RETRIES {
+                // The answerer drops its half too and awaits the new offer (an offer from a
+                // new pc cannot land on its old one).
                 p.stuck += 1;
                 if let Some(conn) = p.conn.take() {
                     ctx.net(NetCmd::MediaClose { conn });
                 }
+                let relay = Some(p.relay);
+                mesh.send_control(ctx, id, &MeshControl::MRecreate { relay });
                 self.call(ctx, id, MediaMode::Owned);
             }
             return;
@@ -316,16 +320,8 @@ impl Media {
                     mesh.send_control(ctx, id, &MeshControl::MDial);
                 }
             }
-            Some(conn) if !p.open => {
-                if now >= p.created_at + MEDIA_STUCK_MS && p.stuck < MEDIA_STUCK_RETRIES {
-                    // Drop it and ask again: the initiator makes the pc.
-                    p.stuck += 1;
-                    p.conn = None;
-                    p.next_mdial = now;
-                    ctx.net(NetCmd::MediaClose { conn });
-                    mesh.send_control(ctx, id, &MeshControl::MhDead);
-                }
-            }
+            // Connecting: a stuck pc is the initiator's to re-make (with `m-recreate`).
+            Some(_) if !p.open => {}
             Some(_) => {
                 let never = p.in_total == 0 && now >= p.opened_at + MEDIA_RECOVER_MS;
                 let low = p.low_since.is_some_and(|t| now >= t + MEDIA_RECOVER_MS);
@@ -738,9 +734,9 @@ impl Media {
                 None if !initiator => t.push(p.next_mdial),
                 None => {}
                 Some(_) if !p.open => {
-                    t.extend(
-                        (p.stuck < MEDIA_STUCK_RETRIES).then_some(p.created_at + MEDIA_STUCK_MS),
-                    );
+                    if initiator && p.stuck < MEDIA_STUCK_RETRIES {
+                        t.push(p.created_at + MEDIA_STUCK_MS);
+                    }
                 }
                 Some(_) => {
                     if p.in_total == 0 {

@@ -189,6 +189,9 @@ pub struct Sim {
     silent: BTreeSet<NodeId>,
     media_cut: BTreeSet<(NodeId, NodeId)>,
     media_ticking: bool,
+    /// Nodes behaving as a legacy (v0.1.0) build on the mesh: no `cap` and no owned-media
+    /// frames reach them or leave them.
+    legacy: BTreeSet<NodeId>,
 }
 
 impl Sim {
@@ -219,6 +222,7 @@ impl Sim {
             silent: BTreeSet::new(),
             media_cut: BTreeSet::new(),
             media_ticking: false,
+            legacy: BTreeSet::new(),
         }
     }
 
@@ -328,6 +332,12 @@ impl Sim {
         if self.pcs.remove(&(node, conn)).is_some() {
             self.input(node, NetEvent::MediaClosed { conn, failed: true });
         }
+    }
+
+    /// Makes a node look like a legacy build to its mesh peers (and them to it): `cap`,
+    /// `m-sdp`, `m-ice`, `m-dial`, `m-recreate` and `mh-dead` to or from it are dropped.
+    pub fn set_legacy(&mut self, node: NodeId) {
+        self.legacy.insert(node);
     }
 
     /// A silent node sends no media (its pcs stay up).
@@ -728,6 +738,15 @@ impl Sim {
                     return;
                 }
                 let to = if l.a == from { l.b } else { l.a };
+                let owned_only = ["cap", "m-sdp", "m-ice", "m-dial", "m-recreate", "mh-dead"];
+                if (self.legacy.contains(&node) || self.legacy.contains(&to.node))
+                    && frame
+                        .get("t")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| owned_only.contains(&t))
+                {
+                    return;
+                }
                 let Ok(bytes) = binarypack::encode(&frame) else {
                     return;
                 };
