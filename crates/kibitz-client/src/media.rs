@@ -734,9 +734,10 @@ impl Media {
                 None if !initiator => t.push(p.next_mdial),
                 None => {}
                 Some(_) if !p.open => {
-                    if initiator && p.stuck < MEDIA_STUCK_RETRIES {
-                        t.push(p.created_at + MEDIA_STUCK_MS);
-                    }
+                    t.extend(
+                        (initiator && p.stuck < MEDIA_STUCK_RETRIES)
+                            .then_some(p.created_at + MEDIA_STUCK_MS),
+                    );
                 }
                 Some(_) => {
                     if p.in_total == 0 {

@@ -292,8 +292,10 @@ fn host_caps_under_a_key_tier_open_the_gates() {
     sim.run_for(6_000);
     let idg = id_of(&sim, g);
     assert_eq!(last_gates(&sim, c).0[&idg], DEAF);
-    let mut hear = Grant::default();
-    hear.perceive = vec![Perceive::HearAudio, Perceive::SeeScreen, Perceive::ReadChat];
+    let hear = Grant {
+        perceive: vec![Perceive::HearAudio, Perceive::SeeScreen, Perceive::ReadChat],
+        ..Grant::default()
+    };
     sim.with(h, |e, now| e.set_capability_grant(now, &idg, hear))
         .unwrap();
     assert_eq!(
