@@ -31,7 +31,7 @@ use kibitz_proto::presence::Roster;
 
 use crate::config::timing::{
     MEDIA_HEARTBEAT_MS, MEDIA_LEGACY_WAIT_MS, MEDIA_MAX_RECOVERIES, MEDIA_MIN_KBPS,
-    MEDIA_RECOVER_MS, MEDIA_STUCK_MS, MEDIA_STUCK_RETRIES,
+    MEDIA_RECOVER_MS, MEDIA_STUCK_MS, MEDIA_STUCK_RETRIES, MESH_DROP_GRACE_MS,
 };
 use crate::ctx::Ctx;
 use crate::mesh::{Mesh, control_tag};
@@ -85,6 +85,8 @@ struct Peer {
     low_since: Option<u64>,
     /// The peer's last `mh` says it sends to us.
     remote_sending: bool,
+    /// Since when the roster does not list it.
+    absent_since: Option<u64>,
 }
 
 impl Peer {
@@ -203,12 +205,24 @@ impl Media {
             .map(|m| m.id.as_str())
             .filter(|id| *id != me)
             .collect();
-        // Peers gone from the roster: media goes at once (legacy re-calls when they return).
+        // Peers gone from the roster: legacy media goes at once (it is re-called when they
+        // return); owned media after the roster-drop grace (a migration's roster gap).
+        for (id, p) in &mut self.peers {
+            if ids.contains(id.as_str()) {
+                p.absent_since = None;
+            } else {
+                p.absent_since.get_or_insert(now);
+            }
+        }
         let gone: Vec<String> = self
             .peers
-            .keys()
-            .filter(|id| !ids.contains(id.as_str()))
-            .cloned()
+            .iter()
+            .filter(|(_, p)| {
+                p.absent_since.is_some_and(|t| {
+                    p.mode != Some(MediaMode::Owned) || now >= t + MESH_DROP_GRACE_MS
+                })
+            })
+            .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
             if let Some(p) = self.peers.remove(&id)
@@ -233,6 +247,15 @@ impl Media {
             let p = self.peers.entry(id.to_owned()).or_default();
             if p.mode.is_none() && seen {
                 p.mode = Some(MediaMode::Owned);
+            }
+            // A sign of owned media after we fell back to a legacy call that never connected
+            // (an owned build never answers one): switch.
+            if seen && initiator && p.mode == Some(MediaMode::Legacy) && !p.open {
+                if let Some(conn) = p.conn.take() {
+                    ctx.net(NetCmd::MediaClose { conn });
+                }
+                p.mode = Some(MediaMode::Owned);
+                p.dialled = false;
             }
             if initiator && p.mode.is_none() && sig.is_some_and(|t| now >= t + MEDIA_LEGACY_WAIT_MS)
             {
@@ -722,6 +745,10 @@ impl Media {
         let me = mesh.self_id.as_deref()?;
         let mut t: Vec<u64> = Vec::new();
         for (id, p) in &self.peers {
+            if let Some(since) = p.absent_since {
+                t.push(since + MESH_DROP_GRACE_MS);
+                continue;
+            }
             let initiator = should_initiate(me, id);
             let sig = mesh.sig_open_since(id);
             if initiator && p.mode.is_none() && !self.owned_seen.contains(id) {

@@ -410,3 +410,70 @@ fn media_off_emits_no_media_commands() {
     let (cmds, _) = drain(&mut e);
     assert!(!cmds.iter().any(|c| matches!(c, NetCmd::MediaGates { .. })));
 }
+
+#[test]
+fn a_member_leaving_the_roster_ends_owned_media_after_the_grace_legacy_at_once() {
+    for legacy in [false, true] {
+        let (mut e, _, sig) = room_with("vz", 100);
+        let pc = if legacy {
+            run(&mut e, 100, 2_100)
+                .into_iter()
+                .find_map(|(_, c)| match c {
+                    NetCmd::MediaCall { conn, .. } => Some(conn),
+                    _ => None,
+                })
+                .unwrap()
+        } else {
+            data(&mut e, 110, sig, json!({"t": "cap", "bulk": 1}))
+                .into_iter()
+                .find_map(|c| match c {
+                    NetCmd::MediaCall { conn, .. } => Some(conn),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        // Bob's presence link closes: the authority drops him from the roster.
+        let cmds = net(
+            &mut e,
+            3_000,
+            NetEvent::Closed {
+                conn: ConnId::incoming(1),
+            },
+        );
+        let closed_now = cmds.contains(&NetCmd::MediaClose { conn: pc });
+        assert_eq!(closed_now, legacy);
+        if !legacy {
+            let timed = run(&mut e, 3_000, 10_000);
+            let at = timed
+                .iter()
+                .find(|(_, c)| *c == NetCmd::MediaClose { conn: pc })
+                .map(|(t, _)| *t);
+            assert_eq!(at, Some(10_000), "after the 7 s roster-drop grace");
+        }
+    }
+}
+
+#[test]
+fn a_late_cap_turns_an_unanswered_legacy_call_into_owned_media() {
+    let (mut e, _, sig) = room_with("vz", 100);
+    let legacy = run(&mut e, 100, 2_100)
+        .into_iter()
+        .find_map(|(_, c)| match c {
+            NetCmd::MediaCall {
+                conn,
+                mode: MediaMode::Legacy,
+                ..
+            } => Some(conn),
+            _ => None,
+        })
+        .unwrap();
+    let cmds = data(&mut e, 2_500, sig, json!({"t": "cap", "bulk": 1}));
+    assert!(cmds.contains(&NetCmd::MediaClose { conn: legacy }));
+    assert!(cmds.iter().any(|c| matches!(
+        c,
+        NetCmd::MediaCall {
+            mode: MediaMode::Owned,
+            ..
+        }
+    )));
+}
