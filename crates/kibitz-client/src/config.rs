@@ -39,6 +39,26 @@ pub mod timing {
     pub const MESH_KEEPALIVE_MS: u64 = 2_000;
     /// A sig channel whose keepalive stopped this long ago is dead, open or not.
     pub const SIG_DEAD_MS: u64 = 8_000;
+    /// Frames for a member whose link is still opening wait at most this many, per member.
+    pub const PENDING_MAX: usize = 64;
+    /// ... and at most this long (ms).
+    pub const PENDING_MS: u64 = 10_000;
+    /// Media: an initiator whose peer showed no sign of owned media (`cap`, `m-sdp`, `m-dial`)
+    /// this long after sig opened calls it the legacy way.
+    pub const MEDIA_LEGACY_WAIT_MS: u64 = 2_000;
+    /// Media heartbeat: `m-dial` from an answerer without a pc, the initiator's pc retry.
+    pub const MEDIA_HEARTBEAT_MS: u64 = 2_000;
+    /// Media: inbound below [`MEDIA_MIN_KBPS`] this long (while the peer says it sends), or
+    /// nothing at all this long after connecting, starts a recovery.
+    pub const MEDIA_RECOVER_MS: u64 = 9_000;
+    /// Media: inbound below this (kbps) counts as no flow.
+    pub const MEDIA_MIN_KBPS: u64 = 1;
+    /// Media: recoveries before giving up (the budget resets when both directions flow).
+    pub const MEDIA_MAX_RECOVERIES: u32 = 3;
+    /// Media: a pc not connected this long after it was made is dropped and re-made.
+    pub const MEDIA_STUCK_MS: u64 = 8_000;
+    /// Media: ... at most this many times in a row.
+    pub const MEDIA_STUCK_RETRIES: u32 = 3;
     /// Re-sign an agent assertion this often (it is valid for 300 s).
     pub const ASSERTION_RESIGN_MS: u64 = 240_000;
 }
@@ -120,6 +140,10 @@ pub struct RoomConfig {
     pub verifier: Option<Box<dyn Verifier>>,
     /// Seed for the engine's own ids (host command `jti`s, message ids).
     pub seed: u64,
+    /// Run the media plane (MEDIA.md): the engine emits media commands for the transport.
+    pub media: bool,
+    /// Camera on at start (`cam` in our announces; [`crate::Engine::set_cam`] changes it).
+    pub cam: bool,
 }
 
 impl RoomConfig {
@@ -139,6 +163,8 @@ impl RoomConfig {
             agent: None,
             verifier: None,
             seed: 0,
+            media: true,
+            cam: false,
         }
     }
 }

@@ -15,6 +15,19 @@
 //! never `None`, a drained engine says when it next wants time. `kibitz-rtc`'s `PeerCore` has
 //! the same shape.
 //!
+//! # Media
+//! With [`RoomConfig::media`] on (the default) the engine also runs the media plane's room
+//! logic (MEDIA.md): per peer it picks legacy (PeerJS calls) or owned (a pc signalled on the
+//! mesh's sig channel) media, decides who calls, recovers owned connections (ICE restart,
+//! re-create, relay-only), fills `mh` with measured kbps, and gates each peer's lanes by its
+//! grant. It emits media [`NetCmd`]s and takes media [`NetEvent`]s; [`net`] documents what the
+//! transport must do for each. [`Engine::media_links`] shows the state per peer.
+//!
+//! # No lost lines
+//! Content and sig control frames for a roster member whose mesh link is still opening wait
+//! in a bounded per-member queue and go out in order when it opens
+//! ([`Engine::unsent_count`] counts what never did).
+//!
 //! # Errors
 //! Frames from the network are never trusted: malformed or unknown frames are ignored (the
 //! wire is additive-only), oversized credentials are refused, and no input panics.
@@ -28,6 +41,7 @@ mod authority;
 pub mod config;
 mod ctx;
 mod engine;
+mod media;
 mod mesh;
 pub mod net;
 pub mod sim;
@@ -37,8 +51,12 @@ pub mod wire;
 
 pub use config::{AgentIdentity, HostCommit, RoomConfig};
 pub use engine::Engine;
+pub use media::MediaLink;
 pub use mesh::{Lane, MeshLink};
-pub use net::{BULK_LABEL, ConnId, NetCmd, NetEvent, PeerFailure, PeerKey, Plane};
+pub use net::{
+    BULK_LABEL, ConnId, LaneGates, MediaLane, MediaMode, MediaSignal, NetCmd, NetEvent,
+    PeerFailure, PeerKey, Plane,
+};
 pub use types::{
     AuditEntry, AuditKind, Event, HostError, Input, Knocker, Message, Now, Output, Participant,
     SendError, Status,

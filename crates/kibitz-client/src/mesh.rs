@@ -12,7 +12,7 @@
 //! recipient whose grant does not allow it, and content from a sender without `send-chat` is
 //! dropped.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use kibitz_proto::binarypack::{Value, to_value};
 use kibitz_proto::content::{Chat, Content};
@@ -20,7 +20,9 @@ use kibitz_proto::grants::{Act, Grant, Perceive, Role, effective_grant};
 use kibitz_proto::mesh::{MeshControl, MeshFrame, should_initiate};
 use kibitz_proto::presence::{Member, Roster};
 
-use crate::config::timing::{MESH_DROP_GRACE_MS, MESH_KEEPALIVE_MS, MESH_REDIAL_MS, SIG_DEAD_MS};
+use crate::config::timing::{
+    MESH_DROP_GRACE_MS, MESH_KEEPALIVE_MS, MESH_REDIAL_MS, PENDING_MAX, PENDING_MS, SIG_DEAD_MS,
+};
 use crate::ctx::Ctx;
 use crate::net::{BULK_LABEL, ConnId, NetCmd, PeerKey};
 use crate::types::{AuditEntry, AuditKind, Event, Message, SendError};
@@ -62,6 +64,8 @@ struct Link {
     ours: bool,
     /// When anything last arrived (or it opened).
     last_recv: u64,
+    /// When it opened.
+    opened_at: u64,
     /// The remote sends the `mh` keepalive on it, so silence means it is dead.
     keepalive: bool,
     held: Vec<Value>,
@@ -75,10 +79,25 @@ impl Link {
             open: false,
             ours,
             last_recv: now,
+            opened_at: now,
             keepalive: false,
             held: Vec::new(),
         }
     }
+}
+
+/// A frame waiting for a member's link to open (the member is in the roster, its link is not
+/// up yet): sent in order once it opens, dropped once too old or too many.
+#[derive(Debug)]
+struct Queued {
+    at: u64,
+    frame: Value,
+    /// The envelope kind or control tag, for the audit feed.
+    what: String,
+    /// What the recipient must perceive (re-checked at flush: grants may change meanwhile).
+    need: Vec<Perceive>,
+    /// A control frame (sig only), not content.
+    control: bool,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +122,13 @@ pub(crate) struct Mesh {
     pub host_grants: BTreeMap<String, Grant>,
     pub audit: Vec<AuditEntry>,
     seq: u64,
+    /// Per member: frames waiting for its link to open.
+    pending: BTreeMap<String, VecDeque<Queued>>,
+    /// Frames dropped from those queues (bound, age, member gone).
+    pub pending_dropped: u64,
+    /// Per peer, the `mh` figures (kbps: in video, in audio, out video, out audio) the media
+    /// plane measured; zeros for peers without media.
+    pub mh_figures: BTreeMap<String, [u64; 4]>,
 }
 
 fn member<'a>(roster: &'a Roster, id: &str) -> Option<&'a Member> {
@@ -112,6 +138,9 @@ fn member<'a>(roster: &'a Roster, id: &str) -> Option<&'a Member> {
 impl Mesh {
     /// Forgets every connection (the media peer is gone).
     pub fn reset(&mut self) {
+        let waiting: usize = self.pending.values().map(VecDeque::len).sum();
+        self.pending_dropped += waiting as u64;
+        self.pending.clear();
         self.links.clear();
         self.redial_at.clear();
         self.bulk_capable.clear();
@@ -150,6 +179,13 @@ impl Mesh {
             .filter(|c| self.links.get(c).is_some_and(|l| l.open))
     }
 
+    /// Since when `remote`'s sig channel is open.
+    pub fn sig_open_since(&self, remote: &str) -> Option<u64> {
+        self.open_on(remote, Lane::Sig)
+            .and_then(|c| self.links.get(&c))
+            .map(|l| l.opened_at)
+    }
+
     /// Where content to `remote` goes: bulk once open, else sig.
     fn content_conn(&self, remote: &str) -> Option<ConnId> {
         self.open_on(remote, Lane::Bulk)
@@ -162,6 +198,11 @@ impl Mesh {
             .copied()
             .chain(self.next_keepalive)
             .chain(self.absent_since.values().map(|t| t + MESH_DROP_GRACE_MS))
+            .chain(
+                self.pending
+                    .values()
+                    .filter_map(|q| q.front().map(|f| f.at + PENDING_MS)),
+            )
             .min()
     }
 
@@ -337,6 +378,7 @@ impl Mesh {
                 self.drop_remote(ctx, &id);
             }
         }
+        self.expire_pending(ctx, Some(roster));
         self.redial_at
             .retain(|(id, _), _| ids.contains(&id.as_str()));
         self.left.retain(|id| ids.contains(&id.as_str()));
@@ -358,13 +400,15 @@ impl Mesh {
                 .map(|l| std::mem::take(&mut l.held))
                 .unwrap_or_default();
             for f in held {
-                self.on_data(ctx, roster, c, f, None);
+                // Held frames are content: nothing for the media plane.
+                let _ = self.on_data(ctx, roster, c, f, None);
             }
         }
     }
 
     pub fn on_timeout(&mut self, ctx: &mut Ctx, roster: &Roster, am_host: bool) {
         let now = ctx.now.ms;
+        self.expire_pending(ctx, None);
         if self.next_keepalive.is_some_and(|t| t <= now) {
             self.keepalive(ctx);
         }
@@ -385,15 +429,6 @@ impl Mesh {
     fn keepalive(&mut self, ctx: &mut Ctx) {
         let now = ctx.now.ms;
         self.next_keepalive = None;
-        let zeros = MeshControl::Mh {
-            v: 0.0,
-            a: 0.0,
-            ov: 0.0,
-            oa: 0.0,
-        };
-        let Ok(frame) = to_value(&zeros) else {
-            return;
-        };
         let mut dead = Vec::new();
         let mut any = false;
         for (c, l) in &self.links {
@@ -405,7 +440,16 @@ impl Mesh {
                 continue;
             }
             any = true;
-            ctx.send(*c, frame.clone());
+            let [v, a, ov, oa] = self.mh_figures.get(&l.remote).copied().unwrap_or_default();
+            let mh = MeshControl::Mh {
+                v: v as f64,
+                a: a as f64,
+                ov: ov as f64,
+                oa: oa as f64,
+            };
+            if let Ok(frame) = to_value(&mh) {
+                ctx.send(*c, frame);
+            }
         }
         for (c, remote) in dead {
             self.close(ctx, c);
@@ -447,13 +491,14 @@ impl Mesh {
 
     /// A link opened (either direction). On sig: advertise bulk and, as host, resync that
     /// peer's grants.
-    pub fn on_open(&mut self, ctx: &mut Ctx, conn: ConnId, am_host: bool) {
+    pub fn on_open(&mut self, ctx: &mut Ctx, roster: &Roster, conn: ConnId, am_host: bool) {
         let now = ctx.now.ms;
         let Some(l) = self.links.get_mut(&conn) else {
             return;
         };
         l.open = true;
         l.last_recv = now;
+        l.opened_at = now;
         if l.lane != Lane::Sig {
             return;
         }
@@ -465,6 +510,7 @@ impl Mesh {
         if am_host {
             self.send_caps(ctx, Some(&remote));
         }
+        self.flush(ctx, roster, &remote);
     }
 
     /// A link failed or closed: re-dial it after a pause if we are the dialling side.
@@ -529,7 +575,9 @@ impl Mesh {
     }
 
     /// A frame arrived on mesh connection `conn`. `host` is the roster's verified host when
-    /// the room commits a cryptographic host tier (only then are `caps` honoured).
+    /// the room commits a cryptographic host tier (only then are `caps` honoured). Returns
+    /// the control frames of the media plane that arrived on a sig channel, with their
+    /// sender, for [`crate::media`] (which checks membership itself).
     pub fn on_data(
         &mut self,
         ctx: &mut Ctx,
@@ -537,10 +585,8 @@ impl Mesh {
         conn: ConnId,
         frame: Value,
         crypto_host: Option<&str>,
-    ) {
-        let Some(link) = self.links.get_mut(&conn) else {
-            return;
-        };
+    ) -> Option<(String, MeshControl)> {
+        let link = self.links.get_mut(&conn)?;
         link.last_recv = ctx.now.ms;
         let from = link.remote.clone();
         let lane = link.lane;
@@ -548,20 +594,34 @@ impl Mesh {
             && let MeshFrame::Control(c) = MeshFrame::from_raw(frame.clone())
         {
             if lane == Lane::Sig {
-                self.on_control(ctx, roster, conn, &from, c);
+                self.on_control(ctx, roster, conn, &from, &c);
+                return Some((from, c));
             }
-            return;
+            if matches!(
+                c,
+                MeshControl::MSdp { .. } | MeshControl::MIce { .. } | MeshControl::MRecreate { .. }
+            ) {
+                // Media signalling rides sig only: anything else is not acted on.
+                self.audit_event(
+                    ctx,
+                    AuditKind::MediaRefused {
+                        from,
+                        what: control_tag(&c).into(),
+                    },
+                );
+            }
+            return None;
         }
         if member(roster, &from).is_none() {
             if link.held.len() < HELD_PER_CONN {
                 link.held.push(frame);
             }
-            return;
+            return None;
         }
         let content = match MeshFrame::from_raw(frame) {
             MeshFrame::Content(c) => c,
             // Unknown kinds are ignored by contract (§4.11).
-            MeshFrame::Control(_) | MeshFrame::Unknown(_) => return,
+            MeshFrame::Control(_) | MeshFrame::Unknown(_) => return None,
         };
         match &content {
             Content::Caps { .. } => {
@@ -572,7 +632,7 @@ impl Mesh {
                 } else {
                     self.audit_event(ctx, AuditKind::CapsRefused { from });
                 }
-                return;
+                return None;
             }
             Content::Idtoken { .. } => {}
             _ => {
@@ -587,7 +647,7 @@ impl Mesh {
                             what: kind_name(&content),
                         },
                     );
-                    return;
+                    return None;
                 }
             }
         }
@@ -597,6 +657,7 @@ impl Mesh {
             direct,
             content,
         }));
+        None
     }
 
     /// A control frame on a sig channel. Media negotiation and its health reports are for a
@@ -607,7 +668,7 @@ impl Mesh {
         roster: &Roster,
         conn: ConnId,
         from: &str,
-        c: MeshControl,
+        c: &MeshControl,
     ) {
         match c {
             MeshControl::Mh { .. } => {
@@ -615,7 +676,7 @@ impl Mesh {
                     l.keepalive = true;
                 }
             }
-            MeshControl::Cap { bulk: Some(1) } => {
+            &MeshControl::Cap { bulk: Some(1) } => {
                 let new = self.bulk_capable.insert(from.to_owned());
                 // A peer the roster does not list yet is dialled when it does (`sync`).
                 if new && member(roster, from).is_some() {
@@ -698,12 +759,125 @@ impl Mesh {
                 );
                 continue;
             }
-            if let Some(c) = self.content_conn(&id) {
-                ctx.send(c, frame.clone());
-                sent += 1;
+            match self.content_conn(&id) {
+                Some(c) if !self.has_pending(&id) => ctx.send(c, frame.clone()),
+                // Its link is still opening (or not dialled yet): wait for it, in order.
+                _ => {
+                    let q = Queued {
+                        at: ctx.now.ms,
+                        frame: frame.clone(),
+                        what: what.clone(),
+                        need: need.clone(),
+                        control: false,
+                    };
+                    self.enqueue(ctx, &id, q);
+                }
             }
+            sent += 1;
         }
         Ok(sent)
+    }
+
+    /// Whether frames for `remote` wait in its queue.
+    fn has_pending(&self, remote: &str) -> bool {
+        self.pending.get(remote).is_some_and(|q| !q.is_empty())
+    }
+
+    /// Counts and audits one frame that will never go out.
+    fn drop_queued(&mut self, ctx: &mut Ctx, to: &str, what: String) {
+        self.pending_dropped += 1;
+        self.audit_event(
+            ctx,
+            AuditKind::Unsent {
+                to: to.to_owned(),
+                what,
+            },
+        );
+    }
+
+    /// Holds a frame for a member whose link is not open yet; beyond the bound it is dropped.
+    fn enqueue(&mut self, ctx: &mut Ctx, to: &str, q: Queued) {
+        let queue = self.pending.entry(to.to_owned()).or_default();
+        if queue.len() >= PENDING_MAX {
+            let what = q.what;
+            self.drop_queued(ctx, to, what);
+            return;
+        }
+        queue.push_back(q);
+    }
+
+    /// Sends what waits for `remote`, in order, once its sig channel is open. Content is
+    /// checked again against the grant in force now.
+    fn flush(&mut self, ctx: &mut Ctx, roster: &Roster, remote: &str) {
+        let Some(sig) = self.open_on(remote, Lane::Sig) else {
+            return;
+        };
+        let Some(queue) = self.pending.remove(remote) else {
+            return;
+        };
+        let content = self.content_conn(remote).unwrap_or(sig);
+        let g = self.grant_of(roster, remote, ctx.now.unix());
+        for q in queue {
+            if q.control {
+                ctx.send(sig, q.frame);
+            } else if q.need.iter().all(|p| g.perceives(*p)) {
+                ctx.send(content, q.frame);
+            } else {
+                self.audit_event(
+                    ctx,
+                    AuditKind::Withheld {
+                        to: remote.to_owned(),
+                        what: q.what,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Drops queued frames past their age, and the queues of members the roster dropped.
+    fn expire_pending(&mut self, ctx: &mut Ctx, roster: Option<&Roster>) {
+        let now = ctx.now.ms;
+        let mut dropped = Vec::new();
+        for (to, q) in &mut self.pending {
+            let gone = roster.is_some_and(|r| member(r, to).is_none());
+            while let Some(f) = q.front() {
+                if !gone && f.at + PENDING_MS > now {
+                    break;
+                }
+                if let Some(f) = q.pop_front() {
+                    dropped.push((to.clone(), f.what));
+                }
+            }
+        }
+        self.pending.retain(|_, q| !q.is_empty());
+        for (to, what) in dropped {
+            self.drop_queued(ctx, &to, what);
+        }
+    }
+
+    /// Sends a control frame on `remote`'s sig channel, or holds it until that opens.
+    pub fn send_control(&mut self, ctx: &mut Ctx, remote: &str, c: &MeshControl) {
+        let Ok(frame) = to_value(c) else {
+            return;
+        };
+        match self.open_on(remote, Lane::Sig) {
+            Some(sig) if !self.has_pending(remote) => ctx.send(sig, frame),
+            _ => {
+                let what = frame
+                    .get("t")
+                    .and_then(Value::as_str)
+                    .unwrap_or("control")
+                    .to_owned();
+                let q = Queued {
+                    at: ctx.now.ms,
+                    frame,
+                    what,
+                    need: Vec::new(),
+                    control: true,
+                };
+                self.enqueue(ctx, remote, q);
+            }
+        }
     }
 
     /// A chat envelope as the web client builds it.
@@ -721,6 +895,20 @@ impl Mesh {
             from: Some(me),
             name: Some(name.to_owned()),
         })
+    }
+}
+
+/// A control frame's `t`, for the audit feed.
+pub(crate) fn control_tag(c: &MeshControl) -> &'static str {
+    match c {
+        MeshControl::Cap { .. } => "cap",
+        MeshControl::Mh { .. } => "mh",
+        MeshControl::MhDead => "mh-dead",
+        MeshControl::MDial => "m-dial",
+        MeshControl::MSdp { .. } => "m-sdp",
+        MeshControl::MIce { .. } => "m-ice",
+        MeshControl::MRecreate { .. } => "m-recreate",
+        MeshControl::Bye => "bye",
     }
 }
 

@@ -10,16 +10,22 @@
 //!
 //! The broker itself is always reachable: partitions cut peer-to-peer paths only.
 //! Everything is driven by one seed; the same seed replays the same run.
+//!
+//! Media is faked at the level of the engine's media commands: a legacy call reaches its
+//! callee through the broker, an owned pc "offers" an SDP naming itself, and a pair whose
+//! descriptions are both set connects after [`MediaNet::open_ms`]. Every open pc reports
+//! cumulative byte counts each second; tests can silence a node, cut media one way, fail a
+//! pc, or keep pcs from ever connecting. Every media command is logged with its time.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use kibitz_proto::SplitMix64;
 use kibitz_proto::binarypack::{self, Value};
 
 use crate::config::RoomConfig;
 use crate::engine::Engine;
-use crate::net::{ConnId, NetCmd, NetEvent, PeerFailure, PeerKey};
+use crate::net::{ConnId, MediaMode, MediaSignal, NetCmd, NetEvent, PeerFailure, PeerKey};
 use crate::types::{Event, Input, Now, Output};
 
 /// The broker's offline-message expiry: a dial to an unknown id fails after this (ms).
@@ -49,6 +55,38 @@ impl Default for NetConfig {
             retransmit: (200, 1_000),
         }
     }
+}
+
+/// The fake media network's shape.
+#[derive(Debug, Clone)]
+pub struct MediaNet {
+    /// A pc pair connects this long after both descriptions are set (a call: after the
+    /// answer), ms.
+    pub open_ms: u64,
+    /// Pcs never connect (stuck-connect).
+    pub never_open: bool,
+    /// What a sending pc pushes, bytes per second: audio, video.
+    pub rate: (u64, u64),
+}
+
+impl Default for MediaNet {
+    fn default() -> Self {
+        Self {
+            open_ms: 300,
+            never_open: false,
+            rate: (4_000, 50_000),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pc {
+    /// The other end, once known.
+    peer: Option<(NodeId, ConnId)>,
+    open: bool,
+    legacy: bool,
+    /// Cumulative: audio in, video in, audio out, video out.
+    bytes: [u64; 4],
 }
 
 /// A node's index.
@@ -110,6 +148,10 @@ enum Action {
     IceCheck {
         epoch: u64,
     },
+    /// A media pc connects.
+    MediaOpen(NodeId, ConnId),
+    /// Every open pc reports its byte counts.
+    MediaTick,
 }
 
 /// The simulated network with its engines.
@@ -140,6 +182,16 @@ pub struct Sim {
     held: Vec<(u64, End, Vec<u8>)>,
     /// Frames sent (a measure for tests and benchmarks).
     pub frames_sent: u64,
+    /// Media network shape (may be changed between steps).
+    pub media_net: MediaNet,
+    pcs: BTreeMap<(NodeId, ConnId), Pc>,
+    media_log: Vec<(u64, NodeId, NetCmd)>,
+    silent: BTreeSet<NodeId>,
+    media_cut: BTreeSet<(NodeId, NodeId)>,
+    media_ticking: bool,
+    /// Nodes behaving as a legacy (v0.1.0) build on the mesh: no `cap` and no owned-media
+    /// frames reach them or leave them.
+    legacy: BTreeSet<NodeId>,
 }
 
 impl Sim {
@@ -164,6 +216,13 @@ impl Sim {
             partition_epoch: 0,
             held: Vec::new(),
             frames_sent: 0,
+            media_net: MediaNet::default(),
+            pcs: BTreeMap::new(),
+            media_log: Vec::new(),
+            silent: BTreeSet::new(),
+            media_cut: BTreeSet::new(),
+            media_ticking: false,
+            legacy: BTreeSet::new(),
         }
     }
 
@@ -252,6 +311,246 @@ impl Sim {
     /// Whether no node was added.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+
+    /// Every media command the engines issued: (time, node, command).
+    pub fn media_log(&self) -> &[(u64, NodeId, NetCmd)] {
+        &self.media_log
+    }
+
+    /// A node's media pcs: (connection, the other end's node, connected).
+    pub fn media_pcs(&self, node: NodeId) -> Vec<(ConnId, Option<NodeId>, bool)> {
+        self.pcs
+            .iter()
+            .filter(|((n, _), _)| *n == node)
+            .map(|((_, c), pc)| (*c, pc.peer.map(|(n, _)| n), pc.open))
+            .collect()
+    }
+
+    /// Fails a node's media pc now (ICE failed): it reports `MediaClosed { failed: true }`.
+    pub fn media_fail(&mut self, node: NodeId, conn: ConnId) {
+        if self.pcs.remove(&(node, conn)).is_some() {
+            self.input(node, NetEvent::MediaClosed { conn, failed: true });
+        }
+    }
+
+    /// Makes a node look like a legacy build to its mesh peers (and them to it): `cap`,
+    /// `m-sdp`, `m-ice`, `m-dial`, `m-recreate` and `mh-dead` to or from it are dropped.
+    pub fn set_legacy(&mut self, node: NodeId) {
+        self.legacy.insert(node);
+    }
+
+    /// A silent node sends no media (its pcs stay up).
+    pub fn set_media_silent(&mut self, node: NodeId, silent: bool) {
+        if silent {
+            self.silent.insert(node);
+        } else {
+            self.silent.remove(&node);
+        }
+    }
+
+    /// Media from `from` stops reaching `to` (or flows again).
+    pub fn cut_media(&mut self, from: NodeId, to: NodeId, cut: bool) {
+        if cut {
+            self.media_cut.insert((from, to));
+        } else {
+            self.media_cut.remove(&(from, to));
+        }
+    }
+
+    fn media_command(&mut self, node: NodeId, cmd: NetCmd) {
+        self.media_log.push((self.now.ms, node, cmd.clone()));
+        if !self.media_ticking {
+            self.media_ticking = true;
+            self.schedule(1_000, Action::MediaTick);
+        }
+        let offer = |node: NodeId, conn: ConnId| NetEvent::MediaLocalSignal {
+            conn,
+            signal: MediaSignal::Sdp {
+                offer: true,
+                sdp: format!("sim {node} {}", conn.0),
+            },
+        };
+        match cmd {
+            NetCmd::MediaCall {
+                conn, remote, mode, ..
+            } => {
+                if mode == MediaMode::Owned {
+                    let pc = Pc {
+                        peer: None,
+                        open: false,
+                        legacy: false,
+                        bytes: [0; 4],
+                    };
+                    self.pcs.insert((node, conn), pc);
+                    self.deliver(node, 1, offer(node, conn));
+                    let cand = NetEvent::MediaLocalSignal {
+                        conn,
+                        signal: MediaSignal::Candidate(Default::default()),
+                    };
+                    self.deliver(node, 2, cand);
+                    return;
+                }
+                let Some(&(to, _)) = self.ids.get(&remote) else {
+                    self.deliver(
+                        node,
+                        EXPIRE_MS,
+                        NetEvent::MediaClosed { conn, failed: true },
+                    );
+                    return;
+                };
+                let caller = self.nodes[node].engine.voice_id().unwrap_or("").to_owned();
+                self.nodes[to].next_incoming += 1;
+                let inc = ConnId::incoming(self.nodes[to].next_incoming);
+                for (a, b) in [((node, conn), (to, inc)), ((to, inc), (node, conn))] {
+                    let pc = Pc {
+                        peer: Some(b),
+                        open: false,
+                        legacy: true,
+                        bytes: [0; 4],
+                    };
+                    self.pcs.insert(a, pc);
+                }
+                let d = self.range(self.net.broker_latency);
+                self.deliver(
+                    to,
+                    d,
+                    NetEvent::MediaIncomingCall {
+                        conn: inc,
+                        remote: caller,
+                    },
+                );
+            }
+            NetCmd::MediaAnswerCall { conn } => {
+                if let Some(peer) = self.pcs.get(&(node, conn)).and_then(|p| p.peer) {
+                    self.media_connect((node, conn), peer);
+                }
+            }
+            NetCmd::MediaSignal {
+                conn: Some(conn),
+                signal:
+                    MediaSignal::Sdp {
+                        offer: is_offer,
+                        sdp,
+                    },
+                ..
+            } => {
+                let mut words = sdp.split(' ').skip(1).map(|w| w.parse::<u64>().ok());
+                let (Some(Some(n)), Some(Some(c))) = (words.next(), words.next()) else {
+                    return;
+                };
+                let Ok(n) = usize::try_from(n) else {
+                    return;
+                };
+                let peer = (n, ConnId(c));
+                let pc = self.pcs.entry((node, conn)).or_insert(Pc {
+                    peer: None,
+                    open: false,
+                    legacy: false,
+                    bytes: [0; 4],
+                });
+                pc.peer = Some(peer);
+                if is_offer {
+                    let answer = NetEvent::MediaLocalSignal {
+                        conn,
+                        signal: MediaSignal::Sdp {
+                            offer: false,
+                            sdp: format!("sim {node} {}", conn.0),
+                        },
+                    };
+                    self.deliver(node, 1, answer);
+                } else if self
+                    .pcs
+                    .get(&peer)
+                    .is_some_and(|p| p.peer == Some((node, conn)))
+                {
+                    self.media_connect((node, conn), peer);
+                }
+            }
+            NetCmd::MediaRestartIce { conn } if self.pcs.contains_key(&(node, conn)) => {
+                self.deliver(node, 1, offer(node, conn));
+            }
+            NetCmd::MediaClose { conn } => {
+                if let Some(pc) = self.pcs.remove(&(node, conn))
+                    && pc.legacy
+                    && let Some((pn, pcid)) = pc.peer
+                    && self.pcs.remove(&(pn, pcid)).is_some()
+                {
+                    let d = self.range(self.net.latency);
+                    self.deliver(
+                        pn,
+                        d,
+                        NetEvent::MediaClosed {
+                            conn: pcid,
+                            failed: false,
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Both ends connect after `open_ms` (unless pcs never connect).
+    fn media_connect(&mut self, a: (NodeId, ConnId), b: (NodeId, ConnId)) {
+        if self.media_net.never_open {
+            return;
+        }
+        let d = self.media_net.open_ms;
+        for (n, c) in [a, b] {
+            if self.pcs.get(&(n, c)).is_some_and(|p| !p.open) {
+                self.schedule(d, Action::MediaOpen(n, c));
+            }
+        }
+    }
+
+    fn media_tick(&mut self) {
+        self.schedule(1_000, Action::MediaTick);
+        let (audio, video) = self.media_net.rate;
+        let flows = |s: &Self, from: NodeId, to: NodeId, pc: Option<&Pc>| {
+            pc.is_some_and(|p| p.open)
+                && s.nodes[from].alive
+                && !s.silent.contains(&from)
+                && !s.media_cut.contains(&(from, to))
+        };
+        let mut reports = Vec::new();
+        let keys: Vec<(NodeId, ConnId)> = self.pcs.keys().copied().collect();
+        for (n, c) in keys {
+            let Some(pc) = self.pcs.get(&(n, c)) else {
+                continue;
+            };
+            if !pc.open || !self.nodes[n].alive {
+                continue;
+            }
+            let peer = pc.peer.and_then(|k| self.pcs.get(&k).map(|p| (k, p)));
+            let inbound = peer.is_some_and(|((pn, _), p)| flows(self, pn, n, Some(p)));
+            let outbound = peer.is_some() && !self.silent.contains(&n);
+            let Some(pc) = self.pcs.get_mut(&(n, c)) else {
+                continue;
+            };
+            if inbound {
+                pc.bytes[0] += audio;
+                pc.bytes[1] += video;
+            }
+            if outbound {
+                pc.bytes[2] += audio;
+                pc.bytes[3] += video;
+            }
+            let [a, v, ao, vo] = pc.bytes;
+            reports.push((
+                n,
+                NetEvent::MediaStats {
+                    conn: c,
+                    audio_in_bytes: a,
+                    video_in_bytes: v,
+                    audio_out_bytes: ao,
+                    video_out_bytes: vo,
+                },
+            ));
+        }
+        for (n, ev) in reports {
+            self.input(n, ev);
+        }
     }
 
     /// Kills a node: the broker frees its ids at once (its socket closed); its connections go
@@ -439,6 +738,15 @@ impl Sim {
                     return;
                 }
                 let to = if l.a == from { l.b } else { l.a };
+                let owned_only = ["cap", "m-sdp", "m-ice", "m-dial", "m-recreate", "mh-dead"];
+                if (self.legacy.contains(&node) || self.legacy.contains(&to.node))
+                    && frame
+                        .get("t")
+                        .and_then(Value::as_str)
+                        .is_some_and(|t| owned_only.contains(&t))
+                {
+                    return;
+                }
                 let Ok(bytes) = binarypack::encode(&frame) else {
                     return;
                 };
@@ -459,6 +767,12 @@ impl Sim {
                     self.close_link(link, node);
                 }
             }
+            cmd @ (NetCmd::MediaCall { .. }
+            | NetCmd::MediaAnswerCall { .. }
+            | NetCmd::MediaSignal { .. }
+            | NetCmd::MediaRestartIce { .. }
+            | NetCmd::MediaClose { .. }
+            | NetCmd::MediaGates { .. }) => self.media_command(node, cmd),
         }
     }
 
@@ -638,6 +952,15 @@ impl Sim {
                     Err(e) => panic!("sim: frame did not decode: {e}"),
                 }
             }
+            Action::MediaOpen(n, c) => {
+                if let Some(pc) = self.pcs.get_mut(&(n, c))
+                    && !pc.open
+                {
+                    pc.open = true;
+                    self.input(n, NetEvent::MediaOpen { conn: c });
+                }
+            }
+            Action::MediaTick => self.media_tick(),
             Action::IceCheck { epoch } => {
                 if epoch != self.partition_epoch {
                     return;

@@ -8,7 +8,7 @@ use kibitz_proto::content::Content;
 use kibitz_proto::grants::Grant;
 use kibitz_proto::presence::{LobbyStatus, Meta};
 
-use crate::net::{NetCmd, NetEvent};
+use crate::net::{MediaMode, NetCmd, NetEvent};
 
 /// The current time as the driver reads it: a monotonic clock and the wall clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -158,6 +158,22 @@ pub enum AuditKind {
         /// Who sent them (voiceId), or `"lapsed"` when the issuing host left.
         by: String,
     },
+    /// A frame for `to` never went out: its link did not open in time, too many waited, or
+    /// it left the roster first.
+    Unsent {
+        /// Recipient voiceId.
+        to: String,
+        /// Envelope kind or control tag.
+        what: String,
+    },
+    /// A media signalling frame was not acted on: its sender is not in the roster, or it
+    /// came on a channel other than sig.
+    MediaRefused {
+        /// Sender voiceId.
+        from: String,
+        /// Its `t`.
+        what: String,
+    },
     /// A `caps` frame from someone other than the verified host was ignored.
     CapsRefused {
         /// Sender voiceId.
@@ -188,6 +204,18 @@ pub enum Event {
     Grants(BTreeMap<String, Grant>),
     /// An audit entry.
     Audit(AuditEntry),
+    /// A media connection with a peer is connected.
+    MediaConnected {
+        /// The peer's voiceId.
+        voice_id: String,
+        /// How.
+        mode: MediaMode,
+    },
+    /// A media connection with a peer ended.
+    MediaDisconnected {
+        /// The peer's voiceId.
+        voice_id: String,
+    },
     /// As authority: a host command was refused.
     HostCommandRefused {
         /// Why.

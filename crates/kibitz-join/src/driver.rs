@@ -432,6 +432,16 @@ impl Driver {
                     self.dropped.insert(conn);
                 }
             },
+            // The media plane is not wired to kibitz-rtc yet: its commands are ignored (no
+            // media connection ever opens, so the engine's bounded retries run out).
+            NetCmd::MediaCall { .. }
+            | NetCmd::MediaAnswerCall { .. }
+            | NetCmd::MediaSignal { .. }
+            | NetCmd::MediaRestartIce { .. }
+            | NetCmd::MediaClose { .. }
+            | NetCmd::MediaGates { .. } => {
+                tracing::trace!("media command ignored: no media transport yet");
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 //! - [`link`]: reading pasted room links and codes, building room and share links.
 //! - [`presence`]: the presence wire (participant ⇄ authority), the `meta` block and `~kbz`.
 //! - [`content`]: content envelopes on the data mesh (chat, transfers, app, ink, caps, …).
+//! - [`media`]: media lanes and the grant rule that gates them.
 //! - [`mesh`]: data-mesh control frames and classifying what a mesh channel carries.
 //! - [`grants`]: capability grants: sanitising, intersecting, defaults by role.
 //! - [`hostcmd`]: signed host commands (`kbz-host-cmd.v1`) and their replay guard.
@@ -27,6 +28,7 @@ pub mod grants;
 pub mod hostcmd;
 pub mod link;
 pub mod manifest;
+pub mod media;
 pub mod mesh;
 pub mod peerjs;
 pub mod presence;

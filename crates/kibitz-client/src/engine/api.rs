@@ -51,6 +51,15 @@ impl Engine {
         self.send_voice();
     }
 
+    /// Replaces our announced meta (role, presenting, …) and re-announces it. Peers re-gate
+    /// media at once on the roster that follows (a member re-announced as `role:'agent'`).
+    pub fn set_meta(&mut self, now: Now, meta: kibitz_proto::presence::Meta) {
+        self.ctx.now = now;
+        self.cfg.meta = meta;
+        self.send_voice();
+        self.media_sync();
+    }
+
     /// Presents a fresh agent credit: re-knock and re-announce.
     pub fn set_agent_credit(&mut self, now: Now, credit: Option<String>) {
         self.ctx.now = now;
@@ -184,6 +193,7 @@ impl Engine {
         let me = self.mesh.self_id.clone().unwrap_or_default();
         self.mesh.apply_grants(&mut self.ctx, grants, &me);
         self.mesh.send_caps(&mut self.ctx, None);
+        self.media_sync();
         Ok(())
     }
 }

@@ -91,6 +91,38 @@ impl Engine {
             NetEvent::Data { conn, frame } => self.on_data(conn, frame),
             NetEvent::Closed { conn } => self.on_closed(conn),
             NetEvent::Left { peer, remote } => self.on_left(peer, &remote),
+            NetEvent::MediaIncomingCall { conn, remote } => self.media.on_incoming_call(
+                &mut self.ctx,
+                &mut self.mesh,
+                &self.roster,
+                conn,
+                remote,
+            ),
+            NetEvent::MediaLocalSignal { conn, signal } => {
+                self.media
+                    .on_local_signal(&mut self.ctx, &mut self.mesh, conn, signal)
+            }
+            NetEvent::MediaOpen { conn } => self.media.on_open(&mut self.ctx, conn),
+            NetEvent::MediaClosed { conn, failed } => {
+                self.media
+                    .on_closed(&mut self.ctx, &mut self.mesh, conn, failed)
+            }
+            NetEvent::MediaStats {
+                conn,
+                audio_in_bytes,
+                video_in_bytes,
+                audio_out_bytes,
+                video_out_bytes,
+            } => self.media.on_stats(
+                &mut self.ctx,
+                conn,
+                [
+                    audio_in_bytes,
+                    video_in_bytes,
+                    audio_out_bytes,
+                    video_out_bytes,
+                ],
+            ),
         }
     }
 
@@ -117,6 +149,7 @@ impl Engine {
     fn on_peer_failed(&mut self, key: PeerKey, failure: PeerFailure) {
         if self.mesh.peer == Some(key) {
             // A new media peer means a new voiceId; the roster self-heals by re-announcing.
+            self.media.reset(&mut self.ctx, &mut self.mesh);
             self.mesh.reset();
             self.sync_self();
             self.media_retry_at = Some(self.ctx.now.ms + RETRY_MS);
@@ -177,7 +210,8 @@ impl Engine {
             self.mesh
                 .on_incoming(&mut self.ctx, conn, remote, label.as_deref());
             let am_host = self.am_crypto_host();
-            self.mesh.on_open(&mut self.ctx, conn, am_host);
+            self.mesh
+                .on_open(&mut self.ctx, &self.roster, conn, am_host);
             // Frames may have been held for this sender already.
             self.mesh.sync(&mut self.ctx, &self.roster, false);
             return;
@@ -192,7 +226,8 @@ impl Engine {
     fn on_open(&mut self, conn: ConnId) {
         if self.mesh.owns(conn) {
             let am_host = self.am_crypto_host();
-            self.mesh.on_open(&mut self.ctx, conn, am_host);
+            self.mesh
+                .on_open(&mut self.ctx, &self.roster, conn, am_host);
             return;
         }
         if let Phase::Participant(p) = &mut self.phase
@@ -218,8 +253,13 @@ impl Engine {
     fn on_data(&mut self, conn: ConnId, frame: Value) {
         if self.mesh.owns(conn) {
             let host = self.crypto_host();
-            self.mesh
-                .on_data(&mut self.ctx, &self.roster, conn, frame, host.as_deref());
+            if let Some((from, c)) =
+                self.mesh
+                    .on_data(&mut self.ctx, &self.roster, conn, frame, host.as_deref())
+            {
+                self.media
+                    .on_control(&mut self.ctx, &mut self.mesh, &self.roster, &from, c);
+            }
             return;
         }
         match &mut self.phase {

@@ -18,6 +18,7 @@ use kibitz_proto::room::{normalize_room, peer_id_for};
 use crate::authority::Authority;
 use crate::config::RoomConfig;
 use crate::ctx::Ctx;
+use crate::media::{Media, MediaLink};
 use crate::mesh::{Mesh, MeshLink};
 use crate::net::{ConnId, PeerKey};
 use crate::types::{AuditEntry, Event, Input, Knocker, Now, Output, Participant, Status};
@@ -74,6 +75,7 @@ pub struct Engine {
     phase: Phase,
     status: Status,
     mesh: Mesh,
+    media: Media,
     media_retry_at: Option<u64>,
     in_call: bool,
     cam: bool,
@@ -104,6 +106,7 @@ impl Engine {
             }
         }
         let ctx = Ctx::new(cfg.seed, now);
+        let (media, cam) = (Media::new(cfg.media), cfg.cam);
         Self {
             room_id: peer_id_for(&room),
             room,
@@ -112,9 +115,10 @@ impl Engine {
             phase: Phase::Idle,
             status: Status::Idle,
             mesh: Mesh::default(),
+            media,
             media_retry_at: None,
             in_call: false,
-            cam: false,
+            cam,
             announce_at: Vec::new(),
             next_announce: None,
             roster: Roster::default(),
@@ -148,6 +152,15 @@ impl Engine {
             Input::Timeout => self.on_timeout(),
             Input::Net(ev) => self.on_net(ev),
         }
+        self.media_sync();
+    }
+
+    /// One pass of the media plane over the current state (it is level-triggered).
+    fn media_sync(&mut self) {
+        if matches!(self.phase, Phase::Left) {
+            return;
+        }
+        self.media.sync(&mut self.ctx, &mut self.mesh, &self.roster);
     }
 
     /// The next output; [`Output::Timeout`] once drained.
@@ -182,6 +195,9 @@ impl Engine {
         at(self.media_retry_at);
         at(self.next_announce);
         at(self.mesh.next_timeout());
+        at(self
+            .media
+            .next_timeout(&self.mesh, self.ctx.now.ms, self.ctx.now.unix_ms));
         t
     }
 
@@ -205,6 +221,11 @@ impl Engine {
     /// The data-mesh links.
     pub fn mesh_links(&self) -> Vec<MeshLink> {
         self.mesh.links()
+    }
+
+    /// The media connections, one per peer (MEDIA.md).
+    pub fn media_links(&self) -> Vec<MediaLink> {
+        self.media.links()
     }
 
     /// The roster as this participant last knew it.
@@ -248,6 +269,12 @@ impl Engine {
     /// The local audit feed (blocked acts and grant changes), oldest first.
     pub fn agent_audit(&self) -> &[AuditEntry] {
         &self.mesh.audit
+    }
+
+    /// How many frames never went out because their recipient's link did not open in time
+    /// (or too many waited, or it left the roster first); each is also in the audit feed.
+    pub fn unsent_count(&self) -> u64 {
+        self.mesh.pending_dropped
     }
 
     fn set_status(&mut self, s: Status) {

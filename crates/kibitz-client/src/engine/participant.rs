@@ -100,6 +100,7 @@ impl Engine {
         self.next_announce = None;
         self.close_presence();
         self.mesh.bye(&mut self.ctx);
+        self.media.reset(&mut self.ctx, &mut self.mesh);
         if let Some(p) = self.mesh.peer {
             self.ctx.net(NetCmd::ClosePeer { key: p });
         }
