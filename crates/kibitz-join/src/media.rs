@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kibitz_client::ConnId;
-#[derive(Debug, Clone, Copy)] pub struct LaneGates { pub mic: bool, pub camera: bool, pub share: bool, pub share_audio: bool }
+pub use kibitz_client::MediaLane as Lane;
+use kibitz_client::{ConnId, LaneGates};
 use kibitz_media::{
     AudioSource, FRAME_SAMPLES, IvfWriter, JitterBuffer, OpusDecoder, OpusEncoder, Playout,
     SpeakingDetector, WavRecorder, silence_payload, vp8,
@@ -32,56 +32,6 @@ const MAX_CATCH_UP: u32 = 5;
 /// Lanes without a picture get a placeholder frame this often (ms): enough for the remote
 /// decoder to know the lane's size, little enough to be nothing on the wire.
 const PLACEHOLDER_EVERY_MS: u64 = 1000;
-
-/// A media lane, by its ordinal among the m-lines of its kind (MEDIA.md §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Lane {
-    /// audio #1.
-    Mic,
-    /// video #1.
-    Camera,
-    /// video #2 (owned mode).
-    Share,
-    /// audio #2 (owned mode).
-    ShareAudio,
-}
-
-impl Lane {
-    /// The lane of an m-line: `audio` and its ordinal among audio m-lines, etc.
-    pub fn of(audio: bool, ordinal: u8) -> Option<Self> {
-        match (audio, ordinal) {
-            (true, 0) => Some(Self::Mic),
-            (true, 1) => Some(Self::ShareAudio),
-            (false, 0) => Some(Self::Camera),
-            (false, 1) => Some(Self::Share),
-            _ => None,
-        }
-    }
-
-    /// Whether it carries audio.
-    pub fn is_audio(self) -> bool {
-        matches!(self, Self::Mic | Self::ShareAudio)
-    }
-
-    /// The name used in events and file names.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mic => "mic",
-            Self::Camera => "camera",
-            Self::Share => "share",
-            Self::ShareAudio => "share-audio",
-        }
-    }
-
-    fn allowed(self, g: &LaneGates) -> bool {
-        match self {
-            Self::Mic => g.mic,
-            Self::Camera => g.camera,
-            Self::Share => g.share,
-            Self::ShareAudio => g.share_audio,
-        }
-    }
-}
 
 /// Decoded audio from one participant's lane, for library users
 /// ([`crate::RoomHandle::audio_frames`]).
@@ -234,7 +184,13 @@ fn closed_gates() -> LaneGates {
 fn file_stem(name: &str, voice_id: &str, lane: Lane) -> String {
     let clean: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect();
     let vid: String = voice_id
@@ -242,7 +198,12 @@ fn file_stem(name: &str, voice_id: &str, lane: Lane) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .take(64)
         .collect();
-    format!("{}-{}-{}", if clean.is_empty() { "anon" } else { &clean }, vid, lane.as_str())
+    format!(
+        "{}-{}-{}",
+        if clean.is_empty() { "anon" } else { &clean },
+        vid,
+        lane.as_str()
+    )
 }
 
 impl MediaPlane {
@@ -348,7 +309,12 @@ impl MediaPlane {
     /// A participant left: its recordings are finished.
     pub fn forget(&mut self, remote: &str) {
         self.names.remove(remote);
-        let gone: Vec<RxKey> = self.audio.keys().filter(|k| k.0 == remote).cloned().collect();
+        let gone: Vec<RxKey> = self
+            .audio
+            .keys()
+            .filter(|k| k.0 == remote)
+            .cloned()
+            .collect();
         for k in gone {
             if let Some(rx) = self.audio.remove(&k)
                 && let Some(w) = rx.wav
@@ -357,7 +323,12 @@ impl MediaPlane {
                 warn!(error = %e, "recording not finished");
             }
         }
-        let gone: Vec<RxKey> = self.video.keys().filter(|k| k.0 == remote).cloned().collect();
+        let gone: Vec<RxKey> = self
+            .video
+            .keys()
+            .filter(|k| k.0 == remote)
+            .cloned()
+            .collect();
         for k in gone {
             if let Some(rx) = self.video.remove(&k)
                 && let Some(w) = rx.ivf
@@ -417,7 +388,11 @@ impl MediaPlane {
                 })
             };
             for (id, c) in &self.conns {
-                let gates = self.send_gates.get(&c.remote).copied().unwrap_or_else(closed_gates);
+                let gates = self
+                    .send_gates
+                    .get(&c.remote)
+                    .copied()
+                    .unwrap_or_else(closed_gates);
                 for lane in &c.lanes {
                     let data = match lane {
                         Lane::Mic => match (&real, gates.mic) {
@@ -444,19 +419,27 @@ impl MediaPlane {
 
     fn video(&mut self, elapsed_ms: u64, out: &mut Vec<Write>) {
         let rtp = elapsed_ms * 90;
-        let camera = if self.camera_on { self.camera.take() } else { None };
+        let camera = if self.camera_on {
+            self.camera.take()
+        } else {
+            None
+        };
         for (id, c) in &mut self.conns {
-            let gates = self.send_gates.get(&c.remote).copied().unwrap_or_else(closed_gates);
+            let gates = self
+                .send_gates
+                .get(&c.remote)
+                .copied()
+                .unwrap_or_else(closed_gates);
             for lane in c.lanes.iter().copied().filter(|l| !l.is_audio()) {
                 let real = match (lane, &camera) {
-                    (Lane::Camera, Some(f)) if lane.allowed(&gates) => Some(f.0.clone()),
+                    (Lane::Camera, Some(f)) if gates.allows(lane) => Some(f.0.clone()),
                     _ => None,
                 };
                 let data = match real {
                     Some(d) => d,
                     None => {
                         // The camera lane keeps its placeholder only while no picture flows.
-                        if lane == Lane::Camera && self.camera_on && lane.allowed(&gates) {
+                        if lane == Lane::Camera && self.camera_on && gates.allows(lane) {
                             continue;
                         }
                         let last = c.last_placeholder.get(&lane).copied();
@@ -481,7 +464,14 @@ impl MediaPlane {
     }
 
     /// A frame arrived on a connection's lane.
-    pub fn receive(&mut self, now: Instant, conn: ConnId, lane: Lane, rtp_time: u64, data: Vec<u8>) {
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        lane: Lane,
+        rtp_time: u64,
+        data: Vec<u8>,
+    ) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -545,8 +535,17 @@ impl MediaPlane {
         if let Some(log) = rx.log.as_mut() {
             use std::io::Write as _;
             let (w, h) = rx.size.unwrap_or((0, 0));
-            let kind = if info.is_some_and(|i| i.keyframe) { "key" } else { "delta" };
-            let _ = writeln!(log, "{} {rtp_time} {kind} {w}x{h} {}", rx.frames, data.len());
+            let kind = if info.is_some_and(|i| i.keyframe) {
+                "key"
+            } else {
+                "delta"
+            };
+            let _ = writeln!(
+                log,
+                "{} {rtp_time} {kind} {w}x{h} {}",
+                rx.frames,
+                data.len()
+            );
             let _ = log.flush();
         }
         if let Some(ivf) = rx.ivf.as_mut() {
@@ -559,8 +558,10 @@ impl MediaPlane {
         {
             for ((from, lane), rx) in &mut self.audio {
                 for p in rx.jitter.pop(now) {
-                    let pcm = if lane.allowed(&gates) {
-                        let Some(dec) = rx.decoder.as_mut() else { continue };
+                    let pcm = if gates.allows(*lane) {
+                        let Some(dec) = rx.decoder.as_mut() else {
+                            continue;
+                        };
                         let r = match &p {
                             Playout::Packet(d) => dec.decode(Some(d)),
                             Playout::Lost => dec.decode(None),
@@ -582,7 +583,7 @@ impl MediaPlane {
                         warn!(error = %e, "recording stopped");
                         rx.wav = None;
                     }
-                    if !lane.allowed(&gates) {
+                    if !gates.allows(*lane) {
                         continue;
                     }
                     if let Some(s) = rx.speaking.push(elapsed_ms, &pcm) {
@@ -697,9 +698,24 @@ mod tests {
         assert_eq!(kibitz_media::peak(&pcm[10 * FRAME_SAMPLES..]), 0);
         // Speaking came and went.
         let ev = b.take_events();
-        assert!(ev.iter().any(|e| matches!(e, MediaEvent::Speaking { speaking: true, .. })));
-        assert!(ev.iter().any(|e| matches!(e, MediaEvent::Speaking { speaking: false, .. })));
-        assert!(ev.iter().any(|e| matches!(e, MediaEvent::Track { lane: Lane::Mic, .. })));
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, MediaEvent::Speaking { speaking: true, .. }))
+        );
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            MediaEvent::Speaking {
+                speaking: false,
+                ..
+            }
+        )));
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            MediaEvent::Track {
+                lane: Lane::Mic,
+                ..
+            }
+        )));
     }
 
     #[test]
@@ -750,7 +766,12 @@ mod tests {
         open.insert("bob".to_owned(), gates(true));
         a.set_gates(open, gates(true));
         a.open(ConnId(1), "bob", "Bob", vec![Lane::Mic, Lane::Camera]);
-        b.open(ConnId(1), "kbz-alice", "Alice Q", vec![Lane::Mic, Lane::Camera]);
+        b.open(
+            ConnId(1),
+            "kbz-alice",
+            "Alice Q",
+            vec![Lane::Mic, Lane::Camera],
+        );
         run(&mut a, &mut b, t0, 0, 1500);
         b.finish();
         let wav = dir.join("Alice_Q-kbz-alice-mic.wav");

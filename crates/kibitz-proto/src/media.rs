@@ -23,6 +23,34 @@ pub enum MediaLane {
     ShareAudio,
 }
 
+impl MediaLane {
+    /// The lane of an m-line, from its kind and its ordinal among the m-lines of that kind.
+    pub fn of(audio: bool, ordinal: u8) -> Option<Self> {
+        match (audio, ordinal) {
+            (true, 0) => Some(Self::Mic),
+            (true, 1) => Some(Self::ShareAudio),
+            (false, 0) => Some(Self::Camera),
+            (false, 1) => Some(Self::Share),
+            _ => None,
+        }
+    }
+
+    /// Whether it carries audio.
+    pub fn is_audio(self) -> bool {
+        matches!(self, Self::Mic | Self::ShareAudio)
+    }
+
+    /// Its name in events and file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mic => "mic",
+            Self::Camera => "camera",
+            Self::Share => "share",
+            Self::ShareAudio => "share-audio",
+        }
+    }
+}
+
 /// Which lanes may carry their real source, to one peer (sending) or from all (receiving).
 /// `true` = the real source may flow; `false` = the placeholder (or, receiving: not recorded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
