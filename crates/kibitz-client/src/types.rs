@@ -8,7 +8,7 @@ use kibitz_proto::content::Content;
 use kibitz_proto::grants::Grant;
 use kibitz_proto::presence::{LobbyStatus, Meta};
 
-use crate::net::{MediaMode, NetCmd, NetEvent};
+use crate::net::{MediaLane, MediaMode, NetCmd, NetEvent};
 
 /// The current time as the driver reads it: a monotonic clock and the wall clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -215,6 +215,34 @@ pub enum Event {
     MediaDisconnected {
         /// The peer's voiceId.
         voice_id: String,
+    },
+    /// Media (made by the driver, not the engine): a lane of a participant started flowing.
+    Track {
+        /// The sender's voiceId.
+        voice_id: String,
+        /// Which lane.
+        lane: MediaLane,
+    },
+    /// Media (driver): a video lane's picture size, from a keyframe (no decoding).
+    VideoSize {
+        /// The sender's voiceId.
+        voice_id: String,
+        /// Which lane.
+        lane: MediaLane,
+        /// Width in pixels.
+        width: u16,
+        /// Height in pixels.
+        height: u16,
+    },
+    /// Media (driver): a participant started or stopped speaking (the web client's rule:
+    /// received RMS above 0.045, held 350 ms).
+    Speaking {
+        /// The sender's voiceId.
+        voice_id: String,
+        /// Whether speaking now.
+        speaking: bool,
+        /// The RMS (0..1) that decided it.
+        level: f32,
     },
     /// As authority: a host command was refused.
     HostCommandRefused {

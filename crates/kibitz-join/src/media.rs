@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use kibitz_client::MediaLane as Lane;
-use kibitz_client::{ConnId, LaneGates};
+use kibitz_client::{ConnId, Event, LaneGates};
 use kibitz_media::{
     AudioSource, FRAME_SAMPLES, IvfWriter, JitterBuffer, OpusDecoder, OpusEncoder, Playout,
     SpeakingDetector, WavRecorder, silence_payload, vp8,
@@ -43,39 +43,6 @@ pub struct PcmFrame {
     pub lane: Lane,
     /// 48 kHz mono samples (usually 960: 20 ms).
     pub samples: Vec<i16>,
-}
-
-/// What the pipeline reports (content-free).
-#[derive(Debug, Clone, PartialEq)]
-pub enum MediaEvent {
-    /// The first frame arrived on a lane of a participant.
-    Track {
-        /// The sender's voiceId.
-        from: String,
-        /// Which lane.
-        lane: Lane,
-    },
-    /// A video lane's picture size changed (from a keyframe header).
-    VideoSize {
-        /// The sender's voiceId.
-        from: String,
-        /// Which lane.
-        lane: Lane,
-        /// Width in pixels.
-        width: u16,
-        /// Height in pixels.
-        height: u16,
-    },
-    /// A participant started or stopped speaking (the web client's rule: RMS above 0.045,
-    /// held 350 ms).
-    Speaking {
-        /// The sender's voiceId.
-        from: String,
-        /// Whether speaking now.
-        speaking: bool,
-        /// RMS of the frame that decided it (0..1).
-        level: f32,
-    },
 }
 
 /// One frame for a connection's lane.
@@ -158,7 +125,7 @@ pub struct MediaPlane {
     receive_gates: LaneGates,
     start: Option<Instant>,
     frames_sent: u64,
-    events: Vec<MediaEvent>,
+    events: Vec<Event>,
     pcm_dropped: u64,
 }
 
@@ -358,7 +325,7 @@ impl MediaPlane {
     }
 
     /// Events since the last call.
-    pub fn take_events(&mut self) -> Vec<MediaEvent> {
+    pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
     }
 
@@ -488,8 +455,8 @@ impl MediaPlane {
             !self.video.contains_key(&key)
         };
         if first {
-            self.events.push(MediaEvent::Track {
-                from: key.0.clone(),
+            self.events.push(Event::Track {
+                voice_id: key.0.clone(),
                 lane,
             });
         }
@@ -520,8 +487,8 @@ impl MediaPlane {
             && rx.size != Some((i.width, i.height))
         {
             rx.size = Some((i.width, i.height));
-            self.events.push(MediaEvent::VideoSize {
-                from,
+            self.events.push(Event::VideoSize {
+                voice_id: from,
                 lane,
                 width: i.width,
                 height: i.height,
@@ -587,8 +554,8 @@ impl MediaPlane {
                         continue;
                     }
                     if let Some(s) = rx.speaking.push(elapsed_ms, &pcm) {
-                        self.events.push(MediaEvent::Speaking {
-                            from: from.clone(),
+                        self.events.push(Event::Speaking {
+                            voice_id: from.clone(),
                             speaking: s.speaking,
                             level: s.level,
                         });
@@ -700,18 +667,18 @@ mod tests {
         let ev = b.take_events();
         assert!(
             ev.iter()
-                .any(|e| matches!(e, MediaEvent::Speaking { speaking: true, .. }))
+                .any(|e| matches!(e, Event::Speaking { speaking: true, .. }))
         );
         assert!(ev.iter().any(|e| matches!(
             e,
-            MediaEvent::Speaking {
+            Event::Speaking {
                 speaking: false,
                 ..
             }
         )));
         assert!(ev.iter().any(|e| matches!(
             e,
-            MediaEvent::Track {
+            Event::Track {
                 lane: Lane::Mic,
                 ..
             }
@@ -740,7 +707,7 @@ mod tests {
             .take_events()
             .into_iter()
             .filter_map(|e| match e {
-                MediaEvent::VideoSize { width, height, .. } => Some((width, height)),
+                Event::VideoSize { width, height, .. } => Some((width, height)),
                 _ => None,
             })
             .collect();
