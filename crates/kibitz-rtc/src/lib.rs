@@ -78,6 +78,7 @@ mod conn;
 mod core;
 mod driver;
 mod identity;
+mod media;
 mod message;
 mod signal;
 mod turn;
@@ -88,6 +89,10 @@ pub use core::{CoreConfig, Event, Input, Output, PeerCore};
 pub use driver::{Events, Peer, PeerError, PeerHandle, PeerOptions};
 pub use identity::{Identity, IdentityError};
 pub use kibitz_proto::binarypack::Value as PackValue;
+pub use media::{
+    LaneRef, MediaCodec, MediaError, MediaKind, MediaOptions, MediaSignal, MediaStats,
+    MediaWriteError,
+};
 pub use message::{ConnId, ConnInfo, ConnectOptions, Message, Serialization};
-pub use signal::SignalError;
+pub use signal::{CandidateInit, SignalError};
 pub use turn::{RelayConfig, RelayError};
