@@ -1296,7 +1296,11 @@ impl PeerCore {
     /// A new offer with fresh ICE credentials on an owned connection (str0m
     /// `SdpApi::ice_restart`), out as [`Event::MediaSignal`].
     pub fn media_restart_ice(&mut self, now: Instant, conn: ConnId) -> Result<(), MediaError> {
-        let Some(c) = self.media.get_mut(&conn).filter(|c| c.connection_id.is_none()) else {
+        let Some(c) = self
+            .media
+            .get_mut(&conn)
+            .filter(|c| c.connection_id.is_none())
+        else {
             return Err(MediaError::NoConnection);
         };
         let sdp = c.restart_ice().map_err(MediaError::Refused)?;
@@ -1309,7 +1313,11 @@ impl PeerCore {
     /// Drops our pending offer on an owned connection (perfect negotiation's rollback);
     /// `Ok(false)` when none was pending.
     pub fn media_rollback(&mut self, now: Instant, conn: ConnId) -> Result<bool, MediaError> {
-        let Some(c) = self.media.get_mut(&conn).filter(|c| c.connection_id.is_none()) else {
+        let Some(c) = self
+            .media
+            .get_mut(&conn)
+            .filter(|c| c.connection_id.is_none())
+        else {
             return Err(MediaError::NoConnection);
         };
         let dropped = c.rollback();

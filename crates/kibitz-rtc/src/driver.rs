@@ -391,7 +391,11 @@ impl PeerHandle {
     }
 
     /// Asks the remote for a keyframe on `lane` (PLI).
-    pub async fn request_keyframe(&self, conn: ConnId, lane: LaneRef) -> Result<(), MediaWriteError> {
+    pub async fn request_keyframe(
+        &self,
+        conn: ConnId,
+        lane: LaneRef,
+    ) -> Result<(), MediaWriteError> {
         self.ask(|reply| Command::RequestKeyframe { conn, lane, reply })
             .await
             .unwrap_or(Err(MediaWriteError::Stopped))

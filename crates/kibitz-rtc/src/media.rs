@@ -12,11 +12,11 @@ use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaTime, Mid};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc};
 
+use crate::ConnId;
 use crate::conn::{CloseReason, Sock, receive};
 use crate::identity::provider;
 use crate::signal::{CandidateInit, sdp_attr, sdp_fingerprint};
 use crate::turn::{TurnClient, TurnEvent, TurnInput};
-use crate::ConnId;
 
 /// Audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -499,10 +499,16 @@ impl MediaConn {
             *n = n.saturating_add(1);
             let answered_rej = ours.iter().find(|(_, m, _)| m == mid).is_none_or(|o| o.2);
             let mid_s = Mid::from(mid.as_str());
-            let no_codec = self.rtc.media(mid_s).is_none_or(|m| m.remote_pts().is_empty());
+            let no_codec = self
+                .rtc
+                .media(mid_s)
+                .is_none_or(|m| m.remote_pts().is_empty());
             lanes.push(Lane {
                 mid: mid_s,
-                lane: LaneRef { kind: *kind, ordinal },
+                lane: LaneRef {
+                    kind: *kind,
+                    ordinal,
+                },
                 rejected: *rej || answered_rej || no_codec,
             });
         }
@@ -534,8 +540,14 @@ impl MediaConn {
         let theirs = sdp_media_lines(sdp);
         for l in &mut self.lanes {
             let mid = l.mid.to_string();
-            let rej = theirs.iter().find(|(_, m, _)| *m == mid).is_none_or(|o| o.2);
-            let no_codec = self.rtc.media(l.mid).is_none_or(|m| m.remote_pts().is_empty());
+            let rej = theirs
+                .iter()
+                .find(|(_, m, _)| *m == mid)
+                .is_none_or(|o| o.2);
+            let no_codec = self
+                .rtc
+                .media(l.mid)
+                .is_none_or(|m| m.remote_pts().is_empty());
             l.rejected = rej || no_codec;
         }
         self.remote_set = true;
@@ -928,8 +940,7 @@ impl MediaConn {
                 }
             }
             RtcEvent::MediaData(d) => {
-                let Some(lane) = self.lane_of(d.mid).filter(|l| !l.rejected).map(|l| l.lane)
-                else {
+                let Some(lane) = self.lane_of(d.mid).filter(|l| !l.rejected).map(|l| l.lane) else {
                     return;
                 };
                 if self.frames_in_tick >= MAX_FRAMES_PER_TICK {
