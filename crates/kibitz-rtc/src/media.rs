@@ -227,6 +227,9 @@ pub(crate) struct MediaConn {
     channel: Option<ChannelId>,
     connected: bool,
     open_sent: bool,
+    /// The call's channel closed: hang up once this drain has sent what str0m queued (the
+    /// stream-reset response the far end waits for to call its channel closed).
+    hangup: bool,
     closed: bool,
     local_sdp: String,
     remote_fingerprint: Option<String>,
@@ -372,6 +375,7 @@ impl MediaConn {
             channel: None,
             connected: false,
             open_sent: false,
+            hangup: false,
             closed: false,
             local_sdp: String::new(),
             remote_fingerprint: None,
@@ -907,6 +911,12 @@ impl MediaConn {
             }
         }
         self.turn_out(out);
+        if self.hangup {
+            self.hangup = false;
+            let _ = self.rtc.close();
+            self.drain(now, out);
+            self.finish(CloseReason::Remote, out);
+        }
     }
 
     fn turn_out(&mut self, out: &mut Vec<MediaOut>) {
@@ -977,7 +987,7 @@ impl MediaConn {
             }
             RtcEvent::ChannelClose(id) if Some(id) == self.channel => {
                 // PeerJS: the call's channel closing hangs up the call.
-                self.finish(CloseReason::Remote, out);
+                self.hangup = true;
             }
             RtcEvent::Closed => self.finish(CloseReason::Remote, out),
             RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
