@@ -176,8 +176,7 @@ struct Sig {
 
 /// Opus of a 660 Hz tone, 20 ms frames, for every open media connection.
 async fn send_tone(peer: PeerHandle, open: Arc<Mutex<BTreeSet<ConnId>>>) {
-    let mut enc =
-        opus::Encoder::new(RATE, opus::Channels::Mono, opus::Application::Audio).unwrap();
+    let mut enc = opus::Encoder::new(RATE, opus::Channels::Mono, opus::Application::Audio).unwrap();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut n: u64 = 0;
     loop {
@@ -219,7 +218,10 @@ async fn serve(peer: PeerHandle, mut ev: Events, relay: bool) {
     while let Some(e) = ev.recv().await {
         match e {
             Event::Connection { conn, remote, info } => {
-                println!("rust: data connection {} ({:?})", info.label, info.serialization);
+                println!(
+                    "rust: data connection {} ({:?})",
+                    info.label, info.serialization
+                );
                 if info.serialization == kibitz_rtc::Serialization::Json {
                     ctrl = Some(conn);
                 } else {
@@ -266,7 +268,8 @@ async fn serve(peer: PeerHandle, mut ev: Events, relay: bool) {
                     _ => continue,
                 };
                 let had = pc_of.get(&remote).copied();
-                let reoffer = had.is_some() && matches!(signal, MediaSignal::Sdp { offer: true, .. });
+                let reoffer =
+                    had.is_some() && matches!(signal, MediaSignal::Sdp { offer: true, .. });
                 match peer
                     .media_signal(had, &remote, signal, MediaOptions::OWNED, relay)
                     .await
@@ -277,13 +280,16 @@ async fn serve(peer: PeerHandle, mut ev: Events, relay: bool) {
                         }
                         pc_of.insert(remote.clone(), pc);
                         if reoffer {
-                            let detail = format!("re-offer answered on the same pc: {}", had == Some(pc));
+                            let detail =
+                                format!("re-offer answered on the same pc: {}", had == Some(pc));
                             let msg = Sig {
                                 t: "reoffered".into(),
                                 detail: Some(detail),
                                 ..Default::default()
                             };
-                            let _ = peer.send(conn, Message::Pack(to_value(&msg).unwrap())).await;
+                            let _ = peer
+                                .send(conn, Message::Pack(to_value(&msg).unwrap()))
+                                .await;
                         }
                     }
                     Err(e) => println!("rust: media_signal refused: {e}"),

@@ -230,6 +230,8 @@ pub(crate) struct MediaConn {
     /// The call's channel closed: hang up once this drain has sent what str0m queued (the
     /// stream-reset response the far end waits for to call its channel closed).
     hangup: bool,
+    /// ICE said disconnected after the connection opened (reported once until it recovers).
+    ice_down: bool,
     closed: bool,
     local_sdp: String,
     remote_fingerprint: Option<String>,
@@ -376,6 +378,7 @@ impl MediaConn {
             connected: false,
             open_sent: false,
             hangup: false,
+            ice_down: false,
             closed: false,
             local_sdp: String::new(),
             remote_fingerprint: None,
@@ -483,11 +486,7 @@ impl MediaConn {
         }
         self.remote_fingerprint = sdp_fingerprint(sdp).or(self.remote_fingerprint.take());
         self.permit_sdp(now, sdp);
-        let answer = self
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| one_line(e))?;
+        let answer = self.rtc.sdp_api().accept_offer(offer).map_err(one_line)?;
         let answer = one_stream(&answer.to_sdp_string());
         // Lanes in the offer's order; an m-line we answered with port 0 (no common codec)
         // or that the offer disabled is rejected.
@@ -540,7 +539,7 @@ impl MediaConn {
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
-            .map_err(|e| one_line(e))?;
+            .map_err(one_line)?;
         let theirs = sdp_media_lines(sdp);
         for l in &mut self.lanes {
             let mid = l.mid.to_string();
@@ -980,27 +979,27 @@ impl MediaConn {
                     out.push(MediaOut::Keyframe(l.lane));
                 }
             }
-            RtcEvent::ChannelOpen(id, _) if self.connection_id.is_some() => {
-                if self.channel.is_none() {
-                    self.channel = Some(id);
-                }
+            RtcEvent::ChannelOpen(id, _)
+                if self.connection_id.is_some() && self.channel.is_none() =>
+            {
+                self.channel = Some(id);
             }
             RtcEvent::ChannelClose(id) if Some(id) == self.channel => {
                 // PeerJS: the call's channel closing hangs up the call.
                 self.hangup = true;
             }
             RtcEvent::Closed => self.finish(CloseReason::Remote, out),
-            RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                if self.connected {
-                    out.push(MediaOut::State(false));
-                }
+            RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected)
+                if self.connected && !self.ice_down =>
+            {
+                self.ice_down = true;
+                out.push(MediaOut::State(false));
             }
             RtcEvent::IceConnectionStateChange(
                 IceConnectionState::Connected | IceConnectionState::Completed,
-            ) => {
-                if self.open_sent {
-                    out.push(MediaOut::State(true));
-                }
+            ) if self.ice_down => {
+                self.ice_down = false;
+                out.push(MediaOut::State(true));
             }
             _ => {}
         }
