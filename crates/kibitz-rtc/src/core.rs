@@ -862,7 +862,7 @@ impl PeerCore {
     }
 }
 
-/// Media connections (see [`crate::media`]): PeerJS calls through the broker, and owned
+/// Media connections (see the crate docs): PeerJS calls through the broker, and owned
 /// connections whose SDP the application carries.
 impl PeerCore {
     fn media_sock(&mut self, relay: bool) -> Result<(SocketAddr, Vec<SocketAddr>), MediaError> {

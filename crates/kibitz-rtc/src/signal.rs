@@ -28,7 +28,7 @@ pub enum SignalError {
         /// What was wrong.
         why: String,
     },
-    /// A media call or an unknown connection type; only data connections are supported.
+    /// An OFFER of an unknown connection type (neither `data` nor `media`).
     #[error("OFFER from {src}: unsupported connection type {kind:?}")]
     Unsupported {
         /// Who sent it.
