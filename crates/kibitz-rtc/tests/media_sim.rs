@@ -27,6 +27,8 @@ struct Sim {
     broker: VecDeque<(usize, String)>,
     /// Rewrites relayed frames (to play a lying remote).
     tamper: Option<fn(&mut serde_json::Value)>,
+    /// Drops every datagram (a network outage).
+    blackhole: bool,
 }
 
 impl Sim {
@@ -54,6 +56,7 @@ impl Sim {
             next_port: 40_000,
             broker: VecDeque::new(),
             tamper: None,
+            blackhole: false,
         };
         sim.drain();
         sim
@@ -92,6 +95,9 @@ impl Sim {
                         destination,
                         contents,
                     } => {
+                        if self.blackhole {
+                            continue;
+                        }
                         if let Some(j) = self
                             .nodes
                             .iter()
@@ -618,4 +624,144 @@ fn a_call_with_no_common_codec_is_refused() {
     assert!(matches!(r, Err(MediaError::Refused(_))), "{r:?}");
     sim.drain();
     assert!(matches!(closed(&sim, 1), Some(CloseReason::Failed(_))));
+}
+
+/// Opens a legacy call node 0 → node 1; returns (caller's id, callee's id).
+fn open_call(sim: &mut Sim) -> (ConnId, ConnId) {
+    let now = sim.now;
+    let call = sim.nodes[0]
+        .core
+        .call(now, "peer1", MediaOptions::LEGACY)
+        .unwrap();
+    sim.run_until(Duration::from_secs(5), |s| {
+        s.nodes[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Call { .. }))
+    });
+    let incoming = sim.nodes[1]
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Call { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .unwrap();
+    let now = sim.now;
+    sim.nodes[1]
+        .core
+        .answer_call(now, incoming, MediaOptions::LEGACY)
+        .unwrap();
+    sim.run_until(Duration::from_secs(10), |s| {
+        media_open(s, 0).is_some() && media_open(s, 1).is_some()
+    });
+    (call, incoming)
+}
+
+fn states(sim: &Sim, i: usize) -> Vec<bool> {
+    sim.nodes[i]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::MediaState { connected, .. } => Some(*connected),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn garbage_datagrams_and_an_outage_do_not_end_a_call() {
+    let ids = [Identity::generate().unwrap(), Identity::generate().unwrap()];
+    let mut sim = Sim::new(&ids);
+    let (call, incoming) = open_call(&mut sim);
+    // Garbage and RTP/STUN/DTLS-looking floods at the callee's sockets, from the caller's
+    // addresses and from strangers.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let from = sim.nodes[0].addrs.clone();
+    let to = sim.nodes[1].addrs.clone();
+    for k in 0..5000usize {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (x % 1400) as usize + 1;
+        let mut b: Vec<u8> = (0..len).map(|i| (x >> (i % 56)) as u8).collect();
+        b[0] = [0x80, 0x90, 0x00, 0x01, 0x16, 0x17, 0x40][k % 7];
+        let src = if k % 3 == 0 {
+            "127.0.0.9:9".parse().unwrap()
+        } else {
+            from[k % from.len()]
+        };
+        sim.wire.push_back((1, to[k % to.len()], src, b));
+    }
+    sim.run_until(Duration::from_secs(2), |s| s.wire.is_empty());
+    assert_eq!(closed(&sim, 1), None);
+    // Media still flows.
+    let n = frames(&sim, 1).len();
+    for k in 0..10u64 {
+        let now = sim.now;
+        sim.nodes[0]
+            .core
+            .write_media(now, call, LaneRef::MIC, k * 960, vec![0xf8, 1, 2])
+            .unwrap();
+        let until = sim.now + Duration::from_millis(20);
+        sim.run_until(Duration::from_secs(1), |s| s.now >= until);
+    }
+    sim.run_until(Duration::from_secs(2), |s| frames(s, 1).len() >= n + 8);
+
+    // An outage: ICE says disconnected (reported once), the call stays.
+    sim.blackhole = true;
+    sim.run_until(Duration::from_secs(60), |s| !states(s, 1).is_empty());
+    assert_eq!(states(&sim, 1), vec![false]);
+    assert_eq!(closed(&sim, 1), None);
+    // str0m does not come back by itself after ICE gave up (no checks run until an ICE
+    // restart): the call stays, the application decides.
+    sim.blackhole = false;
+    let now = sim.now;
+    assert!(sim.nodes[1].core.media_stats(incoming).is_some());
+    let _ = sim.nodes[0]
+        .core
+        .request_keyframe(now, call, LaneRef::CAMERA);
+}
+
+#[test]
+fn an_ice_restart_recovers_an_owned_connection_after_an_outage() {
+    let ids = [Identity::generate().unwrap(), Identity::generate().unwrap()];
+    let mut sim = Sim::new(&ids);
+    let now = sim.now;
+    let pc = sim.nodes[0]
+        .core
+        .media_offer(now, "peer1", MediaOptions::LEGACY, false)
+        .unwrap();
+    let mut seen = [0, 0];
+    let mut conns = [Some(pc), None];
+    let pump = |sim: &mut Sim,
+                seen: &mut [usize; 2],
+                conns: &mut [Option<ConnId>; 2],
+                done: &dyn Fn(&Sim) -> bool| {
+        for _ in 0..4000 {
+            sim.drain();
+            carry(sim, seen, conns);
+            if done(sim) {
+                return;
+            }
+            let until = sim.now + Duration::from_millis(10);
+            sim.run_until(Duration::from_secs(1), |s| s.now >= until);
+        }
+        panic!("condition not reached");
+    };
+    pump(&mut sim, &mut seen, &mut conns, &|s| {
+        media_open(s, 0).is_some() && media_open(s, 1).is_some()
+    });
+    sim.blackhole = true;
+    pump(&mut sim, &mut seen, &mut conns, &|s| {
+        states(s, 0) == [false] && states(s, 1) == [false]
+    });
+    sim.blackhole = false;
+    let now = sim.now;
+    sim.nodes[0].core.media_restart_ice(now, pc).unwrap();
+    pump(&mut sim, &mut seen, &mut conns, &|s| {
+        states(s, 0) == [false, true] && states(s, 1) == [false, true]
+    });
+    assert_eq!(closed(&sim, 0), None);
+    assert_eq!(closed(&sim, 1), None);
 }
