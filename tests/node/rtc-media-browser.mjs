@@ -11,7 +11,10 @@
 //    checks; Rust hangs up and the page's MediaConnection closes;
 // 3. owned: the page's own RTCPeerConnection (mic + camera from one stream) signalled with
 //    {t:'m-sdp'} / {t:'m-ice'} BinaryPack frames on a binary DataConnection; same checks;
-//    then restartIce(): Rust answers the re-offer on the same pc and audio keeps flowing.
+//    then restartIce(): Rust answers the re-offer on the same pc and audio keeps flowing;
+// 4. owned with Rust offering (asked with {t:'m-dial'}): 2 audio + 2 video m-lines in one msid
+//    stream, the page answers with mic + camera; same checks; then Rust restarts ICE
+//    (asked with {t:'restart'}) and audio keeps flowing.
 // With --turn-url/--turn-user/--turn-pass every pc is relay-only and the selected pair must be
 // relayed on the browser's side.
 import { readFile } from "node:fs/promises";
@@ -213,8 +216,74 @@ window.M = (() => {
     sig.close();
     return v.detail + "; " + energy + "; m-lines " + lines + relay + "; after restartIce (ufrag " + before + " -> " + ufrag(pc.remoteDescription.sdp) + "): " + re.detail + ", " + after;
   }
+  // Rust offers (as an owned initiator whose id is smaller): 2 audio + 2 video m-lines, one
+  // msid stream; the page answers with mic + camera on the first of each, as a browser does.
+  async function rustOffersOwned(config) {
+    const sig = peer.connect(window.RUST, { serialization: "binary", reliable: true });
+    await once(sig, "open", "sig connection open");
+    let pc = null;
+    const items = [], waiters = [];
+    const next = (t, what) => {
+      const i = items.findIndex((m) => m.t === t);
+      if (i >= 0) return Promise.resolve(items.splice(i, 1)[0]);
+      return withTimeout(new Promise((res) => waiters.push({ t, res })), 20000, what);
+    };
+    let queued = [];
+    let failure = null;
+    const remote = new MediaStream();
+    const streamIds = new Set();
+    const offers = [];
+    const ufragOf = (sdp) => (/a=ice-ufrag:(\\S+)/.exec(sdp) || [])[1];
+    sig.on("data", async (m) => {
+      try {
+        if (m.t === "m-sdp" && m.d.type === "offer") {
+          offers.push(ufragOf(m.d.sdp));
+          if (!pc) {
+            pc = new RTCPeerConnection(config);
+            pc.onicecandidate = (e) => { if (e.candidate) sig.send({ t: "m-ice", c: e.candidate.toJSON() }); };
+            pc.ontrack = (e) => { remote.addTrack(e.track); for (const st of e.streams) streamIds.add(st.id); };
+            await pc.setRemoteDescription(m.d);
+            for (const t of stream.getTracks()) pc.addTrack(t, stream);
+          } else {
+            await pc.setRemoteDescription(m.d);
+          }
+          await pc.setLocalDescription();
+          sig.send({ t: "m-sdp", d: { type: "answer", sdp: pc.localDescription.sdp }, relay: !!window.RELAY });
+          for (const c of queued) await pc.addIceCandidate(c);
+          queued = [];
+        } else if (m.t === "m-ice") {
+          if (pc && pc.remoteDescription) await pc.addIceCandidate(m.c); else queued.push(m.c);
+        } else {
+          const i = waiters.findIndex((w) => w.t === m.t);
+          if (i >= 0) waiters.splice(i, 1)[0].res(m); else items.push(m);
+        }
+      } catch (e) { failure = e; }
+    });
+    sig.send({ t: "m-dial" });
+    const v = await next("verdict", "rust verdict");
+    if (failure) throw failure;
+    attach(remote);
+    const energy = await energyRises(pc);
+    const relay = await checkRelay(pc);
+    const kinds = pc.getTransceivers().map((t) => t.receiver.track.kind).join(",");
+    if (streamIds.size !== 1) throw new Error("rust tracks came in " + streamIds.size + " streams");
+    const ufrag = (sdp) => (/a=ice-ufrag:(\\S+)/.exec(sdp) || [])[1];
+    const before = ufrag(pc.remoteDescription.sdp);
+    sig.send({ t: "restart" });
+    const deadline = performance.now() + 10000;
+    while (pc.signalingState !== "stable" || ufrag(pc.remoteDescription.sdp) === before) {
+      if (failure) throw failure;
+      if (performance.now() > deadline) throw new Error("no ICE-restart offer from rust (offers " + offers.join(",") + ", state " + pc.signalingState + ", remote ufrag " + ufrag(pc.remoteDescription.sdp) + ")");
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    const after = await energyRises(pc);
+    pc.close();
+    sig.close();
+    return v.detail + "; " + energy + "; transceivers " + kinds + ", one stream " + [...streamIds][0] + relay +
+      "; after rust's ICE restart (ufrag " + before + " -> " + ufrag(pc.remoteDescription.sdp) + "): " + after;
+  }
   function destroy() { if (peer) peer.destroy(); }
-  return { open, browserCalls, rustCalls, owned, destroy };
+  return { open, browserCalls, rustCalls, owned, rustOffersOwned, destroy };
 })();
 `;
 
@@ -222,6 +291,7 @@ const SCENARIOS = [
   ["legacy, browser calls rust: 440 Hz and 320x240 VP8 in, 660 Hz heard, data-channel close hangs up both", (p) => p.evaluate(() => M.browserCalls())],
   ["legacy, rust calls browser: same media checks, rust hangs up and the page's call closes", (p) => p.evaluate(() => M.rustCalls())],
   ["owned pc over a binary DataConnection: media both ways, restartIce answered on the same pc", (p) => p.evaluate((c) => M.owned(c), p.iceConfig)],
+  ["owned, rust offers 2 audio + 2 video in one stream: media both ways, rust's ICE restart answered", (p) => p.evaluate((c) => M.rustOffersOwned(c), p.iceConfig)],
 ];
 
 function chromiumArgs(wav) {

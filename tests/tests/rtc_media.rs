@@ -9,9 +9,11 @@
 //!    hangs up and the page's call closes;
 //! 3. owned: the page's own RTCPeerConnection (mic + camera, one stream), its SDP and ICE as
 //!    `{t:'m-sdp'}` / `{t:'m-ice'}` BinaryPack frames on a `binary` DataConnection; audio both
-//!    ways, then a `restartIce()` re-offer answered on the same Rust connection.
+//!    ways, then a `restartIce()` re-offer answered on the same Rust connection;
+//! 4. owned with Rust offering 2 audio + 2 video m-lines in one msid stream: same checks, then
+//!    a Rust ICE restart (`media_restart_ice`) the page answers.
 //!
-//! The second test runs 1 and 2 relay-only on both sides through a local coturn.
+//! The second test runs them all relay-only on both sides through a local coturn.
 //! Needs Chromium, coturn and the npm packages that `scripts/test` installs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -259,6 +261,29 @@ async fn serve(peer: PeerHandle, mut ev: Events, relay: bool) {
                     println!("rust: undecodable sig frame");
                     continue;
                 };
+                match m.t.as_str() {
+                    "m-dial" => {
+                        if let Some(old) = pc_of.remove(&remote) {
+                            peer.close(old);
+                        }
+                        let pc = peer
+                            .media_offer(&remote, MediaOptions::OWNED, relay)
+                            .await
+                            .unwrap();
+                        println!("rust: owned offer to {remote}: {pc}");
+                        inbound.insert(pc, Inbound::new("owned"));
+                        pc_of.insert(remote.clone(), pc);
+                        continue;
+                    }
+                    "restart" => {
+                        if let Some(&pc) = pc_of.get(&remote) {
+                            let r = peer.media_restart_ice(pc).await;
+                            println!("rust: ICE restart on {pc}: {r:?}");
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
                 let signal = match (m.t.as_str(), m.d, m.c) {
                     ("m-sdp", Some(d), _) => MediaSignal::Sdp {
                         offer: d.kind == "offer",
