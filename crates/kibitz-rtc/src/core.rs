@@ -995,6 +995,9 @@ impl PeerCore {
         if connection_id.is_empty() || sdp.kind != "offer" {
             return self.bad("OFFER", &src, "empty connectionId or sdp type not offer");
         }
+        if let Err(why) = crate::media::check_offer(&sdp.sdp) {
+            return self.reject_offer(src, connection_id, why);
+        }
         // PeerJS: a new call from the same peer replaces the old one (a re-OFFER with the
         // same connectionId too: PeerJS never renegotiates a call).
         let old: Vec<ConnId> = self

@@ -311,6 +311,16 @@ fn sdp_media_lines(sdp: &str) -> Vec<(MediaKind, String, bool)> {
     out
 }
 
+/// Refuses an offer that does not parse or has no audio or video m-line (before a call is
+/// announced).
+pub(crate) fn check_offer(sdp: &str) -> Result<(), String> {
+    SdpOffer::from_sdp_string(sdp).map_err(one_line)?;
+    if sdp_media_lines(sdp).is_empty() {
+        return Err("offer has no audio or video".into());
+    }
+    Ok(())
+}
+
 /// Puts every `a=msid` of ours in one stream ([`STREAM_ID`]): an answer inherits the
 /// offer's stream ids, one per track when the offerer had several.
 fn one_stream(sdp: &str) -> String {
