@@ -129,13 +129,17 @@ window.M = (() => {
     const v = await ctrlNext((m) => m.kind === "answered", "rust verdict");
     if (v.verdict !== "ok") throw new Error("rust says " + JSON.stringify(v));
     const relay = await checkRelay(call.peerConnection);
+    // Chromium offered opus, red, G722, PCMU, …, VP8, H264, VP9, AV1, rtx, ulpfec: Rust
+    // answers Opus and VP8 (with VP8's rtx) only.
+    const answered = [...new Set([...call.peerConnection.remoteDescription.sdp.matchAll(/a=rtpmap:\\d+ ([^/]+)\\//g)].map((m) => m[1]))];
+    if (answered.some((c) => !["opus", "VP8", "rtx"].includes(c))) throw new Error("rust answered codecs " + answered.join(","));
     const dc = call.dataChannel;
     if (!dc || dc.label !== "undefined") throw new Error("no 'undefined' data channel on the call");
     const closed = new Promise((res) => call.on("close", res));
     dc.close();
     const c = await ctrlNext((m) => m.closed === v.conn, "rust to see the hang-up");
     await withTimeout(closed, 5000, "page call close");
-    return v.detail + "; " + energy + "; remote " + streamShape(remote) + "; rust closed: " + c.reason + relay;
+    return v.detail + "; " + energy + "; remote " + streamShape(remote) + "; rust answered " + answered.join(",") + "; rust closed: " + c.reason + relay;
   }
 
   async function rustCalls() {
