@@ -93,7 +93,9 @@ pub enum Event {
         remote: String,
     },
     /// A PeerJS media call arrived (legacy): answer it with [`PeerCore::answer_call`] or
-    /// close it; [`Event::MediaOpen`] follows an answer once connected.
+    /// close it; [`Event::MediaOpen`] follows an answer once connected. A call neither
+    /// answered nor open within [`CoreConfig::open_timeout`] closes
+    /// ([`CloseReason::Timeout`]).
     Call {
         /// The new media connection.
         conn: ConnId,
@@ -1101,13 +1103,32 @@ impl PeerCore {
         remote: &str,
         opts: MediaOptions,
     ) -> Result<ConnId, MediaError> {
-        if remote.is_empty() {
-            return Err(MediaError::Refused("empty remote id".into()));
+        let cid = format!("mc_{}", crate::driver::random_base36(11));
+        self.call_with_id(now, remote, cid, opts)
+    }
+
+    /// [`PeerCore::call`] with the connectionId given (deterministic tests, replays).
+    pub fn call_with_id(
+        &mut self,
+        now: Instant,
+        remote: &str,
+        cid: String,
+        opts: MediaOptions,
+    ) -> Result<ConnId, MediaError> {
+        if remote.is_empty() || cid.is_empty() {
+            return Err(MediaError::Refused(
+                "empty remote id or connectionId".into(),
+            ));
+        }
+        if self
+            .media_by_key
+            .contains_key(&(remote.to_owned(), cid.clone()))
+        {
+            return Err(MediaError::Refused("connectionId in use".into()));
         }
         let relay = self.cfg.relay.is_some();
         let (local, hosts) = self.media_sock(relay)?;
         let id = self.alloc();
-        let cid = format!("mc_{}", crate::driver::random_base36(11));
         let sock = self.sock(local, &hosts, relay);
         let made = MediaConn::offer(now, id, remote.to_owned(), Some(cid.clone()), opts, sock);
         let (conn, sdp) = match made {
