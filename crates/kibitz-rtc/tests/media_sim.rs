@@ -782,3 +782,36 @@ fn an_ice_restart_recovers_an_owned_connection_after_an_outage() {
     assert_eq!(closed(&sim, 0), None);
     assert_eq!(closed(&sim, 1), None);
 }
+
+/// Rewrites a relayed media ANSWER so that it rejects the video m-line (port 0).
+fn reject_video(v: &mut serde_json::Value) {
+    if v["type"] == "ANSWER"
+        && let Some(sdp) = v["payload"]["sdp"]["sdp"].as_str()
+    {
+        let s = sdp.replace("m=video 9 ", "m=video 0 ");
+        v["payload"]["sdp"]["sdp"] = s.into();
+    }
+}
+
+#[test]
+fn a_lane_the_remote_rejected_refuses_writes() {
+    let ids = [Identity::generate().unwrap(), Identity::generate().unwrap()];
+    let mut sim = Sim::new(&ids);
+    sim.tamper = Some(reject_video);
+    let (call, _) = open_call(&mut sim);
+    let (_, lanes) = media_open(&sim, 0).unwrap();
+    assert_eq!(lanes, vec![LaneRef::MIC]);
+    let now = sim.now;
+    assert_eq!(
+        sim.nodes[0]
+            .core
+            .write_media(now, call, LaneRef::CAMERA, 0, vec![1, 2, 3]),
+        Err(MediaWriteError::Rejected)
+    );
+    assert_eq!(
+        sim.nodes[0]
+            .core
+            .write_media(now, call, LaneRef::MIC, 0, vec![0xf8, 1]),
+        Ok(())
+    );
+}
