@@ -348,9 +348,16 @@ async fn serve(peer: PeerHandle, mut ev: Events, relay: bool) {
             } => {
                 println!("rust: call {connection_id} from {remote}");
                 inbound.insert(conn, Inbound::new("answered"));
-                if let Err(e) = peer.answer_call(conn, MediaOptions::LEGACY).await {
-                    println!("rust: answer failed: {e}");
-                }
+                // Answer late, as a callee does whose stream is not ready yet: relay-only,
+                // the TURN allocation then completes before the answer exists, and its
+                // candidate must still reach the browser (in and after the ANSWER).
+                let peer = peer.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    if let Err(e) = peer.answer_call(conn, MediaOptions::LEGACY).await {
+                        println!("rust: answer failed: {e}");
+                    }
+                });
             }
             Event::MediaOpen { conn, lanes, .. } => {
                 println!("rust: media {conn} open, lanes {lanes:?}");

@@ -214,6 +214,8 @@ pub(crate) struct MediaConn {
     pub local: SocketAddr,
     hosts: Vec<SocketAddr>,
     turn: Option<TurnClient>,
+    /// Our relay candidate (`a=candidate` text) once allocated.
+    relay_cand: Option<String>,
     pub remote: String,
     /// The PeerJS connectionId of a legacy call; `None` for an owned connection.
     pub connection_id: Option<String>,
@@ -375,6 +377,7 @@ impl MediaConn {
             id,
             local: sock.local,
             turn: sock.relay.map(|r| TurnClient::new(now, r.clone())),
+            relay_cand: None,
             remote,
             connection_id,
             rtc: new_rtc(now, &sock, &hosts),
@@ -621,15 +624,18 @@ impl MediaConn {
         }
     }
 
-    /// Our host candidates as trickle payloads (also in the SDP).
+    /// Our host candidates, and the relay one once allocated, as trickle payloads (also in
+    /// the SDP).
     pub fn local_candidates(&self) -> Vec<CandidateInit> {
         let mid = sdp_attr(&self.local_sdp, "mid").map(str::to_owned);
         let ufrag = sdp_attr(&self.local_sdp, "ice-ufrag").map(str::to_owned);
         self.hosts
             .iter()
             .filter_map(|h| Candidate::host(*h, "udp").ok())
-            .map(|c| CandidateInit {
-                candidate: c.to_sdp_string(),
+            .map(|c| c.to_sdp_string())
+            .chain(self.relay_cand.clone())
+            .map(|candidate| CandidateInit {
+                candidate,
                 sdp_mid: mid.clone(),
                 sdp_m_line_index: Some(0),
                 username_fragment: ufrag.clone(),
@@ -795,12 +801,19 @@ impl MediaConn {
                 };
                 let line = c.to_sdp_string();
                 self.rtc.add_local_candidate(c);
-                out.push(MediaOut::LocalCandidate(CandidateInit {
-                    candidate: line,
-                    sdp_mid: sdp_attr(&self.local_sdp, "mid").map(str::to_owned),
-                    sdp_m_line_index: Some(0),
-                    username_fragment: sdp_attr(&self.local_sdp, "ice-ufrag").map(str::to_owned),
-                }));
+                // A call not answered yet has no local description: a candidate trickled now
+                // would reach a browser before our ANSWER and be dropped there. It goes in
+                // the answer and with its candidates instead (`local_candidates`).
+                if !self.local_sdp.is_empty() {
+                    out.push(MediaOut::LocalCandidate(CandidateInit {
+                        candidate: line.clone(),
+                        sdp_mid: sdp_attr(&self.local_sdp, "mid").map(str::to_owned),
+                        sdp_m_line_index: Some(0),
+                        username_fragment: sdp_attr(&self.local_sdp, "ice-ufrag")
+                            .map(str::to_owned),
+                    }));
+                }
+                self.relay_cand = Some(line);
             }
             TurnEvent::Failed(why) => self.finish(CloseReason::Failed(format!("turn: {why}")), out),
         }
