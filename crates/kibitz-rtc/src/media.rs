@@ -428,11 +428,11 @@ impl MediaConn {
                     MediaKind::Audio => str0m::media::MediaKind::Audio,
                     MediaKind::Video => str0m::media::MediaKind::Video,
                 };
-                let track = format!("{}{ordinal}", if legacy { "t" } else { "l" })
-                    + match kind {
-                        MediaKind::Audio => "a",
-                        MediaKind::Video => "v",
-                    };
+                // Track ids unique within the connection: a0, v0, a1, v1.
+                let track = match kind {
+                    MediaKind::Audio => format!("a{ordinal}"),
+                    MediaKind::Video => format!("v{ordinal}"),
+                };
                 let mid = api.add_media(
                     k,
                     Direction::SendRecv,
