@@ -50,7 +50,7 @@ pub enum SendError {
     Stopped,
 }
 
-/// Why a data connection ended.
+/// Why a data or media connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {

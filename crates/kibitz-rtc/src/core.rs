@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use tracing::{debug, trace, warn};
 
 use crate::conn::{ConnConfig, ConnOut, DataConn, Sock};
-use crate::signal::{self, OfferMeta, Payload, ServerMsg, SignalError};
+use crate::media::{
+    LaneRef, MediaCodec, MediaConn, MediaError, MediaOptions, MediaOut, MediaSignal, MediaStats,
+    MediaWriteError,
+};
+use crate::signal::{self, CandidateInit, OfferMeta, Payload, ServerMsg, SignalError};
 use crate::turn::RelayConfig;
 use crate::{
     CloseReason, ConnError, ConnId, ConnInfo, ConnectOptions, Identity, Message, SendError,
@@ -87,6 +91,71 @@ pub enum Event {
     Leave {
         /// Who left.
         remote: String,
+    },
+    /// A PeerJS media call arrived (legacy): answer it with [`PeerCore::answer_call`] or
+    /// close it; [`Event::MediaOpen`] follows an answer once connected. A call neither
+    /// answered nor open within [`CoreConfig::open_timeout`] closes
+    /// ([`CloseReason::Timeout`]).
+    Call {
+        /// The new media connection.
+        conn: ConnId,
+        /// Who calls.
+        remote: String,
+        /// The PeerJS connectionId (`mc_…`).
+        connection_id: String,
+    },
+    /// Signalling of an owned media connection for the application to carry to `remote`
+    /// (as `m-sdp` / `m-ice`).
+    MediaSignal {
+        /// The media connection.
+        conn: ConnId,
+        /// Whom to send it to.
+        remote: String,
+        /// The offer, answer or candidate.
+        signal: MediaSignal,
+    },
+    /// The media connection is connected (ICE + DTLS): frames flow both ways.
+    MediaOpen {
+        /// The media connection.
+        conn: ConnId,
+        /// The remote id.
+        remote: String,
+        /// The lanes negotiated (rejected ones left out).
+        lanes: Vec<LaneRef>,
+    },
+    /// A media frame arrived (an Opus packet, a whole VP8 frame).
+    MediaFrame {
+        /// The media connection.
+        conn: ConnId,
+        /// Which m-line.
+        lane: LaneRef,
+        /// Its codec.
+        codec: MediaCodec,
+        /// RTP time (48 kHz audio, 90 kHz video), extended to 64 bits.
+        rtp_time: u64,
+        /// The frame.
+        data: Vec<u8>,
+    },
+    /// ICE lost (`connected: false`) or regained the remote after [`Event::MediaOpen`].
+    MediaState {
+        /// The media connection.
+        conn: ConnId,
+        /// Whether it is connected now.
+        connected: bool,
+    },
+    /// The remote asked for a keyframe (PLI/FIR) on `lane`.
+    KeyframeRequest {
+        /// The media connection.
+        conn: ConnId,
+        /// Which lane.
+        lane: LaneRef,
+    },
+    /// The media connection ended; its id is never used again.
+    MediaClosed {
+        /// The media connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
     },
     /// The broker socket closed; open connections carry on. Call
     /// [`crate::PeerHandle::reconnect`] to come back with the same id and token.
@@ -198,6 +267,8 @@ pub struct PeerCore {
     cfg: CoreConfig,
     conn_cfg: ConnConfig,
     conns: BTreeMap<ConnId, DataConn>,
+    media: BTreeMap<ConnId, MediaConn>,
+    media_by_key: BTreeMap<(String, String), ConnId>,
     by_local: BTreeMap<SocketAddr, ConnId>,
     spares: VecDeque<SocketAddr>,
     by_key: BTreeMap<(String, String), ConnId>,
@@ -221,6 +292,8 @@ impl PeerCore {
             cfg,
             conn_cfg,
             conns: BTreeMap::new(),
+            media: BTreeMap::new(),
+            media_by_key: BTreeMap::new(),
             by_local: BTreeMap::new(),
             spares: VecDeque::new(),
             by_key: BTreeMap::new(),
@@ -330,6 +403,7 @@ impl PeerCore {
         self.conns
             .values()
             .filter_map(DataConn::next_timeout)
+            .chain(self.media.values().filter_map(MediaConn::next_timeout))
             .chain(self.heartbeat_at)
             .min()
     }
@@ -356,6 +430,20 @@ impl PeerCore {
             }
             self.absorb(id, outs);
         }
+        let due: Vec<ConnId> = self
+            .media
+            .iter()
+            .filter(|(_, c)| c.next_timeout().is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let mut outs = Vec::new();
+            if let Some(c) = self.media.get_mut(&id) {
+                c.handle_timeout(now, &mut outs);
+                c.poll(now, &mut outs);
+            }
+            self.absorb_media(id, outs);
+        }
     }
 
     fn on_datagram(&mut self, now: Instant, source: SocketAddr, local: SocketAddr, buf: &[u8]) {
@@ -363,6 +451,13 @@ impl PeerCore {
             trace!("datagram for no connection ignored");
             return;
         };
+        if let Some(c) = self.media.get_mut(&id) {
+            let mut outs = Vec::new();
+            c.handle_datagram(now, source, buf, &mut outs);
+            c.poll(now, &mut outs);
+            self.absorb_media(id, outs);
+            return;
+        }
         let mut outs = Vec::new();
         if let Some(c) = self.conns.get_mut(&id) {
             c.handle_datagram(now, source, buf, &mut outs);
@@ -416,6 +511,15 @@ impl PeerCore {
         for id in ids {
             self.close_with(now, id, CloseReason::Left);
         }
+        let ids: Vec<ConnId> = self
+            .media
+            .iter()
+            .filter(|(_, c)| c.remote == remote && !(only_unopened && c.is_open()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.close_with(now, id, CloseReason::Left);
+        }
     }
 
     fn bad(&mut self, kind: &'static str, src: &str, why: &str) {
@@ -428,6 +532,9 @@ impl PeerCore {
 
     fn on_offer(&mut self, now: Instant, src: String, p: Payload) {
         let kind = p.kind.clone().unwrap_or_default();
+        if kind == "media" {
+            return self.on_media_offer(now, src, p);
+        }
         if kind != "data" {
             self.event(Event::SignalError(SignalError::Unsupported { src, kind }));
             return;
@@ -505,6 +612,9 @@ impl PeerCore {
     }
 
     fn on_answer(&mut self, now: Instant, src: String, p: Payload) {
+        if p.kind.as_deref() == Some("media") {
+            return self.on_media_answer(now, src, p);
+        }
         let Some(id) = self.find(&src, &p) else {
             return self.bad("ANSWER", &src, "unknown connectionId");
         };
@@ -534,6 +644,9 @@ impl PeerCore {
     }
 
     fn on_candidate(&mut self, now: Instant, src: String, p: Payload) {
+        if p.kind.as_deref() == Some("media") {
+            return self.on_media_candidate(now, src, p);
+        }
         let Some(cand) = p.candidate.as_ref() else {
             return self.bad("CANDIDATE", &src, "no candidate");
         };
@@ -626,6 +739,12 @@ impl PeerCore {
     }
 
     fn close_with(&mut self, now: Instant, id: ConnId, reason: CloseReason) {
+        if let Some(c) = self.media.get_mut(&id) {
+            let mut outs = Vec::new();
+            c.close(now, reason, &mut outs);
+            self.absorb_media(id, outs);
+            return;
+        }
         let mut outs = Vec::new();
         if let Some(c) = self.conns.get_mut(&id) {
             c.close(now, reason, &mut outs);
@@ -733,9 +852,538 @@ impl PeerCore {
 
     /// Closes every connection.
     pub fn close_all(&mut self, now: Instant) {
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let ids: Vec<ConnId> = self
+            .conns
+            .keys()
+            .chain(self.media.keys())
+            .copied()
+            .collect();
         for id in ids {
             self.close_with(now, id, CloseReason::Local);
         }
+    }
+}
+
+/// Media connections (see the crate docs): PeerJS calls through the broker, and owned
+/// connections whose SDP the application carries.
+impl PeerCore {
+    fn media_sock(&mut self, relay: bool) -> Result<(SocketAddr, Vec<SocketAddr>), MediaError> {
+        if relay && self.cfg.relay.is_none() {
+            return Err(MediaError::NoRelay);
+        }
+        if self.conns.len() + self.media.len() >= self.cfg.max_connections {
+            return Err(MediaError::Capacity("too many connections"));
+        }
+        self.take_socket()
+            .ok_or(MediaError::Capacity("no spare UDP socket"))
+    }
+
+    fn sock<'a>(&'a self, local: SocketAddr, hosts: &'a [SocketAddr], relay: bool) -> Sock<'a> {
+        Sock {
+            local,
+            hosts,
+            identity: &self.cfg.identity,
+            cfg: &self.conn_cfg,
+            relay: if relay { self.cfg.relay.as_ref() } else { None },
+        }
+    }
+
+    fn insert_media(&mut self, now: Instant, conn: MediaConn) {
+        let id = conn.id;
+        if let Some(cid) = conn.connection_id.clone() {
+            self.media_by_key.insert((conn.remote.clone(), cid), id);
+        }
+        self.by_local.insert(conn.local, id);
+        self.media.insert(id, conn);
+        self.poll_media(now, id);
+    }
+
+    fn poll_media(&mut self, now: Instant, id: ConnId) {
+        let mut outs = Vec::new();
+        if let Some(c) = self.media.get_mut(&id) {
+            c.poll(now, &mut outs);
+        }
+        self.absorb_media(id, outs);
+    }
+
+    fn absorb_media(&mut self, id: ConnId, outs: Vec<MediaOut>) {
+        for o in outs {
+            match o {
+                MediaOut::Transmit {
+                    source,
+                    destination,
+                    contents,
+                } => self.out.push_back(Output::Transmit {
+                    source,
+                    destination,
+                    contents,
+                }),
+                MediaOut::Open(lanes) => {
+                    let remote = self
+                        .media
+                        .get(&id)
+                        .map(|c| c.remote.clone())
+                        .unwrap_or_default();
+                    debug!(%id, "media open");
+                    self.event(Event::MediaOpen {
+                        conn: id,
+                        remote,
+                        lanes,
+                    });
+                }
+                MediaOut::Frame {
+                    lane,
+                    codec,
+                    rtp_time,
+                    data,
+                } => self.event(Event::MediaFrame {
+                    conn: id,
+                    lane,
+                    codec,
+                    rtp_time,
+                    data,
+                }),
+                MediaOut::State(connected) => {
+                    self.event(Event::MediaState {
+                        conn: id,
+                        connected,
+                    });
+                }
+                MediaOut::Keyframe(lane) => self.event(Event::KeyframeRequest { conn: id, lane }),
+                MediaOut::LocalCandidate(cand) => self.media_candidate_out(id, cand),
+                MediaOut::Closed(reason) => {
+                    debug!(%id, ?reason, "media closed");
+                    self.event(Event::MediaClosed { conn: id, reason });
+                }
+            }
+        }
+        if self.media.get(&id).is_some_and(MediaConn::is_closed)
+            && let Some(c) = self.media.remove(&id)
+        {
+            if let Some(cid) = c.connection_id.clone() {
+                self.media_by_key.remove(&(c.remote.clone(), cid));
+            }
+            self.by_local.remove(&c.local);
+            self.out.push_back(Output::Release { local: c.local });
+        }
+    }
+
+    /// A local candidate of a media connection: a CANDIDATE through the broker for a call,
+    /// a [`MediaSignal::Candidate`] event for an owned connection.
+    fn media_candidate_out(&mut self, id: ConnId, cand: CandidateInit) {
+        let Some(c) = self.media.get(&id) else {
+            return;
+        };
+        match c.connection_id.clone() {
+            Some(cid) => {
+                let text = signal::candidate_of("media", &c.remote, &cid, cand);
+                self.signal(text);
+            }
+            None => {
+                let remote = c.remote.clone();
+                self.event(Event::MediaSignal {
+                    conn: id,
+                    remote,
+                    signal: MediaSignal::Candidate(cand),
+                });
+            }
+        }
+    }
+
+    fn on_media_offer(&mut self, now: Instant, src: String, p: Payload) {
+        let (Some(connection_id), Some(sdp)) = (p.connection_id.clone(), p.sdp.as_ref()) else {
+            return self.bad("OFFER", &src, "no connectionId or sdp");
+        };
+        if connection_id.is_empty() || sdp.kind != "offer" {
+            return self.bad("OFFER", &src, "empty connectionId or sdp type not offer");
+        }
+        if let Err(why) = crate::media::check_offer(&sdp.sdp) {
+            return self.reject_offer(src, connection_id, why);
+        }
+        // PeerJS: a new call from the same peer replaces the old one (a re-OFFER with the
+        // same connectionId too: PeerJS never renegotiates a call).
+        let old: Vec<ConnId> = self
+            .media
+            .iter()
+            .filter(|(_, c)| c.remote == src && c.connection_id.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            self.close_with(now, id, CloseReason::Replaced);
+        }
+        let relay = self.cfg.relay.is_some();
+        let (local, hosts) = match self.media_sock(relay) {
+            Ok(x) => x,
+            Err(e) => return self.reject_offer(src, connection_id, e.to_string()),
+        };
+        let id = self.alloc();
+        let sock = self.sock(local, &hosts, relay);
+        let conn = MediaConn::incoming(
+            now,
+            id,
+            src.clone(),
+            Some(connection_id.clone()),
+            sdp.sdp.clone(),
+            sock,
+        );
+        debug!(%id, "media call offered");
+        self.insert_media(now, conn);
+        self.event(Event::Call {
+            conn: id,
+            remote: src,
+            connection_id,
+        });
+    }
+
+    fn find_media(&self, src: &str, p: &Payload) -> Option<ConnId> {
+        let cid = p.connection_id.as_ref()?;
+        self.media_by_key
+            .get(&(src.to_owned(), cid.clone()))
+            .copied()
+    }
+
+    fn on_media_answer(&mut self, now: Instant, src: String, p: Payload) {
+        let Some(id) = self.find_media(&src, &p) else {
+            return self.bad("ANSWER", &src, "unknown connectionId");
+        };
+        let Some(sdp) = p.sdp.as_ref().filter(|s| s.kind == "answer") else {
+            return self.bad("ANSWER", &src, "no answer sdp");
+        };
+        let res = match self.media.get_mut(&id) {
+            Some(c) if !c.awaiting_answer() => {
+                return self.bad("ANSWER", &src, "no offer outstanding");
+            }
+            Some(c) => c.accept_answer(now, &sdp.sdp),
+            None => return,
+        };
+        if let Err(why) = res {
+            self.event(Event::SignalError(SignalError::Rejected {
+                kind: "ANSWER",
+                src,
+                connection_id: p.connection_id.unwrap_or_default(),
+                why: why.clone(),
+            }));
+            self.close_with(now, id, CloseReason::Failed(why));
+            return;
+        }
+        self.poll_media(now, id);
+    }
+
+    fn on_media_candidate(&mut self, now: Instant, src: String, p: Payload) {
+        let Some(cand) = p.candidate.clone() else {
+            return self.bad("CANDIDATE", &src, "no candidate");
+        };
+        let Some(id) = self.find_media(&src, &p) else {
+            debug!("candidate for an unknown media connection ignored");
+            return;
+        };
+        let res = match self.media.get_mut(&id) {
+            Some(c) => c.add_remote_candidate(now, cand),
+            None => return,
+        };
+        if let Err(why) = res {
+            self.event(Event::SignalError(SignalError::Rejected {
+                kind: "CANDIDATE",
+                src,
+                connection_id: p.connection_id.unwrap_or_default(),
+                why,
+            }));
+            return;
+        }
+        self.poll_media(now, id);
+    }
+
+    /// Calls `remote` as a PeerJS MediaConnection (legacy): an OFFER of `opts` audio and
+    /// video m-lines, sendrecv in one msid stream, plus the unordered `undefined` channel,
+    /// through the broker. Relay-only when [`CoreConfig::relay`] is set.
+    /// [`Event::MediaOpen`] follows the remote's answer.
+    pub fn call(
+        &mut self,
+        now: Instant,
+        remote: &str,
+        opts: MediaOptions,
+    ) -> Result<ConnId, MediaError> {
+        let cid = format!("mc_{}", crate::driver::random_base36(11));
+        self.call_with_id(now, remote, cid, opts)
+    }
+
+    /// [`PeerCore::call`] with the connectionId given (deterministic tests, replays).
+    pub fn call_with_id(
+        &mut self,
+        now: Instant,
+        remote: &str,
+        cid: String,
+        opts: MediaOptions,
+    ) -> Result<ConnId, MediaError> {
+        if remote.is_empty() || cid.is_empty() {
+            return Err(MediaError::Refused(
+                "empty remote id or connectionId".into(),
+            ));
+        }
+        if self
+            .media_by_key
+            .contains_key(&(remote.to_owned(), cid.clone()))
+        {
+            return Err(MediaError::Refused("connectionId in use".into()));
+        }
+        let relay = self.cfg.relay.is_some();
+        let (local, hosts) = self.media_sock(relay)?;
+        let id = self.alloc();
+        let sock = self.sock(local, &hosts, relay);
+        let made = MediaConn::offer(now, id, remote.to_owned(), Some(cid.clone()), opts, sock);
+        let (conn, sdp) = match made {
+            Ok(x) => x,
+            Err(e) => {
+                self.spares.push_front(local);
+                return Err(MediaError::Refused(e));
+            }
+        };
+        let cands = conn.local_candidates();
+        self.signal(signal::media_offer(remote, &cid, sdp));
+        for c in cands {
+            self.signal(signal::candidate_of("media", remote, &cid, c));
+        }
+        self.insert_media(now, conn);
+        Ok(id)
+    }
+
+    /// Answers the call [`Event::Call`] announced. The lanes are the offer's (`opts` is
+    /// kept for symmetry; PeerJS offers one audio and one video). A call with no common
+    /// codec is refused: [`Event::SignalError`], then [`Event::MediaClosed`].
+    pub fn answer_call(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        opts: MediaOptions,
+    ) -> Result<(), MediaError> {
+        let _ = opts;
+        let Some(c) = self.media.get_mut(&conn) else {
+            return Err(MediaError::NoConnection);
+        };
+        let (Some(offer), Some(cid)) = (c.unanswered.clone(), c.connection_id.clone()) else {
+            return Err(MediaError::NotNow("not an unanswered call"));
+        };
+        let remote = c.remote.clone();
+        match c.accept_offer(now, &offer) {
+            Ok(answer) => {
+                let cands = c.local_candidates();
+                self.signal(signal::answer_of("media", &remote, &cid, answer));
+                for cand in cands {
+                    self.signal(signal::candidate_of("media", &remote, &cid, cand));
+                }
+                self.poll_media(now, conn);
+                Ok(())
+            }
+            Err(why) => {
+                self.event(Event::SignalError(SignalError::Rejected {
+                    kind: "OFFER",
+                    src: remote,
+                    connection_id: cid,
+                    why: why.clone(),
+                }));
+                self.close_with(now, conn, CloseReason::Failed(why.clone()));
+                Err(MediaError::Refused(why))
+            }
+        }
+    }
+
+    /// Opens an owned media connection to `remote` (no data channel): the offer comes out
+    /// as [`Event::MediaSignal`] for the application to carry, then candidates. `relay`:
+    /// relay-only through [`CoreConfig::relay`] (fail-closed; refused when none is set).
+    pub fn media_offer(
+        &mut self,
+        now: Instant,
+        remote: &str,
+        opts: MediaOptions,
+        relay: bool,
+    ) -> Result<ConnId, MediaError> {
+        if remote.is_empty() {
+            return Err(MediaError::Refused("empty remote id".into()));
+        }
+        let (local, hosts) = self.media_sock(relay)?;
+        let id = self.alloc();
+        let sock = self.sock(local, &hosts, relay);
+        let (conn, sdp) = match MediaConn::offer(now, id, remote.to_owned(), None, opts, sock) {
+            Ok(x) => x,
+            Err(e) => {
+                self.spares.push_front(local);
+                return Err(MediaError::Refused(e));
+            }
+        };
+        let cands = conn.local_candidates();
+        self.owned_signal_out(id, remote, MediaSignal::Sdp { offer: true, sdp });
+        for c in cands {
+            self.owned_signal_out(id, remote, MediaSignal::Candidate(c));
+        }
+        self.insert_media(now, conn);
+        Ok(id)
+    }
+
+    fn owned_signal_out(&mut self, conn: ConnId, remote: &str, signal: MediaSignal) {
+        self.event(Event::MediaSignal {
+            conn,
+            remote: remote.to_owned(),
+            signal,
+        });
+    }
+
+    /// Feeds signalling of an owned media connection from `remote`: an offer (with
+    /// `conn: None` it creates the answering connection, `opts`/`relay` as for
+    /// [`PeerCore::media_offer`]; on an existing one it is a re-offer, e.g. an ICE restart,
+    /// answered on the same connection), an answer to our offer, or a candidate (queued
+    /// until the remote description is set). Answers come out as [`Event::MediaSignal`].
+    /// An offer while ours is pending is [`MediaError::Glare`]: nothing changes.
+    pub fn media_signal(
+        &mut self,
+        now: Instant,
+        conn: Option<ConnId>,
+        remote: &str,
+        sig: MediaSignal,
+        opts: MediaOptions,
+        relay: bool,
+    ) -> Result<ConnId, MediaError> {
+        let _ = opts;
+        let Some(id) = conn else {
+            let MediaSignal::Sdp { offer: true, sdp } = sig else {
+                return Err(MediaError::NeedConnection);
+            };
+            let (local, hosts) = self.media_sock(relay)?;
+            let id = self.alloc();
+            let sock = self.sock(local, &hosts, relay);
+            let mut c = MediaConn::incoming(now, id, remote.to_owned(), None, sdp.clone(), sock);
+            let answer = match c.accept_offer(now, &sdp) {
+                Ok(a) => a,
+                Err(why) => {
+                    self.spares.push_front(local);
+                    return Err(MediaError::Refused(why));
+                }
+            };
+            let cands = c.local_candidates();
+            self.owned_signal_out(
+                id,
+                remote,
+                MediaSignal::Sdp {
+                    offer: false,
+                    sdp: answer,
+                },
+            );
+            for cand in cands {
+                self.owned_signal_out(id, remote, MediaSignal::Candidate(cand));
+            }
+            self.insert_media(now, c);
+            return Ok(id);
+        };
+        let Some(c) = self
+            .media
+            .get_mut(&id)
+            .filter(|c| c.connection_id.is_none() && c.remote == remote)
+        else {
+            return Err(MediaError::NoConnection);
+        };
+        let res = match sig {
+            MediaSignal::Sdp { offer: true, sdp } => {
+                if c.awaiting_answer() {
+                    return Err(MediaError::Glare);
+                }
+                let answer = c.accept_offer(now, &sdp).map_err(MediaError::Refused)?;
+                self.owned_signal_out(
+                    id,
+                    remote,
+                    MediaSignal::Sdp {
+                        offer: false,
+                        sdp: answer,
+                    },
+                );
+                Ok(id)
+            }
+            MediaSignal::Sdp { offer: false, sdp } => {
+                if !c.awaiting_answer() {
+                    return Err(MediaError::NoPendingOffer);
+                }
+                match c.accept_answer(now, &sdp) {
+                    Ok(()) => Ok(id),
+                    Err(why) => {
+                        self.close_with(now, id, CloseReason::Failed(why.clone()));
+                        Err(MediaError::Refused(why))
+                    }
+                }
+            }
+            MediaSignal::Candidate(cand) => c
+                .add_remote_candidate(now, cand)
+                .map(|()| id)
+                .map_err(MediaError::Refused),
+        };
+        self.poll_media(now, id);
+        res
+    }
+
+    /// A new offer with fresh ICE credentials on an owned connection (str0m
+    /// `SdpApi::ice_restart`), out as [`Event::MediaSignal`].
+    pub fn media_restart_ice(&mut self, now: Instant, conn: ConnId) -> Result<(), MediaError> {
+        let Some(c) = self
+            .media
+            .get_mut(&conn)
+            .filter(|c| c.connection_id.is_none())
+        else {
+            return Err(MediaError::NoConnection);
+        };
+        let sdp = c.restart_ice().map_err(MediaError::Refused)?;
+        let remote = c.remote.clone();
+        self.owned_signal_out(conn, &remote, MediaSignal::Sdp { offer: true, sdp });
+        self.poll_media(now, conn);
+        Ok(())
+    }
+
+    /// Drops our pending offer on an owned connection (perfect negotiation's rollback);
+    /// `Ok(false)` when none was pending.
+    pub fn media_rollback(&mut self, now: Instant, conn: ConnId) -> Result<bool, MediaError> {
+        let Some(c) = self
+            .media
+            .get_mut(&conn)
+            .filter(|c| c.connection_id.is_none())
+        else {
+            return Err(MediaError::NoConnection);
+        };
+        let dropped = c.rollback();
+        self.poll_media(now, conn);
+        Ok(dropped)
+    }
+
+    /// Writes one frame on `lane` of a media connection: an Opus packet (`rtp_time` at
+    /// 48 kHz) or a whole VP8 frame (90 kHz); str0m packetizes it.
+    pub fn write_media(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        lane: LaneRef,
+        rtp_time: u64,
+        data: Vec<u8>,
+    ) -> Result<(), MediaWriteError> {
+        let res = match self.media.get_mut(&conn) {
+            Some(c) => c.write(now, lane, rtp_time, data),
+            None => return Err(MediaWriteError::NoConnection),
+        };
+        self.poll_media(now, conn);
+        res
+    }
+
+    /// Asks the remote for a keyframe on `lane` (PLI).
+    pub fn request_keyframe(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        lane: LaneRef,
+    ) -> Result<(), MediaWriteError> {
+        let res = match self.media.get_mut(&conn) {
+            Some(c) => c.request_keyframe(lane),
+            None => return Err(MediaWriteError::NoConnection),
+        };
+        self.poll_media(now, conn);
+        res
+    }
+
+    /// Cumulative payload bytes of a media connection.
+    pub fn media_stats(&self, conn: ConnId) -> Option<MediaStats> {
+        self.media.get(&conn).map(MediaConn::stats)
     }
 }

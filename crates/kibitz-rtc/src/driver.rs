@@ -14,7 +14,10 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{BrokerConfig, BrokerError, Ws, connect_ws, fetch_id};
 use crate::core::{CoreConfig, Event, Input, Output, PeerCore};
-use crate::{ConnId, ConnInfo, ConnectOptions, Identity, Message, RelayConfig, SendError};
+use crate::{
+    ConnId, ConnInfo, ConnectOptions, Identity, LaneRef, MediaError, MediaOptions, MediaSignal,
+    MediaStats, MediaWriteError, Message, RelayConfig, SendError,
+};
 
 /// The one clock read of this crate: the driver passes it into the sans-IO core.
 #[allow(clippy::disallowed_methods)]
@@ -113,6 +116,54 @@ enum Command {
     },
     Reconnect {
         reply: oneshot::Sender<Result<(), PeerError>>,
+    },
+    Call {
+        remote: String,
+        opts: MediaOptions,
+        reply: oneshot::Sender<Result<ConnId, MediaError>>,
+    },
+    AnswerCall {
+        conn: ConnId,
+        opts: MediaOptions,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    MediaOffer {
+        remote: String,
+        opts: MediaOptions,
+        relay: bool,
+        reply: oneshot::Sender<Result<ConnId, MediaError>>,
+    },
+    MediaSignal {
+        conn: Option<ConnId>,
+        remote: String,
+        signal: MediaSignal,
+        opts: MediaOptions,
+        relay: bool,
+        reply: oneshot::Sender<Result<ConnId, MediaError>>,
+    },
+    MediaRestartIce {
+        conn: ConnId,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    MediaRollback {
+        conn: ConnId,
+        reply: oneshot::Sender<Result<bool, MediaError>>,
+    },
+    WriteMedia {
+        conn: ConnId,
+        lane: LaneRef,
+        rtp_time: u64,
+        data: Vec<u8>,
+        reply: Option<oneshot::Sender<Result<(), MediaWriteError>>>,
+    },
+    RequestKeyframe {
+        conn: ConnId,
+        lane: LaneRef,
+        reply: oneshot::Sender<Result<(), MediaWriteError>>,
+    },
+    MediaStats {
+        conn: ConnId,
+        reply: oneshot::Sender<Option<MediaStats>>,
     },
     Disconnect,
     Destroy,
@@ -234,7 +285,130 @@ impl PeerHandle {
             .flatten()
     }
 
-    /// Closes `conn`.
+    /// Calls `remote` as a PeerJS MediaConnection (legacy; see [`PeerCore::call`]), on its
+    /// own UDP socket; relay-only when [`PeerOptions::relay`] is set.
+    pub async fn call(&self, remote: &str, opts: MediaOptions) -> Result<ConnId, MediaError> {
+        let remote = remote.to_owned();
+        self.ask(|reply| Command::Call {
+            remote,
+            opts,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(MediaError::Stopped))
+    }
+
+    /// Answers a call announced by [`Event::Call`] (see [`PeerCore::answer_call`]).
+    pub async fn answer_call(&self, conn: ConnId, opts: MediaOptions) -> Result<(), MediaError> {
+        self.ask(|reply| Command::AnswerCall { conn, opts, reply })
+            .await
+            .unwrap_or(Err(MediaError::Stopped))
+    }
+
+    /// Opens an owned media connection (see [`PeerCore::media_offer`]); its signalling
+    /// comes as [`Event::MediaSignal`].
+    pub async fn media_offer(
+        &self,
+        remote: &str,
+        opts: MediaOptions,
+        relay: bool,
+    ) -> Result<ConnId, MediaError> {
+        let remote = remote.to_owned();
+        self.ask(|reply| Command::MediaOffer {
+            remote,
+            opts,
+            relay,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(MediaError::Stopped))
+    }
+
+    /// Feeds owned-media signalling from `remote` (see [`PeerCore::media_signal`]).
+    pub async fn media_signal(
+        &self,
+        conn: Option<ConnId>,
+        remote: &str,
+        signal: MediaSignal,
+        opts: MediaOptions,
+        relay: bool,
+    ) -> Result<ConnId, MediaError> {
+        let remote = remote.to_owned();
+        self.ask(|reply| Command::MediaSignal {
+            conn,
+            remote,
+            signal,
+            opts,
+            relay,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(MediaError::Stopped))
+    }
+
+    /// ICE restart on an owned media connection (see [`PeerCore::media_restart_ice`]).
+    pub async fn media_restart_ice(&self, conn: ConnId) -> Result<(), MediaError> {
+        self.ask(|reply| Command::MediaRestartIce { conn, reply })
+            .await
+            .unwrap_or(Err(MediaError::Stopped))
+    }
+
+    /// Drops our pending offer (see [`PeerCore::media_rollback`]).
+    pub async fn media_rollback(&self, conn: ConnId) -> Result<bool, MediaError> {
+        self.ask(|reply| Command::MediaRollback { conn, reply })
+            .await
+            .unwrap_or(Err(MediaError::Stopped))
+    }
+
+    /// Writes one frame (see [`PeerCore::write_media`]) and waits for the verdict.
+    pub async fn write_media(
+        &self,
+        conn: ConnId,
+        lane: LaneRef,
+        rtp_time: u64,
+        data: Vec<u8>,
+    ) -> Result<(), MediaWriteError> {
+        self.ask(|reply| Command::WriteMedia {
+            conn,
+            lane,
+            rtp_time,
+            data,
+            reply: Some(reply),
+        })
+        .await
+        .unwrap_or(Err(MediaWriteError::Stopped))
+    }
+
+    /// Writes one frame without waiting (errors are dropped): for a steady 50 frames/s.
+    pub fn write_media_nowait(&self, conn: ConnId, lane: LaneRef, rtp_time: u64, data: Vec<u8>) {
+        let _ = self.cmd.send(Command::WriteMedia {
+            conn,
+            lane,
+            rtp_time,
+            data,
+            reply: None,
+        });
+    }
+
+    /// Asks the remote for a keyframe on `lane` (PLI).
+    pub async fn request_keyframe(
+        &self,
+        conn: ConnId,
+        lane: LaneRef,
+    ) -> Result<(), MediaWriteError> {
+        self.ask(|reply| Command::RequestKeyframe { conn, lane, reply })
+            .await
+            .unwrap_or(Err(MediaWriteError::Stopped))
+    }
+
+    /// Cumulative payload bytes of a media connection.
+    pub async fn media_stats(&self, conn: ConnId) -> Option<MediaStats> {
+        self.ask(|reply| Command::MediaStats { conn, reply })
+            .await
+            .flatten()
+    }
+
+    /// Closes `conn` (a data or a media connection).
     pub fn close(&self, conn: ConnId) {
         let _ = self.cmd.send(Command::Close { conn });
     }
@@ -510,6 +684,61 @@ impl Driver {
                     let _ = tx.send(connect_ws(&broker, &id, &token).await);
                 });
                 self.reconnecting = Some((rx, reply));
+            }
+            Command::Call {
+                remote,
+                opts,
+                reply,
+            } => {
+                let _ = reply.send(self.core.call(now(), &remote, opts));
+            }
+            Command::AnswerCall { conn, opts, reply } => {
+                let _ = reply.send(self.core.answer_call(now(), conn, opts));
+            }
+            Command::MediaOffer {
+                remote,
+                opts,
+                relay,
+                reply,
+            } => {
+                let _ = reply.send(self.core.media_offer(now(), &remote, opts, relay));
+            }
+            Command::MediaSignal {
+                conn,
+                remote,
+                signal,
+                opts,
+                relay,
+                reply,
+            } => {
+                let r = self
+                    .core
+                    .media_signal(now(), conn, &remote, signal, opts, relay);
+                let _ = reply.send(r);
+            }
+            Command::MediaRestartIce { conn, reply } => {
+                let _ = reply.send(self.core.media_restart_ice(now(), conn));
+            }
+            Command::MediaRollback { conn, reply } => {
+                let _ = reply.send(self.core.media_rollback(now(), conn));
+            }
+            Command::WriteMedia {
+                conn,
+                lane,
+                rtp_time,
+                data,
+                reply,
+            } => {
+                let r = self.core.write_media(now(), conn, lane, rtp_time, data);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Command::RequestKeyframe { conn, lane, reply } => {
+                let _ = reply.send(self.core.request_keyframe(now(), conn, lane));
+            }
+            Command::MediaStats { conn, reply } => {
+                let _ = reply.send(self.core.media_stats(conn));
             }
             Command::Disconnect => {
                 if let Some(mut ws) = self.ws.take() {

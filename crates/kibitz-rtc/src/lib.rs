@@ -1,12 +1,14 @@
-//! A Rust PeerJS peer: the PeerJS broker protocol over WebSocket, and PeerJS-compatible
-//! WebRTC data connections on [str0m](https://docs.rs/str0m) (sans-IO WebRTC).
+//! A Rust PeerJS peer: the PeerJS broker protocol over WebSocket, PeerJS-compatible WebRTC
+//! data connections and media connections (Opus/VP8) on [str0m](https://docs.rs/str0m)
+//! (sans-IO WebRTC).
 //!
 //! # Model
 //!
 //! - [`PeerCore`] is the whole peer as a sans-IO state machine, in str0m's shape (as the
 //!   room engine in `kibitz-client`): [`PeerCore::handle_input`]`(now, `[`Input`]`)` takes
 //!   broker frames, UDP datagrams, the broker socket going up or down and time; commands
-//!   ([`PeerCore::connect`], [`PeerCore::send`], [`PeerCore::close`]) take `now` too.
+//!   ([`PeerCore::connect`], [`PeerCore::send`], [`PeerCore::close`], the media commands)
+//!   take `now` too.
 //!   **After any of them, drain [`PeerCore::poll_output`] until it returns
 //!   [`Output::Timeout`]** (frames for the broker, datagrams, [`Event`]s before it), then
 //!   feed [`Input::Timeout`] at the time it gives. It never reads the clock and never
@@ -42,6 +44,33 @@
 //!   (queued here plus unacknowledged in SCTP); [`PeerHandle::send`] reports what is
 //!   buffered and refuses with [`SendError::Full`] beyond; [`Event::BufferedLow`] says when
 //!   to resume.
+//! - Media connections, two kinds (`MEDIA.md` §2), each its own str0m `Rtc` and UDP socket
+//!   like a data connection, relay-only likewise (fail-closed):
+//!   - **Legacy**, a PeerJS `MediaConnection` through the broker: [`PeerCore::call`] offers
+//!     (`type: "media"`, `connectionId: "mc_…"`, audio + video sendrecv plus the unordered
+//!     `"undefined"` data channel, BUNDLE); an incoming media OFFER is [`Event::Call`], taken
+//!     by [`PeerCore::answer_call`]. The channel closing (either side) hangs up both; a new
+//!     OFFER from the same peer replaces the call ([`CloseReason::Replaced`]). Relay-only
+//!     when [`PeerOptions::relay`] is set.
+//!   - **Owned**, a bare peer connection whose SDP the application carries (over the data
+//!     mesh): [`PeerCore::media_offer`] and [`PeerCore::media_signal`] take and give
+//!     [`MediaSignal`]s (out as [`Event::MediaSignal`]); remote candidates wait for the remote
+//!     description; a re-offer (the browser's ICE restart) is answered on the same
+//!     connection; [`PeerCore::media_restart_ice`] offers with fresh ICE credentials (str0m
+//!     `SdpApi::ice_restart`); an offer while ours is pending is [`MediaError::Glare`] and
+//!     [`PeerCore::media_rollback`] drops ours (perfect negotiation is the caller's). Its
+//!     `relay` argument makes that one connection relay-only through [`CoreConfig::relay`].
+//!   - Only Opus and VP8 are negotiated (browsers offer more; an offer with neither is
+//!     refused). Every m-line is sendrecv and all ours share one msid stream (`kibitz`;
+//!     browsers drop media without one). An m-line is a [`LaneRef`]: its kind and ordinal
+//!     among m-lines of that kind in SDP order (an answer takes the offer's order).
+//!   - Frames in and out whole: [`PeerCore::write_media`] (an Opus packet at 48 kHz RTP time,
+//!     a VP8 frame at 90 kHz; str0m packetizes), [`Event::MediaFrame`] (depacketized).
+//!     [`Event::MediaOpen`] when ICE and DTLS are up, [`Event::MediaState`] when ICE loses or
+//!     regains the remote (nothing is closed for it: the application decides),
+//!     [`Event::KeyframeRequest`] for a remote PLI/FIR and [`PeerCore::request_keyframe`] to
+//!     send one, [`Event::MediaClosed`] at the end; [`PeerCore::media_stats`] counts payload
+//!     bytes. Frames beyond 2048 per connection between timer ticks are dropped (flood bound).
 //! - Events are not bounded: drain [`Events`] promptly. The driver reads every channel as
 //!   fast as data comes, so a consumer that stops reading lets the queue grow.
 //!
@@ -78,6 +107,7 @@ mod conn;
 mod core;
 mod driver;
 mod identity;
+mod media;
 mod message;
 mod signal;
 mod turn;
@@ -88,6 +118,10 @@ pub use core::{CoreConfig, Event, Input, Output, PeerCore};
 pub use driver::{Events, Peer, PeerError, PeerHandle, PeerOptions};
 pub use identity::{Identity, IdentityError};
 pub use kibitz_proto::binarypack::Value as PackValue;
+pub use media::{
+    LaneRef, MediaCodec, MediaError, MediaKind, MediaOptions, MediaSignal, MediaStats,
+    MediaWriteError,
+};
 pub use message::{ConnId, ConnInfo, ConnectOptions, Message, Serialization};
-pub use signal::SignalError;
+pub use signal::{CandidateInit, SignalError};
 pub use turn::{RelayConfig, RelayError};

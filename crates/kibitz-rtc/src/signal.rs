@@ -28,7 +28,7 @@ pub enum SignalError {
         /// What was wrong.
         why: String,
     },
-    /// A media call or an unknown connection type; only data connections are supported.
+    /// An OFFER of an unknown connection type (neither `data` nor `media`).
     #[error("OFFER from {src}: unsupported connection type {kind:?}")]
     Unsupported {
         /// Who sent it.
@@ -66,15 +66,20 @@ pub(crate) struct SessionDescription {
     pub sdp: String,
 }
 
-/// `RTCIceCandidate.toJSON()`.
+/// `RTCIceCandidate.toJSON()`: `{candidate, sdpMid, sdpMLineIndex, usernameFragment}`
+/// (serde in that camelCase shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct CandidateInit {
+pub struct CandidateInit {
+    /// The `candidate:` line (without `a=`).
     pub candidate: String,
+    /// The m-line's mid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdp_mid: Option<String>,
+    /// The m-line's index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdp_m_line_index: Option<u32>,
+    /// The ICE ufrag it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_fragment: Option<String>,
 }
@@ -272,6 +277,26 @@ pub(crate) fn offer(dst: &str, sdp: String, meta: &OfferMeta<'_>) -> String {
 }
 
 pub(crate) fn answer(dst: &str, connection_id: &str, sdp: String) -> String {
+    answer_of("data", dst, connection_id, sdp)
+}
+
+/// A media call's OFFER (PeerJS `MediaConnection`: no label, reliability or serialization).
+pub(crate) fn media_offer(dst: &str, connection_id: &str, sdp: String) -> String {
+    to_text(
+        "OFFER",
+        dst,
+        AnswerPayload {
+            sdp: SessionDescription {
+                kind: "offer".into(),
+                sdp,
+            },
+            kind: "media",
+            connection_id,
+        },
+    )
+}
+
+pub(crate) fn answer_of(kind: &'static str, dst: &str, connection_id: &str, sdp: String) -> String {
     to_text(
         "ANSWER",
         dst,
@@ -280,19 +305,28 @@ pub(crate) fn answer(dst: &str, connection_id: &str, sdp: String) -> String {
                 kind: "answer".into(),
                 sdp,
             },
-            kind: "data",
+            kind,
             connection_id,
         },
     )
 }
 
 pub(crate) fn candidate(dst: &str, connection_id: &str, candidate: CandidateInit) -> String {
+    candidate_of("data", dst, connection_id, candidate)
+}
+
+pub(crate) fn candidate_of(
+    kind: &'static str,
+    dst: &str,
+    connection_id: &str,
+    candidate: CandidateInit,
+) -> String {
     to_text(
         "CANDIDATE",
         dst,
         CandidatePayload {
             candidate,
-            kind: "data",
+            kind,
             connection_id,
         },
     )
