@@ -8,13 +8,19 @@ use kibitz_client::{
     ConnId, Engine, Event, HostError, Input, MeshLink, NetCmd, NetEvent, Now, Output, Participant,
     PeerFailure, PeerKey, RoomConfig, SendError,
 };
+use kibitz_client::{MediaLane, MediaLink, MediaMode, MediaSignal, Plane};
+use kibitz_media::AudioSource;
 use kibitz_proto::binarypack::Value;
 use kibitz_proto::content::Content;
 use kibitz_proto::grants::Grant;
+use kibitz_proto::mesh::IceCandidateInit;
 use kibitz_rtc::{
-    BrokerConfig, ConnectOptions, Event as RtcEvent, Identity, Message as RtcMessage, Peer,
-    PeerHandle, PeerOptions, RelayConfig,
+    BrokerConfig, CandidateInit, CloseReason, ConnectOptions, Event as RtcEvent, Identity, LaneRef,
+    MediaCodec, MediaKind, MediaOptions, MediaSignal as RtcSignal, MediaStats,
+    Message as RtcMessage, Peer, PeerHandle, PeerOptions, RelayConfig,
 };
+
+use crate::media::{MediaConfig, MediaPlane};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
@@ -65,6 +71,11 @@ enum Command {
     Participants(oneshot::Sender<Vec<Participant>>),
     VoiceId(oneshot::Sender<Option<String>>),
     MeshLinks(oneshot::Sender<Vec<MeshLink>>),
+    MediaLinks(oneshot::Sender<Vec<MediaLink>>),
+    Mute(bool),
+    Play(AudioSource),
+    Click,
+    Camera(bool),
 }
 
 /// Commands a running room. Cheap to clone; the room stops when every handle is dropped.
@@ -88,6 +99,11 @@ impl std::fmt::Debug for Command {
             Command::Participants(_) => "Participants",
             Command::VoiceId(_) => "VoiceId",
             Command::MeshLinks(_) => "MeshLinks",
+            Command::MediaLinks(_) => "MediaLinks",
+            Command::Mute(_) => "Mute",
+            Command::Play(_) => "Play",
+            Command::Click => "Click",
+            Command::Camera(_) => "Camera",
         })
     }
 }
@@ -190,6 +206,31 @@ impl RoomHandle {
     pub async fn mesh_links(&self) -> Result<Vec<MeshLink>, Stopped> {
         self.ask(Command::MeshLinks).await
     }
+
+    /// The media connections, one per peer, with their kbps figures.
+    pub async fn media_links(&self) -> Result<Vec<MediaLink>, Stopped> {
+        self.ask(Command::MediaLinks).await
+    }
+
+    /// Mutes (the mic lane keeps flowing, as real silence) or unmutes.
+    pub fn set_muted(&self, muted: bool) {
+        let _ = self.tx.send(Command::Mute(muted));
+    }
+
+    /// Plays this source into the mic lane from now on (unmuting is separate).
+    pub fn play(&self, source: AudioSource) {
+        let _ = self.tx.send(Command::Play(source));
+    }
+
+    /// Marks this moment in the outgoing audio with a full-scale click (latency benchmark).
+    pub fn inject_click(&self) {
+        let _ = self.tx.send(Command::Click);
+    }
+
+    /// Camera on (the test pattern of [`MediaConfig::video`], announced `cam:true`) or off.
+    pub fn set_camera(&self, on: bool) {
+        let _ = self.tx.send(Command::Camera(on));
+    }
 }
 
 /// What a peer task reports.
@@ -197,6 +238,10 @@ enum PeerMsg {
     Failed(PeerFailure),
     Event(RtcEvent),
     Dialled(ConnId, Option<kibitz_rtc::ConnId>),
+    /// A media connection the driver named got its rtc id (or could not be made).
+    MediaDialled(ConnId, Option<kibitz_rtc::ConnId>),
+    /// Cumulative figures of an open media connection (about once a second).
+    MediaStats(kibitz_rtc::ConnId, MediaStats),
 }
 
 /// What a peer task is asked to do, in order.
@@ -204,6 +249,55 @@ enum PeerOp {
     Connect(ConnId, String, Option<String>),
     Send(kibitz_rtc::ConnId, Value),
     Close(kibitz_rtc::ConnId),
+    Media(MediaOp),
+}
+
+/// Media work for a peer task, by the engine's connection name; the task keeps the name →
+/// rtc id map, so an op that follows a dial finds the connection the dial made.
+enum MediaOp {
+    Call {
+        conn: ConnId,
+        remote: String,
+    },
+    Offer {
+        conn: ConnId,
+        remote: String,
+        relay: bool,
+    },
+    Adopt {
+        conn: ConnId,
+        rtc: kibitz_rtc::ConnId,
+    },
+    Answer {
+        conn: ConnId,
+    },
+    Signal {
+        conn: ConnId,
+        remote: String,
+        signal: RtcSignal,
+        relay: bool,
+    },
+    RestartIce {
+        conn: ConnId,
+    },
+    Keyframe {
+        conn: ConnId,
+        lane: LaneRef,
+    },
+    Close {
+        conn: ConnId,
+    },
+    Write {
+        conn: ConnId,
+        lane: LaneRef,
+        rtp_time: u64,
+        data: Vec<u8>,
+    },
+}
+
+/// A media connection as the driver knows it.
+struct MediaSlot {
+    peer: PeerKey,
 }
 
 struct PeerSlot {
@@ -233,6 +327,12 @@ struct Driver {
     peer_tx: mpsc::UnboundedSender<(PeerKey, PeerMsg)>,
     events: mpsc::UnboundedSender<Event>,
     deadline: u64,
+    media: MediaPlane,
+    media_on: bool,
+    media_peer: Option<PeerKey>,
+    media_slots: BTreeMap<ConnId, MediaSlot>,
+    media_by_rtc: BTreeMap<(PeerKey, kibitz_rtc::ConnId), ConnId>,
+    video: Option<crate::media::VideoFeed>,
 }
 
 /// The one audited clock read of this crate.
@@ -246,9 +346,16 @@ fn wall() -> (Instant, u64) {
 
 /// Starts a participant: the engine runs in its own task until every handle is dropped or it
 /// leaves. Events arrive on the returned channel.
-pub fn start(
+pub fn start(room: RoomConfig, opts: RoomOptions) -> (RoomHandle, mpsc::UnboundedReceiver<Event>) {
+    start_with_media(room, opts, MediaConfig::default())
+}
+
+/// [`start`], with these media sources and sinks (the default: muted silence, no camera,
+/// nothing recorded).
+pub fn start_with_media(
     mut room: RoomConfig,
     opts: RoomOptions,
+    mut media: MediaConfig,
 ) -> (RoomHandle, mpsc::UnboundedReceiver<Event>) {
     let fingerprint = opts.identity.fingerprint().to_owned();
     room.fingerprint = Some(fingerprint.clone());
@@ -257,11 +364,16 @@ pub fn start(
         ms: 0,
         unix_ms: unix,
     };
+    let media_on = room.media;
+    let video = media.video.take().map(crate::media::VideoFeed::start);
+    if video.is_some() {
+        room.cam = true;
+    }
     let engine = Engine::new(room, now);
     let (tx, rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (peer_tx, peer_rx) = mpsc::unbounded_channel();
-    let driver = Driver {
+    let mut driver = Driver {
         engine,
         opts,
         start,
@@ -274,7 +386,14 @@ pub fn start(
         peer_tx,
         events: ev_tx,
         deadline: u64::MAX,
+        media: MediaPlane::new(media),
+        media_on,
+        media_peer: None,
+        media_slots: BTreeMap::new(),
+        media_by_rtc: BTreeMap::new(),
+        video,
     };
+    driver.media.set_camera(driver.video.is_some());
     tokio::spawn(driver.run(rx, peer_rx, unix));
     (RoomHandle { tx, fingerprint }, ev_rx)
 }
@@ -298,6 +417,10 @@ impl Driver {
         let now = self.now(unix0);
         self.engine.start(now);
         self.drain();
+        // The media clock: 20 ms frames (the plane catches up on its own when a tick is late).
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut frames = self.video.as_mut().and_then(|v| v.frames.take());
         loop {
             let sleep_for = {
                 let now = self.now(unix0).ms;
@@ -326,9 +449,17 @@ impl Driver {
                     self.engine.handle_input(now, Input::Timeout);
                     self.drain();
                 }
+                _ = tick.tick(), if self.media_on => self.media_tick(),
+                f = async { match frames.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => {
+                    match f {
+                        Some((data, key)) => self.media.push_camera_frame(data, key),
+                        None => frames = None,
+                    }
+                }
             }
         }
         // Whatever is still open goes with the peers.
+        self.media.finish();
         self.peers.clear();
     }
 
@@ -375,6 +506,17 @@ impl Driver {
             Command::MeshLinks(r) => {
                 let _ = r.send(e.mesh_links());
             }
+            Command::MediaLinks(r) => {
+                let _ = r.send(e.media_links());
+            }
+            Command::Mute(m) => self.media.set_muted(m),
+            Command::Play(src) => self.media.set_source(src),
+            Command::Click => self.media.inject_click(),
+            Command::Camera(on) => {
+                let on = on && self.video.is_some();
+                e.set_cam(now, on);
+                self.media.set_camera(on);
+            }
         }
         false
     }
@@ -387,6 +529,9 @@ impl Driver {
                     return;
                 }
                 Output::Event(ev) => {
+                    if let Event::Leave(id) = &ev {
+                        self.media.forget(id);
+                    }
                     let _ = self.events.send(ev);
                 }
                 Output::Net(cmd) => self.net(cmd),
@@ -396,10 +541,14 @@ impl Driver {
 
     fn net(&mut self, cmd: NetCmd) {
         match cmd {
-            NetCmd::OpenPeer { key, id, .. } => self.open_peer(key, id),
+            NetCmd::OpenPeer { key, id, plane } => self.open_peer(key, plane, id),
             NetCmd::ClosePeer { key } => {
                 // Dropping the op sender ends the peer task, which destroys the peer.
                 self.peers.remove(&key);
+                for (c, _) in self.media_slots.extract_if(.., |_, m| m.peer == key) {
+                    self.media.close(c);
+                }
+                self.media_by_rtc.retain(|(k, _), _| *k != key);
                 self.conns.retain(|_, c| c.peer != key);
                 self.by_rtc.retain(|(k, _), _| *k != key);
                 self.incoming_labels.retain(|(k, _), _| *k != key);
@@ -432,20 +581,106 @@ impl Driver {
                     self.dropped.insert(conn);
                 }
             },
-            // The media plane is not wired to kibitz-rtc yet: its commands are ignored (no
-            // media connection ever opens, so the engine's bounded retries run out).
-            NetCmd::MediaCall { .. }
-            | NetCmd::MediaAnswerCall { .. }
-            | NetCmd::MediaSignal { .. }
-            | NetCmd::MediaRestartIce { .. }
-            | NetCmd::MediaClose { .. }
-            | NetCmd::MediaGates { .. } => {
-                tracing::trace!("media command ignored: no media transport yet");
+            NetCmd::MediaGates { send, receive } => self.media.set_gates(send, receive),
+            NetCmd::MediaCall {
+                conn,
+                remote,
+                mode,
+                relay,
+            } => {
+                let Some(peer) = self.media_peer else {
+                    return;
+                };
+                self.media_slots.insert(conn, MediaSlot { peer });
+                let op = match mode {
+                    MediaMode::Legacy => MediaOp::Call { conn, remote },
+                    MediaMode::Owned => MediaOp::Offer {
+                        conn,
+                        remote,
+                        relay,
+                    },
+                };
+                self.media_op(conn, op);
+            }
+            NetCmd::MediaAnswerCall { conn } => self.media_op(conn, MediaOp::Answer { conn }),
+            NetCmd::MediaSignal {
+                conn,
+                remote,
+                signal,
+                relay,
+            } => {
+                let conn = conn.unwrap_or_else(|| {
+                    self.next_incoming += 1;
+                    ConnId::incoming(self.next_incoming)
+                });
+                if !self.media_slots.contains_key(&conn) {
+                    let Some(peer) = self.media_peer else {
+                        return;
+                    };
+                    self.media_slots.insert(conn, MediaSlot { peer });
+                }
+                let signal = to_rtc_signal(signal);
+                self.media_op(
+                    conn,
+                    MediaOp::Signal {
+                        conn,
+                        remote,
+                        signal,
+                        relay,
+                    },
+                );
+            }
+            NetCmd::MediaRestartIce { conn } => self.media_op(conn, MediaOp::RestartIce { conn }),
+            NetCmd::MediaClose { conn } => {
+                self.media_op(conn, MediaOp::Close { conn });
+                self.media_slots.remove(&conn);
+                self.media_by_rtc.retain(|_, c| *c != conn);
+                self.media.close(conn);
             }
         }
     }
 
-    fn open_peer(&mut self, key: PeerKey, id: Option<String>) {
+    fn media_op(&self, conn: ConnId, op: MediaOp) {
+        if let Some(slot) = self.media_slots.get(&conn)
+            && let Some(p) = self.peers.get(&slot.peer)
+        {
+            let _ = p.ops.send(PeerOp::Media(op));
+        }
+    }
+
+    /// Every 20 ms: frames out on every open media connection, media events to the app.
+    fn media_tick(&mut self) {
+        let (now, _) = wall();
+        for w in self.media.tick(now) {
+            let lane = lane_ref(w.lane);
+            self.media_op(
+                w.conn,
+                MediaOp::Write {
+                    conn: w.conn,
+                    lane,
+                    rtp_time: w.rtp_time,
+                    data: w.data,
+                },
+            );
+        }
+        for ev in self.media.take_events() {
+            let _ = self.events.send(ev);
+        }
+    }
+
+    fn name_of(&self, voice_id: &str) -> String {
+        self.engine
+            .participants()
+            .into_iter()
+            .find(|p| p.id == voice_id)
+            .map(|p| p.name)
+            .unwrap_or_default()
+    }
+
+    fn open_peer(&mut self, key: PeerKey, plane: Plane, id: Option<String>) {
+        if plane == Plane::Media {
+            self.media_peer = Some(key);
+        }
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
         self.peers.insert(key, PeerSlot { ops: ops_tx });
         let mut o = PeerOptions::new(self.opts.broker.clone(), self.opts.identity.clone());
@@ -490,6 +725,29 @@ impl Driver {
                 }
             }
             PeerMsg::Event(ev) => self.rtc_event(key, ev),
+            PeerMsg::MediaDialled(conn, rtc) => match (rtc, self.media_slots.contains_key(&conn)) {
+                (Some(rtc), true) => {
+                    self.media_by_rtc.insert((key, rtc), conn);
+                    Vec::new()
+                }
+                // Closed meanwhile: the task already forgot it, or will on this close.
+                (Some(_), false) => Vec::new(),
+                (None, true) => {
+                    self.media_slots.remove(&conn);
+                    vec![NetEvent::MediaClosed { conn, failed: true }]
+                }
+                (None, false) => Vec::new(),
+            },
+            PeerMsg::MediaStats(rtc, st) => match self.media_by_rtc.get(&(key, rtc)) {
+                Some(&conn) => vec![NetEvent::MediaStats {
+                    conn,
+                    audio_in_bytes: st.audio_in_bytes,
+                    video_in_bytes: st.video_in_bytes,
+                    audio_out_bytes: st.audio_out_bytes,
+                    video_out_bytes: st.video_out_bytes,
+                }],
+                None => Vec::new(),
+            },
         }
     }
 
@@ -575,6 +833,90 @@ impl Driver {
                     None => Vec::new(),
                 }
             }
+            RtcEvent::Call { conn, remote, .. } => {
+                if Some(key) != self.media_peer {
+                    return Vec::new();
+                }
+                self.next_incoming += 1;
+                let c = ConnId::incoming(self.next_incoming);
+                self.media_slots.insert(c, MediaSlot { peer: key });
+                self.media_by_rtc.insert((key, conn), c);
+                self.media_op(c, MediaOp::Adopt { conn: c, rtc: conn });
+                vec![NetEvent::MediaIncomingCall { conn: c, remote }]
+            }
+            RtcEvent::MediaSignal { conn, signal, .. } => {
+                match self.media_by_rtc.get(&(key, conn)) {
+                    Some(&c) => vec![NetEvent::MediaLocalSignal {
+                        conn: c,
+                        signal: from_rtc_signal(signal),
+                    }],
+                    None => Vec::new(),
+                }
+            }
+            RtcEvent::MediaOpen {
+                conn,
+                remote,
+                lanes,
+            } => {
+                let Some(&c) = self.media_by_rtc.get(&(key, conn)) else {
+                    return Vec::new();
+                };
+                let lanes = lanes.into_iter().filter_map(media_lane).collect();
+                let name = self.name_of(&remote);
+                self.media.open(c, &remote, &name, lanes);
+                // A newcomer needs a keyframe to see the camera at once.
+                if let Some(v) = &self.video {
+                    v.request_keyframe();
+                }
+                // And we want theirs, to learn the picture's size without waiting.
+                self.media_op(
+                    c,
+                    MediaOp::Keyframe {
+                        conn: c,
+                        lane: LaneRef::CAMERA,
+                    },
+                );
+                vec![NetEvent::MediaOpen { conn: c }]
+            }
+            RtcEvent::MediaFrame {
+                conn,
+                lane,
+                codec,
+                rtp_time,
+                data,
+            } => {
+                if let (Some(&c), Some(lane)) =
+                    (self.media_by_rtc.get(&(key, conn)), media_lane(lane))
+                    && matches!(codec, MediaCodec::Opus | MediaCodec::Vp8)
+                {
+                    let (now, _) = wall();
+                    self.media.receive(now, c, lane, rtp_time, data);
+                }
+                Vec::new()
+            }
+            RtcEvent::KeyframeRequest { lane, .. } => {
+                if media_lane(lane) == Some(MediaLane::Camera)
+                    && let Some(v) = &self.video
+                {
+                    v.request_keyframe();
+                }
+                Vec::new()
+            }
+            RtcEvent::MediaClosed { conn, reason } => {
+                let Some(c) = self.media_by_rtc.remove(&(key, conn)) else {
+                    return Vec::new();
+                };
+                self.media_slots.remove(&c);
+                self.media.close(c);
+                let failed = !matches!(
+                    reason,
+                    CloseReason::Local
+                        | CloseReason::Remote
+                        | CloseReason::Replaced
+                        | CloseReason::Left
+                );
+                vec![NetEvent::MediaClosed { conn: c, failed }]
+            }
             // LEAVE, or EXPIRE for an id we signalled: either way that peer is gone from the
             // broker (for the room id: the authority is, so claim at once).
             RtcEvent::Leave { remote } | RtcEvent::Expire { remote } => {
@@ -601,12 +943,28 @@ async fn peer_task(
             return;
         }
     };
+    let mut media: BTreeMap<ConnId, kibitz_rtc::ConnId> = BTreeMap::new();
+    let mut stats = tokio::time::interval(Duration::from_secs(1));
+    stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             op = ops.recv() => {
                 let Some(op) = op else { break };
-                if !run_op(&peer, key, op, &out).await {
+                let ok = match op {
+                    PeerOp::Media(m) => run_media_op(&peer, key, m, &mut media, &out).await,
+                    op => run_op(&peer, key, op, &out).await,
+                };
+                if !ok {
                     break;
+                }
+            }
+            _ = stats.tick(), if !media.is_empty() => {
+                for &rtc in media.values() {
+                    if let Some(st) = peer.media_stats(rtc).await
+                        && out.send((key, PeerMsg::MediaStats(rtc, st))).is_err()
+                    {
+                        break;
+                    }
                 }
             }
             ev = events.recv() => {
@@ -614,6 +972,9 @@ async fn peer_task(
                     let _ = out.send((key, PeerMsg::Failed(PeerFailure::Lost)));
                     break;
                 };
+                if let RtcEvent::MediaClosed { conn, .. } = &ev {
+                    media.retain(|_, r| r != conn);
+                }
                 if out.send((key, PeerMsg::Event(ev))).is_err() {
                     break;
                 }
@@ -657,5 +1018,150 @@ async fn run_op(
             peer.close(conn);
             true
         }
+        // The peer task routes these to run_media_op.
+        PeerOp::Media(_) => true,
+    }
+}
+
+/// Carries out one media op; returns false when the room is gone.
+async fn run_media_op(
+    peer: &PeerHandle,
+    key: PeerKey,
+    op: MediaOp,
+    media: &mut BTreeMap<ConnId, kibitz_rtc::ConnId>,
+    out: &mpsc::UnboundedSender<(PeerKey, PeerMsg)>,
+) -> bool {
+    let dialled = |conn,
+                   r: Result<kibitz_rtc::ConnId, kibitz_rtc::MediaError>,
+                   media: &mut BTreeMap<_, _>| {
+        let rtc = match r {
+            Ok(rtc) => {
+                media.insert(conn, rtc);
+                Some(rtc)
+            }
+            Err(e) => {
+                debug!(error = %e, "media connection not made");
+                None
+            }
+        };
+        out.send((key, PeerMsg::MediaDialled(conn, rtc))).is_ok()
+    };
+    match op {
+        MediaOp::Call { conn, remote } => {
+            let r = peer.call(&remote, MediaOptions::LEGACY).await;
+            dialled(conn, r, media)
+        }
+        MediaOp::Offer {
+            conn,
+            remote,
+            relay,
+        } => {
+            let r = peer.media_offer(&remote, MediaOptions::OWNED, relay).await;
+            dialled(conn, r, media)
+        }
+        MediaOp::Adopt { conn, rtc } => {
+            media.insert(conn, rtc);
+            true
+        }
+        MediaOp::Answer { conn } => {
+            let Some(&rtc) = media.get(&conn) else {
+                return true;
+            };
+            if let Err(e) = peer.answer_call(rtc, MediaOptions::LEGACY).await {
+                debug!(error = %e, "call not answered");
+                media.remove(&conn);
+                peer.close(rtc);
+                return out.send((key, PeerMsg::MediaDialled(conn, None))).is_ok();
+            }
+            true
+        }
+        MediaOp::Signal {
+            conn,
+            remote,
+            signal,
+            relay,
+        } => {
+            let known = media.get(&conn).copied();
+            let r = peer
+                .media_signal(known, &remote, signal, MediaOptions::OWNED, relay)
+                .await;
+            match (known, r) {
+                (None, r) => dialled(conn, r, media),
+                (Some(_), Ok(_)) => true,
+                (Some(_), Err(e)) => {
+                    // Glare on the initiator, a stale candidate: the engine's rules decide.
+                    debug!(error = %e, "media signal not applied");
+                    true
+                }
+            }
+        }
+        MediaOp::RestartIce { conn } => {
+            if let Some(&rtc) = media.get(&conn)
+                && let Err(e) = peer.media_restart_ice(rtc).await
+            {
+                debug!(error = %e, "ICE restart refused");
+            }
+            true
+        }
+        MediaOp::Keyframe { conn, lane } => {
+            if let Some(&rtc) = media.get(&conn) {
+                let _ = peer.request_keyframe(rtc, lane).await;
+            }
+            true
+        }
+        MediaOp::Close { conn } => {
+            if let Some(rtc) = media.remove(&conn) {
+                peer.close(rtc);
+            }
+            true
+        }
+        MediaOp::Write {
+            conn,
+            lane,
+            rtp_time,
+            data,
+        } => {
+            if let Some(&rtc) = media.get(&conn) {
+                peer.write_media_nowait(rtc, lane, rtp_time, data);
+            }
+            true
+        }
+    }
+}
+
+fn media_lane(l: LaneRef) -> Option<MediaLane> {
+    MediaLane::of(l.kind == MediaKind::Audio, l.ordinal)
+}
+
+fn lane_ref(l: MediaLane) -> LaneRef {
+    match l {
+        MediaLane::Mic => LaneRef::MIC,
+        MediaLane::Camera => LaneRef::CAMERA,
+        MediaLane::Share => LaneRef::SHARE,
+        MediaLane::ShareAudio => LaneRef::SHARE_AUDIO,
+    }
+}
+
+fn to_rtc_signal(s: MediaSignal) -> RtcSignal {
+    match s {
+        MediaSignal::Sdp { offer, sdp } => RtcSignal::Sdp { offer, sdp },
+        MediaSignal::Candidate(c) => RtcSignal::Candidate(CandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_m_line_index: c.sdp_m_line_index.map(u32::from),
+            username_fragment: c.username_fragment,
+        }),
+    }
+}
+
+fn from_rtc_signal(s: RtcSignal) -> MediaSignal {
+    match s {
+        RtcSignal::Sdp { offer, sdp } => MediaSignal::Sdp { offer, sdp },
+        RtcSignal::Candidate(c) => MediaSignal::Candidate(IceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_m_line_index: c.sdp_m_line_index.and_then(|i| u16::try_from(i).ok()),
+            username_fragment: c.username_fragment,
+        }),
     }
 }

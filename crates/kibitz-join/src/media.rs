@@ -69,6 +69,8 @@ pub struct MediaConfig {
     pub record: Option<PathBuf>,
     /// Decoded audio goes here too, when given (bounded: frames are dropped when full).
     pub pcm: Option<mpsc::Sender<PcmFrame>>,
+    /// A camera: a synthetic VP8 test pattern of this size (announced `cam:true`).
+    pub video: Option<(u16, u16)>,
 }
 
 impl Default for MediaConfig {
@@ -78,6 +80,7 @@ impl Default for MediaConfig {
             muted: true,
             record: None,
             pcm: None,
+            video: None,
         }
     }
 }
@@ -587,6 +590,7 @@ fn open_wav(dir: &Path, stem: &str) -> Option<WavRecorder> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // an anchor for virtual time
 mod tests {
     use super::*;
 
@@ -747,5 +751,72 @@ mod tests {
         assert!(r.len() > 48_000, "{} samples", r.len());
         assert!(dir.join("Alice_Q-kbz-alice-camera.log").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Frames per second of the test-pattern camera.
+const CAMERA_FPS: u64 = 15;
+
+/// The camera: a thread running the libvpx test pattern (encoding blocks ~15 ms a frame, so
+/// it stays off the async runtime), its frames on a channel.
+#[derive(Debug)]
+pub struct VideoFeed {
+    /// Encoded frames (and whether each is a keyframe); taken by the driver's loop.
+    pub frames: Option<mpsc::Receiver<(Vec<u8>, bool)>>,
+    keyframe: std::sync::mpsc::Sender<()>,
+}
+
+impl VideoFeed {
+    /// Starts the pattern at `(width, height)`. The thread ends when the receiver is dropped.
+    #[allow(clippy::disallowed_methods)] // a real-time source paces itself by the clock
+    pub fn start((width, height): (u16, u16)) -> Self {
+        let (tx, rx) = mpsc::channel(8);
+        let (key_tx, key_rx) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("kibitz-camera".into())
+            .spawn(move || {
+                let mut src = match kibitz_media::Vp8Source::test_pattern(width, height) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "no camera: the VP8 encoder did not start");
+                        return;
+                    }
+                };
+                let t0 = Instant::now();
+                for n in 0u64.. {
+                    if key_rx.try_iter().count() > 0 {
+                        src.request_keyframe();
+                    }
+                    let pts = n * 1000 / CAMERA_FPS;
+                    let frames = match src.next_frame(pts) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            warn!(error = %e, "camera stopped");
+                            return;
+                        }
+                    };
+                    for f in frames {
+                        // Full channel: the driver is behind; drop the frame (never block it).
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(f) {
+                            return;
+                        }
+                    }
+                    // Pace to the frame clock (a real-time source, not a test wait).
+                    let next = t0 + Duration::from_millis((n + 1) * 1000 / CAMERA_FPS);
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "no camera thread");
+        }
+        Self {
+            frames: Some(rx),
+            keyframe: key_tx,
+        }
+    }
+
+    /// Asks for a keyframe next (a peer joined, or asked with PLI).
+    pub fn request_keyframe(&self) {
+        let _ = self.keyframe.send(());
     }
 }
