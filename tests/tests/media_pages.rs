@@ -34,6 +34,8 @@ async fn coordinator(port: u16, room: &str) -> RoomHandle {
 async fn coordinator_with(port: u16, room: &str, host_key: bool) -> RoomHandle {
     let mut cfg = RoomConfig::new(room, "Coordinator", "tok-coordinator");
     cfg.seed = 7;
+    // Data only: these tests are about the pages (tests/tests/media_rust.rs has Rust media).
+    cfg.media = false;
     if host_key {
         let key = SigningKey::from_bytes(&[7u8; 32].into()).unwrap();
         cfg.host = HostCommit::Key(*key.verifying_key());

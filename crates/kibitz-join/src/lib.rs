@@ -10,4 +10,6 @@ mod driver;
 pub mod media;
 pub mod select;
 
-pub use driver::{HostAction, HostActionError, RoomHandle, RoomOptions, Stopped, start};
+pub use driver::{
+    HostAction, HostActionError, RoomHandle, RoomOptions, Stopped, start, start_with_media,
+};
