@@ -201,3 +201,116 @@ async fn a_host_with_the_password_kicks_from_the_terminal() {
     drop(hana);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The newest `secs` of a recording being written (its header is kept valid while it grows),
+/// once it exists.
+fn recording_tail(dir: &std::path::Path, prefix: &str, secs: f32) -> Option<Vec<i16>> {
+    let path = std::fs::read_dir(dir).ok()?.find_map(|e| {
+        let p = e.ok()?.path();
+        let name = p.file_name()?.to_str()?.to_owned();
+        (name.starts_with(prefix) && name.ends_with("-mic.wav")).then_some(p)
+    })?;
+    let mut r = hound::WavReader::open(path).ok()?;
+    let samples: Vec<i16> = r.samples::<i16>().filter_map(Result::ok).collect();
+    let n = (48_000.0 * secs) as usize;
+    (samples.len() >= n).then(|| samples[samples.len() - n..].to_vec())
+}
+
+/// Polls `dir` until `prefix`'s mic recording ends on `hz`.
+async fn recording_ends_on(dir: &std::path::Path, prefix: &str, hz: f32) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(tail) = recording_tail(dir, prefix, 0.5) {
+            let f = kibitz_media::dominant_frequency(&tail);
+            if (f - hz).abs() < 10.0 && kibitz_media::rms(&tail) > 0.02 {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{prefix}'s recording never ended on {hz} Hz"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_hear_and_see_each_other_from_the_command_line() {
+    let broker = start(Config::default()).await;
+    let signal = format!("ws://127.0.0.1:{}", broker.addr.port());
+    let room = "cli-media";
+    let dir = std::env::temp_dir().join(format!("kibitz-cli-media-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let record = dir.to_str().unwrap();
+    let mut alice = Proc::spawn(
+        "alice",
+        &[
+            "join",
+            room,
+            "--name",
+            "Alice",
+            "--signal-host",
+            &signal,
+            "--audio-in",
+            "tone:660",
+            "--video-in",
+            "pattern",
+        ],
+    );
+    alice
+        .expect(WAIT, |l| l == "* connected (you coordinate the room)")
+        .await;
+    let mut bob = Proc::spawn(
+        "bob",
+        &[
+            "join",
+            room,
+            "--name",
+            "Bob",
+            "--signal-host",
+            &signal,
+            "--record",
+            record,
+        ],
+    );
+    let mut bot = Proc::spawn(
+        "bot",
+        &["agent", room, "--name", "Bot", "--signal-host", &signal],
+    );
+    bob.expect(WAIT, |l| l == "* audio and video with Alice")
+        .await;
+    bob.expect(WAIT, |l| l == "* Alice's camera is 320x240")
+        .await;
+    // Bob hears Alice's tone, and records it under her name.
+    recording_ends_on(&dir, "Alice-", 660.0).await;
+    // The agent sees Alice's lanes open (what it may perceive is another matter: its grant).
+    bot.expect(WAIT, |l| {
+        l.contains(r#""event":"track""#) && l.contains(r#""lane":"mic""#)
+    })
+    .await;
+    // An agent speaks into the call on request; humans hear it.
+    bot.line(r#"{"op":"play","file":"tone:500"}"#).await;
+    recording_ends_on(&dir, "Bot-", 500.0).await;
+    bot.line(r#"{"op":"play","file":"/no/such.wav"}"#).await;
+    bot.expect(WAIT, |l| l.contains("cannot play")).await;
+    // Muted: silence flows, the recording goes quiet.
+    alice.line("/mute").await;
+    alice.expect(WAIT, |l| l == "* muted (silence flows)").await;
+    let deadline = Instant::now() + WAIT;
+    while recording_tail(&dir, "Alice-", 0.5).is_none_or(|t| kibitz_media::peak(&t) > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "Alice's recording never went quiet"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for p in [&mut alice, &mut bob] {
+        p.line("/quit").await;
+        let status = timeout(WAIT, p.child.wait()).await.unwrap().unwrap();
+        assert!(status.success());
+    }
+    drop(bot.stdin);
+    let status = timeout(WAIT, bot.child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use kibitz_client::verify::GateVerifier;
 use kibitz_client::{AgentIdentity, Event, HostCommit, Participant, RoomConfig, Status};
+use kibitz_join::media::MediaConfig;
 use kibitz_join::select::{broker_from, broker_from_api, http_client, relay_from_api};
 use kibitz_join::{HostAction, RoomHandle, RoomOptions};
+use kibitz_media::AudioSource;
 use kibitz_proto::content::Content;
 use kibitz_proto::gate::GateMode;
 use kibitz_proto::link::{RoomTarget, parse_room_target, unlock_host_key};
@@ -52,6 +54,61 @@ pub struct RoomArgs {
     /// Accept any TLS certificate from /api/signal and /api/turn (local testing only).
     #[arg(long, env = "KIBITZ_INSECURE")]
     insecure: bool,
+    #[command(flatten)]
+    media: MediaArgs,
+}
+
+/// What a participant sends and keeps of the call's audio and video.
+#[derive(Debug, clap::Args)]
+pub struct MediaArgs {
+    /// The microphone: `silence` (muted, as a browser joins: real silence flows), `tone:HZ`,
+    /// or a WAV file (played once, then silence); anything but `silence` starts unmuted.
+    #[arg(long, env = "KIBITZ_AUDIO_IN", default_value = "silence")]
+    audio_in: String,
+    /// The camera: `none`, or `pattern[:WxH]` (a VP8 test pattern, default 320x240).
+    #[arg(long, env = "KIBITZ_VIDEO_IN", default_value = "none")]
+    video_in: String,
+    /// Record every remote participant here: a 48 kHz WAV per audio lane, a frame log and an
+    /// IVF per video lane, named `<name>-<voiceId>-<lane>`.
+    #[arg(long, env = "KIBITZ_RECORD")]
+    record: Option<PathBuf>,
+    /// Data only: no audio or video connections at all.
+    #[arg(long, env = "KIBITZ_NO_MEDIA")]
+    no_media: bool,
+}
+
+impl MediaArgs {
+    fn config(&self) -> anyhow::Result<MediaConfig> {
+        let audio_in = AudioSource::parse(&self.audio_in)
+            .with_context(|| format!("--audio-in {:?}", self.audio_in))?;
+        let video = match self.video_in.as_str() {
+            "none" => None,
+            "pattern" => Some((320, 240)),
+            v => {
+                let size = v
+                    .strip_prefix("pattern:")
+                    .and_then(|s| s.split_once('x'))
+                    .and_then(|(w, h)| Some((w.parse::<u16>().ok()?, h.parse::<u16>().ok()?)))
+                    .filter(|&(w, h)| (16..=1920).contains(&w) && (16..=1080).contains(&h));
+                Some(size.with_context(|| {
+                    format!(
+                        "--video-in {v:?}: use none, pattern or pattern:WxH (16x16 to 1920x1080)"
+                    )
+                })?)
+            }
+        };
+        if let Some(dir) = &self.record {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating --record {}", dir.display()))?;
+        }
+        Ok(MediaConfig {
+            audio_in,
+            muted: self.audio_in == "silence",
+            record: self.record.clone(),
+            pcm: None,
+            video,
+        })
+    }
 }
 
 /// A terminal participant.
@@ -132,6 +189,7 @@ async fn connect(
     let origin = origin_of(&args.target);
     let target = parse_room_target(&args.target, &origin)
         .with_context(|| format!("reading {:?}", args.target))?;
+    let media = args.media.config()?;
     let client = http_client(args.insecure)?;
     let broker = match &args.signal_host {
         Some(h) => broker_from(h)?,
@@ -160,6 +218,7 @@ async fn connect(
     cfg.verifier = verifier(&target);
     cfg.agent = agent;
     cfg.seed = OsRng.next_u64();
+    cfg.media = !args.media.no_media;
     if let Some(file) = &args.host_password_file {
         let password =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -169,13 +228,14 @@ async fn connect(
         );
     }
     let identity = Identity::generate().context("making a DTLS certificate")?;
-    let (handle, events) = kibitz_join::start(
+    let (handle, events) = kibitz_join::start_with_media(
         cfg,
         RoomOptions {
             broker,
             relay,
             identity,
         },
+        media,
     );
     handle.join();
     Ok((handle, events, target))
@@ -312,6 +372,28 @@ fn describe(ev: &Event, names: &mut BTreeMap<String, String>) -> (Option<String>
         Event::HostCommandRefused { reason } => {
             (Some(format!("* refused a host command: {reason}")), false)
         }
+        Event::MediaConnected { voice_id, .. } => {
+            let who = names
+                .get(voice_id)
+                .cloned()
+                .unwrap_or_else(|| voice_id.clone());
+            (Some(format!("* audio and video with {who}")), false)
+        }
+        Event::VideoSize {
+            voice_id,
+            lane,
+            width,
+            height,
+        } if *width > 2 => {
+            let who = names
+                .get(voice_id)
+                .cloned()
+                .unwrap_or_else(|| voice_id.clone());
+            (
+                Some(format!("* {who}'s {} is {width}x{height}", lane.as_str())),
+                false,
+            )
+        }
         _ => (None, false),
     }
 }
@@ -382,11 +464,27 @@ async fn command(room: &RoomHandle, line: &str) -> Option<String> {
         "admit" => host(room.host(HostAction::Admit(arg.to_owned())).await),
         "deny" => host(room.host(HostAction::Deny(arg.to_owned())).await),
         "reset" => host(room.host(HostAction::Reset).await),
+        "mute" => {
+            room.set_muted(true);
+            Some("* muted (silence flows)".into())
+        }
+        "unmute" => {
+            room.set_muted(false);
+            Some("* unmuted".into())
+        }
+        "play" => match AudioSource::parse(arg) {
+            Ok(src) => {
+                room.play(src);
+                room.set_muted(false);
+                Some(format!("* playing {arg}"))
+            }
+            Err(e) => Some(format!("* cannot play {arg}: {e}")),
+        },
         "quit" => {
             room.leave().await;
             None
         }
-        _ => Some("* commands: /who /dm NAME TEXT /kick NAME /lock /unlock /lobby on|off /admit ID /deny ID /reset /quit".into()),
+        _ => Some("* commands: /who /dm NAME TEXT /mute /unmute /play FILE.wav|tone:HZ /kick NAME /lock /unlock /lobby on|off /admit ID /deny ID /reset /quit".into()),
     }
 }
 
@@ -463,6 +561,30 @@ fn agent_event(ev: &Event) -> Option<serde_json::Value> {
         }
         Event::Grants(_) => json!({"event": "grants"}),
         Event::Reset => json!({"event": "reset"}),
+        Event::MediaConnected { voice_id, mode } => {
+            json!({"event": "media", "with": voice_id, "connected": true, "mode": format!("{mode:?}").to_lowercase()})
+        }
+        Event::MediaDisconnected { voice_id } => {
+            json!({"event": "media", "with": voice_id, "connected": false})
+        }
+        Event::Track { voice_id, lane } => {
+            json!({"event": "track", "from": voice_id, "lane": lane.as_str(), "kind": if lane.is_audio() { "audio" } else { "video" }})
+        }
+        Event::VideoSize {
+            voice_id,
+            lane,
+            width,
+            height,
+        } => {
+            json!({"event": "video", "from": voice_id, "lane": lane.as_str(), "width": width, "height": height})
+        }
+        Event::Speaking {
+            voice_id,
+            speaking,
+            level,
+        } => {
+            json!({"event": "speaking", "from": voice_id, "speaking": speaking, "level": (f64::from(*level) * 1000.0).round() / 1000.0})
+        }
         _ => return None,
     })
 }
@@ -506,6 +628,27 @@ async fn agent_op(room: &RoomHandle, line: &str) -> Option<serde_json::Value> {
             room.leave().await;
             None
         }
-        _ => err("unknown op: use chat, app, who, credit or leave".into()),
+        Some("mute") => {
+            room.set_muted(true);
+            None
+        }
+        Some("unmute") => {
+            room.set_muted(false);
+            None
+        }
+        Some("play") => {
+            let Some(file) = v.get("file").and_then(|f| f.as_str()) else {
+                return err("play needs file (a WAV path, or tone:HZ)".into());
+            };
+            match AudioSource::parse(file) {
+                Ok(src) => {
+                    room.play(src);
+                    room.set_muted(false);
+                    None
+                }
+                Err(e) => err(format!("cannot play: {e}")),
+            }
+        }
+        _ => err("unknown op: use chat, app, who, credit, mute, unmute, play or leave".into()),
     }
 }
