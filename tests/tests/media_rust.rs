@@ -176,6 +176,24 @@ async fn rust_and_a_page(mode: &str) {
     pages.open("a").await.unwrap();
     let a = pages.join("a", &room, mode, json!({})).await.unwrap();
     let r = rust.voice_id.clone();
+    // A line typed the moment the page shows up in the roster waits for its mesh link to
+    // open (it used to be dropped), then arrives once.
+    timeout(WAIT, async {
+        while !rust
+            .handle
+            .participants()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.id == a)
+        {
+            let _ = rust.events.recv().await;
+        }
+    })
+    .await
+    .expect("the page in Rust's roster");
+    let sent = rust.handle.chat("first words", None).await.unwrap();
+    assert_eq!(sent, Ok(1), "queued for the page's opening link");
     let t0 = Instant::now();
     pages
         .wait_stats("a", WAIT, |s| {
@@ -187,6 +205,22 @@ async fn rust_and_a_page(mode: &str) {
         "{mode}: the page hears Rust's lane {:?} after joining",
         t0.elapsed()
     );
+    let chats = pages
+        .wait_call("a", "receivedChats", json!([]), WAIT, |v| {
+            v.as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|m| m["from"] == r && m["text"] == "first words")
+            })
+        })
+        .await
+        .unwrap();
+    let n = chats
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["text"] == "first words")
+        .count();
+    assert_eq!(n, 1, "{chats}");
     let links = rust.handle.media_links().await.unwrap();
     assert_eq!(links.len(), 1, "{links:?}");
     eprintln!("{mode}: {links:?}");
