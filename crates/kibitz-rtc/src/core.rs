@@ -1200,6 +1200,8 @@ impl PeerCore {
         if remote.is_empty() {
             return Err(MediaError::Refused("empty remote id".into()));
         }
+        // A relay-only peer is relay-only for every connection (fail-closed).
+        let relay = relay || self.cfg.relay.is_some();
         let (local, hosts) = self.media_sock(relay)?;
         let id = self.alloc();
         let sock = self.sock(local, &hosts, relay);
@@ -1247,6 +1249,7 @@ impl PeerCore {
             let MediaSignal::Sdp { offer: true, sdp } = sig else {
                 return Err(MediaError::NeedConnection);
             };
+            let relay = relay || self.cfg.relay.is_some();
             let (local, hosts) = self.media_sock(relay)?;
             let id = self.alloc();
             let sock = self.sock(local, &hosts, relay);

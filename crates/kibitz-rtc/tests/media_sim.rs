@@ -815,3 +815,40 @@ fn a_lane_the_remote_rejected_refuses_writes() {
         Ok(())
     );
 }
+
+/// A relay-only peer is relay-only on owned media too, whatever `relay` the caller passed:
+/// the offer and the answer advertise no host candidate (nothing leaks the address).
+#[test]
+fn a_relay_only_peer_never_advertises_a_host_candidate_on_owned_media() {
+    #[allow(clippy::disallowed_methods)]
+    let now = Instant::now();
+    let mut cfg = CoreConfig::new("relayed".into(), Identity::generate().unwrap());
+    cfg.relay = Some(kibitz_rtc::RelayConfig {
+        server: "127.0.0.1:9".parse().unwrap(),
+        username: "1:x".into(),
+        credential: "y".into(),
+    });
+    let mut core = PeerCore::new(cfg);
+    core.handle_input(now, Input::BrokerConnected);
+    for p in 0..4 {
+        core.add_socket(format!("127.0.0.1:{}", 41_000 + p).parse().unwrap());
+    }
+    core.media_offer(now, "bob", MediaOptions::OWNED, false)
+        .unwrap();
+    let mut sdps = Vec::new();
+    loop {
+        match core.poll_output() {
+            Output::Event(Event::MediaSignal { signal, .. }) => sdps.push(signal),
+            Output::Timeout(_) => break,
+            _ => {}
+        }
+    }
+    assert!(!sdps.is_empty());
+    for s in &sdps {
+        let text = match s {
+            MediaSignal::Sdp { sdp, .. } => sdp.clone(),
+            MediaSignal::Candidate(c) => c.candidate.clone(),
+        };
+        assert!(!text.contains("typ host"), "leaks a host candidate: {text}");
+    }
+}
