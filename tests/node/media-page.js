@@ -632,6 +632,37 @@ window.M = (() => {
     await recover(p, "asked");
     return n === 0 ? "restartIce" : "m-recreate";
   }
+  // Test hook: re-announce voice with new meta (e.g. a human re-announced as an agent), as a
+  // client that changes role after joining does.
+  function setMeta(meta) {
+    opts.meta = Object.assign({}, meta || {});
+    announce();
+    return opts.meta;
+  }
+  // Test hook: the ICE candidates of the media connection to `id`, from getStats (which kinds
+  // the remote advertised, and the selected pair).
+  async function candidates(id) {
+    const p = peers.get(id);
+    const pc = p && currentPc(p);
+    if (!pc) return null;
+    const r = await pc.getStats();
+    const out = { local: [], remote: [], selected: null };
+    const byId = new Map();
+    r.forEach((x) => {
+      if (x.type === "local-candidate" || x.type === "remote-candidate") {
+        const c = { type: x.candidateType, address: x.address || x.ip || "", port: x.port || 0 };
+        byId.set(x.id, c);
+        (x.type === "local-candidate" ? out.local : out.remote).push(c);
+      }
+    });
+    r.forEach((x) => {
+      if (x.type === "transport" && x.selectedCandidatePairId) {
+        const pair = r.get(x.selectedCandidatePairId);
+        if (pair) out.selected = { local: byId.get(pair.localCandidateId) || null, remote: byId.get(pair.remoteCandidateId) || null };
+      }
+    });
+    return out;
+  }
   function receivedChats() { return chats.slice(); }
   function debugLog() { return log.slice(); }
   async function leave() {
@@ -647,5 +678,5 @@ window.M = (() => {
     for (const t of [micTrack, camTrack, shareTrackObj]) if (t) t.stop();
     return true;
   }
-  return { join, toggleMic, toggleCam, shareTrack, stopShare, setCapabilityGrant, chat, receivedChats, stats, leave, recoverNow, log: debugLog };
+  return { join, toggleMic, toggleCam, shareTrack, stopShare, setCapabilityGrant, chat, receivedChats, stats, leave, recoverNow, setMeta, candidates, log: debugLog };
 })();
