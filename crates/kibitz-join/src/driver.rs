@@ -592,9 +592,6 @@ impl Driver {
                     return;
                 };
                 self.media_slots.insert(conn, MediaSlot { peer });
-                // A relay-only participant's owned pcs are relay-only from the first (legacy
-                // calls already are): kibitz-rtc takes `relay` per owned pc, not from options.
-                let relay = relay || self.opts.relay.is_some();
                 let op = match mode {
                     MediaMode::Legacy => MediaOp::Call { conn, remote },
                     MediaMode::Owned => MediaOp::Offer {
@@ -623,7 +620,6 @@ impl Driver {
                     self.media_slots.insert(conn, MediaSlot { peer });
                 }
                 let signal = to_rtc_signal(signal);
-                let relay = relay || self.opts.relay.is_some();
                 self.media_op(
                     conn,
                     MediaOp::Signal {
