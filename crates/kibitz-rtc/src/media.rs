@@ -529,6 +529,19 @@ impl MediaConn {
         if !lines.is_empty() && !offers_our_codecs(sdp) {
             return Err("no common codec (Opus/VP8) on any lane".into());
         }
+        // A re-offer on a negotiated connection comes from the same remote pc (JSEP): same
+        // DTLS certificate, no m-line dropped. Anything else would get its ICE credentials
+        // applied by str0m, even when str0m then refuses it, and leave us answering a pc
+        // that does not exist.
+        if self.remote_set {
+            let new = sdp_fingerprint(sdp);
+            if self.remote_fingerprint.is_some() && new != self.remote_fingerprint {
+                return Err("a re-offer may not change the DTLS fingerprint".into());
+            }
+            if lines.len() < self.lanes.len() {
+                return Err("a re-offer may not drop m-lines".into());
+            }
+        }
         self.remote_fingerprint = sdp_fingerprint(sdp).or(self.remote_fingerprint.take());
         self.permit_sdp(now, sdp);
         let answer = self.rtc.sdp_api().accept_offer(offer).map_err(one_line)?;
