@@ -651,11 +651,16 @@ window.M = (() => {
   // A real Chromium offer (audio, audio, video, video) whose every codec is renamed to one
   // nobody knows (payload types kept).
   async function unknownCodecOffer() {
+    const sdp = await scratchOffer(["audio", "audio", "video", "video"]);
+    return sdp.replace(/^a=rtpmap:(\d+) [^/\r\n]+\//gm, "a=rtpmap:$1 X-NOPE-$1/");
+  }
+  // A real offer from a throwaway pc with these m-lines (its own ICE credentials and DTLS).
+  async function scratchOffer(kinds) {
     const pc = new RTCPeerConnection();
-    for (const k of ["audio", "audio", "video", "video"]) pc.addTransceiver(k, { direction: "sendrecv" });
+    for (const k of kinds) pc.addTransceiver(k, { direction: "sendrecv" });
     const o = await pc.createOffer();
     pc.close();
-    return o.sdp.replace(/^a=rtpmap:(\d+) [^/\r\n]+\//gm, "a=rtpmap:$1 X-NOPE-$1/");
+    return o.sdp;
   }
   // A PeerJS client outside the roster: it opens a data connection to `id` (the default,
   // sig-like one) and sends `frames` once it is open; resolves whether it opened.
@@ -685,5 +690,5 @@ window.M = (() => {
     for (const t of [micTrack, camTrack, shareTrackObj]) if (t) t.stop();
     return true;
   }
-  return { join, toggleMic, toggleCam, shareTrack, stopShare, setCapabilityGrant, chat, receivedChats, stats, leave, recoverNow, sendRaw, unknownCodecOffer, strangerSend, log: debugLog };
+  return { join, toggleMic, toggleCam, shareTrack, stopShare, setCapabilityGrant, chat, receivedChats, stats, leave, recoverNow, sendRaw, unknownCodecOffer, scratchOffer, strangerSend, log: debugLog };
 })();
