@@ -502,7 +502,8 @@ window.M = (() => {
     phMic = silentAudio(); phShareAudio = silentAudio(); gateAudio = silentAudio(); gateShareAudio = silentAudio();
     phCam = blackVideo(); phShare = blackVideo(); gateVideo = blackVideo();
     const peerOpts = { host: opts.host, port: Number(opts.port), path: opts.path || "/", secure: false, debug: 1, config: { iceServers: opts.iceServers || [] } };
-    mediaPeer = new Peer(peerOpts);
+    // `id`: a chosen voiceId (tests pick who initiates media: the smaller id does).
+    mediaPeer = opts.id ? new Peer(opts.id, peerOpts) : new Peer(peerOpts);
     self = await opened(mediaPeer);
     mediaPeer.on("connection", (c) => wire(c, c.label === "bulk" ? "bulk" : "sig"));
     mediaPeer.on("call", onIncomingCall);
@@ -552,7 +553,19 @@ window.M = (() => {
   function shareTrack(o) {
     const w = (o && o.width) || 640, h = (o && o.height) || 360;
     if (sharing) stopShare();
-    shareTrackObj = canvasTrack(w, h, 15, true, (g, W, H, n) => {
+    const fps = (o && o.fps) || 15;
+    // `noise`: every frame random pixels, which no encoder compresses: the highest rate
+    // the sender's bandwidth estimate allows (a flood on the share lane).
+    // A few frames made once and cycled: the page's own CPU stays free for the call.
+    const noise = [];
+    for (let k = 0; o && o.noise && k < 5; k++) {
+      const img = new ImageData(w, h);
+      const u = new Uint32Array(img.data.buffer);
+      for (let i = 0; i < u.length; i++) u[i] = (Math.random() * 0x100000000) | 0xff000000;
+      noise.push(img);
+    }
+    shareTrackObj = canvasTrack(w, h, fps, true, (g, W, H, n) => {
+      if (noise.length) { g.putImageData(noise[n % noise.length], 0, 0); return; }
       g.fillStyle = "hsl(" + ((n * 7) % 360) + ",70%,50%)"; g.fillRect(0, 0, W, H);
       g.fillStyle = "#fff"; g.fillRect((n * 9) % W, H / 3, W / 8, H / 3);
     });
@@ -663,6 +676,36 @@ window.M = (() => {
     });
     return out;
   }
+  // Test hooks, not in the web client (bad input, MEDIA.md §2): send any control frame on the
+  // sig channel to `id`, as it is.
+  function sendRaw(id, frame) { return ctl(id, frame); }
+  // A real Chromium offer (audio, audio, video, video) whose every codec is renamed to one
+  // nobody knows (payload types kept).
+  async function unknownCodecOffer() {
+    const sdp = await scratchOffer(["audio", "audio", "video", "video"]);
+    return sdp.replace(/^a=rtpmap:(\d+) [^/\r\n]+\//gm, "a=rtpmap:$1 X-NOPE-$1/");
+  }
+  // A real offer from a throwaway pc with these m-lines (its own ICE credentials and DTLS).
+  async function scratchOffer(kinds) {
+    const pc = new RTCPeerConnection();
+    for (const k of kinds) pc.addTransceiver(k, { direction: "sendrecv" });
+    const o = await pc.createOffer();
+    pc.close();
+    return o.sdp;
+  }
+  // A PeerJS client outside the roster: it opens a data connection to `id` (the default,
+  // sig-like one) and sends `frames` once it is open; resolves whether it opened.
+  async function strangerSend(id, frames) {
+    const peer = new Peer({ host: opts.host, port: Number(opts.port), path: opts.path || "/", secure: false, debug: 1, config: { iceServers: [] } });
+    try {
+      await opened(peer);
+      const conn = peer.connect(id, { reliable: true });
+      const open = await withTimeout(new Promise((res) => conn.on("open", () => res(true))), 10000, "stranger's channel").catch(() => false);
+      if (open) for (const f of frames) conn.send(f);
+      await new Promise((r) => setTimeout(r, 1000));
+      return open;
+    } finally { peer.destroy(); }
+  }
   function receivedChats() { return chats.slice(); }
   function debugLog() { return log.slice(); }
   async function leave() {
@@ -678,5 +721,5 @@ window.M = (() => {
     for (const t of [micTrack, camTrack, shareTrackObj]) if (t) t.stop();
     return true;
   }
-  return { join, toggleMic, toggleCam, shareTrack, stopShare, setCapabilityGrant, chat, receivedChats, stats, leave, recoverNow, setMeta, candidates, log: debugLog };
+  return { join, toggleMic, toggleCam, shareTrack, stopShare, setCapabilityGrant, chat, receivedChats, stats, leave, recoverNow, setMeta, candidates, sendRaw, unknownCodecOffer, scratchOffer, strangerSend, log: debugLog };
 })();

@@ -76,6 +76,7 @@ enum Command {
     Play(AudioSource),
     Click,
     Camera(bool),
+    Blackhole(Duration),
 }
 
 /// Commands a running room. Cheap to clone; the room stops when every handle is dropped.
@@ -104,6 +105,7 @@ impl std::fmt::Debug for Command {
             Command::Play(_) => "Play",
             Command::Click => "Click",
             Command::Camera(_) => "Camera",
+            Command::Blackhole(_) => "Blackhole",
         })
     }
 }
@@ -227,6 +229,14 @@ impl RoomHandle {
         let _ = self.tx.send(Command::Click);
     }
 
+    /// Fault injection for tests only (the CLI never calls it): drops every datagram of our
+    /// media connections, both ways, for `span` from now, as if their UDP path were cut
+    /// (sig and the room's data channels keep going). See `kibitz_rtc::PeerHandle::blackhole_media`.
+    #[doc(hidden)]
+    pub fn blackhole_media(&self, span: Duration) {
+        let _ = self.tx.send(Command::Blackhole(span));
+    }
+
     /// Camera on (the test pattern of [`MediaConfig::video`], announced `cam:true`) or off.
     pub fn set_camera(&self, on: bool) {
         let _ = self.tx.send(Command::Camera(on));
@@ -250,6 +260,7 @@ enum PeerOp {
     Send(kibitz_rtc::ConnId, Value),
     Close(kibitz_rtc::ConnId),
     Media(MediaOp),
+    Blackhole(Duration),
 }
 
 /// Media work for a peer task, by the engine's connection name; the task keeps the name →
@@ -516,6 +527,11 @@ impl Driver {
                 let on = on && self.video.is_some();
                 e.set_cam(now, on);
                 self.media.set_camera(on);
+            }
+            Command::Blackhole(span) => {
+                if let Some(p) = self.media_peer.and_then(|k| self.peers.get(&k)) {
+                    let _ = p.ops.send(PeerOp::Blackhole(span));
+                }
             }
         }
         false
@@ -1016,6 +1032,10 @@ async fn run_op(
         }
         PeerOp::Close(conn) => {
             peer.close(conn);
+            true
+        }
+        PeerOp::Blackhole(span) => {
+            peer.blackhole_media(span);
             true
         }
         // The peer task routes these to run_media_op.

@@ -445,6 +445,11 @@ impl MediaPlane {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        // A video lane our own grant lacks (the share without `see-screen`) is neither shown
+        // nor recorded, whatever the sender does (MEDIA.md §6c; audio decodes to zeros below).
+        if !lane.is_audio() && !self.receive_gates.allows(lane) {
+            return;
+        }
         if !c.lanes.contains(&lane) {
             c.lanes.push(lane);
         }
@@ -699,6 +704,40 @@ mod tests {
         b.set_gates(BTreeMap::new(), gates(false));
         run(&mut a, &mut b, t0, 0, 1000);
         assert!(drain(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn a_share_our_grant_lacks_is_neither_shown_nor_recorded() {
+        let dir = std::env::temp_dir().join(format!("kibitz-media-gate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = MediaPlane::new(MediaConfig {
+            record: Some(dir.clone()),
+            ..MediaConfig::default()
+        });
+        b.open(ConnId(1), "alice", "Alice", vec![Lane::Camera, Lane::Share]);
+        b.set_gates(BTreeMap::new(), gates(false));
+        // A VP8 keyframe header: 320x240.
+        let key = vec![
+            0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00, 0, 0,
+        ];
+        let now = Instant::now();
+        b.receive(now, ConnId(1), Lane::Share, 0, key.clone());
+        b.receive(now, ConnId(1), Lane::Camera, 0, key);
+        let lanes: Vec<_> = b
+            .take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::VideoSize { lane, .. } => Some(lane),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lanes, vec![Lane::Camera]);
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(files.iter().all(|f| !f.contains("share")), "{files:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

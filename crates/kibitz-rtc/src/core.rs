@@ -1385,6 +1385,18 @@ impl PeerCore {
         res
     }
 
+    /// Whether the socket bound at `local` (or advertised as `local`, for a socket bound to
+    /// an unspecified address) carries a media connection.
+    pub fn is_media_socket(&self, local: SocketAddr) -> bool {
+        let id = self.by_local.get(&local).or_else(|| {
+            self.by_local
+                .iter()
+                .find(|(a, _)| a.ip().is_unspecified() && a.port() == local.port())
+                .map(|(_, id)| id)
+        });
+        id.is_some_and(|id| self.media.contains_key(id))
+    }
+
     /// Cumulative payload bytes of a media connection.
     pub fn media_stats(&self, conn: ConnId) -> Option<MediaStats> {
         self.media.get(&conn).map(MediaConn::stats)

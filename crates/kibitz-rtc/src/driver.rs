@@ -167,6 +167,7 @@ enum Command {
     },
     Disconnect,
     Destroy,
+    BlackholeMedia(Duration),
 }
 
 /// The receiving end of a peer's events. Drain it: events are not bounded.
@@ -211,6 +212,7 @@ impl Peer {
             cmds: cmd_rx,
             events: ev_tx,
             reconnecting: None,
+            blackhole: None,
         };
         driver.top_up()?;
         info!("peer started");
@@ -426,6 +428,15 @@ impl PeerHandle {
         let _ = self.cmd.send(Command::Disconnect);
     }
 
+    /// Fault injection for tests only (no CLI or room API reaches it): for `span` from now,
+    /// every datagram of this peer's media connections, in and out, is dropped, as if their
+    /// UDP path were cut; data connections and the broker are untouched. A media connection
+    /// made meanwhile is cut too.
+    #[doc(hidden)]
+    pub fn blackhole_media(&self, span: Duration) {
+        let _ = self.cmd.send(Command::BlackholeMedia(span));
+    }
+
     /// Closes every connection and the broker socket and stops the driver.
     pub fn destroy(&self) {
         let _ = self.cmd.send(Command::Destroy);
@@ -473,6 +484,8 @@ struct Driver {
     cmds: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<Event>,
     reconnecting: Option<Reconnecting>,
+    /// Test-only media cut ([`PeerHandle::blackhole_media`]): until when.
+    blackhole: Option<Instant>,
 }
 
 async fn next_ws(ws: &mut Option<Ws>) -> Option<Result<WsMessage, String>> {
@@ -552,6 +565,9 @@ impl Driver {
                     destination,
                     contents,
                 } => {
+                    if self.cut(source) {
+                        continue;
+                    }
                     let sock = self.sockets.get(&source).or_else(|| {
                         // Bound to an unspecified address: `source` is an advertised one.
                         self.sockets
@@ -588,8 +604,10 @@ impl Driver {
             let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
             tokio::select! {
                 Some((local, source, bytes)) = self.dgram_rx.recv() => {
-                    let contents = &bytes;
-                    self.core.handle_input(now(), Input::Datagram { source, local, contents });
+                    if !self.cut(local) {
+                        let contents = &bytes;
+                        self.core.handle_input(now(), Input::Datagram { source, local, contents });
+                    }
                 }
                 m = next_ws(&mut self.ws) => match m {
                     Some(Ok(WsMessage::Text(t))) => {
@@ -635,6 +653,18 @@ impl Driver {
             s.reader.abort();
         }
         debug!("peer stopped");
+    }
+
+    /// Whether the test-only media cut drops a datagram of the socket at `local`.
+    fn cut(&mut self, local: SocketAddr) -> bool {
+        match self.blackhole {
+            None => false,
+            Some(until) if now() >= until => {
+                self.blackhole = None;
+                false
+            }
+            Some(_) => self.core.is_media_socket(local),
+        }
     }
 
     fn command(&mut self, c: Command) {
@@ -749,6 +779,10 @@ impl Driver {
                 } else {
                     warn!("disconnect while not connected");
                 }
+            }
+            Command::BlackholeMedia(span) => {
+                warn!(?span, "test fault injection: media datagrams dropped");
+                self.blackhole = Some(now() + span);
             }
             Command::Destroy => {}
         }

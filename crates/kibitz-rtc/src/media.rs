@@ -313,6 +313,32 @@ fn sdp_media_lines(sdp: &str) -> Vec<(MediaKind, String, bool)> {
     out
 }
 
+/// Whether an audio m-line offers Opus or a video m-line VP8 (the codecs we answer).
+fn offers_our_codecs(sdp: &str) -> bool {
+    let mut kind = None;
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if let Some(m) = line.strip_prefix("m=") {
+            let mut parts = m.split_whitespace();
+            kind = match (parts.next(), parts.next()) {
+                (_, Some("0")) => None,
+                (Some("audio"), _) => Some("opus"),
+                (Some("video"), _) => Some("vp8"),
+                _ => None,
+            };
+        } else if let (Some(want), Some(map)) = (kind, line.strip_prefix("a=rtpmap:"))
+            && let Some((_, codec)) = map.split_once(' ')
+            && codec
+                .split('/')
+                .next()
+                .is_some_and(|c| c.eq_ignore_ascii_case(want))
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// Refuses an offer that does not parse or has no audio or video m-line (before a call is
 /// announced).
 pub(crate) fn check_offer(sdp: &str) -> Result<(), String> {
@@ -496,6 +522,25 @@ impl MediaConn {
         let lines = sdp_media_lines(sdp);
         if lines.is_empty() && self.lanes.is_empty() {
             return Err("offer has no audio or video".into());
+        }
+        // Checked before str0m sees it: str0m applies a re-offer's ICE credentials (an ICE
+        // restart) before it finds no codec in common, which would leave a live connection
+        // answering nobody.
+        if !lines.is_empty() && !offers_our_codecs(sdp) {
+            return Err("no common codec (Opus/VP8) on any lane".into());
+        }
+        // A re-offer on a negotiated connection comes from the same remote pc (JSEP): same
+        // DTLS certificate, no m-line dropped. Anything else would get its ICE credentials
+        // applied by str0m, even when str0m then refuses it, and leave us answering a pc
+        // that does not exist.
+        if self.remote_set {
+            let new = sdp_fingerprint(sdp);
+            if self.remote_fingerprint.is_some() && new != self.remote_fingerprint {
+                return Err("a re-offer may not change the DTLS fingerprint".into());
+            }
+            if lines.len() < self.lanes.len() {
+                return Err("a re-offer may not drop m-lines".into());
+            }
         }
         self.remote_fingerprint = sdp_fingerprint(sdp).or(self.remote_fingerprint.take());
         self.permit_sdp(now, sdp);
@@ -1046,6 +1091,19 @@ mod tests {
                 (MediaKind::Video, "2".into(), false),
             ]
         );
+    }
+
+    #[test]
+    fn our_codecs_in_an_offer() {
+        let ok = "m=audio 9 UDP 111 0\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP 96\r\na=rtpmap:96 AV1/90000\r\n";
+        assert!(offers_our_codecs(ok));
+        let v = "m=audio 9 UDP 0\r\na=rtpmap:0 PCMU/8000\r\nm=video 9 UDP 96\r\na=rtpmap:96 VP8/90000\r\n";
+        assert!(offers_our_codecs(v));
+        let none = "m=audio 9 UDP 111\r\na=rtpmap:111 X-NOPE-111/48000/2\r\nm=video 9 UDP 96\r\na=rtpmap:96 X-NOPE-96/90000\r\n";
+        assert!(!offers_our_codecs(none));
+        // Opus on a video line, or on a disabled line, does not count.
+        let odd = "m=video 9 UDP 111\r\na=rtpmap:111 opus/48000/2\r\nm=audio 0 UDP 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert!(!offers_our_codecs(odd));
     }
 
     #[test]
