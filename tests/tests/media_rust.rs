@@ -155,6 +155,22 @@ async fn stays_silent(pages: &mut MediaPages, page: &str, from: &str, what: &str
     assert!(e1 - e0 < SILENT, "{what}: energy rose {e0} -> {e1}");
 }
 
+/// Waits until 12 packets in a row from `from` carry no energy (the sender went silent).
+async fn goes_quiet(pages: &mut MediaPages, page: &str, from: &str) {
+    let t0 = Instant::now();
+    loop {
+        let s = pages.stats(page).await.unwrap();
+        let e0 = energy(&s, from, "mic");
+        if energy_after(pages, page, from, 12).await - e0 < SILENT {
+            return;
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "{from}'s audio never went quiet at {page}"
+        );
+    }
+}
+
 async fn hears_tone(pages: &mut MediaPages, page: &str, from: &str) -> Duration {
     let s = pages.stats(page).await.unwrap();
     let e0 = energy(&s, from, "mic");
@@ -242,8 +258,9 @@ async fn rust_and_a_page(mode: &str) {
         video(&s, &r, "cam")
     );
     rust.handle.set_muted(true);
-    // (The tone's tail may still be in flight: wait for the lane to go quiet, then check.)
-    energy_after(&mut pages, "a", &r, 25).await;
+    // The tone's tail may still be in flight (a loaded machine grows the browser's jitter
+    // buffer): wait until a quarter second carries no energy, then hold it to silence.
+    goes_quiet(&mut pages, "a", &r).await;
     stays_silent(&mut pages, "a", &r, "Rust muted again").await;
 
     // Browser → Rust: real silence before the browser unmutes, 440 Hz after.
