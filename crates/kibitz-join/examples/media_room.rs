@@ -43,6 +43,9 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 const HZ: f64 = 100.0;
 /// How long a room may take from launch to every link open with audio flowing.
 const WARMUP_LIMIT: Duration = Duration::from_secs(120);
+/// A click heard later than this after it was sent is not that click (clicks come about 1 s
+/// apart, from a rotating sender).
+const MATCH_WINDOW_US: u64 = 1_000_000;
 
 fn unix_us() -> u64 {
     SystemTime::now()
@@ -279,6 +282,7 @@ struct Figures {
     lat_ms: Vec<f64>,
     clicks: usize,
     expected: usize,
+    spurious: usize,
     frames_per_stream_s: f64,
 }
 
@@ -453,19 +457,30 @@ async fn run_room(exe: &std::path::Path, o: &Opts, n: usize) -> Res<Figures> {
     let after = status_round(&mut members, &mut rx).await?;
     let span = t_before.elapsed().as_secs_f64();
 
-    // Each heard click belongs to its sender's latest click before it (clicks are ≥ 1 s apart
-    // per sender unless --clicks is large).
+    // Each click counts once per receiver: the first detection of that sender there within
+    // MATCH_WINDOW after it. Detections matching no click are counted as spurious.
     let mut lat = Vec::new();
-    for (_receiver, from, at) in &heard {
-        let Some(&s) = voice.get(from) else { continue };
-        if let Some((_, c)) = clicks
-            .iter()
-            .filter(|(cs, c)| *cs == s && c <= at && at - c < 2_000_000)
-            .max_by_key(|(_, c)| *c)
-        {
-            lat.push((at - c) as f64 / 1000.0);
+    let mut used = vec![false; heard.len()];
+    for &(s, c) in &clicks {
+        for r in (0..n).filter(|&r| r != s) {
+            let first = heard
+                .iter()
+                .enumerate()
+                .filter(|(k, (hr, from, at))| {
+                    !used[*k]
+                        && *hr == r
+                        && voice.get(from) == Some(&s)
+                        && *at >= c
+                        && at - c < MATCH_WINDOW_US
+                })
+                .min_by_key(|(_, (_, _, at))| *at);
+            if let Some((k, (_, _, at))) = first {
+                used[k] = true;
+                lat.push((at - c) as f64 / 1000.0);
+            }
         }
     }
+    let spurious = used.iter().filter(|u| !**u).count();
     lat.sort_by(f64::total_cmp);
     let mut frames = 0u64;
     for (b, a) in before.iter().zip(&after) {
@@ -489,6 +504,7 @@ async fn run_room(exe: &std::path::Path, o: &Opts, n: usize) -> Res<Figures> {
         broker_rss_mib: broker_rss as f64 / 1024.0,
         clicks: lat.len(),
         expected: clicks.len() * (n - 1),
+        spurious,
         lat_ms: lat,
         frames_per_stream_s: frames as f64 / (n * (n - 1)) as f64 / span,
     };
@@ -563,6 +579,7 @@ fn result_json(f: &Figures) -> Value {
         "latency_max_ms": f.lat_ms.last().copied().map(r),
         "clicks_heard": f.clicks,
         "clicks_expected": f.expected,
+        "clicks_spurious": f.spurious,
         "frames_per_stream_s": r(f.frames_per_stream_s),
     })
 }
@@ -588,6 +605,7 @@ fn print_table(all: &[Figures]) {
         ("mouth-to-ear max (ms)", "latency_max_ms"),
         ("clicks heard", "clicks_heard"),
         ("clicks expected (clicks x receivers)", "clicks_expected"),
+        ("detections matching no click", "clicks_spurious"),
         (
             "decoded frames per stream per s (50 = all)",
             "frames_per_stream_s",
