@@ -14,6 +14,7 @@
 //! tick (0-20 ms), decode, and Opus's own algorithmic delay (a few ms of sample offset).
 //!
 //!   media_room [--participants N] [--baseline B] [--secs S] [--clicks C] [--kibitz PATH]
+//!              [--runtime multi|current]   the members' tokio runtime (multi: as `kibitz join`)
 //!   media_room --smoke            N=3 only, 4 s, 4 clicks: it runs and prints figures
 //!
 //! `bench/media.sh` builds and runs it in release mode. The participants are this same
@@ -55,14 +56,22 @@ fn unix_us() -> u64 {
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rt = tokio::runtime::Runtime::new()?;
     if args.first().map(String::as_str) == Some("member") {
+        // Members run on what `kibitz join` runs on (a multi-thread runtime), unless the
+        // coordinator was given `--runtime current`.
+        let rt = if std::env::var("MEDIA_ROOM_RUNTIME").as_deref() == Ok("current") {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        } else {
+            tokio::runtime::Runtime::new()?
+        };
         let port: u16 = args.get(1).ok_or("member PORT")?.parse()?;
         let room = args.get(2).ok_or("member ROOM")?.clone();
         let index: usize = args.get(3).ok_or("member INDEX")?.parse()?;
         return rt.block_on(member(port, room, index));
     }
-    rt.block_on(coordinator(args))
+    tokio::runtime::Runtime::new()?.block_on(coordinator(args))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -161,6 +170,8 @@ struct Opts {
     clicks: usize,
     smoke: bool,
     kibitz: PathBuf,
+    /// The members' tokio runtime: `multi` (as `kibitz join`) or `current`.
+    runtime: String,
 }
 
 fn parse(args: &[String]) -> Res<Opts> {
@@ -170,6 +181,7 @@ fn parse(args: &[String]) -> Res<Opts> {
         secs: 30,
         clicks: 30,
         smoke: false,
+        runtime: "multi".to_owned(),
         kibitz: std::env::var_os("KIBITZ_BIN").map_or_else(
             || {
                 // target/<profile>/examples/media_room -> target/<profile>/kibitz
@@ -190,10 +202,14 @@ fn parse(args: &[String]) -> Res<Opts> {
             "--secs" => o.secs = val()?.parse()?,
             "--clicks" => o.clicks = val()?.parse()?,
             "--kibitz" => o.kibitz = PathBuf::from(val()?),
+            "--runtime" => match val()?.as_str() {
+                r @ ("current" | "multi") => o.runtime = r.to_owned(),
+                other => return Err(format!("--runtime current|multi, not {other}").into()),
+            },
             "--smoke" => o.smoke = true,
             "-h" | "--help" => {
                 println!(
-                    "media_room [--participants N] [--baseline B] [--secs S] [--clicks C] [--kibitz PATH] [--smoke]"
+                    "media_room [--participants N] [--baseline B] [--secs S] [--clicks C] [--kibitz PATH] [--runtime multi|current] [--smoke]"
                 );
                 std::process::exit(0);
             }
@@ -283,6 +299,7 @@ struct Figures {
     clicks: usize,
     expected: usize,
     spurious: usize,
+    spurious_after_ms: Vec<i64>,
     frames_per_stream_s: f64,
 }
 
@@ -347,6 +364,7 @@ async fn run_room(exe: &std::path::Path, o: &Opts, n: usize) -> Res<Figures> {
     for i in 0..n {
         let mut child = Command::new(exe)
             .args(["member", &port.to_string(), &room, &i.to_string()])
+            .env("MEDIA_ROOM_RUNTIME", &o.runtime)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -481,6 +499,22 @@ async fn run_room(exe: &std::path::Path, o: &Opts, n: usize) -> Res<Figures> {
         }
     }
     let spurious = used.iter().filter(|u| !**u).count();
+    // For a look at the unmatched ones: how long after its sender's latest click each came.
+    let mut spurious_after_ms: Vec<i64> = heard
+        .iter()
+        .zip(&used)
+        .filter(|(_, u)| !**u)
+        .filter_map(|((_, from, at), _)| {
+            let s = voice.get(from)?;
+            let c = clicks
+                .iter()
+                .filter(|(cs, c)| cs == s && c <= at)
+                .map(|(_, c)| *c)
+                .max()?;
+            Some(((at - c) / 1000) as i64)
+        })
+        .collect();
+    spurious_after_ms.truncate(8);
     lat.sort_by(f64::total_cmp);
     let mut frames = 0u64;
     for (b, a) in before.iter().zip(&after) {
@@ -505,6 +539,7 @@ async fn run_room(exe: &std::path::Path, o: &Opts, n: usize) -> Res<Figures> {
         clicks: lat.len(),
         expected: clicks.len() * (n - 1),
         spurious,
+        spurious_after_ms,
         lat_ms: lat,
         frames_per_stream_s: frames as f64 / (n * (n - 1)) as f64 / span,
     };
@@ -580,6 +615,7 @@ fn result_json(f: &Figures) -> Value {
         "clicks_heard": f.clicks,
         "clicks_expected": f.expected,
         "clicks_spurious": f.spurious,
+        "spurious_ms_after_last_click": f.spurious_after_ms,
         "frames_per_stream_s": r(f.frames_per_stream_s),
     })
 }
