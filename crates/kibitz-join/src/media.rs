@@ -29,6 +29,9 @@ const JITTER_TARGET: Duration = Duration::from_millis(60);
 const JITTER_PACKETS: usize = 100;
 /// Audio frames made up at once after the driver was late (a stall is not replayed whole).
 const MAX_CATCH_UP: u32 = 5;
+/// Consecutive silence payloads decoded (to exact zeros) before further ones skip libopus:
+/// 80 ms, more than the CELT decoder's 42 ms of history, so its state no longer changes.
+const QUIET_AFTER: u32 = 4;
 /// Lanes without a picture get a placeholder frame this often (ms): enough for the remote
 /// decoder to know the lane's size, little enough to be nothing on the wire.
 const PLACEHOLDER_EVERY_MS: u64 = 1000;
@@ -88,6 +91,8 @@ impl Default for MediaConfig {
 struct AudioRx {
     jitter: JitterBuffer,
     decoder: Option<OpusDecoder>,
+    /// Silence payloads just decoded to exact zeros, in a row.
+    quiet: u32,
     wav: Option<WavRecorder>,
     speaking: SpeakingDetector,
 }
@@ -472,6 +477,7 @@ impl MediaPlane {
             let rx = self.audio.entry(key).or_insert_with(|| AudioRx {
                 jitter: JitterBuffer::new(JITTER_TARGET, JITTER_PACKETS),
                 decoder: OpusDecoder::new().ok(),
+                quiet: 0,
                 wav: record.and_then(|dir| open_wav(dir, &stem)),
                 speaking: SpeakingDetector::new(),
             });
@@ -537,9 +543,22 @@ impl MediaPlane {
                         let Some(dec) = rx.decoder.as_mut() else {
                             continue;
                         };
+                        let silence = matches!(&p, Playout::Packet(d) if *d == self.silence);
                         let r = match &p {
+                            // A muted or withheld lane (and every Rust sender's share audio):
+                            // once the decoder is quiet, the next silence decodes to exact
+                            // zeros and leaves its state as is, so libopus is skipped.
+                            Playout::Packet(_) if silence && rx.quiet >= QUIET_AFTER => {
+                                Ok(vec![0; FRAME_SAMPLES])
+                            }
                             Playout::Packet(d) => dec.decode(Some(d)),
                             Playout::Lost => dec.decode(None),
+                        };
+                        rx.quiet = match &r {
+                            Ok(pcm) if silence && pcm.iter().all(|s| *s == 0) => {
+                                rx.quiet.saturating_add(1)
+                            }
+                            _ => 0,
                         };
                         match r {
                             Ok(pcm) => pcm,
@@ -692,6 +711,49 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    #[test]
+    fn skipping_repeated_silence_changes_nothing_decoded() {
+        // Tone, a run of silence, tone and a loss: every sample is the same whether libopus
+        // decodes each silence payload or the plane skips them once the decoder is quiet.
+        let mut src = AudioSource::tone(440.0);
+        let mut enc = OpusEncoder::new().unwrap();
+        let silence = silence_payload();
+        for run in [1, 4, 5, 12] {
+            let mut packets: Vec<Option<Vec<u8>>> = Vec::new();
+            for _ in 0..20 {
+                packets.push(Some(enc.encode(&src.next_frame()).unwrap()));
+            }
+            packets.extend(std::iter::repeat_n(Some(silence.clone()), run));
+            for _ in 0..10 {
+                packets.push(Some(enc.encode(&src.next_frame()).unwrap()));
+            }
+            packets.extend(std::iter::repeat_n(Some(silence.clone()), run));
+            packets.push(None);
+            packets.push(Some(enc.encode(&src.next_frame()).unwrap()));
+            let mut full = OpusDecoder::new().unwrap();
+            let mut skip = OpusDecoder::new().unwrap();
+            let mut quiet = 0;
+            let mut skipped = 0;
+            for (i, p) in packets.iter().enumerate() {
+                let want = full.decode(p.as_deref()).unwrap();
+                let is_silence = p.as_ref() == Some(&silence);
+                let got = if is_silence && quiet >= QUIET_AFTER {
+                    skipped += 1;
+                    vec![0; FRAME_SAMPLES]
+                } else {
+                    skip.decode(p.as_deref()).unwrap()
+                };
+                quiet = if is_silence && got.iter().all(|s| *s == 0) {
+                    quiet + 1
+                } else {
+                    0
+                };
+                assert_eq!(want, got, "run {run}, packet {i}");
+            }
+            assert!(run < 12 || skipped > 0, "run {run}: nothing skipped");
+        }
     }
 
     #[test]

@@ -168,6 +168,9 @@ pub(crate) async fn connect_ws(
         .unwrap_or_else(|_| Err(BrokerError::Connect("timed out".into())))
 }
 
+/// Bytes read from the broker socket at a time (larger frames take several reads).
+const WS_READ_BUFFER: usize = 8 * 1024;
+
 async fn connect_ws_now(broker: &BrokerConfig, id: &str, token: &str) -> Result<Ws, BrokerError> {
     let tcp = TcpStream::connect((broker.host.as_str(), broker.port))
         .await
@@ -184,9 +187,15 @@ async fn connect_ws_now(broker: &BrokerConfig, id: &str, token: &str) -> Result<
     } else {
         Box::new(tcp)
     };
-    let (ws, _) = tokio_tungstenite::client_async(broker.ws_url(id, token), io)
-        .await
-        .map_err(|e| BrokerError::Connect(e.to_string()))?;
+    // tungstenite zeroes `read_buffer_size` bytes on every read attempt, and the driver polls
+    // the socket on each of its wakeups (hundreds a second once media flows): the 128 KiB
+    // default made that memset a few % of a participant's CPU. Signalling frames are small.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(broker.ws_url(id, token), io, Some(config))
+            .await
+            .map_err(|e| BrokerError::Connect(e.to_string()))?;
     Ok(ws)
 }
 
