@@ -12,7 +12,7 @@
 #   bench/media.sh --no-build        skip cargo build
 #
 # Targets (issue 16): CPU <= 2 % of one core per participant, latency p95 <= 80 ms. The
-# receive path holds 60 ms in its jitter buffer by design; the table's footnote says what
+# receive path holds 30 ms in its jitter buffer; the table's footnote says what
 # else the latency is made of. Nothing is pinned: a shared machine's load skews the figures
 # (the load average is printed before and after). Output goes to target/bench/media-<time>/.
 set -euo pipefail

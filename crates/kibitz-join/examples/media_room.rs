@@ -10,8 +10,8 @@
 //! the click's sample offset in it / 48 kHz) - (sender's wall time of the click request)`,
 //! both `SystemTime` on one machine. It is made of: the wait for the sender's next 20 ms
 //! frame (0-20 ms, what a capture buffer costs), encode, SRTP and UDP on loopback, the
-//! receiver's jitter-buffer target delay (60 ms by design), the receiver's 20 ms playout
-//! tick (0-20 ms), decode, and Opus's own algorithmic delay (a few ms of sample offset).
+//! receiver's jitter-buffer target delay (30 ms), the receiver's 10 ms playout tick
+//! (0-10 ms), decode, and Opus's own algorithmic delay (a few ms of sample offset).
 //!
 //!   media_room [--participants N] [--baseline B] [--secs S] [--clicks C] [--kibitz PATH]
 //!              [--runtime multi|current]   the members' tokio runtime (multi: as `kibitz join`)
@@ -663,7 +663,7 @@ fn print_table(all: &[Figures]) {
     }
     println!(
         "\nlatency = sender's wait for its next 20 ms frame (0-20) + encode + SRTP/UDP on loopback \
-         + jitter-buffer target 60 + receiver's 20 ms playout tick (0-20) + decode + Opus delay; \
+         + jitter-buffer target 30 + receiver's 10 ms playout tick (0-10) + decode + Opus delay; \
          targets: CPU <= 2 % of one core per participant, p95 <= 80 ms"
     );
 }
