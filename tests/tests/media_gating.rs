@@ -49,6 +49,8 @@ struct Opts {
     /// Unmuted, playing this tone (muted, a 660 Hz tone, when `None`).
     tone: Option<f32>,
     relay: Option<RelayConfig>,
+    /// A direct participant's TURN for relay-only rebuilds.
+    media_relay: Option<RelayConfig>,
     seed: u64,
 }
 
@@ -90,6 +92,7 @@ impl Rust {
             video: None,
         };
         let options = RoomOptions {
+            media_relay: o.media_relay,
             broker: BrokerConfig::plain("127.0.0.1", port),
             relay: o.relay,
             identity: Identity::generate().unwrap(),
@@ -253,6 +256,7 @@ async fn key_host(port: u16, room: &str) -> RoomHandle {
     cfg.host = HostCommit::Key(*key.verifying_key());
     cfg.host_key = Some(key);
     let options = RoomOptions {
+        media_relay: None,
         broker: BrokerConfig::plain("127.0.0.1", port),
         relay: None,
         identity: Identity::generate().unwrap(),
@@ -759,4 +763,132 @@ async fn owned_relay_only_media_through_coturn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_relay_only_media_through_coturn() {
     relay_only("legacy").await;
+}
+
+/// The owned ladder's last rung, `m-recreate{relay:true}` from the browser (the initiator
+/// here), asks a direct Rust participant to rebuild its side relay-only. With a TURN server for
+/// that (`RoomOptions::media_relay`) media flows again through coturn, and Rust's candidates
+/// on the rebuilt connection are relay ones only. Without one the rung fails, and Rust keeps
+/// asking at the heartbeat's pace (it once answered every failed offer at once: thousands of
+/// `m-dial`/`mh-dead` a second with a browser that re-offers on `m-dial`).
+async fn relay_rung(with_relay: bool) {
+    let secret = format!("kibitz-media-gating-rung-{with_relay}");
+    let turn = coturn::Coturn::start(&[secret.as_str()]).await;
+    let api = api::start(&[secret.as_str()], turn.port).await;
+    let cred = api.fetch().await;
+    let url = cred
+        .turn_urls
+        .iter()
+        .find(|u| u.ends_with("transport=udp"))
+        .expect("a turn: URI over udp")
+        .clone();
+    let relay = RelayConfig {
+        server: turn.addr(),
+        username: cred.username.clone(),
+        credential: cred.password.clone(),
+    };
+    let broker = start(Config::default()).await;
+    let port = broker.addr.port();
+    let room = format!("gate-relay-rung-{with_relay}");
+    let rust = Rust::start(
+        port,
+        &room,
+        "Direct",
+        Opts {
+            tone: Some(660.0),
+            media_relay: with_relay.then_some(relay),
+            seed: 31,
+            ..Opts::default()
+        },
+    )
+    .await;
+    let r = rust.voice_id.clone();
+    let mut pages = MediaPages::start(port).await.unwrap();
+    pages.open("a").await.unwrap();
+    let ice = json!([{"urls": url, "username": cred.username, "credential": cred.password}]);
+    // The smaller voiceId initiates: the page runs the ladder.
+    pages
+        .join_with(
+            "a",
+            json!({"room": room, "name": "a", "mode": "owned", "iceServers": ice, "id": "00000000lo"}),
+        )
+        .await
+        .unwrap();
+    pages
+        .wait_stats("a", WAIT, |s| {
+            peer(s, &r)["state"] == "connected" && audio_packets(s, &r, "mic") > 10
+        })
+        .await
+        .unwrap();
+    hears_tone(&mut pages, "a", &r).await;
+    let c: Value = pages.call("a", "candidates", json!([r])).await.unwrap();
+    assert!(
+        c["remote"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["type"] == "host"),
+        "a direct participant starts direct: {c}"
+    );
+    let step = pages.call("a", "recoverNow", json!([r, 2])).await.unwrap();
+    assert_eq!(step, json!("m-recreate"));
+    let t0 = Instant::now();
+    if !with_relay {
+        // Watch 10 s of the failing rung: Rust's asks stay at the 2 s heartbeat's pace.
+        let asks = |s: &Value| {
+            media_support::counter(s, &r, "recv", "m-dial")
+                + media_support::counter(s, &r, "recv", "mh-dead")
+        };
+        let before = asks(&pages.stats("a").await.unwrap());
+        let s = pages
+            .wait_stats("a", WAIT, |_| t0.elapsed() >= Duration::from_secs(10))
+            .await
+            .unwrap();
+        let n = asks(&s) - before;
+        eprintln!("relay rung without a relay: {n} m-dial/mh-dead in 10 s");
+        assert!(n <= 15, "{n} m-dial/mh-dead in 10 s: {s}");
+        rust.handle.leave().await;
+        pages.shutdown().await.unwrap();
+        let _ = std::fs::remove_dir_all(&rust.record);
+        return;
+    }
+    pages
+        .wait_stats("a", WAIT, |s| {
+            peer(s, &r)["pcs"] == 2 && peer(s, &r)["state"] == "connected"
+        })
+        .await
+        .unwrap();
+    hears_tone(&mut pages, "a", &r).await;
+    eprintln!(
+        "relay rung: media back through coturn {:?} after m-recreate{{relay:true}}",
+        t0.elapsed()
+    );
+    let c: Value = pages.call("a", "candidates", json!([r])).await.unwrap();
+    eprintln!("relay rung: the page's candidates for Rust: {c}");
+    let remote = c["remote"].as_array().unwrap();
+    assert!(
+        remote.iter().all(|x| x["type"] != "host"),
+        "the rebuilt connection leaks Rust's host address: {c}"
+    );
+    assert!(
+        turn.logged(
+            &coturn::Coturn::allocated_line(&cred.username),
+            Duration::from_secs(5)
+        )
+        .await,
+        "coturn allocated nothing for Rust"
+    );
+    rust.handle.leave().await;
+    pages.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&rust.record);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_relay_rung_rebuilds_a_direct_participant_through_coturn() {
+    relay_rung(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_relay_rung_without_a_relay_fails_calmly() {
+    relay_rung(false).await;
 }

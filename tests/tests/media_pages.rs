@@ -42,6 +42,7 @@ async fn coordinator_with(port: u16, room: &str, host_key: bool) -> RoomHandle {
         cfg.host_key = Some(key);
     }
     let options = RoomOptions {
+        media_relay: None,
         broker: BrokerConfig::plain("127.0.0.1", port),
         relay: None,
         identity: Identity::generate().unwrap(),

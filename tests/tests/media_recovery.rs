@@ -76,6 +76,7 @@ impl Rust {
             video: Some((320, 240)),
         };
         let options = RoomOptions {
+            media_relay: None,
             broker: BrokerConfig::plain("127.0.0.1", port),
             relay: None,
             identity: Identity::generate().unwrap(),

@@ -22,6 +22,7 @@ struct Member {
 
 fn options(port: u16) -> RoomOptions {
     RoomOptions {
+        media_relay: None,
         broker: BrokerConfig::plain("127.0.0.1", port),
         relay: None,
         identity: Identity::generate().unwrap(),

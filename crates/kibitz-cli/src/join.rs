@@ -203,6 +203,18 @@ async fn connect(
         ),
         _ => None,
     };
+    // A direct participant still keeps the relay for media a peer asks to rebuild
+    // relay-only (the last recovery rung); without one that rung just fails.
+    let media_relay = match (&args.turn_host, args.relay_only) {
+        (Some(t), false) => match relay_from_api(&client, t).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "no TURN relay for media rebuilds");
+                None
+            }
+        },
+        _ => None,
+    };
     let mut cfg = RoomConfig::new(
         &target.room,
         args.name.as_deref().unwrap_or(default_name),
@@ -231,6 +243,7 @@ async fn connect(
     let (handle, events) = kibitz_join::start_with_media(
         cfg,
         RoomOptions {
+            media_relay,
             broker,
             relay,
             identity,

@@ -75,6 +75,8 @@ struct Peer {
     gave_up: bool,
     stuck: u32,
     next_mdial: u64,
+    /// Earliest `mh-dead` we send again (once per heartbeat at most).
+    next_mhdead: u64,
     /// Last cumulative sample: (at, [audio in, video in, audio out, video out]).
     last: Option<(u64, [u64; 4])>,
     /// kbps: in video, in audio, out video, out audio.
@@ -530,8 +532,12 @@ impl Media {
                 self.recover(ctx, mesh, &id, false);
             }
             Some(MediaMode::Owned) => {
-                p.next_mdial = now;
-                if failed {
+                // Ask again on the heartbeat, not at once: a pc that fails the moment it is
+                // made (a relay-only rebuild with no relay here) would otherwise ping-pong
+                // with the initiator hundreds of times a second.
+                p.next_mdial = p.next_mdial.max(now + MEDIA_HEARTBEAT_MS);
+                if failed && now >= p.next_mhdead {
+                    p.next_mhdead = now + MEDIA_HEARTBEAT_MS;
                     mesh.send_control(ctx, &id, &MeshControl::MhDead);
                 }
             }

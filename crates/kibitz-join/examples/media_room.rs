@@ -99,6 +99,7 @@ async fn member(port: u16, room: String, index: usize) -> Res<()> {
         video: None,
     };
     let opts = RoomOptions {
+        media_relay: None,
         broker: BrokerConfig::plain("127.0.0.1", port),
         relay: None,
         identity: Identity::generate()?,

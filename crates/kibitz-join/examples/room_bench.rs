@@ -65,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut cfg = RoomConfig::new(&room, &format!("p{i}"), &format!("tok-{i}"));
         cfg.seed = i as u64 + 1;
         let opts = RoomOptions {
+            media_relay: None,
             broker: broker.clone(),
             relay: None,
             identity: Identity::generate()?,

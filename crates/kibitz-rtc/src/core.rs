@@ -235,6 +235,9 @@ pub struct CoreConfig {
     /// Relay-only (`iceTransportPolicy: "relay"`): every connection allocates on this TURN
     /// server and advertises and uses only the relay address; no allocation, no connection.
     pub relay: Option<RelayConfig>,
+    /// TURN for the media connections asked to be relay-only (owned media's relay rebuild,
+    /// the web client's `m-recreate{relay:true}`) when the peer itself is not relay-only.
+    pub media_relay: Option<RelayConfig>,
 }
 
 impl CoreConfig {
@@ -251,6 +254,7 @@ impl CoreConfig {
             max_message: 16 << 20,
             max_connections: 256,
             relay: None,
+            media_relay: None,
         }
     }
 }
@@ -868,7 +872,7 @@ impl PeerCore {
 /// connections whose SDP the application carries.
 impl PeerCore {
     fn media_sock(&mut self, relay: bool) -> Result<(SocketAddr, Vec<SocketAddr>), MediaError> {
-        if relay && self.cfg.relay.is_none() {
+        if relay && self.relay_for_media().is_none() {
             return Err(MediaError::NoRelay);
         }
         if self.conns.len() + self.media.len() >= self.cfg.max_connections {
@@ -878,13 +882,18 @@ impl PeerCore {
             .ok_or(MediaError::Capacity("no spare UDP socket"))
     }
 
+    /// The TURN server a relay-only media connection uses.
+    fn relay_for_media(&self) -> Option<&RelayConfig> {
+        self.cfg.relay.as_ref().or(self.cfg.media_relay.as_ref())
+    }
+
     fn sock<'a>(&'a self, local: SocketAddr, hosts: &'a [SocketAddr], relay: bool) -> Sock<'a> {
         Sock {
             local,
             hosts,
             identity: &self.cfg.identity,
             cfg: &self.conn_cfg,
-            relay: if relay { self.cfg.relay.as_ref() } else { None },
+            relay: if relay { self.relay_for_media() } else { None },
         }
     }
 

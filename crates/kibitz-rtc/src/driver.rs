@@ -50,6 +50,8 @@ pub struct PeerOptions {
     pub open_timeout: Duration,
     /// Relay-only through this TURN server (see [`CoreConfig::relay`]).
     pub relay: Option<RelayConfig>,
+    /// TURN for media connections asked to be relay-only (see [`CoreConfig::media_relay`]).
+    pub media_relay: Option<RelayConfig>,
     /// Most connections at once (default 256; see [`CoreConfig::max_connections`]).
     pub max_connections: usize,
 }
@@ -69,6 +71,7 @@ impl PeerOptions {
             max_buffered: d.max_buffered,
             open_timeout: d.open_timeout,
             relay: None,
+            media_relay: None,
             max_connections: d.max_connections,
         }
     }
@@ -193,6 +196,7 @@ impl Peer {
         cfg.max_buffered = opts.max_buffered;
         cfg.open_timeout = opts.open_timeout;
         cfg.relay = opts.relay.clone();
+        cfg.media_relay = opts.media_relay.clone();
         cfg.max_connections = opts.max_connections;
         let mut core = PeerCore::new(cfg);
         core.handle_input(now(), Input::BrokerConnected);

@@ -32,6 +32,10 @@ pub struct RoomOptions {
     pub broker: BrokerConfig,
     /// Relay-only through this TURN server (fail-closed), or direct.
     pub relay: Option<RelayConfig>,
+    /// A direct participant's TURN server for media connections the peer asks to rebuild
+    /// relay-only (owned media's last recovery rung, `m-recreate{relay:true}`); without it
+    /// that rung fails (the link closes and the engine's bounded re-make follows).
+    pub media_relay: Option<RelayConfig>,
     /// The DTLS identity both peers share (host commands and assertions bind to it).
     pub identity: Identity,
 }
@@ -662,6 +666,7 @@ impl Driver {
         let mut o = PeerOptions::new(self.opts.broker.clone(), self.opts.identity.clone());
         o.id = id;
         o.relay = self.opts.relay.clone();
+        o.media_relay = self.opts.media_relay.clone();
         tokio::spawn(peer_task(key, o, ops_rx, self.peer_tx.clone()));
     }
 
