@@ -16,20 +16,18 @@ mod api;
 mod coturn;
 mod media_support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use kibitz_client::{Event, HostCommit, MediaLane, MediaMode, RoomConfig, Status};
 use kibitz_e2e::{Config, start};
-use kibitz_join::media::{MediaConfig, PcmFrame};
+use kibitz_join::media::MediaConfig;
 use kibitz_join::{RoomHandle, RoomOptions};
 use kibitz_media::{AudioSource, dominant_frequency, peak, rms};
 use kibitz_proto::grants::{Grant, Perceive};
 use kibitz_rtc::{BrokerConfig, Identity, RelayConfig};
-use media_support::{MediaPages, audio_packets, energy, peer};
+use media_support::{MediaPages, RustMember, audio_packets, energy, peer};
 use p256::ecdsa::SigningKey;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 /// Energy a silent lane may show (digital silence is exactly 0).
@@ -54,14 +52,8 @@ struct Opts {
     seed: u64,
 }
 
-/// A Rust participant with media, and what it hears and sees.
-struct Rust {
-    handle: RoomHandle,
-    events: mpsc::UnboundedReceiver<Event>,
-    pcm: mpsc::Receiver<PcmFrame>,
-    voice_id: String,
-    record: PathBuf,
-}
+/// A Rust participant with media (the shared helper), and what it hears and sees.
+type Rust = RustMember;
 
 impl Rust {
     async fn start(port: u16, room: &str, name: &str, o: Opts) -> Self {
@@ -77,72 +69,13 @@ impl Rust {
         if o.crypto_host {
             cfg.host = HostCommit::Key(*host_key().verifying_key());
         }
-        let record = std::env::temp_dir().join(format!(
-            "kibitz-media-gating-{}-{room}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&record);
-        std::fs::create_dir_all(&record).unwrap();
-        let (tx, pcm) = mpsc::channel(4096);
         let media = MediaConfig {
             audio_in: AudioSource::tone(o.tone.unwrap_or(660.0)),
             muted: o.tone.is_none(),
-            record: Some(record.clone()),
-            pcm: Some(tx),
-            video: None,
+            ..MediaConfig::default()
         };
-        let options = RoomOptions {
-            media_relay: o.media_relay,
-            broker: BrokerConfig::plain("127.0.0.1", port),
-            relay: o.relay,
-            identity: Identity::generate().unwrap(),
-        };
-        let (handle, mut events) = kibitz_join::start_with_media(cfg, options, media);
-        handle.join();
-        timeout(WAIT, async {
-            while let Some(e) = events.recv().await {
-                if matches!(e, Event::Status(Status::Authority | Status::Connected)) {
-                    return;
-                }
-            }
-            panic!("{name} stopped");
-        })
-        .await
-        .expect("the Rust member is in the room");
-        let voice_id = timeout(WAIT, async {
-            loop {
-                if let Some(v) = handle.voice_id().await.unwrap() {
-                    return v;
-                }
-                let _ = events.recv().await;
-            }
-        })
-        .await
-        .expect("a voiceId");
-        Self {
-            handle,
-            events,
-            pcm,
-            voice_id,
-            record,
-        }
-    }
-
-    /// The mic PCM `from` sends, collected until `samples` arrived (older frames dropped).
-    async fn mic_pcm(&mut self, from: &str, samples: usize) -> Vec<i16> {
-        while self.pcm.try_recv().is_ok() {}
-        let mut got = Vec::new();
-        timeout(WAIT, async {
-            while got.len() < samples {
-                let f = self.pcm.recv().await.expect("pcm channel open");
-                if f.from == from && f.lane == MediaLane::Mic {
-                    got.extend(f.samples);
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("only {} samples of {from}'s mic arrived", got.len()));
-        got
+        let tag = format!("media-gating-{room}-{name}");
+        Self::launch(port, cfg, media, o.relay, o.media_relay, &tag).await
     }
 
     /// Waits until `from`'s mic plays `hz` (≥ 200 ms of it, loud); returns how long it took.
@@ -670,13 +603,11 @@ async fn three_rust_participants_hear_each_other() {
     }
 }
 
-/// Item 4: a relay-only Rust participant (every connection through a local coturn) and a page:
-/// the page hears the tone, and Rust never advertised a host candidate to it.
-async fn relay_only(mode: &str) {
-    let secret = format!("kibitz-media-gating-{mode}");
-    let turn = coturn::Coturn::start(&[secret.as_str()]).await;
-    let api = api::start(&[secret.as_str()], turn.port).await;
-    let cred = api.fetch().await;
+/// A local coturn and `/api/turn` credentials for it (shared `secret`): the server, the
+/// credential (coturn logs its username), the Rust side's relay, and the page's `iceServers`.
+async fn turn_server(secret: &str) -> (coturn::Coturn, api::Credential, RelayConfig, Value) {
+    let turn = coturn::Coturn::start(&[secret]).await;
+    let cred = api::start(&[secret], turn.port).await.fetch().await;
     let url = cred
         .turn_urls
         .iter()
@@ -688,6 +619,14 @@ async fn relay_only(mode: &str) {
         username: cred.username.clone(),
         credential: cred.password.clone(),
     };
+    let ice = json!([{"urls": url, "username": cred.username, "credential": cred.password}]);
+    (turn, cred, relay, ice)
+}
+
+/// Item 4: a relay-only Rust participant (every connection through a local coturn) and a page:
+/// the page hears the tone, and Rust never advertised a host candidate to it.
+async fn relay_only(mode: &str) {
+    let (turn, cred, relay, ice) = turn_server(&format!("kibitz-media-gating-{mode}")).await;
     let broker = start(Config::default()).await;
     let port = broker.addr.port();
     let room = format!("gate-relay-{mode}");
@@ -706,7 +645,6 @@ async fn relay_only(mode: &str) {
     let r = rust.voice_id.clone();
     let mut pages = MediaPages::start(port).await.unwrap();
     pages.open("a").await.unwrap();
-    let ice = json!([{"urls": url, "username": cred.username, "credential": cred.password}]);
     pages
         .join_with(
             "a",
@@ -772,21 +710,8 @@ async fn legacy_relay_only_media_through_coturn() {
 /// asking at the heartbeat's pace (it once answered every failed offer at once: thousands of
 /// `m-dial`/`mh-dead` a second with a browser that re-offers on `m-dial`).
 async fn relay_rung(with_relay: bool) {
-    let secret = format!("kibitz-media-gating-rung-{with_relay}");
-    let turn = coturn::Coturn::start(&[secret.as_str()]).await;
-    let api = api::start(&[secret.as_str()], turn.port).await;
-    let cred = api.fetch().await;
-    let url = cred
-        .turn_urls
-        .iter()
-        .find(|u| u.ends_with("transport=udp"))
-        .expect("a turn: URI over udp")
-        .clone();
-    let relay = RelayConfig {
-        server: turn.addr(),
-        username: cred.username.clone(),
-        credential: cred.password.clone(),
-    };
+    let (turn, cred, relay, ice) =
+        turn_server(&format!("kibitz-media-gating-rung-{with_relay}")).await;
     let broker = start(Config::default()).await;
     let port = broker.addr.port();
     let room = format!("gate-relay-rung-{with_relay}");
@@ -805,7 +730,6 @@ async fn relay_rung(with_relay: bool) {
     let r = rust.voice_id.clone();
     let mut pages = MediaPages::start(port).await.unwrap();
     pages.open("a").await.unwrap();
-    let ice = json!([{"urls": url, "username": cred.username, "credential": cred.password}]);
     // The smaller voiceId initiates: the page runs the ladder.
     pages
         .join_with(

@@ -13,21 +13,17 @@
 mod media_support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use kibitz_client::{Event, HostCommit, MediaLane, MediaLink, RoomConfig, Status};
+use kibitz_client::{Event, HostCommit, MediaLane, MediaLink, RoomConfig};
 use kibitz_e2e::{Config, start};
-use kibitz_join::media::{MediaConfig, PcmFrame};
-use kibitz_join::{RoomHandle, RoomOptions};
+use kibitz_join::media::MediaConfig;
 use kibitz_media::{AudioSource, dominant_frequency, rms};
 use kibitz_proto::grants::{Act, Grant, Perceive};
-use kibitz_rtc::{BrokerConfig, Identity};
-use media_support::{MediaPages, audio_packets, counter, energy, peer};
+use media_support::{MediaPages, RustMember, audio_packets, counter, energy, peer};
 use p256::ecdsa::SigningKey;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep};
 
 /// Energy that proves a tone arrived.
 const TONE: f64 = 0.01;
@@ -42,14 +38,8 @@ const FLOOD_FOR: Duration = Duration::from_secs(8);
 /// How long the recovery test cuts the Rust side's media.
 const CUT: Duration = Duration::from_secs(12);
 
-/// A Rust participant with media, and what it hears.
-struct Rust {
-    handle: RoomHandle,
-    events: mpsc::UnboundedReceiver<Event>,
-    pcm: mpsc::Receiver<PcmFrame>,
-    voice_id: String,
-    record: PathBuf,
-}
+/// A Rust participant with media (the shared helper), and what it hears.
+type Rust = RustMember;
 
 impl Rust {
     /// Unmuted (a 660 Hz tone), camera on; `host_key`: a cryptographic host (grants).
@@ -61,55 +51,21 @@ impl Rust {
             cfg.host = HostCommit::Key(*key.verifying_key());
             cfg.host_key = Some(key);
         }
-        let record = std::env::temp_dir().join(format!(
-            "kibitz-media-recovery-{}-{room}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&record);
-        std::fs::create_dir_all(&record).unwrap();
-        let (tx, pcm) = mpsc::channel(4096);
         let media = MediaConfig {
             audio_in: AudioSource::tone(660.0),
             muted: false,
-            record: Some(record.clone()),
-            pcm: Some(tx),
             video: Some((320, 240)),
+            ..MediaConfig::default()
         };
-        let options = RoomOptions {
-            media_relay: None,
-            broker: BrokerConfig::plain("127.0.0.1", port),
-            relay: None,
-            identity: Identity::generate().unwrap(),
-        };
-        let (handle, mut events) = kibitz_join::start_with_media(cfg, options, media);
-        handle.join();
-        timeout(WAIT, async {
-            while let Some(e) = events.recv().await {
-                if matches!(e, Event::Status(Status::Authority | Status::Connected)) {
-                    return;
-                }
-            }
-            panic!("the Rust member stopped");
-        })
+        Self::launch(
+            port,
+            cfg,
+            media,
+            None,
+            None,
+            &format!("media-recovery-{room}"),
+        )
         .await
-        .expect("the Rust member is in the room");
-        let voice_id = timeout(WAIT, async {
-            loop {
-                if let Some(v) = handle.voice_id().await.unwrap() {
-                    return v;
-                }
-                let _ = events.recv().await;
-            }
-        })
-        .await
-        .expect("a voiceId");
-        Self {
-            handle,
-            events,
-            pcm,
-            voice_id,
-            record,
-        }
     }
 
     /// Keeps the event queue short and notes what matters (events are unbounded).
@@ -124,23 +80,6 @@ impl Rust {
                 log.push(e);
             }
         }
-    }
-
-    /// The mic PCM `from` sends, collected until `samples` arrived (older frames dropped).
-    async fn mic_pcm(&mut self, from: &str, samples: usize) -> Vec<i16> {
-        while self.pcm.try_recv().is_ok() {}
-        let mut got = Vec::new();
-        timeout(WAIT, async {
-            while got.len() < samples {
-                let f = self.pcm.recv().await.expect("pcm channel open");
-                if f.from == from && f.lane == MediaLane::Mic {
-                    got.extend(f.samples);
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("only {} samples of {from}'s mic arrived", got.len()));
-        got
     }
 
     /// Waits until Rust hears `from`'s 440 Hz; returns how long that took.

@@ -7,20 +7,15 @@
 
 mod media_support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use kibitz_client::{Event, HostCommit, MediaLane, RoomConfig, Status};
+use kibitz_client::{Event, HostCommit, MediaLane, RoomConfig};
 use kibitz_e2e::{Config, start};
-use kibitz_join::media::{MediaConfig, PcmFrame};
-use kibitz_join::{RoomHandle, RoomOptions};
+use kibitz_join::media::MediaConfig;
 use kibitz_media::{AudioSource, dominant_frequency, peak, rms};
-use kibitz_proto::grants::{Grant, Perceive};
-use kibitz_rtc::{BrokerConfig, Identity};
-use media_support::{MediaPages, audio_packets, energy, peer, video};
+use media_support::{MediaPages, RustMember, audio_packets, energy, peer, video};
 use p256::ecdsa::SigningKey;
-use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use serde_json::json;
 use tokio::time::{Instant, timeout};
 
 /// Energy a silent lane may show (digital silence is exactly 0).
@@ -29,14 +24,8 @@ const SILENT: f64 = 1e-4;
 const TONE: f64 = 0.01;
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A Rust participant with media, and what it hears and sees.
-struct Rust {
-    handle: RoomHandle,
-    events: mpsc::UnboundedReceiver<Event>,
-    pcm: mpsc::Receiver<PcmFrame>,
-    voice_id: String,
-    record: PathBuf,
-}
+/// A Rust participant with media (the shared helper), and what it hears and sees.
+type Rust = RustMember;
 
 impl Rust {
     async fn start(port: u16, room: &str, name: &str, agent: bool, host_key: bool) -> Self {
@@ -54,73 +43,14 @@ impl Rust {
             cfg.host = HostCommit::Key(*key.verifying_key());
             cfg.host_key = Some(key);
         }
-        let record = std::env::temp_dir().join(format!(
-            "kibitz-media-rust-{}-{room}-{name}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&record);
-        std::fs::create_dir_all(&record).unwrap();
-        let (tx, pcm) = mpsc::channel(4096);
         let media = MediaConfig {
             audio_in: AudioSource::tone(660.0),
             muted: true,
-            record: Some(record.clone()),
-            pcm: Some(tx),
             video: Some((320, 240)),
+            ..MediaConfig::default()
         };
-        let options = RoomOptions {
-            media_relay: None,
-            broker: BrokerConfig::plain("127.0.0.1", port),
-            relay: None,
-            identity: Identity::generate().unwrap(),
-        };
-        let (handle, mut events) = kibitz_join::start_with_media(cfg, options, media);
-        handle.join();
-        timeout(WAIT, async {
-            while let Some(e) = events.recv().await {
-                if matches!(e, Event::Status(Status::Authority | Status::Connected)) {
-                    return;
-                }
-            }
-            panic!("{name} stopped");
-        })
-        .await
-        .expect("the Rust member is in the room");
-        // The voiceId is the media peer's, registered a moment after the room is held.
-        let voice_id = timeout(WAIT, async {
-            loop {
-                if let Some(v) = handle.voice_id().await.unwrap() {
-                    return v;
-                }
-                let _ = events.recv().await;
-            }
-        })
-        .await
-        .expect("a voiceId");
-        Self {
-            handle,
-            events,
-            pcm,
-            voice_id,
-            record,
-        }
-    }
-
-    /// The mic PCM `from` sends, collected until `samples` arrived (older frames dropped).
-    async fn mic_pcm(&mut self, from: &str, samples: usize) -> Vec<i16> {
-        while self.pcm.try_recv().is_ok() {}
-        let mut got = Vec::new();
-        timeout(WAIT, async {
-            while got.len() < samples {
-                let f = self.pcm.recv().await.expect("pcm channel open");
-                if f.from == from && f.lane == MediaLane::Mic {
-                    got.extend(f.samples);
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("only {} samples of {from}'s mic arrived", got.len()));
-        got
+        let tag = format!("media-rust-{room}-{name}");
+        Self::launch(port, cfg, media, None, None, &tag).await
     }
 
     /// Waits for a media event matching `pred`.
@@ -327,6 +257,3 @@ async fn legacy_a_browser_and_rust_hear_and_see_each_other() {
 async fn owned_a_browser_and_rust_hear_and_see_each_other() {
     rust_and_a_page("owned").await;
 }
-
-#[allow(dead_code)]
-fn unused(_: Grant, _: Perceive, _: Value) {}

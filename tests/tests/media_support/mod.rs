@@ -284,3 +284,92 @@ pub fn video(stats: &Value, id: &str, lane: &str) -> (u64, u64, u64) {
 pub fn counter(stats: &Value, id: &str, dir: &str, t: &str) -> u64 {
     peer(stats, id)[dir][t].as_u64().unwrap_or(0)
 }
+
+/// A Rust participant with media (kibitz-join), and what it hears and sees; the media test
+/// files add their own checks in `impl` blocks of their own.
+pub struct RustMember {
+    pub handle: kibitz_join::RoomHandle,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<kibitz_client::Event>,
+    pub pcm: tokio::sync::mpsc::Receiver<kibitz_join::media::PcmFrame>,
+    pub voice_id: String,
+    /// Its recordings: a fresh directory.
+    pub record: PathBuf,
+}
+
+/// How long a Rust member may take to be in the room, or a collection to fill.
+const MEMBER_WAIT: Duration = Duration::from_secs(20);
+
+impl RustMember {
+    /// Starts `cfg` with `media` on the broker at `port` (its `record` and `pcm` are set here:
+    /// a fresh directory named by `tag`, a 4096-frame channel) and waits until it is in the
+    /// room with a voiceId.
+    pub async fn launch(
+        port: u16,
+        cfg: kibitz_client::RoomConfig,
+        mut media: kibitz_join::media::MediaConfig,
+        relay: Option<kibitz_rtc::RelayConfig>,
+        media_relay: Option<kibitz_rtc::RelayConfig>,
+        tag: &str,
+    ) -> Self {
+        use kibitz_client::{Event, Status};
+        let record = std::env::temp_dir().join(format!("kibitz-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&record);
+        std::fs::create_dir_all(&record).unwrap();
+        let (tx, pcm) = tokio::sync::mpsc::channel(4096);
+        media.record = Some(record.clone());
+        media.pcm = Some(tx);
+        let options = kibitz_join::RoomOptions {
+            broker: kibitz_rtc::BrokerConfig::plain("127.0.0.1", port),
+            relay,
+            media_relay,
+            identity: kibitz_rtc::Identity::generate().unwrap(),
+        };
+        let (handle, mut events) = kibitz_join::start_with_media(cfg, options, media);
+        handle.join();
+        timeout(MEMBER_WAIT, async {
+            while let Some(e) = events.recv().await {
+                if matches!(e, Event::Status(Status::Authority | Status::Connected)) {
+                    return;
+                }
+            }
+            panic!("{tag} stopped");
+        })
+        .await
+        .expect("the Rust member is in the room");
+        // The voiceId is the media peer's, registered a moment after the room is joined.
+        let voice_id = timeout(MEMBER_WAIT, async {
+            loop {
+                if let Some(v) = handle.voice_id().await.unwrap() {
+                    return v;
+                }
+                let _ = events.recv().await;
+            }
+        })
+        .await
+        .expect("a voiceId");
+        Self {
+            handle,
+            events,
+            pcm,
+            voice_id,
+            record,
+        }
+    }
+
+    /// The mic PCM `from` sends, collected until `samples` arrived (older frames dropped).
+    pub async fn mic_pcm(&mut self, from: &str, samples: usize) -> Vec<i16> {
+        while self.pcm.try_recv().is_ok() {}
+        let mut got = Vec::new();
+        timeout(MEMBER_WAIT, async {
+            while got.len() < samples {
+                let f = self.pcm.recv().await.expect("pcm channel open");
+                if f.from == from && f.lane == kibitz_client::MediaLane::Mic {
+                    got.extend(f.samples);
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("only {} samples of {from}'s mic arrived", got.len()));
+        got
+    }
+}
