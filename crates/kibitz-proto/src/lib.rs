@@ -13,6 +13,7 @@
 //! - [`media`]: media lanes and the grant rule that gates them.
 //! - [`mesh`]: data-mesh control frames and classifying what a mesh channel carries.
 //! - [`grants`]: capability grants: sanitising, intersecting, defaults by role.
+//! - [`lan`]: offline mode: the hub blob, the synthesised answer, hub frames and LAN room payloads.
 //! - [`hostcmd`]: signed host commands (`kbz-host-cmd.v1`) and their replay guard.
 //! - [`agent`]: agent key assertions (`kbz-agent-key.v1`) and key thumbprints.
 //! - [`manifest`]: signed room manifests (members, domains, agent keys).
@@ -26,6 +27,7 @@ pub mod credit;
 pub mod gate;
 pub mod grants;
 pub mod hostcmd;
+pub mod lan;
 pub mod link;
 pub mod manifest;
 pub mod media;
