@@ -41,6 +41,7 @@ mod authority;
 pub mod config;
 mod ctx;
 mod engine;
+pub mod lan;
 mod media;
 mod mesh;
 pub mod net;

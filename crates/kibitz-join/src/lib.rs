@@ -7,6 +7,7 @@
 //! given) and the TURN relay (`/api/turn`) as the web client does; relay-only is fail-closed.
 
 mod driver;
+pub mod lan;
 pub mod media;
 pub mod select;
 

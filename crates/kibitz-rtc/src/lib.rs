@@ -107,6 +107,7 @@ mod conn;
 mod core;
 mod driver;
 mod identity;
+mod link;
 mod media;
 mod message;
 mod signal;
@@ -117,6 +118,7 @@ pub use conn::{CloseReason, ConnError, SendError};
 pub use core::{CoreConfig, Event, Input, Output, PeerCore};
 pub use driver::{Events, Peer, PeerError, PeerHandle, PeerOptions};
 pub use identity::{Identity, IdentityError};
+pub use link::{Link, LinkConfig, LinkError, LinkOutput};
 pub use kibitz_proto::binarypack::Value as PackValue;
 pub use media::{
     LaneRef, MediaCodec, MediaError, MediaKind, MediaOptions, MediaSignal, MediaStats,
