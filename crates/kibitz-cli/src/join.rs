@@ -26,8 +26,14 @@ const DEFAULT_ORIGIN: &str = "https://kibitz.chat";
 /// Where a participant connects, and as whom.
 #[derive(Debug, clap::Args)]
 pub struct RoomArgs {
-    /// A room link (https://…/#room, /j/room) or a room code.
-    target: String,
+    /// A room link (https://…/#room, /j/room) or a room code; with --hub, the LAN room
+    /// (default: the hub link's #fragment).
+    #[arg(required_unless_present = "hub")]
+    target: Option<String>,
+    /// Offline mode: a `kibitz hub` link (…?galaxy=<blob>#room) or bare blob; joins the LAN
+    /// room through that hub instead of a broker.
+    #[arg(long, env = "KIBITZ_HUB")]
+    pub(crate) hub: Option<String>,
     /// Display name.
     #[arg(long, env = "KIBITZ_NAME")]
     name: Option<String>,
@@ -186,9 +192,9 @@ async fn connect(
     default_name: &str,
     agent: Option<AgentIdentity>,
 ) -> anyhow::Result<(RoomHandle, UnboundedReceiver<Event>, RoomTarget)> {
-    let origin = origin_of(&args.target);
-    let target = parse_room_target(&args.target, &origin)
-        .with_context(|| format!("reading {:?}", args.target))?;
+    let raw = args.target.as_deref().context("a room link or code is needed")?;
+    let origin = origin_of(raw);
+    let target = parse_room_target(raw, &origin).with_context(|| format!("reading {raw:?}"))?;
     let media = args.media.config()?;
     let client = http_client(args.insecure)?;
     let broker = match &args.signal_host {
@@ -336,6 +342,10 @@ async fn session<S>(
 
 /// `kibitz join`.
 pub async fn run_join(args: JoinArgs) -> anyhow::Result<()> {
+    if let Some(hub) = &args.room.hub {
+        let name = args.room.name.as_deref().unwrap_or("Guest");
+        return crate::lan_join::run(hub, args.room.target.as_deref(), name).await;
+    }
     let (room, events, target) = connect(&args.room, "Guest", None).await?;
     let mut out = tokio::io::stdout();
     out.write_all(format!("* room {}\n", target.room).as_bytes())
@@ -503,6 +513,9 @@ async fn command(room: &RoomHandle, line: &str) -> Option<String> {
 
 /// `kibitz agent`.
 pub async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    if args.room.hub.is_some() {
+        anyhow::bail!("kibitz agent does not support --hub yet; use kibitz join --hub");
+    }
     let agent = AgentIdentity {
         key: None,
         backend: args.backend.clone(),

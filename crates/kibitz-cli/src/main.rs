@@ -3,6 +3,7 @@
 
 mod config_file;
 mod join;
+mod lan_join;
 mod link;
 
 use anyhow::Context as _;
