@@ -56,7 +56,8 @@
   // --- the hub (galaxyHub) ---
   let blob = null;
   let hub = null; // {pc, ch, id}
-  const peersWaiters = [];
+  // One waiter, as the web client's galaxyHub: a newer peers() takes over from an older one.
+  let peersWaiter = null;
 
   function connectHub() {
     return new Promise((resolve, reject) => {
@@ -72,8 +73,11 @@
           clearTimeout(timer);
           resolve(h);
         } else if (f.t === "peers") {
-          peersWaiters.shift()?.(Array.isArray(f.ids) ? f.ids : []);
+          const w = peersWaiter;
+          peersWaiter = null;
+          w?.(Array.isArray(f.ids) ? f.ids : []);
         } else if (f.t === "from") {
+          note(`from ${f.id} ${f.payload?.k}`);
           onFrame(f.id, f.payload);
         }
       };
@@ -93,15 +97,20 @@
   const hubSend = (obj) => hub?.ch.readyState === "open" && hub.ch.send(JSON.stringify(obj));
   function peers() {
     return new Promise((resolve) => {
-      let done = false;
-      const fin = (ids) => { if (!done) { done = true; resolve(ids); } };
-      peersWaiters.push(fin);
-      setTimeout(() => fin([]), 3000);
+      peersWaiter = resolve;
       hubSend({ t: "peers" });
+      setTimeout(() => {
+        if (peersWaiter === resolve) {
+          peersWaiter = null;
+          note("peers timed out");
+          resolve([]);
+        }
+      }, 3000);
     });
   }
   async function broadcast(payload) {
     const ids = await peers();
+    note(`broadcast ${payload.k} to ${ids}`);
     for (const id of ids) if (hub && id !== hub.id) hubSend({ t: "to", id, payload });
   }
   const sendTo = (to, payload) => hubSend({ t: "to", id: Number(to), payload });

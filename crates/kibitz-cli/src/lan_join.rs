@@ -22,11 +22,12 @@ pub async fn run(hub: &str, room: Option<&str>, name: &str) -> anyhow::Result<()
     print(&mut out, &format!("* room {room} (offline, via the hub)")).await?;
     print(&mut out, "* connecting to the hub…").await?;
     let mut stdin_open = true;
+    let mut names = std::collections::BTreeMap::new();
     loop {
         let text = tokio::select! {
             ev = events.recv() => match ev {
                 Some(LanRoomEvent::Done) | None => break,
-                Some(ev) => describe(&ev),
+                Some(ev) => describe(&ev, &mut names),
             },
             line = lines.next_line(), if stdin_open => match line? {
                 None => {
@@ -51,11 +52,21 @@ async fn print(out: &mut tokio::io::Stdout, line: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn describe(ev: &LanRoomEvent) -> Option<String> {
+fn describe(
+    ev: &LanRoomEvent,
+    names: &mut std::collections::BTreeMap<String, String>,
+) -> Option<String> {
     Some(match ev {
+        LanRoomEvent::Joined(m) => {
+            names.insert(m.id.clone(), m.name.clone());
+            format!("* {} joined", m.name)
+        }
+        LanRoomEvent::LinkOpen { peer } => {
+            let who = names.get(peer).unwrap_or(peer);
+            format!("* chat open with {who}")
+        }
         LanRoomEvent::Connected { id } => format!("* connected (id {id})"),
         LanRoomEvent::Reconnecting => "* reconnecting (lost the hub)…".into(),
-        LanRoomEvent::Joined(m) => format!("* {} joined", m.name),
         LanRoomEvent::Left { member, silent } if *silent => {
             format!("* {} left (gone silent)", member.name)
         }

@@ -300,8 +300,11 @@ impl Driver {
     async fn run(&mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
         self.room.start(now());
         let mut cmds_open = true;
-        while !self.done {
+        loop {
             let deadline = self.pump().await;
+            if self.done {
+                break;
+            }
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
