@@ -78,7 +78,14 @@ async function main() {
     if (req.op === "close") {
       const p = get(req.page);
       pages.delete(req.page);
-      if (req.bye) await withTimeout(p.page.evaluate(() => window.L.leave()), 5000, "leave");
+      if (req.bye) {
+        try {
+          await withTimeout(p.page.evaluate(() => window.L.leave()), 5000, "leave");
+        } catch (e) {
+          const log = await p.page.evaluate(() => window.L.log()).catch(() => []);
+          throw new Error(`${pageErrorMessage(e)}; page log: ${JSON.stringify(log)}`);
+        }
+      }
       await p.context.close();
       return null;
     }

@@ -252,12 +252,12 @@ async fn the_terminals_quit_says_bye_to_the_page() {
     pages.call("alice", "join", json!(["ember-lan", "Alice"])).await;
     let l = link(&hub, "ember-lan");
     let mut term = KibitzProc::spawn("terminal", &["join", "--hub", &l, "--name", "Terminal"]);
-    term.expect(WAIT, |l| l == "* Alice joined").await;
     pages
         .wait("alice", "roster", "the terminal in the roster", |v| {
             has_name(v, "Terminal")
         })
         .await;
+    term.expect(WAIT, |l| l == "* Alice joined").await;
     let t = Instant::now();
     term.line("/quit").await;
     term.expect(WAIT, |l| l == "* left the room").await;
