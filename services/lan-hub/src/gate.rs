@@ -32,7 +32,9 @@ pub fn admit_binding(buf: &[u8], ufrag: &str, pwd: &str) -> Option<String> {
         return None;
     }
     let (local, remote) = msg.split_username()?;
-    if local != ufrag || remote.is_empty() {
+    // ice-char only (RFC 8839): the ufrag goes into an SDP line, so nothing else may pass.
+    let ice_char = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+    if local != ufrag || remote.is_empty() || remote.len() > 256 || !remote.bytes().all(ice_char) {
         return None;
     }
     msg.verify(pwd.as_bytes(), sha1_hmac)
@@ -185,6 +187,14 @@ mod tests {
         assert_eq!(
             admit_binding(
                 &request("hubufrag:", "hubpassword"),
+                "hubufrag",
+                "hubpassword"
+            ),
+            None
+        );
+        assert_eq!(
+            admit_binding(
+                &request("hubufrag:a\r\nb", "hubpassword"),
                 "hubufrag",
                 "hubpassword"
             ),
