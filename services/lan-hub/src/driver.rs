@@ -28,6 +28,12 @@ const RECV_BUF: usize = 4096;
 /// frames (counted), it is not buffered without limit.
 const SCTP_SEND_BUFFER: usize = 1 << 20;
 
+/// The one clock read of this crate: the driver passes it into the sans-IO parts and str0m.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
 static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
 
 fn provider() -> Arc<CryptoProvider> {
@@ -96,7 +102,7 @@ impl Driver {
                 _ = &mut stop => break,
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((n, src)) => {
-                        let now = Instant::now();
+                        let now = now();
                         self.datagram(now, src, &buf[..n]);
                     }
                     // ICMP port-unreachable from a vanished browser surfaces here on some
@@ -104,7 +110,7 @@ impl Driver {
                     Err(e) => tracing::debug!(error = %e, "lan hub recv"),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    self.timeouts(Instant::now());
+                    self.timeouts(now());
                 }
             }
             self.flush().await;
@@ -114,7 +120,7 @@ impl Driver {
     }
 
     fn next_deadline(&self) -> Instant {
-        let far = Instant::now() + Duration::from_secs(3600);
+        let far = now() + Duration::from_secs(3600);
         let rtc = self.peers.values().map(|p| p.timeout).min().unwrap_or(far);
         let life = self.lifetimes.next_deadline().unwrap_or(far);
         rtc.min(life)
@@ -277,17 +283,15 @@ impl Driver {
                 }
                 Ok(Output::Transmit(t)) => self.sends.push((t.destination, t.contents.to_vec())),
                 Ok(Output::Event(ev)) => match ev {
-                    Event::ChannelOpen(cid, _label) => {
-                        // One channel per browser: the first, label unchecked.
-                        if peer.channel.is_none() {
-                            let id = self.core.open();
-                            peer.channel = Some(cid);
-                            peer.session = Some(id);
-                            self.by_session.insert(id, src);
-                            self.lifetimes.opened(src);
-                            self.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%src, session = id, "lan hub session open");
-                        }
+                    // One channel per browser: the first, label unchecked.
+                    Event::ChannelOpen(cid, _label) if peer.channel.is_none() => {
+                        let id = self.core.open();
+                        peer.channel = Some(cid);
+                        peer.session = Some(id);
+                        self.by_session.insert(id, src);
+                        self.lifetimes.opened(src);
+                        self.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%src, session = id, "lan hub session open");
                     }
                     Event::ChannelData(d) => {
                         if Some(d.id) != peer.channel {

@@ -212,6 +212,8 @@ mod tests {
     }
 
     #[test]
+    // A base instant only: every later time is injected relative to it.
+    #[allow(clippy::disallowed_methods)]
     fn handshake_and_liveness_windows() {
         let t0 = Instant::now();
         let s = |n: u16| SocketAddr::from(([127, 0, 0, 1], n));
