@@ -65,6 +65,8 @@ pub(crate) struct HubArgs {
 }
 
 pub(crate) async fn run(args: HubArgs) -> anyhow::Result<()> {
+    // Handlers first: a supervisor may signal as soon as it reads the BLOB line.
+    let stop = Stop::install()?;
     let loopback_only = !args.advertise.is_empty()
         && args
             .advertise
@@ -159,7 +161,7 @@ pub(crate) async fn run(args: HubArgs) -> anyhow::Result<()> {
 
     print_banner(&hub, &args, &link, &link_file, http.is_some(), ips.first());
 
-    crate::shutdown_signal().await;
+    stop.wait().await;
     tracing::info!("lan hub stopping");
     hub.shutdown().await;
     if let Some((stop, task)) = mdns {
@@ -281,14 +283,50 @@ fn short_hostname() -> Option<String> {
     (!short.is_empty() && short != "localhost").then_some(short)
 }
 
-type Stop = (
+/// SIGINT/SIGTERM, registered at once (tokio's `ctrl_c()` registers only when first polled).
+struct Stop {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Stop {
+                int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+                term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Stop {})
+    }
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+type Task = (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 );
 
 /// Our own responder on UDP 5353; quietly none when the port is taken (avahi) or multicast
 /// is unavailable.
-async fn start_mdns(name: &str, ips: &[Ipv4Addr]) -> Option<Stop> {
+async fn start_mdns(name: &str, ips: &[Ipv4Addr]) -> Option<Task> {
     let std_sock = match std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5353)) {
         Ok(s) => s,
         Err(e) => {

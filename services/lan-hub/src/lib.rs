@@ -108,11 +108,12 @@ pub struct HubStats {
     pub frames_dropped: u64,
     /// Frames ignored: bad JSON, unknown `t`, binary.
     pub bad_frames: u64,
-    /// Sources holding per-source state now (open sessions and handshakes).
+    /// Browsers holding state now (open sessions and handshakes).
     pub sources: u64,
-    /// Datagrams dropped before any state: junk, unsigned STUN, unknown sources, over capacity.
+    /// Datagrams dropped before any state: junk, unsigned STUN, unknown sources, over capacity,
+    /// a recently ended browser's checks.
     pub datagrams_dropped: u64,
-    /// Sources dropped for not finishing the handshake or going silent.
+    /// Browsers dropped for not finishing the handshake or going silent.
     pub sources_expired: u64,
 }
 
