@@ -178,6 +178,10 @@ async fn kibitz_hub_cli_fixed_identity() {
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(saved["ufrag"], lan::fixed::UFRAG);
     assert_eq!(saved["port"], port);
+    // The published key really signs the DTLS handshake browsers check against the fixed fp.
+    if let Err(out) = kibitz_e2e::node_scenarios("node/hub-connect.mjs", &[&blob]).await {
+        panic!("hub scenarios against the fixed-identity hub failed:\n{out}");
+    }
     stop(hub).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

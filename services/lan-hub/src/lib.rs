@@ -197,7 +197,7 @@ impl Hub {
     }
 }
 
-/// A running hub.
+/// A running hub. Dropping it stops the hub too (without waiting).
 #[derive(Debug)]
 pub struct HubHandle {
     local_addr: SocketAddr,
