@@ -185,3 +185,126 @@ async fn kibitz_hub_cli_fixed_identity() {
     stop(hub).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Inside a network namespace of its own (the only place a test may use private LAN addresses
+/// and UDP 5353): addresses are detected and ranked 192.168.* < 10.* < others, then
+/// `<host>.local`, then the hub's own `kbz-….local`, whose A record its mDNS responder answers.
+/// The test re-runs itself under `unshare -n` (root only; skipped, loudly, otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kibitz_hub_detects_lan_addresses_and_answers_mdns_in_a_netns() {
+    if std::env::var_os("KIBITZ_LAN_HUB_NETNS_CHILD").is_some() {
+        return netns_child().await;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let probe = std::process::Command::new("unshare")
+        .args(["-n", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: unshare -n needs root (CI runs as root)");
+        return;
+    }
+    let out = tokio::process::Command::new("unshare")
+        .arg("-n")
+        .arg(exe)
+        .args([
+            "kibitz_hub_detects_lan_addresses_and_answers_mdns_in_a_netns",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("KIBITZ_LAN_HUB_NETNS_CHILD", "1")
+        .env("KIBITZ_BIN", kibitz_e2e::kibitz_bin())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("netns child within 120 s")
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("netns child: ok"),
+        "{text}"
+    );
+}
+
+async fn netns_child() {
+    let sh = |cmd: &str| {
+        let st = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    sh("ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo");
+    // Added out of rank order, to see the ranking.
+    sh(
+        "ip addr add 172.20.1.1/16 dev lo && ip addr add 10.1.2.3/8 dev lo && ip addr add 192.168.77.1/24 dev lo",
+    );
+    let dir = temp_dir("netns");
+    let state = dir.join("relay-state.json");
+    let state = state.to_str().unwrap();
+    let mut hub = KibitzProc::spawn(
+        "netns hub",
+        &[
+            "hub",
+            "--fixed-id",
+            "false",
+            "--port",
+            "0",
+            "--state",
+            state,
+            "--http",
+            "0",
+        ],
+    );
+    let (blob, _) = blob_and_link(&mut hub).await;
+    let parsed = lan::parse_blob(&blob).unwrap();
+    let addrs: Vec<&str> = parsed.endpoints.iter().map(|e| e.addr.as_str()).collect();
+    assert_eq!(
+        &addrs[..3],
+        ["192.168.77.1", "10.1.2.3", "172.20.1.1"],
+        "{blob}"
+    );
+    let own = lan::mdns_name(&parsed.ufrag);
+    assert_eq!(addrs.last().copied(), Some(own.as_str()), "{blob}");
+    if addrs.len() == 5 {
+        assert!(addrs[3].ends_with(".local"), "{blob}");
+    }
+
+    // A one-shot (legacy) mDNS query for the hub's own name, to the group.
+    let mut q = vec![0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in own.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    let mut buf = [0u8; 512];
+    let mut answer = None;
+    // UDP: the first query may race the responder's start; ask until answered (bounded).
+    for _ in 0..50 {
+        sock.send_to(&q, "224.0.0.251:5353").await.unwrap();
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(200), sock.recv_from(&mut buf)).await
+        {
+            answer = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    let answer = answer.expect("the hub's mDNS responder answers");
+    assert_eq!(&answer[..2], &[0x12, 0x34], "legacy query id echoed");
+    assert_eq!(
+        u16::from_be_bytes([answer[6], answer[7]]),
+        3,
+        "one A per IPv4"
+    );
+    assert!(
+        answer.windows(4).any(|w| w == [192, 168, 77, 1]),
+        "{answer:?}"
+    );
+    stop(hub).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("netns child: ok");
+}
