@@ -308,3 +308,32 @@ async fn netns_child() {
     let _ = std::fs::remove_dir_all(&dir);
     println!("netns child: ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kibitz_hub_saved_port_is_pinned() {
+    let dir = temp_dir("pinned");
+    let state = dir.join("relay-state.json");
+    let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    HubIdentity::generate()
+        .unwrap()
+        .save(&state, Some(port))
+        .unwrap();
+    // Without --port the saved port is the only one tried: busy means a clear failure, not a
+    // silently different port (which would break every link already shared).
+    let out = tokio::process::Command::new(kibitz_e2e::kibitz_bin())
+        .args(["hub", "--fixed-id", "false", "--advertise", "127.0.0.1"])
+        .args(["--http", "0", "--mdns", "false", "--state"])
+        .arg(&state)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("kibitz hub gives up at once")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no free hub port"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("BLOB "));
+    drop(busy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
