@@ -157,11 +157,6 @@ async fn kibitz_hub_cli_outputs_state_and_restart() {
 async fn kibitz_hub_cli_fixed_identity() {
     let dir = temp_dir("fixed");
     let state = dir.join("relay-state.json");
-    // A state file of another identity is neither read nor trusted in fixed mode.
-    HubIdentity::generate()
-        .unwrap()
-        .save(&state, Some(1))
-        .unwrap();
     let mut hub = spawn_hub("fixed hub", &state, true, Some("0"));
     let (blob, _) = blob_and_link(&mut hub).await;
     let parsed = lan::parse_blob(&blob).unwrap();
@@ -172,8 +167,7 @@ async fn kibitz_hub_cli_fixed_identity() {
         lan::fixed::FINGERPRINT_B64
     );
     let port = parsed.endpoints[0].port;
-    assert_ne!(port, 1);
-    // Upstream still writes the file in this mode.
+    // Like upstream, a fresh state file is written in this mode.
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(saved["ufrag"], lan::fixed::UFRAG);
@@ -183,6 +177,25 @@ async fn kibitz_hub_cli_fixed_identity() {
         panic!("hub scenarios against the fixed-identity hub failed:\n{out}");
     }
     stop(hub).await;
+
+    // --fixed-id false never adopts the public identity from that file: it makes its own.
+    let mut hub = spawn_hub("own hub", &state, false, Some("0"));
+    let (own, _) = blob_and_link(&mut hub).await;
+    let own = lan::parse_blob(&own).unwrap();
+    assert_ne!(own.ufrag, lan::fixed::UFRAG);
+    assert_ne!(
+        lan::fingerprint_b64(&own.fingerprint),
+        lan::fixed::FINGERPRINT_B64
+    );
+    stop(hub).await;
+
+    // And a fixed-mode run leaves that own identity alone.
+    let before = std::fs::read_to_string(&state).unwrap();
+    let mut hub = spawn_hub("fixed hub again", &state, true, Some("0"));
+    let (again, _) = blob_and_link(&mut hub).await;
+    assert!(again.starts_with(&format!("g1|{}|", lan::fixed::UFRAG)));
+    stop(hub).await;
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), before);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -139,9 +139,13 @@ pub(crate) async fn run(args: HubArgs) -> anyhow::Result<()> {
     };
     let hub = start_on_first_free(config, &ports).await?;
     let port = hub.local_addr().port();
-    identity
-        .save(&args.state, Some(port))
-        .with_context(|| format!("writing {}", args.state.display()))?;
+    // Upstream writes the file in fixed mode too; we do so only when it holds no own identity,
+    // which a fixed-mode run must not destroy.
+    if !args.fixed_id || HubIdentity::read(&args.state).is_none() {
+        identity
+            .save(&args.state, Some(port))
+            .with_context(|| format!("writing {}", args.state.display()))?;
+    }
 
     let blob = hub.blob();
     let link = format!("{}/?galaxy={blob}", args.base.trim_end_matches('/'));
