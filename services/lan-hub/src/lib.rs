@@ -16,6 +16,7 @@ pub mod core;
 mod driver;
 pub mod gate;
 mod identity;
+pub mod mdns;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -107,11 +108,12 @@ pub struct HubStats {
     pub frames_dropped: u64,
     /// Frames ignored: bad JSON, unknown `t`, binary.
     pub bad_frames: u64,
-    /// Sources holding per-source state now (open sessions and handshakes).
+    /// Browsers holding state now (open sessions and handshakes).
     pub sources: u64,
-    /// Datagrams dropped before any state: junk, unsigned STUN, unknown sources, over capacity.
+    /// Datagrams dropped before any state: junk, unsigned STUN, unknown sources, over capacity,
+    /// a recently ended browser's checks.
     pub datagrams_dropped: u64,
-    /// Sources dropped for not finishing the handshake or going silent.
+    /// Browsers dropped for not finishing the handshake or going silent.
     pub sources_expired: u64,
 }
 
@@ -195,7 +197,7 @@ impl Hub {
     }
 }
 
-/// A running hub.
+/// A running hub. Dropping it stops the hub too (without waiting).
 #[derive(Debug)]
 pub struct HubHandle {
     local_addr: SocketAddr,
