@@ -45,7 +45,11 @@ impl LanPages {
             next_id: 0,
         };
         let first = me.line().await;
-        assert_eq!(first["ready"], json!(true), "lan-room.mjs did not start: {first}");
+        assert_eq!(
+            first["ready"],
+            json!(true),
+            "lan-room.mjs did not start: {first}"
+        );
         me
     }
 
@@ -115,7 +119,9 @@ impl LanPages {
             }
             if Instant::now() > deadline {
                 let log = self.request(json!({"op": "log", "page": page})).await;
-                panic!("{page}: {what} not within {WAIT:?} (last {method}: {v}); page log: {log:?}");
+                panic!(
+                    "{page}: {what} not within {WAIT:?} (last {method}: {v}); page log: {log:?}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -164,9 +170,12 @@ async fn chat_both_ways(pages: &mut LanPages, term: &mut KibitzProc, term_id: &s
             })
         })
         .await;
-    let n = pages.call("alice", "chat", json!(["hello from the page"])).await;
+    let n = pages
+        .call("alice", "chat", json!(["hello from the page"]))
+        .await;
     assert_eq!(n, json!(1), "the page's line went to one member");
-    term.expect(WAIT, |l| l == "<Alice> hello from the page").await;
+    term.expect(WAIT, |l| l == "<Alice> hello from the page")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,15 +185,25 @@ async fn terminal_first_dials_the_page_chats_and_sees_its_bye() {
     // Connected first, the terminal has id 1 and dials the page (id 2): "1" < "2".
     let l = link(&hub, "Ember Lan");
     let mut term = KibitzProc::spawn("terminal", &["join", "--hub", &l, "--name", "Terminal"]);
-    term.expect(WAIT, |l| l == "* room ember-lan (offline, via the hub)").await;
-    let term_id = id_of(&term.expect(WAIT, |l| l.starts_with("* connected (id ")).await);
+    term.expect(WAIT, |l| l == "* room ember-lan (offline, via the hub)")
+        .await;
+    let term_id = id_of(
+        &term
+            .expect(WAIT, |l| l.starts_with("* connected (id "))
+            .await,
+    );
     pages.open("alice").await;
     let page_id = pages
         .call("alice", "connect", json!([hub.blob().to_string()]))
         .await;
     let page_id = page_id.as_str().unwrap().to_owned();
-    assert!(term_id < page_id, "the terminal must dial: {term_id} vs {page_id}");
-    pages.call("alice", "join", json!(["ember-lan", "Alice"])).await;
+    assert!(
+        term_id < page_id,
+        "the terminal must dial: {term_id} vs {page_id}"
+    );
+    pages
+        .call("alice", "join", json!(["ember-lan", "Alice"]))
+        .await;
     term.expect(WAIT, |l| l == "* Alice joined").await;
     pages
         .wait("alice", "roster", "the terminal in the roster", |v| {
@@ -215,15 +234,24 @@ async fn page_first_dials_the_terminal_chats_and_silence_is_reaped() {
         .call("alice", "connect", json!([hub.blob().to_string()]))
         .await;
     let page_id = page_id.as_str().unwrap().to_owned();
-    pages.call("alice", "join", json!(["ember-lan", "Alice"])).await;
+    pages
+        .call("alice", "join", json!(["ember-lan", "Alice"]))
+        .await;
     // The room as an argument, the blob bare.
     let blob = hub.blob().to_string();
     let mut term = KibitzProc::spawn(
         "terminal",
         &["join", "--hub", &blob, "Ember LAN", "--name", "Terminal"],
     );
-    let term_id = id_of(&term.expect(WAIT, |l| l.starts_with("* connected (id ")).await);
-    assert!(page_id < term_id, "the page must dial: {page_id} vs {term_id}");
+    let term_id = id_of(
+        &term
+            .expect(WAIT, |l| l.starts_with("* connected (id "))
+            .await,
+    );
+    assert!(
+        page_id < term_id,
+        "the page must dial: {page_id} vs {term_id}"
+    );
     pages
         .wait("alice", "roster", "the terminal in the roster", |v| {
             has_name(v, "Terminal")
@@ -234,8 +262,10 @@ async fn page_first_dials_the_terminal_chats_and_silence_is_reaped() {
     // The terminal's `/quit` sends `bye`: the page drops it well before its 8 s reap.
     // First the page closes without a word: the terminal reaps it after 8 s of silence.
     pages.close("alice", false).await;
-    term.expect(Duration::from_secs(20), |l| l == "* Alice left (gone silent)")
-        .await;
+    term.expect(Duration::from_secs(20), |l| {
+        l == "* Alice left (gone silent)"
+    })
+    .await;
     term.line("/quit").await;
     term.expect(WAIT, |l| l == "* left the room").await;
     hub.shutdown().await;
@@ -249,7 +279,9 @@ async fn the_terminals_quit_says_bye_to_the_page() {
     pages
         .call("alice", "connect", json!([hub.blob().to_string()]))
         .await;
-    pages.call("alice", "join", json!(["ember-lan", "Alice"])).await;
+    pages
+        .call("alice", "join", json!(["ember-lan", "Alice"]))
+        .await;
     let l = link(&hub, "ember-lan");
     let mut term = KibitzProc::spawn("terminal", &["join", "--hub", &l, "--name", "Terminal"]);
     pages
@@ -262,7 +294,9 @@ async fn the_terminals_quit_says_bye_to_the_page() {
     term.line("/quit").await;
     term.expect(WAIT, |l| l == "* left the room").await;
     pages
-        .wait("alice", "roster", "the terminal gone", |v| !has_name(v, "Terminal"))
+        .wait("alice", "roster", "the terminal gone", |v| {
+            !has_name(v, "Terminal")
+        })
         .await;
     assert!(t.elapsed() < Duration::from_secs(7), "bye, not the reap");
     pages.close("alice", true).await;

@@ -192,7 +192,10 @@ async fn connect(
     default_name: &str,
     agent: Option<AgentIdentity>,
 ) -> anyhow::Result<(RoomHandle, UnboundedReceiver<Event>, RoomTarget)> {
-    let raw = args.target.as_deref().context("a room link or code is needed")?;
+    let raw = args
+        .target
+        .as_deref()
+        .context("a room link or code is needed")?;
     let origin = origin_of(raw);
     let target = parse_room_target(raw, &origin).with_context(|| format!("reading {raw:?}"))?;
     let media = args.media.config()?;

@@ -305,8 +305,10 @@ impl LanRoom {
             self.out.push_back(LanOutput::CloseLink { peer });
         }
         // Scope the session to the room before any `peers`/`to`.
-        self.out.push_back(LanOutput::Hub(lan::join_frame(&self.cfg.room)));
-        self.out.push_back(LanOutput::Event(LanEvent::Connected { id: id.to_string() }));
+        self.out
+            .push_back(LanOutput::Hub(lan::join_frame(&self.cfg.room)));
+        self.out
+            .push_back(LanOutput::Event(LanEvent::Connected { id: id.to_string() }));
         self.broadcast(now, &LanMsg::Hi);
         self.announce(now);
         self.reconcile();
@@ -364,7 +366,9 @@ impl LanRoom {
     fn remove(&mut self, id: &str, silent: bool) {
         if let Some(e) = self.others.remove(id) {
             if self.links.remove(id) {
-                self.out.push_back(LanOutput::CloseLink { peer: id.to_owned() });
+                self.out.push_back(LanOutput::CloseLink {
+                    peer: id.to_owned(),
+                });
             }
             self.out.push_back(LanOutput::Event(LanEvent::Left {
                 member: e.member,
@@ -393,9 +397,12 @@ impl LanRoom {
 
     /// `peers`, then one `to` per other id when the answer comes.
     fn broadcast(&mut self, now: Instant, msg: &LanMsg) {
-        let Ok(v) = serde_json::to_value(msg) else { return };
+        let Ok(v) = serde_json::to_value(msg) else {
+            return;
+        };
         self.pending.push_back((now + self.cfg.peers_timeout, v));
-        self.out.push_back(LanOutput::Hub(r#"{"t":"peers"}"#.to_owned()));
+        self.out
+            .push_back(LanOutput::Hub(r#"{"t":"peers"}"#.to_owned()));
     }
 
     /// Dials every member we should and have no link with (the smaller id string dials).
@@ -428,7 +435,8 @@ impl LanRoom {
                     return;
                 };
                 for id in ids.into_iter().filter(|id| *id != me) {
-                    self.out.push_back(LanOutput::Hub(lan::to_frame(id, &payload)));
+                    self.out
+                        .push_back(LanOutput::Hub(lan::to_frame(id, &payload)));
                 }
                 self.maybe_done();
             }
@@ -450,7 +458,11 @@ impl LanRoom {
             LanMsg::Present { name, cam, .. } => {
                 let member = LanMember {
                     id: fid.clone(),
-                    name: if name.is_empty() { "Guest".into() } else { name },
+                    name: if name.is_empty() {
+                        "Guest".into()
+                    } else {
+                        name
+                    },
                     cam,
                 };
                 let fresh = match self.others.get_mut(&fid) {
@@ -495,10 +507,9 @@ impl LanRoom {
                 "answer" => self.out.push_back(LanOutput::Answer { peer, sdp }),
                 _ => {}
             },
-            SigPayload::Candidate { c } => self.out.push_back(LanOutput::Candidate {
-                peer,
-                candidate: c,
-            }),
+            SigPayload::Candidate { c } => self
+                .out
+                .push_back(LanOutput::Candidate { peer, candidate: c }),
         }
     }
 
@@ -516,5 +527,346 @@ impl LanRoom {
             self.beacon_at,
         ];
         LanOutput::Timeout(at.into_iter().flatten().min())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The virtual clock's origin: any instant will do, time only moves by what tests add.
+    #[allow(clippy::disallowed_methods)]
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    fn drain(room: &mut LanRoom) -> Vec<LanOutput> {
+        let mut v = Vec::new();
+        loop {
+            match room.poll_output() {
+                LanOutput::Timeout(_) => return v,
+                o => v.push(o),
+            }
+        }
+    }
+
+    fn next_timeout(room: &mut LanRoom) -> Option<Instant> {
+        match room.poll_output() {
+            LanOutput::Timeout(t) => t,
+            o => panic!("undrained output {o:?}"),
+        }
+    }
+
+    /// Feeds every timeout up to `until`; returns (time, output) for each output on the way.
+    fn run_until(room: &mut LanRoom, until: Instant) -> Vec<(Instant, LanOutput)> {
+        let mut v = Vec::new();
+        while let Some(at) = next_timeout(room).filter(|at| *at <= until) {
+            room.handle_input(at, LanInput::Timeout);
+            v.extend(drain(room).into_iter().map(|o| (at, o)));
+        }
+        v
+    }
+
+    fn hub_frames(out: &[LanOutput]) -> Vec<serde_json::Value> {
+        out.iter()
+            .filter_map(|o| match o {
+                LanOutput::Hub(t) => Some(serde_json::from_str(t).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn from(room: &mut LanRoom, now: Instant, id: u64, payload: serde_json::Value) {
+        let f = json!({"t": "from", "id": id, "payload": payload}).to_string();
+        room.handle_input(now, LanInput::HubFrame(&f));
+    }
+
+    fn peers(room: &mut LanRoom, now: Instant, ids: &[u64]) {
+        let f = json!({"t": "peers", "ids": ids}).to_string();
+        room.handle_input(now, LanInput::HubFrame(&f));
+    }
+
+    /// A room on the hub as `id`, with the connect-time broadcasts answered by `others`.
+    fn up(t0: Instant, id: u64, others: &[u64]) -> LanRoom {
+        let mut room = LanRoom::new(LanConfig::new("Ember LAN!", "Terminal"));
+        room.start(t0);
+        assert_eq!(drain(&mut room), vec![LanOutput::ConnectHub]);
+        room.handle_input(t0, LanInput::HubUp { id });
+        drain(&mut room);
+        let mut ids = others.to_vec();
+        ids.push(id);
+        peers(&mut room, t0, &ids);
+        peers(&mut room, t0, &ids);
+        drain(&mut room);
+        room
+    }
+
+    #[test]
+    fn connect_joins_the_normalised_room_then_broadcasts_hi_and_present() {
+        let t0 = epoch();
+        let mut room = LanRoom::new(LanConfig::new("Ember LAN!", "Terminal"));
+        room.start(t0);
+        assert_eq!(drain(&mut room), vec![LanOutput::ConnectHub]);
+        room.handle_input(t0, LanInput::HubUp { id: 2 });
+        let out = drain(&mut room);
+        let frames = hub_frames(&out);
+        assert_eq!(frames[0], json!({"t": "join", "room": "ember-lan"}));
+        assert_eq!(frames[1..], [json!({"t": "peers"}), json!({"t": "peers"})]);
+        assert!(out.contains(&LanOutput::Event(LanEvent::Connected { id: "2".into() })));
+        // Broadcast = one `to` per other id the `peers` answer lists, in request order.
+        peers(&mut room, t0, &[1, 2, 3]);
+        let hi = hub_frames(&drain(&mut room));
+        assert_eq!(
+            hi,
+            [
+                json!({"t": "to", "id": 1, "payload": {"k": "hi"}}),
+                json!({"t": "to", "id": 3, "payload": {"k": "hi"}}),
+            ]
+        );
+        peers(&mut room, t0, &[2, 3]);
+        let present = hub_frames(&drain(&mut room));
+        assert_eq!(
+            present,
+            [json!({"t": "to", "id": 3, "payload":
+                {"k": "present", "name": "Terminal", "cam": false, "avatar": ""}})]
+        );
+    }
+
+    #[test]
+    fn the_smaller_id_string_dials() {
+        let t0 = epoch();
+        // "10" < "9": 10 dials 9.
+        let mut room = up(t0, 10, &[9]);
+        from(&mut room, t0, 9, json!({"k": "present", "name": "Nine"}));
+        let out = drain(&mut room);
+        assert!(
+            out.contains(&LanOutput::Dial { peer: "9".into() }),
+            "{out:?}"
+        );
+        // Only once while the link lives; again after it closed.
+        from(&mut room, t0, 9, json!({"k": "present", "name": "Nine"}));
+        assert!(
+            !drain(&mut room)
+                .iter()
+                .any(|o| matches!(o, LanOutput::Dial { .. }))
+        );
+        room.handle_input(t0, LanInput::LinkClosed { peer: "9" });
+        from(&mut room, t0, 9, json!({"k": "present", "name": "Nine"}));
+        assert!(drain(&mut room).contains(&LanOutput::Dial { peer: "9".into() }));
+        // 9 never dials 10: it waits for the offer.
+        let mut room = up(t0, 9, &[10]);
+        from(&mut room, t0, 10, json!({"k": "present", "name": "Ten"}));
+        let out = drain(&mut room);
+        assert!(out.contains(&LanOutput::Event(LanEvent::Joined(LanMember {
+            id: "10".into(),
+            name: "Ten".into(),
+            cam: false
+        }))));
+        assert!(
+            !out.iter().any(|o| matches!(o, LanOutput::Dial { .. })),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn an_offer_replaces_the_link_and_signals_route_by_sender() {
+        let t0 = epoch();
+        let mut room = up(t0, 1, &[2]);
+        from(&mut room, t0, 2, json!({"k": "present", "name": "Two"}));
+        assert!(drain(&mut room).contains(&LanOutput::Dial { peer: "2".into() }));
+        // The other side offers anyway (glare, a reload): its offer wins, every time.
+        for sdp in ["v=0 a", "v=0 b"] {
+            from(
+                &mut room,
+                t0,
+                2,
+                json!({"k": "sig", "payload": {"d": {"type": "offer", "sdp": sdp}}}),
+            );
+            assert_eq!(
+                drain(&mut room),
+                vec![LanOutput::Accept {
+                    peer: "2".into(),
+                    sdp: sdp.into()
+                }]
+            );
+        }
+        from(
+            &mut room,
+            t0,
+            2,
+            json!({"k": "sig", "payload": {"d": {"type": "answer", "sdp": "v=0 c"}}}),
+        );
+        assert_eq!(
+            drain(&mut room),
+            vec![LanOutput::Answer {
+                peer: "2".into(),
+                sdp: "v=0 c".into()
+            }]
+        );
+        let c = json!({"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0",
+            "sdpMLineIndex": 0, "usernameFragment": "u"});
+        from(&mut room, t0, 2, json!({"k": "sig", "payload": {"c": c}}));
+        let out = drain(&mut room);
+        assert!(
+            matches!(&out[..], [LanOutput::Candidate { peer, candidate }]
+            if peer == "2" && candidate.sdp_mline_index == Some(0))
+        );
+        // Our signals go to one id, never broadcast.
+        room.signal(
+            "2",
+            SigPayload::Description {
+                d: Description {
+                    kind: "answer".into(),
+                    sdp: "x".into(),
+                },
+            },
+        );
+        assert_eq!(
+            hub_frames(&drain(&mut room)),
+            [
+                json!({"t": "to", "id": 2, "payload": {"k": "sig", "payload": {"d": {"type": "answer", "sdp": "x"}}}})
+            ]
+        );
+    }
+
+    #[test]
+    fn hi_makes_us_announce_and_bye_removes_at_once() {
+        let t0 = epoch();
+        let mut room = up(t0, 1, &[]);
+        from(&mut room, t0, 2, json!({"k": "hi"}));
+        assert_eq!(hub_frames(&drain(&mut room)), [json!({"t": "peers"})]);
+        peers(&mut room, t0, &[1, 2]);
+        assert_eq!(
+            hub_frames(&drain(&mut room))[0]["payload"]["k"],
+            json!("present")
+        );
+        from(&mut room, t0, 2, json!({"k": "present", "name": ""}));
+        drain(&mut room);
+        assert_eq!(room.members()[0].name, "Guest");
+        from(&mut room, t0, 2, json!({"k": "bye"}));
+        let out = drain(&mut room);
+        assert!(out.contains(&LanOutput::CloseLink { peer: "2".into() }));
+        assert!(out.contains(&LanOutput::Event(LanEvent::Left {
+            member: LanMember {
+                id: "2".into(),
+                name: "Guest".into(),
+                cam: false
+            },
+            silent: false
+        })));
+        assert!(room.members().is_empty());
+    }
+
+    #[test]
+    fn silent_members_are_reaped_after_8_s_and_beacons_every_2500_ms() {
+        let t0 = epoch();
+        let mut room = up(t0, 1, &[]);
+        from(&mut room, t0, 2, json!({"k": "present", "name": "Two"}));
+        drain(&mut room);
+        let mut t = t0;
+        let mut beacons = 0;
+        loop {
+            let at = next_timeout(&mut room).unwrap();
+            assert!(at > t);
+            t = at;
+            room.handle_input(t, LanInput::Timeout);
+            let out = drain(&mut room);
+            beacons += hub_frames(&out)
+                .iter()
+                .filter(|f| f["t"] == "peers")
+                .count();
+            // Nobody answers `peers`: each broadcast gives up after 3 s.
+            if let Some(LanOutput::Event(LanEvent::Left { member, silent })) = out
+                .iter()
+                .find(|o| matches!(o, LanOutput::Event(LanEvent::Left { .. })))
+            {
+                assert_eq!(member.id, "2");
+                assert!(*silent);
+                break;
+            }
+            assert!(t - t0 <= Duration::from_millis(10_000), "not reaped");
+        }
+        // Reaped at the first beacon tick past 8 s of silence: 10 s (ticks at 2.5 s).
+        assert_eq!(t - t0, Duration::from_millis(10_000));
+        assert_eq!(beacons, 4);
+    }
+
+    #[test]
+    fn a_lost_hub_is_retried_after_2_s_a_failed_attempt_after_3_s() {
+        let t0 = epoch();
+        let mut room = up(t0, 1, &[]);
+        room.handle_input(t0, LanInput::HubDown);
+        assert_eq!(
+            drain(&mut room),
+            vec![LanOutput::Event(LanEvent::Reconnecting)]
+        );
+        let t1 = t0 + Duration::from_secs(2);
+        let connects = |v: Vec<(Instant, LanOutput)>| -> Vec<Instant> {
+            v.into_iter()
+                .filter(|(_, o)| *o == LanOutput::ConnectHub)
+                .map(|(t, _)| t)
+                .collect()
+        };
+        assert_eq!(
+            connects(run_until(&mut room, t1 + Duration::from_millis(10))),
+            [t1]
+        );
+        room.handle_input(t1, LanInput::HubFailed);
+        assert!(drain(&mut room).is_empty());
+        let t2 = t1 + Duration::from_secs(3);
+        assert_eq!(
+            connects(run_until(&mut room, t2 + Duration::from_millis(10))),
+            [t2]
+        );
+        // A new id: `join` again, first.
+        room.handle_input(t2, LanInput::HubUp { id: 7 });
+        let frames = hub_frames(&drain(&mut room));
+        assert_eq!(frames[0], json!({"t": "join", "room": "ember-lan"}));
+        assert_eq!(room.id().as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn leaving_says_bye_to_everyone_then_disconnects() {
+        let t0 = epoch();
+        let mut room = up(t0, 1, &[]);
+        from(&mut room, t0, 2, json!({"k": "present", "name": "Two"}));
+        drain(&mut room);
+        room.leave(t0);
+        let out = drain(&mut room);
+        assert!(out.contains(&LanOutput::CloseLink { peer: "2".into() }));
+        assert_eq!(hub_frames(&out), [json!({"t": "peers"})]);
+        assert!(!out.contains(&LanOutput::Event(LanEvent::Done)));
+        peers(&mut room, t0, &[1, 2, 3]);
+        let out = drain(&mut room);
+        assert_eq!(
+            hub_frames(&out),
+            [
+                json!({"t": "to", "id": 2, "payload": {"k": "bye"}}),
+                json!({"t": "to", "id": 3, "payload": {"k": "bye"}}),
+            ]
+        );
+        assert_eq!(
+            out[2..],
+            [LanOutput::DisconnectHub, LanOutput::Event(LanEvent::Done)]
+        );
+        assert_eq!(next_timeout(&mut room), None);
+    }
+
+    #[test]
+    fn leaving_with_no_answer_to_peers_gives_up_after_3_s() {
+        let t0 = epoch();
+        let mut room = up(t0, 1, &[]);
+        room.leave(t0);
+        drain(&mut room);
+        let t1 = t0 + Duration::from_secs(3);
+        // Leaving, no more beacons: the only timer is the `peers` give-up.
+        assert_eq!(
+            run_until(&mut room, t1 + Duration::from_secs(60)),
+            [
+                (t1, LanOutput::DisconnectHub),
+                (t1, LanOutput::Event(LanEvent::Done))
+            ]
+        );
     }
 }

@@ -473,11 +473,14 @@ impl Driver {
             let (generation, sock, local) = self.bind().await.map_err(|e| e.to_string())?;
             let cfg = self.link_config("content", local, true);
             let (link, offer) = Link::offer(t, &cfg).map_err(|e| e.to_string())?;
-            Ok::<_, String>((PeerConn {
-                generation,
-                link,
-                sock,
-            }, offer))
+            Ok::<_, String>((
+                PeerConn {
+                    generation,
+                    link,
+                    sock,
+                },
+                offer,
+            ))
         }
         .await;
         match made {
@@ -504,11 +507,14 @@ impl Driver {
             let (generation, sock, local) = self.bind().await.map_err(|e| e.to_string())?;
             let cfg = self.link_config("content", local, true);
             let (link, answer) = Link::answer(t, &cfg, &sdp).map_err(|e| e.to_string())?;
-            Ok::<_, String>((PeerConn {
-                generation,
-                link,
-                sock,
-            }, answer))
+            Ok::<_, String>((
+                PeerConn {
+                    generation,
+                    link,
+                    sock,
+                },
+                answer,
+            ))
         }
         .await;
         match made {
@@ -731,7 +737,9 @@ impl Driver {
                     }
                     LinkOutput::Open => {
                         moved = true;
-                        let _ = self.events.send(LanRoomEvent::LinkOpen { peer: peer.clone() });
+                        let _ = self
+                            .events
+                            .send(LanRoomEvent::LinkOpen { peer: peer.clone() });
                     }
                     LinkOutput::Text(text) => {
                         moved = true;
@@ -768,7 +776,8 @@ impl Driver {
         }
         for peer in closed {
             self.peers.remove(&peer);
-            self.room.handle_input(t, LanInput::LinkClosed { peer: &peer });
+            self.room
+                .handle_input(t, LanInput::LinkClosed { peer: &peer });
         }
         moved
     }
@@ -787,5 +796,37 @@ fn flush_link(link: &mut Link, sock: &Sock) {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chat_line_is_a_content_msg_in_json_text() {
+        let f = chat_frame("hi there", Some("3#1".into()), Some(1_700_000_000_000)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"k": "chat", "text": "hi there", "mid": "3#1", "ts": 1_700_000_000_000u64})
+        );
+        // And what the web sends reads back as chat.
+        let web = r#"{"k":"chat","text":"yo","mid":"1#4","ts":1}"#;
+        assert!(
+            matches!(serde_json::from_str::<Content>(web), Ok(Content::Chat(c)) if c.text == "yo")
+        );
+    }
+
+    #[test]
+    fn the_hub_is_reached_at_its_ipv4_endpoints_only() {
+        let blob = lan::parse_blob(
+            "g2|uf|pw|AAcOFRwjKjE4P0ZNVFtiaXB3foWMk5qhqK-2vcTL0tk|3478,u,p|kbz-ab.local~4711|10.0.0.2~4711",
+        )
+        .unwrap();
+        assert_eq!(
+            hub_addrs(&blob),
+            ["10.0.0.2:4711".parse::<SocketAddr>().unwrap()]
+        );
     }
 }

@@ -118,8 +118,8 @@ pub use conn::{CloseReason, ConnError, SendError};
 pub use core::{CoreConfig, Event, Input, Output, PeerCore};
 pub use driver::{Events, Peer, PeerError, PeerHandle, PeerOptions};
 pub use identity::{Identity, IdentityError};
-pub use link::{Link, LinkConfig, LinkError, LinkOutput};
 pub use kibitz_proto::binarypack::Value as PackValue;
+pub use link::{Link, LinkConfig, LinkError, LinkOutput};
 pub use media::{
     LaneRef, MediaCodec, MediaError, MediaKind, MediaOptions, MediaSignal, MediaStats,
     MediaWriteError,
