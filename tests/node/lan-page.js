@@ -159,6 +159,7 @@
 
   // --- the mesh (lanMesh) ---
   const links = new Map(); // id -> pc
+  const remoteTypes = []; // candidate types the peers trickled to us
   const dataChans = new Map(); // id -> channel
   let local = null;
   function wireData(remote, ch) {
@@ -217,6 +218,7 @@
       } else if (payload.d) {
         await links.get(from)?.setRemoteDescription(payload.d);
       } else if (payload.c) {
+        remoteTypes.push((/ typ (\S+)/.exec(payload.c.candidate || "") || [])[1] ?? "?");
         await links.get(from)?.addIceCandidate(payload.c);
       }
     })().catch((e) => note(`sig from ${from} failed: ${e}`));
@@ -279,6 +281,8 @@
       return n;
     },
     chats: () => chats.slice(),
+    /** The types (host, relay, …) of every candidate a peer trickled to us. */
+    remoteCandidateTypes: () => remoteTypes.slice(),
     /** Leaves: bye to everyone, then closes everything. */
     async leave() {
       if (closed) return;

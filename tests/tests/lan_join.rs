@@ -5,11 +5,17 @@
 //! smaller id string dials), and the terminal prints a page's leaving (`bye` or silence).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../turn/coturn.rs"]
+#[allow(dead_code)]
+mod coturn;
+
 use std::process::Stdio;
 use std::time::Duration;
 
 use kibitz_e2e::KibitzProc;
 use kibitz_lan_hub::{Hub, HubConfig, HubHandle, HubIdentity};
+use kibitz_proto::lan::TurnInfo;
+use kibitz_proto::turn::{rest_password, rest_username};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -129,10 +135,16 @@ impl LanPages {
 }
 
 async fn hub() -> HubHandle {
-    let cfg = HubConfig::new(
+    hub_with(None).await
+}
+
+/// A hub whose blob names `turn` (g2) or none (g1).
+async fn hub_with(turn: Option<TurnInfo>) -> HubHandle {
+    let mut cfg = HubConfig::new(
         HubIdentity::generate().unwrap(),
         "127.0.0.1:0".parse().unwrap(),
     );
+    cfg.turn = turn;
     Hub::start(cfg).await.unwrap()
 }
 
@@ -300,5 +312,63 @@ async fn the_terminals_quit_says_bye_to_the_page() {
         .await;
     assert!(t.elapsed() < Duration::from_secs(7), "bye, not the reap");
     pages.close("alice", true).await;
+    hub.shutdown().await;
+}
+
+/// A g2 blob (LAN.md §5): both sides go relay-only through the TURN server it names (a local
+/// coturn standing in for the hub's embedded relay), and chat still flows both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_turn_in_the_blob_both_sides_relay_through_it() {
+    let secret = "lan-join-secret";
+    let turn = coturn::Coturn::start(&[secret]).await;
+    let user = rest_username(coturn::unix_now() + 3600, "lan");
+    let pass = rest_password(secret.as_bytes(), &user);
+    let hub = hub_with(Some(TurnInfo {
+        port: turn.port,
+        user: user.clone(),
+        pass,
+    }))
+    .await;
+    let blob = hub.blob().to_string();
+    assert!(blob.starts_with("g2|"), "{blob}");
+    let mut pages = LanPages::start().await;
+    pages.open("alice").await;
+    pages.call("alice", "connect", json!([blob])).await;
+    pages
+        .call("alice", "join", json!(["ember-lan", "Alice"]))
+        .await;
+    let l = link(&hub, "ember-lan");
+    let mut term = KibitzProc::spawn("terminal", &["join", "--hub", &l, "--name", "Terminal"]);
+    let term_id = id_of(
+        &term
+            .expect(WAIT, |l| l.starts_with("* connected (id "))
+            .await,
+    );
+    term.expect(WAIT, |l| l == "* Alice joined").await;
+    chat_both_ways(&mut pages, &mut term, &term_id).await;
+    // The terminal offered the page nothing but relay candidates (the page is relay-only by
+    // policy), and both allocated with the blob's credentials.
+    let types = pages.call("alice", "remoteCandidateTypes", json!([])).await;
+    let types = types.as_array().unwrap();
+    assert!(
+        !types.is_empty() && types.iter().all(|t| t == "relay"),
+        "the terminal trickled {types:?}"
+    );
+    assert!(
+        turn.logged(&coturn::Coturn::allocated_line(&user), WAIT)
+            .await,
+        "no allocation in coturn's log: {}",
+        turn.log()
+    );
+    let allocations = turn
+        .log()
+        .matches(&coturn::Coturn::allocated_line(&user))
+        .count();
+    assert!(
+        allocations >= 2,
+        "{allocations} allocation(s): one side went direct"
+    );
+    pages.close("alice", true).await;
+    term.expect(WAIT, |l| l == "* Alice left").await;
     hub.shutdown().await;
 }
