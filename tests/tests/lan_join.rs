@@ -372,3 +372,43 @@ async fn with_turn_in_the_blob_both_sides_relay_through_it() {
     term.expect(WAIT, |l| l == "* Alice left").await;
     hub.shutdown().await;
 }
+
+/// The hub goes away and comes back (same identity and port, as a restarted `kibitz hub`): the
+/// terminal notices, reconnects with a new id, joins the room again and meets a page there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_hub_is_reconnected_and_the_room_rejoined() {
+    let identity = HubIdentity::generate().unwrap();
+    let first = Hub::start(HubConfig::new(
+        identity.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let addr = first.local_addr();
+    let l = link(&first, "ember-lan");
+    let mut term = KibitzProc::spawn("terminal", &["join", "--hub", &l, "--name", "Terminal"]);
+    term.expect(WAIT, |l| l == "* connected (id 1)").await;
+    first.shutdown().await;
+    term.expect(WAIT, |l| l == "* reconnecting (lost the hub)…")
+        .await;
+    let second = Hub::start(HubConfig::new(identity, addr)).await.unwrap();
+    // Ids restart with the hub; the terminal is its first session again.
+    term.expect(WAIT, |l| l == "* reconnected (id 1)").await;
+    let term_id = "1".to_owned();
+    let mut pages = LanPages::start().await;
+    pages.open("alice").await;
+    pages
+        .call("alice", "connect", json!([second.blob().to_string()]))
+        .await;
+    pages
+        .call("alice", "join", json!(["ember-lan", "Alice"]))
+        .await;
+    pages
+        .wait("alice", "roster", "the terminal in the roster", |v| {
+            has_name(v, "Terminal")
+        })
+        .await;
+    chat_both_ways(&mut pages, &mut term, &term_id).await;
+    pages.close("alice", true).await;
+    second.shutdown().await;
+}

@@ -22,12 +22,12 @@ pub async fn run(hub: &str, room: Option<&str>, name: &str) -> anyhow::Result<()
     print(&mut out, &format!("* room {room} (offline, via the hub)")).await?;
     print(&mut out, "* connecting to the hub…").await?;
     let mut stdin_open = true;
-    let mut names = std::collections::BTreeMap::new();
+    let mut view = View::default();
     loop {
         let text = tokio::select! {
             ev = events.recv() => match ev {
                 Some(LanRoomEvent::Done) | None => break,
-                Some(ev) => describe(&ev, &mut names),
+                Some(ev) => describe(&ev, &mut view),
             },
             line = lines.next_line(), if stdin_open => match line? {
                 None => {
@@ -52,11 +52,23 @@ async fn print(out: &mut tokio::io::Stdout, line: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn describe(
-    ev: &LanRoomEvent,
-    names: &mut std::collections::BTreeMap<String, String>,
-) -> Option<String> {
+/// What the printed lines depend on.
+#[derive(Debug, Default)]
+struct View {
+    names: std::collections::BTreeMap<String, String>,
+    was_connected: bool,
+}
+
+fn describe(ev: &LanRoomEvent, view: &mut View) -> Option<String> {
+    let names = &mut view.names;
     Some(match ev {
+        LanRoomEvent::Connected { id } if view.was_connected => {
+            format!("* reconnected (id {id})")
+        }
+        LanRoomEvent::Connected { id } => {
+            view.was_connected = true;
+            format!("* connected (id {id})")
+        }
         LanRoomEvent::Joined(m) => {
             names.insert(m.id.clone(), m.name.clone());
             format!("* {} joined", m.name)
@@ -65,7 +77,6 @@ fn describe(
             let who = names.get(peer).unwrap_or(peer);
             format!("* chat open with {who}")
         }
-        LanRoomEvent::Connected { id } => format!("* connected (id {id})"),
         LanRoomEvent::Reconnecting => "* reconnecting (lost the hub)…".into(),
         LanRoomEvent::Left { member, silent } if *silent => {
             format!("* {} left (gone silent)", member.name)
