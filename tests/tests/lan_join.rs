@@ -345,7 +345,14 @@ async fn with_turn_in_the_blob_both_sides_relay_through_it() {
             .await,
     );
     term.expect(WAIT, |l| l == "* Alice joined").await;
-    chat_both_ways(&mut pages, &mut term, &term_id).await;
+    let chat = tokio::spawn(async move {
+        chat_both_ways(&mut pages, &mut term, &term_id).await;
+        (pages, term)
+    });
+    let (mut pages, mut term) = match chat.await {
+        Ok(v) => v,
+        Err(e) => panic!("{e}; coturn's log: {}", turn.log()),
+    };
     // The terminal offered the page nothing but relay candidates (the page is relay-only by
     // policy), and both allocated with the blob's credentials.
     let types = pages.call("alice", "remoteCandidateTypes", json!([])).await;

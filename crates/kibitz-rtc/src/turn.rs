@@ -158,8 +158,13 @@ struct Pending {
     bytes: Vec<u8>,
     sends: u32,
     next: Instant,
-    retried_auth: bool,
+    /// Authenticated attempts so far (a retransmitted unauthenticated request can be answered
+    /// with a fresh nonce after we already retried with the first one: allow a few).
+    auth_tries: u32,
 }
+
+/// Most authenticated attempts per request before a 401/438 counts as a refusal.
+const MAX_AUTH_TRIES: u32 = 3;
 
 /// What the client tells its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -417,7 +422,7 @@ impl TurnClient {
                 bytes,
                 sends: 1,
                 next: now + RTO,
-                retried_auth: false,
+                auth_tries: 0,
             },
         );
     }
@@ -627,7 +632,7 @@ impl TurnClient {
 
     fn on_error(&mut self, now: Instant, p: Pending, m: &Parsed<'_>) -> TurnInput {
         let code = m.error_code().unwrap_or(0);
-        if matches!(code, 401 | 438) && !p.retried_auth {
+        if matches!(code, 401 | 438) && p.auth_tries < MAX_AUTH_TRIES {
             if let Some(n) = m.text(A_NONCE) {
                 self.nonce = Some(n);
             }
@@ -653,7 +658,7 @@ impl TurnClient {
                         bytes,
                         sends: 1,
                         next: now + RTO,
-                        retried_auth: true,
+                        auth_tries: p.auth_tries + 1,
                     },
                 );
                 return TurnInput::Nothing;
