@@ -148,9 +148,22 @@ async fn hub_with(turn: Option<TurnInfo>) -> HubHandle {
     Hub::start(cfg).await.unwrap()
 }
 
-/// A hub link as the web's create flow makes it.
+/// A hub link as the web's create flow makes it: the blob percent-encoded
+/// (`encodeURIComponent`; a raw `+` would read back as a space, as `URLSearchParams` reads it,
+/// and TURN passwords in base64 have them).
 fn link(hub: &HubHandle, room: &str) -> String {
-    format!("https://kibitz.chat/?galaxy={}#{room}", hub.blob())
+    let blob: String = hub
+        .blob()
+        .to_string()
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'!' | b'~' | b'*' => {
+                char::from(b).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("https://kibitz.chat/?galaxy={blob}#{room}")
 }
 
 fn id_of(line: &str) -> String {
@@ -321,8 +334,17 @@ async fn the_terminals_quit_says_bye_to_the_page() {
 async fn with_turn_in_the_blob_both_sides_relay_through_it() {
     let secret = "lan-join-secret";
     let turn = coturn::Coturn::start(&[secret]).await;
-    let user = rest_username(coturn::unix_now() + 3600, "lan");
-    let pass = rest_password(secret.as_bytes(), &user);
+    // A password with a `+` every time: the link must carry it percent-encoded (a bare `+`
+    // reads back as a space and coturn refuses the terminal's Allocate).
+    let expiry = coturn::unix_now() + 3600;
+    let (user, pass) = (0..)
+        .map(|i| {
+            let user = rest_username(expiry, &format!("lan{i}"));
+            let pass = rest_password(secret.as_bytes(), &user);
+            (user, pass)
+        })
+        .find(|(_, p)| p.contains('+'))
+        .unwrap();
     let hub = hub_with(Some(TurnInfo {
         port: turn.port,
         user: user.clone(),

@@ -5,6 +5,7 @@
 //! feeds back what the peers report, and keeps the engine's timer. [`RoomHandle`] is the
 //! controller; events arrive on a channel. [`select`] chooses the broker (`/api/signal` or
 //! given) and the TURN relay (`/api/turn`) as the web client does; relay-only is fail-closed.
+//! [`lan`] is the offline mode: a participant of a LAN room on a `kibitz hub` (LAN.md).
 
 mod driver;
 pub mod lan;

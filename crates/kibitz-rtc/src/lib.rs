@@ -71,6 +71,9 @@
 //!     [`Event::KeyframeRequest`] for a remote PLI/FIR and [`PeerCore::request_keyframe`] to
 //!     send one, [`Event::MediaClosed`] at the end; [`PeerCore::media_stats`] counts payload
 //!     bytes. Frames beyond 2048 per connection between timer ticks are dropped (flood bound).
+//! - [`Link`]: a bare peer connection with one text data channel and no PeerJS around it,
+//!   sans-IO in the same shape, built on the data connection machinery (offer or answer,
+//!   trickle, relay-only). Kibitz's offline mode uses it for the hub and for peers.
 //! - Events are not bounded: drain [`Events`] promptly. The driver reads every channel as
 //!   fast as data comes, so a consumer that stops reading lets the queue grow.
 //!

@@ -158,13 +158,8 @@ struct Pending {
     bytes: Vec<u8>,
     sends: u32,
     next: Instant,
-    /// Authenticated attempts so far (a retransmitted unauthenticated request can be answered
-    /// with a fresh nonce after we already retried with the first one: allow a few).
-    auth_tries: u32,
+    retried_auth: bool,
 }
-
-/// Most authenticated attempts per request before a 401/438 counts as a refusal.
-const MAX_AUTH_TRIES: u32 = 3;
 
 /// What the client tells its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -422,7 +417,7 @@ impl TurnClient {
                 bytes,
                 sends: 1,
                 next: now + RTO,
-                auth_tries: 0,
+                retried_auth: false,
             },
         );
     }
@@ -632,7 +627,7 @@ impl TurnClient {
 
     fn on_error(&mut self, now: Instant, p: Pending, m: &Parsed<'_>) -> TurnInput {
         let code = m.error_code().unwrap_or(0);
-        if matches!(code, 401 | 438) && p.auth_tries < MAX_AUTH_TRIES {
+        if matches!(code, 401 | 438) && !p.retried_auth {
             if let Some(n) = m.text(A_NONCE) {
                 self.nonce = Some(n);
             }
@@ -658,7 +653,7 @@ impl TurnClient {
                         bytes,
                         sends: 1,
                         next: now + RTO,
-                        auth_tries: p.auth_tries + 1,
+                        retried_auth: true,
                     },
                 );
                 return TurnInput::Nothing;
