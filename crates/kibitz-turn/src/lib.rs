@@ -1,0 +1,329 @@
+//! An embedded TURN relay over UDP (RFC 8656, formerly 5766) for the LAN hub and
+//! `kibitz serve --turn-embedded`.
+//!
+//! Model: [`core::Server`] is a sans-IO state machine (datagrams and time in, datagrams and
+//! socket commands out; it never reads the clock or touches a socket). [`TurnServer::start`]
+//! is the thin tokio driver: one listening UDP socket, one UDP socket per allocation bound on
+//! [`TurnConfig::relay_ip`] port 0, advertised as [`TurnConfig::advertised_ip`], and one timer.
+//! After any input the driver drains [`core::Server::poll_output`] until it is empty.
+//!
+//! What it speaks: Binding (plain STUN), Allocate (401 + REALM/NONCE challenge, long-term
+//! credentials with key `MD5(user:realm:pass)`), Refresh (lifetime 0 deletes), CreatePermission
+//! (300 s), ChannelBind (600 s), Send and Data indications, ChannelData both ways; responses
+//! carry MESSAGE-INTEGRITY and FINGERPRINT. Errors: 400, 401, 403 (forbidden peer), 420
+//! (unknown comprehension-required attribute), 437, 438 (stale nonce), 440, 441, 442, 443,
+//! 486, 508. Not supported: TCP/TLS transports, EVEN-PORT/RESERVATION-TOKEN (508),
+//! DONT-FRAGMENT (420), IPv6 relaying next to IPv4 (one family, that of the advertised IP).
+//!
+//! Error policy: input never panics. Malformed datagrams, packets without an allocation,
+//! permission or channel are dropped and counted ([`Stats::dropped`]); requests get the RFC
+//! error answer. Resources are bounded by [`TurnLimits`].
+//!
+//! Content-blind: payloads are never logged; client addresses only at DEBUG; secrets print
+//! masked.
+
+#![forbid(unsafe_code)]
+
+mod auth;
+pub mod core;
+mod stun;
+
+#[cfg(test)]
+mod core_tests;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::task::{AbortHandle, JoinSet};
+
+pub use crate::auth::{Secret, TurnAuth};
+pub use crate::core::{AllocId, Stats, TurnLimits};
+use crate::core::{CoreConfig, Output, Server};
+
+/// Everything the relay needs.
+#[derive(Debug, Clone)]
+pub struct TurnConfig {
+    /// Where clients send STUN/TURN (UDP). Port 0 picks one.
+    pub listen: SocketAddr,
+    /// The IP relay sockets bind on (`0.0.0.0` for all interfaces).
+    pub relay_ip: IpAddr,
+    /// The IP put in XOR-RELAYED-ADDRESS: where peers can reach the relay sockets.
+    pub advertised_ip: IpAddr,
+    /// REALM (`kibitz` for the LAN hub; the TURN host name for `kibitz serve`).
+    pub realm: String,
+    /// Who may allocate.
+    pub auth: TurnAuth,
+    /// Resource bounds.
+    pub limits: TurnLimits,
+}
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TurnError {
+    /// The listening socket could not be bound.
+    #[error("binding the TURN listener on {0}: {1}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+    /// Not inside a Tokio runtime, or the socket could not be registered with it.
+    #[error("registering the TURN socket with the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Starts relays.
+#[derive(Debug)]
+pub struct TurnServer;
+
+/// A running relay; stopped by [`TurnHandle::shutdown`] or when dropped.
+#[derive(Debug)]
+pub struct TurnHandle {
+    local: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    listen: Arc<UdpSocket>,
+    relay_ip: IpAddr,
+}
+
+#[derive(Debug)]
+struct State {
+    core: Server,
+    relays: HashMap<AllocId, Relay>,
+    stopped: bool,
+}
+
+#[derive(Debug)]
+struct Relay {
+    sock: Arc<UdpSocket>,
+    task: AbortHandle,
+}
+
+/// The largest UDP payload, plus ChannelData headroom.
+const BUF: usize = 65_536 + 4;
+/// Longest wait between expiry sweeps (permissions and channels expire lazily; this frees
+/// their memory).
+const SWEEP: Duration = Duration::from_secs(1);
+
+// The driver owns the clock: the core never reads it.
+#[allow(clippy::disallowed_methods)]
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+#[allow(clippy::disallowed_methods)]
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl TurnServer {
+    /// Binds the listening socket and spawns the relay's tasks. Call inside a Tokio runtime.
+    pub fn start(config: TurnConfig) -> Result<TurnHandle, TurnError> {
+        let std_sock = std::net::UdpSocket::bind(config.listen)
+            .map_err(|e| TurnError::Bind(config.listen, e))?;
+        std_sock.set_nonblocking(true).map_err(TurnError::Runtime)?;
+        let local = std_sock.local_addr().map_err(TurnError::Runtime)?;
+        let listen = Arc::new(UdpSocket::from_std(std_sock).map_err(TurnError::Runtime)?);
+        let mut seed = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+        let core = Server::new(
+            CoreConfig {
+                realm: config.realm,
+                auth: config.auth,
+                advertised_ip: config.advertised_ip,
+                limits: config.limits,
+            },
+            seed,
+            now(),
+            unix_now(),
+        );
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                core,
+                relays: HashMap::new(),
+                stopped: false,
+            }),
+            listen,
+            relay_ip: config.relay_ip,
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(listen_loop(shared.clone()));
+        tasks.spawn(timer_loop(shared.clone()));
+        tracing::info!(listen = %local, advertised = %config.advertised_ip, "TURN relay (UDP)");
+        Ok(TurnHandle {
+            local,
+            shared,
+            tasks,
+        })
+    }
+}
+
+impl TurnHandle {
+    /// The bound listening address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Counters (live allocations, relayed and dropped datagrams, refused credentials).
+    pub fn stats(&self) -> Stats {
+        self.shared.lock().core.stats()
+    }
+
+    /// Stops every task and closes every socket.
+    pub async fn shutdown(mut self) {
+        self.stop();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    fn stop(&mut self) {
+        let mut st = self.shared.lock();
+        st.stopped = true;
+        for (_, r) in st.relays.drain() {
+            r.task.abort();
+        }
+        drop(st);
+        self.tasks.abort_all();
+    }
+}
+
+impl Drop for TurnHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug in the core; keep serving regardless.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs the core's outputs: binds and closes relay sockets, returns datagrams to send from
+    /// the listening socket (sent after the lock is released).
+    fn drain(self: &Arc<Self>, st: &mut State, sends: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        while let Some(out) = st.core.poll_output() {
+            match out {
+                Output::Transmit { to, data } => sends.push((to, data)),
+                Output::BindRelay { alloc } => {
+                    let bound = if st.stopped {
+                        Err(())
+                    } else {
+                        self.bind_relay(alloc)
+                    };
+                    let port = match bound {
+                        Ok((port, relay)) => {
+                            st.relays.insert(alloc, relay);
+                            Ok(port)
+                        }
+                        Err(()) => Err(()),
+                    };
+                    st.core.relay_bound(now(), alloc, port);
+                }
+                Output::CloseRelay { alloc } => {
+                    if let Some(r) = st.relays.remove(&alloc) {
+                        r.task.abort();
+                    }
+                }
+            }
+        }
+    }
+
+    fn bind_relay(self: &Arc<Self>, alloc: AllocId) -> Result<(u16, Relay), ()> {
+        let bind = || -> std::io::Result<(u16, UdpSocket)> {
+            let s = std::net::UdpSocket::bind(SocketAddr::new(self.relay_ip, 0))?;
+            s.set_nonblocking(true)?;
+            let port = s.local_addr()?.port();
+            Ok((port, UdpSocket::from_std(s)?))
+        };
+        let (port, sock) = bind().map_err(|e| tracing::warn!(error = %e, "relay socket"))?;
+        let sock = Arc::new(sock);
+        let task = tokio::spawn(relay_loop(self.clone(), alloc, sock.clone())).abort_handle();
+        Ok((port, Relay { sock, task }))
+    }
+
+    fn send_all(&self, sends: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        for (to, data) in sends.drain(..) {
+            // UDP: a full socket buffer drops the datagram, as a router would.
+            let _ = self.listen.try_send_to(&data, to);
+        }
+    }
+}
+
+async fn listen_loop(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; BUF];
+    let mut sends = Vec::new();
+    loop {
+        let (n, from) = match shared.listen.recv_from(&mut buf).await {
+            Ok(r) => r,
+            // ICMP errors (e.g. port unreachable) surface here on some systems: not fatal.
+            Err(e) => {
+                tracing::trace!(error = %e, "listen recv");
+                continue;
+            }
+        };
+        let forward = {
+            let mut st = shared.lock();
+            let fwd = st.core.handle_client(now(), from, &buf[..n]);
+            let via = fwd
+                .as_ref()
+                .and_then(|f| st.relays.get(&f.alloc).map(|r| r.sock.clone()));
+            shared.drain(&mut st, &mut sends);
+            fwd.zip(via)
+        };
+        if let Some((f, sock)) = forward {
+            let _ = sock.try_send_to(&buf[f.range], f.to);
+        }
+        shared.send_all(&mut sends);
+    }
+}
+
+async fn relay_loop(shared: Arc<Shared>, alloc: AllocId, sock: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; BUF];
+    let mut sends = Vec::new();
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf[4..]).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::trace!(error = %e, "relay recv");
+                continue;
+            }
+        };
+        let to_client = {
+            let mut st = shared.lock();
+            let t = st.core.handle_peer(now(), alloc, from, &mut buf, n);
+            shared.drain(&mut st, &mut sends);
+            t
+        };
+        if let Some(t) = to_client {
+            let _ = shared.listen.try_send_to(&buf[t.range], t.to);
+        }
+        shared.send_all(&mut sends);
+    }
+}
+
+async fn timer_loop(shared: Arc<Shared>) {
+    let mut sends = Vec::new();
+    loop {
+        let at = {
+            let st = shared.lock();
+            let cap = now() + SWEEP;
+            st.core.poll_timeout().map_or(cap, |t| t.min(cap))
+        };
+        tokio::time::sleep_until(at.into()).await;
+        {
+            let mut st = shared.lock();
+            st.core.handle_timeout(now());
+            shared.drain(&mut st, &mut sends);
+        }
+        shared.send_all(&mut sends);
+    }
+}
