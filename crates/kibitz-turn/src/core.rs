@@ -76,6 +76,10 @@ pub struct CoreConfig {
     pub limits: TurnLimits,
 }
 
+/// Channel numbers accepted: RFC 5766's range. RFC 8656 narrowed it to 0x4000-0x4FFF, but
+/// coturn's clients still pick numbers up to 0x7FFF, and nothing else shares this port.
+pub const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
+
 /// An allocation's number; never reused within one [`Server`].
 pub type AllocId = u64;
 
@@ -114,6 +118,8 @@ pub enum Output {
     BindRelay {
         /// The allocation.
         alloc: AllocId,
+        /// The port must be even (EVEN-PORT).
+        even: bool,
     },
     /// Close `alloc`'s relay socket.
     CloseRelay {
@@ -269,7 +275,7 @@ impl Server {
         data: &[u8],
     ) -> Option<Forward> {
         match data.first() {
-            Some(0x40..=0x4F) => {
+            Some(0x40..=0x7F) => {
                 let fwd = self.channel_data(now, from, data);
                 if fwd.is_some() {
                     self.stats.relayed += 1;
@@ -685,8 +691,15 @@ impl Server {
             Some([1 | 2, ..]) => return Err((440, "Address Family not Supported")),
             Some(_) => return Err((400, "Bad Request")),
         }
-        // No port reservations: EVEN-PORT and RESERVATION-TOKEN cannot be honoured.
-        if m.has(stun::A_EVEN_PORT) || m.has(stun::A_RESERVATION_TOKEN) {
+        // An even port is easy; reserving the next one (R bit) or using a reservation is
+        // not offered (RFC 8656 §7.2: then 508).
+        let even = match m.get(stun::A_EVEN_PORT) {
+            None => false,
+            Some([]) => return Err((400, "Bad Request")),
+            Some([r, ..]) if r & 0x80 == 0 => true,
+            Some(_) => return Err((508, "Insufficient Capacity")),
+        };
+        if m.has(stun::A_RESERVATION_TOKEN) {
             return Err((508, "Insufficient Capacity"));
         }
         let limits = &self.config.limits;
@@ -715,7 +728,7 @@ impl Server {
         );
         self.by_client.insert(from, id);
         *self.per_ip.entry(from.ip()).or_insert(0) += 1;
-        self.out.push_back(Output::BindRelay { alloc: id });
+        self.out.push_back(Output::BindRelay { alloc: id, even });
         Ok(())
     }
 
@@ -836,7 +849,7 @@ impl Server {
             Some(&[hi, lo, _, _]) => u16::from_be_bytes([hi, lo]),
             _ => return Err((400, "Bad Request")),
         };
-        if !(0x4000..=0x4FFF).contains(&number) {
+        if !CHANNELS.contains(&number) {
             return Err((400, "Bad Request"));
         }
         let peer = m

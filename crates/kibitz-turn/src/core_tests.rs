@@ -151,7 +151,7 @@ fn allocate(s: &mut Server, now: Instant, c: &mut Cli, port: u16) -> (u64, Socke
     challenge(s, now, c);
     let (txid, b) = c.req(stun::ALLOCATE, &[udp()]);
     assert!(s.handle_client(now, c.addr, &b).is_none());
-    let Some(Output::BindRelay { alloc }) = s.poll_output() else {
+    let Some(Output::BindRelay { alloc, .. }) = s.poll_output() else {
         panic!("want BindRelay")
     };
     assert!(s.poll_output().is_none());
@@ -371,7 +371,7 @@ fn retransmitted_allocate_gets_the_same_answer_and_a_second_one_437() {
     challenge(&mut s, t0, &mut c);
     let (txid, b) = c.req(stun::ALLOCATE, &[udp()]);
     s.handle_client(t0, c.addr, &b);
-    let Some(Output::BindRelay { alloc }) = s.poll_output() else {
+    let Some(Output::BindRelay { alloc, .. }) = s.poll_output() else {
         panic!()
     };
     // While the relay socket is being bound, a retransmission is not answered twice.
@@ -538,6 +538,7 @@ fn allocate_attribute_errors() {
             400,
         ),
         (vec![udp(), (stun::A_EVEN_PORT, vec![0x80])], 508),
+        (vec![udp(), (stun::A_EVEN_PORT, vec![])], 400),
         (vec![udp(), (stun::A_RESERVATION_TOKEN, vec![0; 8])], 508),
         (vec![udp(), (stun::A_DONT_FRAGMENT, vec![])], 420),
         (vec![udp(), (0x7001, vec![1])], 420),
@@ -576,7 +577,7 @@ fn quotas_per_source_ip_and_overall() {
         let (_, b) = c.req(stun::ALLOCATE, &[udp()]);
         s.handle_client(t0, c.addr, &b);
         match s.poll_output() {
-            Some(Output::BindRelay { alloc }) => {
+            Some(Output::BindRelay { alloc, .. }) => {
                 s.relay_bound(t0, alloc, Ok(5000 + n));
                 let _ = one_answer(s);
                 None
@@ -600,7 +601,7 @@ fn relay_bind_failure_answers_508_and_frees_the_slot() {
     challenge(&mut s, t0, &mut c);
     let (_, b) = c.req(stun::ALLOCATE, &[udp()]);
     s.handle_client(t0, c.addr, &b);
-    let Some(Output::BindRelay { alloc }) = s.poll_output() else {
+    let Some(Output::BindRelay { alloc, .. }) = s.poll_output() else {
         panic!()
     };
     s.relay_bound(t0, alloc, Err(()));
@@ -635,7 +636,7 @@ fn permission_and_channel_errors() {
     assert_eq!(permit(&mut s, t0, &mut c, &[peer(), p2]), None);
     // Channel numbers out of range, clashes.
     assert_eq!(bind_channel(&mut s, t0, &mut c, 0x3FFF, peer()), Some(400));
-    assert_eq!(bind_channel(&mut s, t0, &mut c, 0x5000, peer()), Some(400));
+    assert_eq!(bind_channel(&mut s, t0, &mut c, 0x8000, peer()), Some(400));
     assert_eq!(bind_channel(&mut s, t0, &mut c, 0x4000, lo), Some(403));
     assert_eq!(bind_channel(&mut s, t0, &mut c, 0x4000, peer()), None);
     assert_eq!(

@@ -9,7 +9,8 @@
 //!
 //! What it speaks: Binding (plain STUN), Allocate (401 + REALM/NONCE challenge, long-term
 //! credentials with key `MD5(user:realm:pass)`), Refresh (lifetime 0 deletes), CreatePermission
-//! (300 s), ChannelBind (600 s), Send and Data indications, ChannelData both ways; responses
+//! (300 s), ChannelBind (600 s; numbers 0x4000-0x7FFF as in RFC 5766, which coturn's clients
+//! still use), Send and Data indications, ChannelData both ways; responses
 //! carry MESSAGE-INTEGRITY and FINGERPRINT. Errors: 400, 401, 403 (forbidden peer), 420
 //! (unknown comprehension-required attribute), 437, 438 (stale nonce), 440, 441, 442, 443,
 //! 486, 508. Not supported: TCP/TLS transports, EVEN-PORT/RESERVATION-TOKEN (508),
@@ -106,6 +107,8 @@ struct Relay {
 
 /// The largest UDP payload, plus ChannelData headroom.
 const BUF: usize = 65_536 + 4;
+/// Binds tried for an even port before giving up (508).
+const EVEN_PORT_TRIES: usize = 16;
 /// Longest wait between expiry sweeps (permissions and channels expire lazily; this frees
 /// their memory).
 const SWEEP: Duration = Duration::from_secs(1);
@@ -213,11 +216,11 @@ impl Shared {
         while let Some(out) = st.core.poll_output() {
             match out {
                 Output::Transmit { to, data } => sends.push((to, data)),
-                Output::BindRelay { alloc } => {
+                Output::BindRelay { alloc, even } => {
                     let bound = if st.stopped {
                         Err(())
                     } else {
-                        self.bind_relay(alloc)
+                        self.bind_relay(alloc, even)
                     };
                     let port = match bound {
                         Ok((port, relay)) => {
@@ -237,12 +240,19 @@ impl Shared {
         }
     }
 
-    fn bind_relay(self: &Arc<Self>, alloc: AllocId) -> Result<(u16, Relay), ()> {
+    fn bind_relay(self: &Arc<Self>, alloc: AllocId, even: bool) -> Result<(u16, Relay), ()> {
         let bind = || -> std::io::Result<(u16, UdpSocket)> {
-            let s = std::net::UdpSocket::bind(SocketAddr::new(self.relay_ip, 0))?;
-            s.set_nonblocking(true)?;
-            let port = s.local_addr()?.port();
-            Ok((port, UdpSocket::from_std(s)?))
+            // The OS picks ports; for EVEN-PORT keep asking (half of them are even).
+            for _ in 0..EVEN_PORT_TRIES {
+                let s = std::net::UdpSocket::bind(SocketAddr::new(self.relay_ip, 0))?;
+                let port = s.local_addr()?.port();
+                if even && port % 2 == 1 {
+                    continue;
+                }
+                s.set_nonblocking(true)?;
+                return Ok((port, UdpSocket::from_std(s)?));
+            }
+            Err(std::io::Error::other("no even port"))
         };
         let (port, sock) = bind().map_err(|e| tracing::warn!(error = %e, "relay socket"))?;
         let sock = Arc::new(sock);
