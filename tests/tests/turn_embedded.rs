@@ -221,3 +221,132 @@ async fn kibitz_rtc_relay_only_peers_connect_through_the_embedded_relay() {
     }
     turn.shutdown().await;
 }
+
+/// `kibitz serve --turn-embedded` on 127.0.0.1:0: its HTTP address and its relay's.
+struct Serve {
+    _child: tokio::process::Child,
+    http: std::net::SocketAddr,
+    turn: std::net::SocketAddr,
+}
+
+async fn serve_with_embedded_turn() -> Serve {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(kibitz_e2e::kibitz_bin())
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--turn-secret",
+            SECRET,
+            "--turn-host",
+            "127.0.0.1",
+            "--turn-rate-per-minute",
+            "0",
+            "--turn-embedded",
+            "--turn-embedded-port",
+            "0",
+            "--turn-embedded-bind",
+            "127.0.0.1",
+            "--turn-embedded-allow-loopback",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn kibitz serve");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut http, mut turn) = (None, None);
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let field = |k: &str| v["fields"][k].as_str().and_then(|s| s.parse().ok());
+            turn = turn.or(field("turn_listen"));
+            if v["fields"]["mode"] == "serve" {
+                http = field("addr");
+            }
+            if http.is_some() && turn.is_some() {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "kibitz serve did not report its addresses: {seen:#?}"
+    );
+    // Keep draining stderr so the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Serve {
+        _child: child,
+        http: http.unwrap(),
+        turn: turn.unwrap(),
+    }
+}
+
+/// An `/api/turn` serving a fixed `iceServers` list (the static backend).
+async fn static_api(
+    ice_servers: serde_json::Value,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let config = kibitz_turn_api::Config {
+        backend: kibitz_turn_api::Backend::Static(ice_servers),
+        ..kibitz_turn_api::Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(kibitz_turn_api::serve(listener, config, async move {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_relays_through_kibitz_serve_turn_embedded_with_its_api_credentials() {
+    let serve = serve_with_embedded_turn().await;
+    let url = format!("turn:127.0.0.1:{}?transport=udp", serve.turn.port());
+    // /api/turn of that process lists exactly its relay, UDP only.
+    let (status, body) = api::get(serve.http, "/api/turn").await;
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["uris"], serde_json::json!([url]));
+
+    // Refused credentials, UDP URL only: signed with a secret the relay does not know
+    // (tampered), and properly signed but expired a minute ago.
+    let now = coturn::unix_now();
+    let entry = |user: String, secret: &str| {
+        let pass = kibitz_proto::turn::rest_password(secret.as_bytes(), &user);
+        serde_json::json!([{"urls": [url], "username": user, "credential": pass}])
+    };
+    let live = kibitz_proto::turn::rest_username(now + 3600, "tampered");
+    let (foreign, _stop1) = static_api(entry(live, "not-the-serve-secret")).await;
+    let old = kibitz_proto::turn::rest_username(now - 60, "expired");
+    let (expired, _stop2) = static_api(entry(old, SECRET)).await;
+
+    let good_url = format!("http://{}/api/turn", serve.http);
+    let foreign_url = format!("http://{foreign}/api/turn");
+    let expired_url = format!("http://{expired}/api/turn");
+    let args = [
+        "--api",
+        &good_url,
+        "--bad-api",
+        &foreign_url,
+        "--bad-api",
+        &expired_url,
+        // OS-chosen relay ports.
+        "--relay-ports",
+        "1024-65535",
+        "--transports",
+        "udp",
+    ];
+    if let Err(out) = kibitz_e2e::node_scenarios("turn/relay.mjs", &args).await {
+        panic!("browser scenarios failed:\n{out}");
+    }
+}
