@@ -88,7 +88,8 @@ pub struct TurnHandle {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    listen: Arc<UdpSocket>,
+    /// Listening sockets, all on the same address (SO_REUSEPORT).
+    listen: Vec<Arc<UdpSocket>>,
     relay_ip: IpAddr,
 }
 
@@ -107,6 +108,35 @@ struct Relay {
 
 /// The largest UDP payload, plus ChannelData headroom.
 const BUF: usize = 65_536 + 4;
+/// Socket buffer sizes asked for (the kernel caps them at `net.core.rmem_max`/`wmem_max`).
+/// The listening socket takes every client's traffic: a burst beyond the default ~200 KiB is
+/// dropped before the driver runs (coturn asks for 4 MiB as well); relay sockets carry one
+/// allocation each.
+const LISTEN_BUFFER: usize = 4 << 20;
+const RELAY_BUFFER: usize = 256 << 10;
+
+/// A non-blocking UDP socket on `addr` with `buffer` bytes of send and receive buffer (best
+/// effort).
+fn bind_udp(
+    addr: SocketAddr,
+    buffer: usize,
+    shared_port: bool,
+) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    #[cfg(unix)]
+    if shared_port {
+        s.set_reuse_port(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = shared_port;
+    let _ = s.set_recv_buffer_size(buffer);
+    let _ = s.set_send_buffer_size(buffer);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 /// Binds tried for an even port before giving up (508).
 const EVEN_PORT_TRIES: usize = 16;
 /// Longest wait between expiry sweeps (permissions and channels expire lazily; this frees
@@ -129,11 +159,28 @@ fn unix_now() -> u64 {
 impl TurnServer {
     /// Binds the listening socket and spawns the relay's tasks. Call inside a Tokio runtime.
     pub fn start(config: TurnConfig) -> Result<TurnHandle, TurnError> {
-        let std_sock = std::net::UdpSocket::bind(config.listen)
+        let workers = tokio::runtime::Handle::try_current()
+            .map_err(|e| TurnError::Runtime(std::io::Error::other(e)))?
+            .metrics()
+            .num_workers()
+            .max(1);
+        // One listening socket per runtime worker (SO_REUSEPORT; the kernel spreads clients
+        // by address), as coturn runs one per relay thread: one socket and task would cap the
+        // relay at one core.
+        let shared_port = workers > 1;
+        let first = bind_udp(config.listen, LISTEN_BUFFER, shared_port)
             .map_err(|e| TurnError::Bind(config.listen, e))?;
-        std_sock.set_nonblocking(true).map_err(TurnError::Runtime)?;
-        let local = std_sock.local_addr().map_err(TurnError::Runtime)?;
-        let listen = Arc::new(UdpSocket::from_std(std_sock).map_err(TurnError::Runtime)?);
+        let local = first.local_addr().map_err(TurnError::Runtime)?;
+        let mut listen = vec![Arc::new(
+            UdpSocket::from_std(first).map_err(TurnError::Runtime)?,
+        )];
+        for _ in 1..workers {
+            let more =
+                bind_udp(local, LISTEN_BUFFER, true).map_err(|e| TurnError::Bind(local, e))?;
+            listen.push(Arc::new(
+                UdpSocket::from_std(more).map_err(TurnError::Runtime)?,
+            ));
+        }
         let mut seed = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
         let core = Server::new(
@@ -157,9 +204,11 @@ impl TurnServer {
             relay_ip: config.relay_ip,
         });
         let mut tasks = JoinSet::new();
-        tasks.spawn(listen_loop(shared.clone()));
+        for i in 0..shared.listen.len() {
+            tasks.spawn(listen_loop(shared.clone(), i));
+        }
         tasks.spawn(timer_loop(shared.clone()));
-        tracing::info!(listen = %local, advertised = %config.advertised_ip, "TURN relay (UDP)");
+        tracing::info!(listen = %local, advertised = %config.advertised_ip, sockets = workers, "TURN relay (UDP)");
         Ok(TurnHandle {
             local,
             shared,
@@ -244,12 +293,11 @@ impl Shared {
         let bind = || -> std::io::Result<(u16, UdpSocket)> {
             // The OS picks ports; for EVEN-PORT keep asking (half of them are even).
             for _ in 0..EVEN_PORT_TRIES {
-                let s = std::net::UdpSocket::bind(SocketAddr::new(self.relay_ip, 0))?;
+                let s = bind_udp(SocketAddr::new(self.relay_ip, 0), RELAY_BUFFER, false)?;
                 let port = s.local_addr()?.port();
                 if even && port % 2 == 1 {
                     continue;
                 }
-                s.set_nonblocking(true)?;
                 return Ok((port, UdpSocket::from_std(s)?));
             }
             Err(std::io::Error::other("no even port"))
@@ -260,19 +308,25 @@ impl Shared {
         Ok((port, Relay { sock, task }))
     }
 
-    fn send_all(&self, sends: &mut Vec<(SocketAddr, Vec<u8>)>) {
+    /// The listening socket a task sends to clients from (any of them has the same address).
+    fn out(&self, i: usize) -> &UdpSocket {
+        &self.listen[i % self.listen.len()]
+    }
+
+    fn send_all(&self, i: usize, sends: &mut Vec<(SocketAddr, Vec<u8>)>) {
         for (to, data) in sends.drain(..) {
             // UDP: a full socket buffer drops the datagram, as a router would.
-            let _ = self.listen.try_send_to(&data, to);
+            let _ = self.out(i).try_send_to(&data, to);
         }
     }
 }
 
-async fn listen_loop(shared: Arc<Shared>) {
+async fn listen_loop(shared: Arc<Shared>, i: usize) {
     let mut buf = vec![0u8; BUF];
     let mut sends = Vec::new();
+    let sock = shared.listen[i].clone();
     loop {
-        let (n, from) = match shared.listen.recv_from(&mut buf).await {
+        let (n, from) = match sock.recv_from(&mut buf).await {
             Ok(r) => r,
             // ICMP errors (e.g. port unreachable) surface here on some systems: not fatal.
             Err(e) => {
@@ -289,10 +343,10 @@ async fn listen_loop(shared: Arc<Shared>) {
             shared.drain(&mut st, &mut sends);
             fwd.zip(via)
         };
-        if let Some((f, sock)) = forward {
-            let _ = sock.try_send_to(&buf[f.range], f.to);
+        if let Some((f, relay)) = forward {
+            let _ = relay.try_send_to(&buf[f.range], f.to);
         }
-        shared.send_all(&mut sends);
+        shared.send_all(i, &mut sends);
     }
 }
 
@@ -313,10 +367,12 @@ async fn relay_loop(shared: Arc<Shared>, alloc: AllocId, sock: Arc<UdpSocket>) {
             shared.drain(&mut st, &mut sends);
             t
         };
+        // Spread relay tasks over the listening sockets.
+        let i = alloc as usize;
         if let Some(t) = to_client {
-            let _ = shared.listen.try_send_to(&buf[t.range], t.to);
+            let _ = shared.out(i).try_send_to(&buf[t.range], t.to);
         }
-        shared.send_all(&mut sends);
+        shared.send_all(i, &mut sends);
     }
 }
 
@@ -334,6 +390,6 @@ async fn timer_loop(shared: Arc<Shared>) {
             st.core.handle_timeout(now());
             shared.drain(&mut st, &mut sends);
         }
-        shared.send_all(&mut sends);
+        shared.send_all(0, &mut sends);
     }
 }
