@@ -14,7 +14,8 @@
 # pps (beyond one core: delivered packets/s is the throughput). Runs alternate embedded,
 # coturn, embedded, ...; each gets a fresh server pinned to core 0, the load generator pinned
 # to core 1, both at nice $BENCH_NICE (default -10 as root). Knobs: PAIRS (2), LOW_RATE
-# (20000), HIGH_RATE (150000), SERVER_THREADS (nproc), ROUNDS, EMBEDDED_CMD, COTURN_CMD. Logs and per-run JSON go to
+# (20000), HIGH_RATE (150000), SERVER_THREADS (nproc), ROUNDS, PROFILE (release), EMBEDDED_CMD,
+# COTURN_CMD. Logs and per-run JSON go to
 # target/bench/turn-relay-<timestamp>/.
 set -euo pipefail
 
@@ -22,15 +23,18 @@ set -euo pipefail
 # listening socket per tokio worker: give both the same count, or a contended core's
 # scheduler share decides the throughput.
 SERVER_THREADS=${SERVER_THREADS:-$(nproc)}
-EMBEDDED_CMD=${EMBEDDED_CMD:-'env TOKIO_WORKER_THREADS=$SERVER_THREADS target/release/kibitz serve --listen 127.0.0.1:$PORT --turn-secret benchsecret --turn-host 127.0.0.1 --turn-port $PORT --turn-embedded --turn-embedded-bind 127.0.0.1 --turn-embedded-allow-loopback'}
+EMBEDDED_CMD=${EMBEDDED_CMD:-'env TOKIO_WORKER_THREADS=$SERVER_THREADS target/$PROFILE/kibitz serve --listen 127.0.0.1:$PORT --turn-secret benchsecret --turn-host 127.0.0.1 --turn-port $PORT --turn-embedded --turn-embedded-bind 127.0.0.1 --turn-embedded-allow-loopback'}
 COTURN_CMD=${COTURN_CMD:-'turnserver -n --no-cli --no-tls --no-dtls --log-file=stdout --simple-log --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --listening-port=$PORT --use-auth-secret --static-auth-secret=benchsecret --realm=bench --allow-loopback-peers --userdb=$OUT/turndb-$PORT --pidfile=$OUT/turnserver-$PORT.pid'}
 PAIRS=${PAIRS:-2}
 LOW_RATE=${LOW_RATE:-20000}
 HIGH_RATE=${HIGH_RATE:-150000}
 
+# Binaries from target/$PROFILE (scripts/test's smoke uses the debug ones it already built).
+PROFILE=${PROFILE:-release}
+
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-LG="$ROOT/target/release/kibitz-loadgen"
+LG="$ROOT/target/$PROFILE/kibitz-loadgen"
 
 QUICK=0
 BUILD=1
@@ -38,7 +42,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
     --quick) QUICK=1 ;;
     --no-build) BUILD=0 ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -56,7 +60,11 @@ for tool in jq taskset turnserver; do
     command -v "$tool" >/dev/null || { echo "error: $tool is required (turnserver: Debian package coturn)" >&2; exit 1; }
 done
 if [[ $BUILD -eq 1 ]]; then
-    cargo build --release -p kibitz-cli -p kibitz-loadgen
+    if [[ $PROFILE == debug ]]; then
+        cargo build -p kibitz-cli -p kibitz-loadgen
+    else
+        cargo build --profile "$PROFILE" -p kibitz-cli -p kibitz-loadgen
+    fi
 fi
 
 OUT="$ROOT/target/bench/turn-relay-$(date +%Y%m%d-%H%M%S)"
@@ -69,7 +77,10 @@ warn_if_busy
 run_one() {
     local name=$1 round=$2 template base load rate
     case "$name" in
-    embedded) template=${EMBEDDED_CMD//\$SERVER_THREADS/$SERVER_THREADS} ;;
+    embedded)
+        template=${EMBEDDED_CMD//\$SERVER_THREADS/$SERVER_THREADS}
+        template=${template//\$PROFILE/$PROFILE}
+        ;;
     coturn) template=${COTURN_CMD//\$OUT/$OUT} ;;
     esac
     base="$OUT/$name-$round"

@@ -39,6 +39,11 @@ pub struct EmbeddedTurnArgs {
     /// lets relay clients reach this host's loopback services.
     #[arg(long, env = "KIBITZ_TURN_EMBEDDED_ALLOW_LOOPBACK")]
     pub turn_embedded_allow_loopback: bool,
+    /// Relay to private and link-local peers (10/8, 172.16/12, 192.168/16, 169.254/16, …).
+    /// Off: nobody reaches this host's LAN or a cloud metadata address through the relay
+    /// (coturn's `denied-peer-ip` in deploy/coturn). Turn on when the callers are on a LAN.
+    #[arg(long, env = "KIBITZ_TURN_EMBEDDED_ALLOW_PRIVATE")]
+    pub turn_embedded_allow_private: bool,
 }
 
 impl EmbeddedTurnArgs {
@@ -90,6 +95,7 @@ impl EmbeddedTurnArgs {
             limits: TurnLimits {
                 max_allocations: self.turn_embedded_max_allocations,
                 allow_loopback_peers: self.turn_embedded_allow_loopback,
+                allow_private_peers: self.turn_embedded_allow_private,
                 ..TurnLimits::default()
             },
         }))
@@ -158,6 +164,7 @@ mod tests {
         assert_eq!(c.advertised_ip, "203.0.113.7".parse::<IpAddr>().unwrap());
         assert_eq!(c.realm, "203.0.113.7");
         assert!(!c.limits.allow_loopback_peers);
+        assert!(!c.limits.allow_private_peers);
         let TurnAuth::RestSecrets(s) = c.auth else {
             panic!()
         };

@@ -47,6 +47,12 @@ pub struct TurnLimits {
     /// Relay to loopback peers (127.0.0.0/8, ::1). Off by default: a relay that reaches its own
     /// host's loopback services is an open door. Tests on 127.0.0.1 turn it on.
     pub allow_loopback_peers: bool,
+    /// Relay to private and link-local peers (10/8, 172.16/12, 192.168/16, 100.64/10,
+    /// 169.254/16 — cloud metadata lives there —, fc00::/7, fe80::/10). On by default: the LAN
+    /// hub relays between LAN devices. An internet-facing relay turns it off (as coturn's
+    /// `denied-peer-ip` does) so nobody reaches the host's LAN through it; the advertised IP
+    /// itself stays reachable (relay to relay on this host).
+    pub allow_private_peers: bool,
 }
 
 impl Default for TurnLimits {
@@ -59,6 +65,7 @@ impl Default for TurnLimits {
             max_lifetime: Duration::from_secs(3600),
             nonce_lifetime: Duration::from_secs(600),
             allow_loopback_peers: false,
+            allow_private_peers: true,
         }
     }
 }
@@ -768,9 +775,12 @@ impl Server {
             return Err((443, "Peer Address Family Mismatch"));
         }
         let ip = peer.ip();
+        let limits = &self.config.limits;
+        let own = ip == self.config.advertised_ip;
         let forbidden = ip.is_unspecified()
             || ip.is_multicast()
-            || (ip.is_loopback() && !self.config.limits.allow_loopback_peers)
+            || (ip.is_loopback() && !limits.allow_loopback_peers && !own)
+            || (is_private(ip) && !limits.allow_private_peers && !own)
             || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
         if forbidden {
             return Err((403, "Forbidden"));
@@ -890,6 +900,20 @@ impl Server {
         let data = Builder::new(stun::CHANNEL_BIND, Class::Success, &m.txid).finish(Some(&key));
         self.send(from, data);
         Ok(())
+    }
+}
+
+/// Private, shared (CGNAT) and link-local ranges.
+pub(crate) fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || v4.is_link_local() || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
     }
 }
 

@@ -669,6 +669,40 @@ fn permission_and_channel_errors() {
 }
 
 #[test]
+fn private_peers_can_be_refused_except_the_advertised_ip() {
+    let limits = TurnLimits {
+        allow_private_peers: false,
+        ..TurnLimits::default()
+    };
+    let (mut s, t0) = server_with(static_auth(), limits);
+    let mut c = Cli::new(client(), USER, PASS);
+    allocate(&mut s, t0, &mut c, 8100);
+    for p in [
+        "10.1.2.3:1",
+        "172.16.0.1:1",
+        "192.168.1.30:1",
+        "169.254.169.254:80",
+        "100.64.0.1:1",
+    ] {
+        assert_eq!(
+            permit(&mut s, t0, &mut c, &[p.parse().unwrap()]),
+            Some(403),
+            "{p}"
+        );
+    }
+    // The relay's own (advertised) address and public peers are fine.
+    let own = SocketAddr::new(ADV, 50_000);
+    assert_eq!(permit(&mut s, t0, &mut c, &[own]), None);
+    assert_eq!(
+        permit(&mut s, t0, &mut c, &["203.0.113.9:1".parse().unwrap()]),
+        None
+    );
+    assert!(crate::core::is_private("fd00::1".parse().unwrap()));
+    assert!(crate::core::is_private("fe80::1".parse().unwrap()));
+    assert!(!crate::core::is_private("2001:db8::1".parse().unwrap()));
+}
+
+#[test]
 fn limits_on_permissions_and_channels() {
     let limits = TurnLimits {
         max_permissions: 2,
