@@ -258,8 +258,15 @@ impl Server {
     }
 
     fn remove(&mut self, id: AllocId) {
+        if self.forget(id) {
+            self.out.push_back(Output::CloseRelay { alloc: id });
+        }
+    }
+
+    /// Drops the allocation's state (not its socket); false if there was none.
+    fn forget(&mut self, id: AllocId) -> bool {
         let Some(a) = self.allocs.remove(&id) else {
-            return;
+            return false;
         };
         self.by_client.remove(&a.client);
         let ip = a.client.ip();
@@ -269,7 +276,7 @@ impl Server {
                 self.per_ip.remove(&ip);
             }
         }
-        self.out.push_back(Output::CloseRelay { alloc: id });
+        true
     }
 
     /// A datagram from a client on the listening socket. STUN requests are answered through
@@ -401,11 +408,7 @@ impl Server {
             }
             Err(()) => {
                 tracing::warn!(alloc, "could not bind a relay socket");
-                self.allocs.remove(&alloc);
-                self.by_client.remove(&client);
-                if let Some(n) = self.per_ip.get_mut(&client.ip()) {
-                    *n = n.saturating_sub(1);
-                }
+                self.forget(alloc);
                 let data = Builder::new(stun::ALLOCATE, Class::Error, &txid)
                     .error(508, "Insufficient Capacity")
                     .finish(Some(&key));
