@@ -3,7 +3,7 @@
 # against coturn 4.6 (`turnserver`) on the same loopback load in one run. Target: at least
 # coturn's throughput at no more server CPU per relayed packet.
 #
-#   bench/turn-relay.sh              full run (~2 min): 3 rounds x 2 loads x (1 s + 5 s) each
+#   bench/turn-relay.sh              full run (~2 min): 5 rounds x 2 loads x (1 s + 3 s) each
 #   bench/turn-relay.sh --quick      ~20 s smoke: 1 round x 2 loads x (0.5 s + 1.5 s)
 #   bench/turn-relay.sh --no-build   skip cargo build
 #
@@ -50,7 +50,8 @@ done
 if [[ $QUICK -eq 1 ]]; then
     ROUNDS=${ROUNDS:-1} WARMUP=0.5 DURATION=1.5
 else
-    ROUNDS=${ROUNDS:-3} WARMUP=1 DURATION=5
+    # Short, many, alternating rounds: on a shared machine others' load comes and goes.
+    ROUNDS=${ROUNDS:-5} WARMUP=1 DURATION=3
 fi
 
 # shellcheck source=bench/lib.sh
@@ -137,6 +138,13 @@ row "loss % at $LOW_RATE offered" low loss_pct
 row "server CPU µs/packet at $LOW_RATE offered" low server_cpu_us_per_op
 row "server CPU % at $LOW_RATE offered" low server_cpu_pct
 row "server RSS KiB at $LOW_RATE offered" low server_rss_kb
+
+# Capacity: packets one core-second of the server relays at saturation (1e6 / CPU µs per
+# packet at HIGH_RATE): on a machine others share, the raw throughput above mostly measures
+# how much of core 0 each server was given.
+cap_e=$(awk -v c="$(med embedded high server_cpu_us_per_op)" 'BEGIN { if (c > 0) printf "%.0f", 1e6 / c }')
+cap_c=$(awk -v c="$(med coturn high server_cpu_us_per_op)" 'BEGIN { if (c > 0) printf "%.0f", 1e6 / c }')
+printf '%-44s %12s %12s %8s\n' "packets per server CPU-second at $HIGH_RATE" "${cap_e:--}" "${cap_c:--}" "$(ratio "$cap_e" "$cap_c")"
 
 tput_e=$(med embedded high delivered_pps)
 tput_c=$(med coturn high delivered_pps)

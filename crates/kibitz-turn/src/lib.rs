@@ -3,9 +3,30 @@
 //!
 //! Model: [`core::Server`] is a sans-IO state machine (datagrams and time in, datagrams and
 //! socket commands out; it never reads the clock or touches a socket). [`TurnServer::start`]
-//! is the thin tokio driver: one listening UDP socket, one UDP socket per allocation bound on
-//! [`TurnConfig::relay_ip`] port 0, advertised as [`TurnConfig::advertised_ip`], and one timer.
-//! After any input the driver drains [`core::Server::poll_output`] until it is empty.
+//! is the thin tokio driver: the listening UDP socket (one per runtime worker, sharing the port
+//! with SO_REUSEPORT, so the relay is not capped at one core), one UDP socket per allocation
+//! bound on [`TurnConfig::relay_ip`] port 0 and advertised as [`TurnConfig::advertised_ip`],
+//! and one timer. Every task shares the core behind one mutex, held for microseconds. After any
+//! input the driver drains [`core::Server::poll_output`] until it is empty.
+//!
+//! Use (the LAN hub's shape; `kibitz serve --turn-embedded` passes [`TurnAuth::RestSecrets`]):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kibitz_turn::TurnError> {
+//! use kibitz_turn::{Secret, TurnAuth, TurnConfig, TurnLimits, TurnServer};
+//! let relay = TurnServer::start(TurnConfig {
+//!     listen: "0.0.0.0:3478".parse().unwrap(),
+//!     relay_ip: "0.0.0.0".parse().unwrap(),
+//!     advertised_ip: "192.168.1.10".parse().unwrap(),
+//!     realm: "kibitz".into(),
+//!     auth: TurnAuth::Static { user: "wblan".into(), pass: Secret::new("Sp64SHsXMZOdzT6rgYcF") },
+//!     limits: TurnLimits::default(),
+//! })?;
+//! println!("TURN on {}", relay.local_addr());
+//! relay.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! What it speaks: Binding (plain STUN), Allocate (401 + REALM/NONCE challenge, long-term
 //! credentials with key `MD5(user:realm:pass)`), Refresh (lifetime 0 deletes), CreatePermission
