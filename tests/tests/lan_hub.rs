@@ -9,6 +9,10 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
+#[allow(dead_code)]
+#[path = "../turn/coturn.rs"]
+mod coturn;
+
 use kibitz_e2e::KibitzProc;
 use kibitz_lan_hub::{Hub, HubConfig, HubIdentity, HubStats};
 use kibitz_proto::lan;
@@ -59,7 +63,9 @@ async fn chromium_connects_through_the_synthesised_answer() {
     hub.shutdown().await;
 }
 
-/// `kibitz hub` for tests: loopback, own identity unless `fixed`, no HTTP page, no mDNS.
+/// `kibitz hub` for tests: loopback, own identity unless `fixed`, no HTTP page, no mDNS. The
+/// fixed identity's relay would take UDP 3478 on the host, so it runs without TURN here (the
+/// network-namespace test covers it).
 fn spawn_hub(name: &str, state: &std::path::Path, fixed: bool, port: Option<&str>) -> KibitzProc {
     let state = state.to_str().unwrap();
     let mut args = vec![
@@ -77,6 +83,9 @@ fn spawn_hub(name: &str, state: &std::path::Path, fixed: bool, port: Option<&str
     ];
     if let Some(p) = port {
         args.extend(["--port", p]);
+    }
+    if fixed {
+        args.push("--no-turn");
     }
     KibitzProc::spawn(name, &args)
 }
@@ -122,7 +131,10 @@ async fn kibitz_hub_cli_outputs_state_and_restart() {
     let (blob, link) = blob_and_link(&mut hub).await;
     assert_eq!(link, format!("https://kibitz.chat/?galaxy={blob}"));
     let parsed = lan::parse_blob(&blob).unwrap();
-    assert!(blob.starts_with("g1|"), "TURN is not wired yet: {blob}");
+    assert!(
+        blob.starts_with("g2|"),
+        "with its embedded TURN relay: {blob}"
+    );
     assert_eq!(parsed.ufrag.len(), 8);
     assert_eq!(parsed.pwd.len(), 24);
     assert_eq!(parsed.endpoints.len(), 1);
@@ -141,11 +153,17 @@ async fn kibitz_hub_cli_outputs_state_and_restart() {
     assert!(saved["keyPem"].as_str().unwrap().contains("EC PRIVATE KEY"));
     stop(hub).await;
 
-    // Restarted without --port: the saved identity and the saved (pinned) port, so the very
-    // same blob; and a browser gets through with the identity read back from the file.
+    // Restarted without --port: the saved identity and the saved (pinned) port, so the same
+    // blob but for the per-run TURN credentials (as upstream); and a browser gets through with
+    // the identity read back from the file.
     let mut hub = spawn_hub("hub 2", &state, false, None);
     let (blob2, _) = blob_and_link(&mut hub).await;
-    assert_eq!(blob2, blob);
+    let without_turn = |b: &str| {
+        let mut p = lan::parse_blob(b).unwrap();
+        p.turn = None;
+        p
+    };
+    assert_eq!(without_turn(&blob2), without_turn(&blob));
     if let Err(out) = kibitz_e2e::node_scenarios("node/hub-connect.mjs", &[&blob2]).await {
         panic!("hub scenarios against the restarted CLI hub failed:\n{out}");
     }
@@ -318,6 +336,22 @@ async fn netns_child() {
         "{answer:?}"
     );
     stop(hub).await;
+
+    // upstream turn_test, fixed identity: g2 with the published relay on 3478, which allocates
+    // for coturn's client with exactly those credentials.
+    let mut hub = KibitzProc::spawn(
+        "netns fixed hub",
+        &["hub", "--port", "0", "--state", state, "--http", "0"],
+    );
+    let (blob, _) = blob_and_link(&mut hub).await;
+    let fields: Vec<&str> = blob.split('|').collect();
+    assert_eq!(fields[0], "g2", "{blob}");
+    assert_eq!(fields[1], lan::fixed::UFRAG);
+    assert_eq!(fields[3], lan::fixed::FINGERPRINT_B64);
+    assert_eq!(fields[4], "3478,wblan,Sp64SHsXMZOdzT6rgYcF");
+    let r = coturn::uclient("192.168.77.1", 3478, false, "wblan", "Sp64SHsXMZOdzT6rgYcF").await;
+    assert_allocates("fixed relay", &r);
+    stop(hub).await;
     let _ = std::fs::remove_dir_all(&dir);
     println!("netns child: ok");
 }
@@ -348,5 +382,76 @@ async fn kibitz_hub_saved_port_is_pinned() {
     assert!(stderr.contains("no free hub port"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("BLOB "));
     drop(busy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// coturn's `turnutils_uclient` allocated relays and relayed its messages both ways.
+fn assert_allocates(what: &str, r: &coturn::Uclient) {
+    assert_eq!(r.code, Some(0), "{what}: {}", r.tail());
+    assert!(r.relay_ports().len() >= 2, "{what}: {}", r.tail());
+    let (sent, recv) = r
+        .messages()
+        .unwrap_or_else(|| panic!("{what}: {}", r.tail()));
+    assert!(
+        sent > 0 && recv >= sent,
+        "{what}: sent {sent} received {recv}"
+    );
+}
+
+/// upstream turn_test, own identity: a hub started with a fresh state file prints a g2 blob
+/// whose field 4 is `port,user,pass` (all non-empty); a TURN client on 127.0.0.1 allocates
+/// with those credentials (realm `kibitz`) and relays; a wrong password is refused. The
+/// credentials are per run: a restart with the same state file keeps ICE and DTLS but not them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kibitz_hub_turn_allocates_with_the_blob_credentials() {
+    let dir = temp_dir("turn");
+    let state = dir.join("relay-state.json");
+    let mut hub = spawn_hub("turn hub", &state, false, Some("0"));
+    let (blob, _) = blob_and_link(&mut hub).await;
+    let parsed = lan::parse_blob(&blob).unwrap();
+    let turn = parsed
+        .turn
+        .clone()
+        .unwrap_or_else(|| panic!("g2 expected: {blob}"));
+    assert!(blob.starts_with("g2|"), "{blob}");
+    assert_eq!(turn.user.len(), 10, "{blob}");
+    assert_eq!(turn.pass.len(), 18, "{blob}");
+    assert_eq!(
+        parsed.turn_urls(),
+        vec![format!("turn:127.0.0.1:{}?transport=udp", turn.port)]
+    );
+    let (good, bad) = tokio::join!(
+        coturn::uclient("127.0.0.1", turn.port, false, &turn.user, &turn.pass),
+        coturn::uclient(
+            "127.0.0.1",
+            turn.port,
+            false,
+            &turn.user,
+            "not-the-password"
+        ),
+    );
+    assert_allocates("blob credentials", &good);
+    assert_ne!(
+        bad.code,
+        Some(0),
+        "wrong password must be refused: {}",
+        bad.tail()
+    );
+    assert!(bad.relay_ports().is_empty(), "{}", bad.tail());
+    stop(hub).await;
+
+    let mut hub = spawn_hub("turn hub again", &state, false, Some("0"));
+    let (again, _) = blob_and_link(&mut hub).await;
+    let again = lan::parse_blob(&again).unwrap();
+    assert_eq!(
+        (again.ufrag.as_str(), again.fingerprint),
+        (parsed.ufrag.as_str(), parsed.fingerprint)
+    );
+    assert_ne!(
+        again.turn.unwrap().pass,
+        turn.pass,
+        "TURN credentials are per run"
+    );
+    stop(hub).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

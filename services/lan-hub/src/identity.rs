@@ -255,7 +255,8 @@ impl HubIdentity {
     }
 }
 
-fn random_alnum(n: usize) -> String {
+/// `n` random characters of `[A-Za-z0-9]` (ICE credentials, the hub's per-run TURN user).
+pub fn random_alnum(n: usize) -> String {
     const SET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(n);
     while out.len() < n {

@@ -28,7 +28,7 @@ use kibitz_proto::lan::{Blob, Endpoint, TurnInfo};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use identity::HubIdentity;
+pub use identity::{HubIdentity, random_alnum};
 
 /// Why the hub could not start or its identity could not be used.
 #[derive(Debug, thiserror::Error)]
