@@ -441,3 +441,65 @@ async fn a_lost_hub_is_reconnected_and_the_room_rejoined() {
     pages.close("alice", true).await;
     second.shutdown().await;
 }
+
+/// The real thing: the `kibitz hub` binary with its embedded TURN relay (g2, the default), a
+/// page and the terminal relay-only through it, chatting both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_kibitz_hub_and_its_own_turn_relay() {
+    let dir = std::env::temp_dir().join(format!("kibitz-lan-join-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("relay-state.json");
+    let mut hub = KibitzProc::spawn(
+        "hub",
+        &[
+            "hub",
+            "--port",
+            "0",
+            "--advertise",
+            "127.0.0.1",
+            "--state",
+            state.to_str().unwrap(),
+            "--http",
+            "0",
+            "--fixed-id",
+            "false",
+            "--mdns",
+            "false",
+        ],
+    );
+    let blob = hub.expect(WAIT, |l| l.starts_with("BLOB ")).await["BLOB ".len()..].to_owned();
+    let link = hub.expect(WAIT, |l| l.starts_with("LINK ")).await["LINK ".len()..].to_owned();
+    assert!(
+        blob.starts_with("g2|"),
+        "the hub's relay did not start: {blob}"
+    );
+    let mut pages = LanPages::start().await;
+    pages.open("alice").await;
+    pages.call("alice", "connect", json!([blob])).await;
+    pages
+        .call("alice", "join", json!(["ember-lan", "Alice"]))
+        .await;
+    let mut term = KibitzProc::spawn(
+        "terminal",
+        &["join", "--hub", &link, "ember-lan", "--name", "Terminal"],
+    );
+    let term_id = id_of(
+        &term
+            .expect(WAIT, |l| l.starts_with("* connected (id "))
+            .await,
+    );
+    term.expect(WAIT, |l| l == "* Alice joined").await;
+    chat_both_ways(&mut pages, &mut term, &term_id).await;
+    let types = pages.call("alice", "remoteCandidateTypes", json!([])).await;
+    let types = types.as_array().unwrap();
+    assert!(
+        !types.is_empty() && types.iter().all(|t| t == "relay"),
+        "the terminal trickled {types:?}"
+    );
+    pages.close("alice", true).await;
+    term.expect(WAIT, |l| l == "* Alice left").await;
+    term.line("/quit").await;
+    term.expect(WAIT, |l| l == "* left the room").await;
+    let _ = hub.child.start_kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
