@@ -655,6 +655,22 @@ mod tests {
         assert_eq!(mdns_name(fixed::UFRAG), "kbz-wbxlanhu.local");
         assert_eq!(mdns_name("AB"), "kbz-ab.local");
         assert_eq!(mdns_name("--"), "kbz-relay.local");
+        // upstream mdns_test: stable per ufrag, `kbz-` + [a-z0-9] + `.local`, ufrags differ.
+        for uf in ["Xy7Qa9Lm", "wbxlanhub01", "a-b_c", "ZZZZZZZZZZZZ"] {
+            let n = mdns_name(uf);
+            assert_eq!(n, mdns_name(uf));
+            let tag = n
+                .strip_prefix("kbz-")
+                .and_then(|t| t.strip_suffix(".local"));
+            let tag = tag.unwrap_or_else(|| panic!("{n}"));
+            assert!(!tag.is_empty() && tag.len() <= 8, "{n}");
+            assert!(
+                tag.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                "{n}"
+            );
+        }
+        assert_ne!(mdns_name("Xy7Qa9Lm"), mdns_name("Pq2Rs8Tu"));
     }
 
     #[test]
