@@ -220,6 +220,64 @@
     } catch {}
     pc?.close();
     for (const l of links.values()) l.pc.close();
+    links.clear();
+    closeSessions();
+    pc = null;
+    ch = null;
+    myId = null;
+    return null;
+  }
+
+  // ---- more sessions from one page (the benchmark): each its own RTCPeerConnection to the
+  // hub, exactly as connect() makes it, held until closeSessions().
+  const extras = [];
+
+  /** Opens `n` more hub sessions, `parallel` at a time; their ids and setRemoteDescription→id ms. */
+  async function openSessions(rawBlob, n, parallel = 1) {
+    const b = parseBlob(rawBlob);
+    const ids = [];
+    const ms = [];
+    const failures = [];
+    async function one() {
+      const xpc = new RTCPeerConnection({ iceServers: [] });
+      extras.push(xpc);
+      const xch = xpc.createDataChannel("hub");
+      const got = new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("no id within 10 s")), 10_000);
+        xch.onmessage = (e) => {
+          try {
+            const f = JSON.parse(e.data);
+            if (f.t === "id") {
+              clearTimeout(timer);
+              resolve([f.id, performance.now()]);
+            }
+          } catch {
+            // only the id frame matters here
+          }
+        };
+        xch.onclose = () => reject(new Error("channel closed before id"));
+      });
+      got.catch(() => {});
+      await xpc.setLocalDescription(await xpc.createOffer());
+      const t = performance.now();
+      await xpc.setRemoteDescription({ type: "answer", sdp: answerSdp(xpc.localDescription.sdp, b) });
+      const [id, tId] = await got;
+      ids.push(id);
+      ms.push(tId - t);
+    }
+    let next = 0;
+    const worker = async () => {
+      while (next < n) {
+        next += 1;
+        await one().catch((e) => failures.push(String(e?.message ?? e)));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, parallel) }, worker));
+    return { ids, ms, failures };
+  }
+
+  function closeSessions() {
+    for (const x of extras.splice(0)) x.close();
     return null;
   }
 
@@ -343,6 +401,8 @@
     resetCounts: () => ((counts.frames = 0), (counts.bytes = 0), (counts.bySender = {}), null),
     info: () => ({ id: myId, pc: pc?.connectionState ?? null, channel: ch?.readyState ?? null }),
     close,
+    openSessions,
+    closeSessions,
     setRtcConfig,
     dial,
     linkSend,
