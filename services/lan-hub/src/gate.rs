@@ -1,0 +1,232 @@
+//! Who may cost the hub state, and for how long (sans-IO: time comes in as arguments).
+//!
+//! A source earns per-source state only with a STUN Binding Request whose USERNAME starts with
+//! `<hub ufrag>:` and whose MESSAGE-INTEGRITY verifies with the hub's pwd, so junk and port
+//! scans allocate nothing. Once admitted it must finish DTLS+SCTP+DCEP within the handshake
+//! window and keep sending valid STUN (browsers send consent checks every ~5 s) within the
+//! liveness window, or it is expired.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use str0m::ice::StunMessage;
+
+const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+
+/// RFC 7983 demux: a STUN message has its top two bits clear and the magic cookie.
+pub fn is_stun(buf: &[u8]) -> bool {
+    buf.len() >= 20 && buf[0] < 4 && buf[4..8] == MAGIC_COOKIE
+}
+
+/// The browser's ufrag, if `buf` is a Binding Request for this hub whose integrity verifies
+/// with `pwd`.
+pub fn admit_binding(buf: &[u8], ufrag: &str, pwd: &str) -> Option<String> {
+    if !is_stun(buf) {
+        return None;
+    }
+    let msg = StunMessage::parse(buf).ok()?;
+    if !msg.is_binding_request() {
+        return None;
+    }
+    let (local, remote) = msg.split_username()?;
+    if local != ufrag || remote.is_empty() {
+        return None;
+    }
+    msg.verify(pwd.as_bytes(), sha1_hmac)
+        .then(|| remote.to_owned())
+}
+
+fn sha1_hmac(key: &[u8], payloads: &[&[u8]]) -> [u8; 20] {
+    // HMAC takes keys of any length; the error arm cannot happen.
+    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(key) else {
+        return [0; 20];
+    };
+    for p in payloads {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    admitted: Instant,
+    last_stun: Instant,
+    open: bool,
+}
+
+/// Why a source was expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// DTLS/SCTP/channel not open within the handshake window.
+    Handshake,
+    /// No valid STUN within the liveness window.
+    Silent,
+}
+
+/// Per-source deadlines.
+#[derive(Debug)]
+pub struct Lifetimes {
+    handshake: Duration,
+    liveness: Duration,
+    entries: BTreeMap<SocketAddr, Entry>,
+}
+
+impl Lifetimes {
+    /// Tracks nothing yet.
+    pub fn new(handshake: Duration, liveness: Duration) -> Self {
+        Lifetimes {
+            handshake,
+            liveness,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    /// A source was admitted at `now`.
+    pub fn admit(&mut self, now: Instant, src: SocketAddr) {
+        self.entries.insert(
+            src,
+            Entry {
+                admitted: now,
+                last_stun: now,
+                open: false,
+            },
+        );
+    }
+
+    /// A valid STUN request from `src` arrived at `now`.
+    pub fn stun(&mut self, now: Instant, src: SocketAddr) {
+        if let Some(e) = self.entries.get_mut(&src) {
+            e.last_stun = now;
+        }
+    }
+
+    /// `src`'s channel opened: the handshake window no longer applies.
+    pub fn opened(&mut self, src: SocketAddr) {
+        if let Some(e) = self.entries.get_mut(&src) {
+            e.open = true;
+        }
+    }
+
+    /// Forget `src`.
+    pub fn remove(&mut self, src: SocketAddr) {
+        self.entries.remove(&src);
+    }
+
+    /// Sources tracked.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn deadline(&self, e: &Entry) -> Instant {
+        let silent = e.last_stun + self.liveness;
+        if e.open {
+            silent
+        } else {
+            silent.min(e.admitted + self.handshake)
+        }
+    }
+
+    /// The earliest instant something may expire.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.entries.values().map(|e| self.deadline(e)).min()
+    }
+
+    /// Removes and returns every source expired at `now`.
+    pub fn expire(&mut self, now: Instant) -> Vec<(SocketAddr, Expiry)> {
+        let mut gone = Vec::new();
+        for (src, e) in &self.entries {
+            if now >= e.last_stun + self.liveness {
+                gone.push((*src, Expiry::Silent));
+            } else if !e.open && now >= e.admitted + self.handshake {
+                gone.push((*src, Expiry::Handshake));
+            }
+        }
+        for (src, _) in &gone {
+            self.entries.remove(src);
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use str0m::ice::TransId;
+
+    fn request(username: &str, pwd: &str) -> Vec<u8> {
+        let msg = StunMessage::binding_request(username, TransId::new(), true, 7, 1_000, true);
+        let mut buf = vec![0u8; 1500];
+        let n = msg
+            .to_bytes(Some(pwd.as_bytes()), &mut buf, sha1_hmac)
+            .unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn admits_only_signed_requests_for_our_ufrag() {
+        let ok = request("hubufrag:brow", "hubpassword");
+        assert!(is_stun(&ok));
+        assert_eq!(
+            admit_binding(&ok, "hubufrag", "hubpassword").as_deref(),
+            Some("brow")
+        );
+        assert_eq!(admit_binding(&ok, "hubufrag", "otherpassword"), None);
+        assert_eq!(admit_binding(&ok, "other", "hubpassword"), None);
+        assert_eq!(
+            admit_binding(
+                &request("hubufrag:", "hubpassword"),
+                "hubufrag",
+                "hubpassword"
+            ),
+            None
+        );
+        // One flipped byte breaks the integrity.
+        let mut bad = ok.clone();
+        let last = bad.len() - 30;
+        bad[last] ^= 1;
+        assert_eq!(admit_binding(&bad, "hubufrag", "hubpassword"), None);
+        // Junk, DTLS-looking bytes and truncations.
+        assert_eq!(admit_binding(&[0x16; 100], "hubufrag", "hubpassword"), None);
+        assert_eq!(admit_binding(&ok[..20], "hubufrag", "hubpassword"), None);
+        assert_eq!(admit_binding(&[], "hubufrag", "hubpassword"), None);
+    }
+
+    #[test]
+    fn handshake_and_liveness_windows() {
+        let t0 = Instant::now();
+        let s = |n: u16| SocketAddr::from(([127, 0, 0, 1], n));
+        let mut l = Lifetimes::new(Duration::from_secs(15), Duration::from_secs(30));
+        l.admit(t0, s(1));
+        l.admit(t0, s(2));
+        l.opened(s(2));
+        assert_eq!(l.next_deadline(), Some(t0 + Duration::from_secs(15)));
+        assert!(l.expire(t0 + Duration::from_secs(14)).is_empty());
+        assert_eq!(
+            l.expire(t0 + Duration::from_secs(15)),
+            vec![(s(1), Expiry::Handshake)]
+        );
+        // Consent checks keep s(2) alive past 30 s.
+        for sec in [5, 10, 15, 20, 25, 30, 35] {
+            l.stun(t0 + Duration::from_secs(sec), s(2));
+            assert!(l.expire(t0 + Duration::from_secs(sec)).is_empty());
+        }
+        assert_eq!(l.next_deadline(), Some(t0 + Duration::from_secs(65)));
+        assert!(l.expire(t0 + Duration::from_secs(64)).is_empty());
+        assert_eq!(
+            l.expire(t0 + Duration::from_secs(65)),
+            vec![(s(2), Expiry::Silent)]
+        );
+        assert!(l.is_empty());
+        assert_eq!(l.next_deadline(), None);
+    }
+}
