@@ -297,7 +297,8 @@ impl Pages {
     /// page before it answered has arrived when this returns (one ordered channel).
     async fn barrier(&mut self, page: &str) {
         let x = json!({"barrier": self.next_id});
-        let got = self.call(page, "echo", json!([x.clone()])).await;
+        // Generous: behind a flood the echo waits for everything queued before it.
+        let got = self.call(page, "echo", json!([x.clone(), 30_000])).await;
         assert_eq!(got, x, "{page}'s echo");
     }
 
