@@ -2,6 +2,7 @@
 //! `kibitz signal` runs the broker alone.
 
 mod config_file;
+mod hub;
 mod join;
 mod link;
 
@@ -51,6 +52,8 @@ enum Cmd {
     Join(Box<join::JoinArgs>),
     /// Join a room as an agent speaking newline-delimited JSON on stdin/stdout.
     Agent(Box<join::AgentArgs>),
+    /// Run the offline-mode LAN hub: browsers on this Wi-Fi reach each other with no internet.
+    Hub(Box<hub::HubArgs>),
     /// Check a configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -234,6 +237,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
             }
             Cmd::Join(a) => join::run_join(*a).await,
             Cmd::Agent(a) => join::run_agent(*a).await,
+            Cmd::Hub(a) => hub::run(*a).await,
             Cmd::Link(_) | Cmd::Config(_) => Ok(()),
             Cmd::SignalConfig(a) => {
                 let services = Services {

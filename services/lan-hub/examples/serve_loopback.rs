@@ -5,7 +5,6 @@ use kibitz_lan_hub::{Hub, HubConfig, HubIdentity};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber_init();
     let mut config = HubConfig::new(HubIdentity::generate()?, "127.0.0.1:0".parse()?);
     config.advertise = vec!["127.0.0.1".into()];
     let hub = Hub::start(config).await?;
@@ -15,5 +14,3 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     hub.shutdown().await;
     Ok(())
 }
-
-fn tracing_subscriber_init() {}

@@ -10,8 +10,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use str0m::change::SdpOffer;
 use str0m::channel::ChannelId;
-use str0m::config::{CryptoProvider, Fingerprint};
+use str0m::config::CryptoProvider;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
@@ -26,6 +27,12 @@ const RECV_BUF: usize = 4096;
 /// Room for a 256 KiB echo or `from` plus queued presence; a peer that cannot keep up loses
 /// frames (counted), it is not buffered without limit.
 const SCTP_SEND_BUFFER: usize = 1 << 20;
+
+/// The one clock read of this crate: the driver passes it into the sans-IO parts and str0m.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
 
 static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
 
@@ -95,7 +102,7 @@ impl Driver {
                 _ = &mut stop => break,
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((n, src)) => {
-                        let now = Instant::now();
+                        let now = now();
                         self.datagram(now, src, &buf[..n]);
                     }
                     // ICMP port-unreachable from a vanished browser surfaces here on some
@@ -103,7 +110,7 @@ impl Driver {
                     Err(e) => tracing::debug!(error = %e, "lan hub recv"),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    self.timeouts(Instant::now());
+                    self.timeouts(now());
                 }
             }
             self.flush().await;
@@ -113,7 +120,7 @@ impl Driver {
     }
 
     fn next_deadline(&self) -> Instant {
-        let far = Instant::now() + Duration::from_secs(3600);
+        let far = now() + Duration::from_secs(3600);
         let rtc = self.peers.values().map(|p| p.timeout).min().unwrap_or(far);
         let life = self.lifetimes.next_deadline().unwrap_or(far);
         rtc.min(life)
@@ -178,25 +185,24 @@ impl Driver {
             return None;
         };
         rtc.add_local_candidate(host);
-        let mut api = rtc.direct_api();
-        api.set_ice_controlling(false);
-        // str0m answers checks only once remote credentials are set and checks the ufrag;
-        // the browser's pwd is used for checks we would send, and ICE-lite sends none.
-        api.set_remote_ice_credentials(IceCreds {
-            ufrag: remote_ufrag,
-            pass: "unused-by-ice-lite".to_owned(),
-        });
-        // Without a remote fingerprint str0m refuses to start DTLS; with verification off any
-        // client certificate is accepted.
-        api.set_remote_fingerprint(Fingerprint {
-            hash_func: "sha-256".to_owned(),
-            bytes: vec![0; 32],
-        });
-        if let Err(e) = api.start_dtls(false) {
-            tracing::warn!(error = %e, "lan hub could not start DTLS");
+        // The browser never sends us its offer, so we accept the one it would have sent:
+        // its ufrag (from the STUN USERNAME; str0m answers checks only once it knows it), a
+        // pwd for checks ICE-lite never sends, any fingerprint (verification is off: the
+        // client certificate is required, never verified), `setup:active` (we are the DTLS
+        // server) and Chrome's max-message-size, which str0m's direct API cannot set (it
+        // would cap what we send at 64 KiB).
+        let offer = browser_offer(&remote_ufrag);
+        let offer = match SdpOffer::from_sdp_string(&offer) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "lan hub could not build the browser's offer");
+                return None;
+            }
+        };
+        if let Err(e) = rtc.sdp_api().accept_offer(offer) {
+            tracing::warn!(error = %e, "lan hub could not start a session");
             return None;
         }
-        api.start_sctp(false);
         Some(Peer {
             rtc,
             channel: None,
@@ -277,17 +283,15 @@ impl Driver {
                 }
                 Ok(Output::Transmit(t)) => self.sends.push((t.destination, t.contents.to_vec())),
                 Ok(Output::Event(ev)) => match ev {
-                    Event::ChannelOpen(cid, _label) => {
-                        // One channel per browser: the first, label unchecked.
-                        if peer.channel.is_none() {
-                            let id = self.core.open();
-                            peer.channel = Some(cid);
-                            peer.session = Some(id);
-                            self.by_session.insert(id, src);
-                            self.lifetimes.opened(src);
-                            self.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%src, session = id, "lan hub session open");
-                        }
+                    // One channel per browser: the first, label unchecked.
+                    Event::ChannelOpen(cid, _label) if peer.channel.is_none() => {
+                        let id = self.core.open();
+                        peer.channel = Some(cid);
+                        peer.session = Some(id);
+                        self.by_session.insert(id, src);
+                        self.lifetimes.opened(src);
+                        self.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%src, session = id, "lan hub session open");
                     }
                     Event::ChannelData(d) => {
                         if Some(d.id) != peer.channel {
@@ -377,4 +381,30 @@ impl Driver {
             }
         }
     }
+}
+
+/// The offer a browser makes for one `hub` data channel, as far as the hub needs it.
+fn browser_offer(ufrag: &str) -> String {
+    let fp = vec!["00"; 32].join(":");
+    let max = kibitz_proto::lan::MAX_MESSAGE_SIZE;
+    [
+        "v=0",
+        "o=- 1 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "a=msid-semantic: WMS",
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+        "c=IN IP4 0.0.0.0",
+        &format!("a=ice-ufrag:{ufrag}"),
+        "a=ice-pwd:unusedbyicelitehubxxxxx",
+        "a=ice-options:trickle",
+        &format!("a=fingerprint:sha-256 {fp}"),
+        "a=setup:active",
+        "a=mid:0",
+        "a=sctp-port:5000",
+        &format!("a=max-message-size:{max}"),
+        "",
+    ]
+    .join("\r\n")
 }

@@ -32,7 +32,9 @@ pub fn admit_binding(buf: &[u8], ufrag: &str, pwd: &str) -> Option<String> {
         return None;
     }
     let (local, remote) = msg.split_username()?;
-    if local != ufrag || remote.is_empty() {
+    // ice-char only (RFC 8839): the ufrag goes into an SDP line, so nothing else may pass.
+    let ice_char = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+    if local != ufrag || remote.is_empty() || remote.len() > 256 || !remote.bytes().all(ice_char) {
         return None;
     }
     msg.verify(pwd.as_bytes(), sha1_hmac)
@@ -190,6 +192,14 @@ mod tests {
             ),
             None
         );
+        assert_eq!(
+            admit_binding(
+                &request("hubufrag:a\r\nb", "hubpassword"),
+                "hubufrag",
+                "hubpassword"
+            ),
+            None
+        );
         // One flipped byte breaks the integrity.
         let mut bad = ok.clone();
         let last = bad.len() - 30;
@@ -202,6 +212,8 @@ mod tests {
     }
 
     #[test]
+    // A base instant only: every later time is injected relative to it.
+    #[allow(clippy::disallowed_methods)]
     fn handshake_and_liveness_windows() {
         let t0 = Instant::now();
         let s = |n: u16| SocketAddr::from(([127, 0, 0, 1], n));

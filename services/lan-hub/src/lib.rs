@@ -16,6 +16,7 @@ pub mod core;
 mod driver;
 pub mod gate;
 mod identity;
+pub mod mdns;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
