@@ -43,7 +43,7 @@ const TICK = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 1
 function startHub(stateDir) {
   const child = spawn(
     opt.kibitz,
-    ["hub", "--port", "0", "--advertise", "127.0.0.1", "--http", "0", "--fixed-id", "false", "--no-turn",
+    ["hub", "--port", "0", "--advertise", "127.0.0.1", "--http", "0", "--fixed-id", "false", "--no-turn", "--mdns", "false", "--max-sessions", "5000",
       "--state", path.join(stateDir, "relay-state.json")],
     { stdio: ["ignore", "pipe", "inherit"] },
   );
