@@ -155,14 +155,23 @@
       };
     });
     gotId.catch(() => {});
-    pc.onconnectionstatechange = () => emit({ ev: "state", state: pc.connectionState });
+    // When each stage finished, relative to setRemoteDescription: a slow `id` says where.
+    const stages = {};
+    let tRemote = 0;
+    const mark = (name) => (stages[name] ??= Math.round(performance.now() - tRemote));
+    pc.onconnectionstatechange = () => {
+      mark(`pc-${pc.connectionState}`);
+      emit({ ev: "state", state: pc.connectionState });
+    };
+    pc.oniceconnectionstatechange = () => mark(`ice-${pc.iceConnectionState}`);
+    ch.onopen = () => mark("channel-open");
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     const sdp = answerSdp(pc.localDescription.sdp, blob);
-    const tRemote = performance.now();
+    tRemote = performance.now();
     await pc.setRemoteDescription({ type: "answer", sdp });
     const tId = await gotId;
-    return { id: myId, ms: tId - tRemote, totalMs: tId - t0 };
+    return { id: myId, ms: tId - tRemote, totalMs: tId - t0, stages };
   }
 
   /** Sends `{"t":"peers"}` and resolves to the ids of the next `peers` answer. */

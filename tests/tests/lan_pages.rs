@@ -248,10 +248,18 @@ impl Pages {
     /// Connects `page` to the hub `blob` names; its hub id and the ms from
     /// setRemoteDescription to the `id` frame.
     async fn connect_with(&mut self, page: &str, blob: &str, quiet: bool) -> (u64, f64) {
+        let v = self.connect_full(page, blob, quiet).await;
+        (v["id"].as_u64().unwrap(), v["ms"].as_f64().unwrap())
+    }
+
+    /// `H.connect`'s whole answer: `id`, `ms`, and `stages` (ms after setRemoteDescription at
+    /// which ICE, DTLS (`pc-connected`) and the channel came up).
+    async fn connect_full(&mut self, page: &str, blob: &str, quiet: bool) -> Value {
         let v = self
             .call(page, "connect", json!([blob, {"quiet": quiet}]))
             .await;
-        (v["id"].as_u64().unwrap(), v["ms"].as_f64().unwrap())
+        eprintln!("{page} connected: {v}");
+        v
     }
 
     async fn connect(&mut self, page: &str, blob: &str) -> u64 {
@@ -298,7 +306,16 @@ impl Pages {
     async fn barrier(&mut self, page: &str) {
         let x = json!({"barrier": self.next_id});
         // Generous: behind a flood the echo waits for everything queued before it.
-        let got = self.call(page, "echo", json!([x.clone(), 30_000])).await;
+        let got = match self
+            .try_call(page, "echo", json!([x.clone(), 60_000]))
+            .await
+        {
+            Ok(got) => got,
+            Err(e) => {
+                let counts = self.try_call(page, "counts", json!([])).await;
+                panic!("{page}'s echo: {e}; what it received: {counts:?}");
+            }
+        };
         assert_eq!(got, x, "{page}'s echo");
     }
 
@@ -379,8 +396,16 @@ async fn a_page_gets_its_id_within_discovery_bound() {
     let mut seen = BTreeSet::new();
     for page in ["a", "b", "c"] {
         pages.open(page).await;
-        let (id, ms) = pages.connect_with(page, &hub.blob, false).await;
-        eprintln!("{page}: id {id} {ms:.0} ms after setRemoteDescription");
+        let v = pages.connect_full(page, &hub.blob, false).await;
+        let (id, ms) = (v["id"].as_u64().unwrap(), v["ms"].as_f64().unwrap());
+        // Chrome retransmits its first DTLS flight after 1 s (then 2 s): a handshake that
+        // took that long lost a flight at the hub. On loopback it takes ~50 ms.
+        let dtls = v["stages"]["pc-connected"].as_f64().unwrap_or(f64::NAN)
+            - v["stages"]["ice-connected"].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            dtls < 900.0,
+            "{page}: DTLS took {dtls:.0} ms after ICE connected (a lost first flight): {v}"
+        );
         assert!(
             ms < ID_WITHIN_MS,
             "{page}: id after {ms:.0} ms (discovery allows {ID_WITHIN_MS})"
@@ -674,7 +699,7 @@ async fn bad_frames_and_a_flood_change_nothing_for_the_others() {
         vec![json!({"t": "from", "id": m, "payload": "extra"})]
     );
 
-    // The flood: m sends 20,000 frames (bad JSON, unknown t, `to` a missing id, `to` itself,
+    // The flood: m sends 5,000 frames (bad JSON, unknown t, `to` a missing id, `to` itself,
     // and `peers`) as fast as its channel takes them, while a sends 1,000 numbered frames to b.
     let flood = json!([
         "flood not json",
@@ -687,7 +712,7 @@ async fn bad_frames_and_a_flood_change_nothing_for_the_others() {
     let flood_req = pages.next_id;
     let (tx, flood_done) = oneshot::channel();
     pages.pending.lock().unwrap().insert(flood_req, tx);
-    let req = json!({"id": flood_req, "page": "m", "call": "sendMany", "args": [flood, 4000]});
+    let req = json!({"id": flood_req, "page": "m", "call": "sendMany", "args": [flood, 1000]});
     pages
         .stdin
         .write_all(format!("{req}\n").as_bytes())
