@@ -61,7 +61,7 @@ window.T = (() => {
   function checkRelayCandidate(c, [min, max], who) {
     if (c.type !== "relay") throw new Error(`${who}: non-relay candidate ${fmt(c)}`);
     if (c.address !== "127.0.0.1" || !(c.port >= min && c.port <= max)) {
-      throw new Error(`${who}: relay candidate ${fmt(c)} is not in coturn's relay range 127.0.0.1:${min}-${max}`);
+      throw new Error(`${who}: relay candidate ${fmt(c)} is not in the TURN server's relay range 127.0.0.1:${min}-${max}`);
     }
   }
 
@@ -75,8 +75,9 @@ window.T = (() => {
     await a.pc.setRemoteDescription(b.pc.localDescription);
   }
 
-  // Gathering alone: relay candidates only, through both TURN transports, all from coturn.
-  async function gather({ apiUrl, relayPorts }) {
+  // Gathering alone: relay candidates only, through each TURN transport (default UDP and TCP),
+  // all from the TURN server.
+  async function gather({ apiUrl, relayPorts, transports = ["udp", "tcp"] }) {
     const iceServers = await fetchIceServers(apiUrl);
     const p = relayPeer(iceServers);
     try {
@@ -87,7 +88,7 @@ window.T = (() => {
       if (!p.candidates.length) throw new Error("no candidates gathered");
       for (const c of p.candidates) checkRelayCandidate(c, relayPorts, "gatherer");
       const via = new Set(p.candidates.map((c) => c.relayProtocol));
-      for (const t of ["udp", "tcp"]) {
+      for (const t of transports) {
         if (!via.has(t)) throw new Error(`no relay candidate via TURN/${t}: ${JSON.stringify(p.candidates)}`);
       }
       const turnUrls = iceServers.flatMap(urlsOf).filter((u) => u.startsWith("turn:"));

@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 // TURN relay test in headless Chromium (TURN.md §3): a page on its own origin fetches
 // iceServers from /api/turn (--api, cross-origin, so the API's CORS matters) and connects two
-// relay-only RTCPeerConnections through coturn; with credentials coturn refuses (--bad-api) it
-// must see icecandidateerror 401 and never connect. Page helpers: page.js (window.T).
+// relay-only RTCPeerConnections through a TURN server (coturn, or the embedded relay with
+// `--transports udp`); with credentials it refuses (each --bad-api) it must see
+// icecandidateerror 401 and never connect. Page helpers: page.js (window.T).
 //
 //   node tests/turn/relay.mjs --api http://127.0.0.1:P/api/turn \
-//        --bad-api http://127.0.0.1:Q/api/turn --relay-ports MIN-MAX
+//        --bad-api http://127.0.0.1:Q/api/turn --relay-ports MIN-MAX [--transports udp]
 //
 // Prints `ok - …` / `not ok - …: reason` per scenario and `N passed, M failed`; exit 0 only if
 // everything passed.
@@ -39,35 +40,37 @@ function parseCli() {
   const { values } = parseArgs({
     options: {
       api: { type: "string" },
-      "bad-api": { type: "string" },
+      "bad-api": { type: "string", multiple: true },
       "relay-ports": { type: "string" },
+      transports: { type: "string" },
     },
   });
   const range = /^(\d+)-(\d+)$/.exec(values["relay-ports"] ?? "");
-  if (!values.api || !values["bad-api"] || !range) {
-    console.error("usage: node tests/turn/relay.mjs --api URL --bad-api URL --relay-ports MIN-MAX");
+  if (!values.api || !values["bad-api"]?.length || !range) {
+    console.error("usage: node tests/turn/relay.mjs --api URL --bad-api URL [--bad-api URL…] --relay-ports MIN-MAX [--transports udp,tcp]");
     process.exit(2);
   }
-  return { api: values.api, badApi: values["bad-api"], relayPorts: [Number(range[1]), Number(range[2])] };
+  const transports = (values.transports ?? "udp,tcp").split(",");
+  return { api: values.api, badApis: values["bad-api"], relayPorts: [Number(range[1]), Number(range[2])], transports };
 }
 
 // Each runs T[fn](args) in the page.
 const scenarios = (opts) => [
   {
-    name: "page fetches /api/turn cross-origin and gathers only relay candidates, via TURN/UDP and TURN/TCP",
+    name: `page fetches /api/turn cross-origin and gathers only relay candidates, via ${opts.transports.map((t) => `TURN/${t.toUpperCase()}`).join(" and ")}`,
     fn: "gather",
-    args: { apiUrl: opts.api, relayPorts: opts.relayPorts },
+    args: { apiUrl: opts.api, relayPorts: opts.relayPorts, transports: opts.transports },
   },
   {
-    name: "two relay-only peers connect through coturn, exchange data-channel messages, selected pair relay<->relay",
+    name: "two relay-only peers connect through the TURN server, exchange data-channel messages, selected pair relay<->relay",
     fn: "connect",
     args: { apiUrl: opts.api, relayPorts: opts.relayPorts },
   },
-  {
-    name: "credentials coturn refuses: icecandidateerror 401 per TURN URL, no candidates, never connects",
+  ...opts.badApis.map((badApi, i) => ({
+    name: `credentials the TURN server refuses${opts.badApis.length > 1 ? ` (#${i + 1})` : ""}: icecandidateerror 401 per TURN URL, no candidates, never connects`,
     fn: "failClosed",
-    args: { apiUrl: opts.badApi, settleMs: SETTLE_MS },
-  },
+    args: { apiUrl: badApi, settleMs: SETTLE_MS },
+  })),
 ];
 
 async function startPageServer() {

@@ -65,6 +65,8 @@ pub(crate) struct HubArgs {
 }
 
 pub(crate) async fn run(args: HubArgs) -> anyhow::Result<()> {
+    // Handlers first: a supervisor may signal as soon as it reads the BLOB line.
+    let stop = Stop::install()?;
     let loopback_only = !args.advertise.is_empty()
         && args
             .advertise
@@ -117,11 +119,12 @@ pub(crate) async fn run(args: HubArgs) -> anyhow::Result<()> {
         names.push(mdns_name.clone());
     }
 
-    let turn = if args.no_turn {
+    let relay = if args.no_turn {
         None
     } else {
-        start_turn(&args, ips.first().copied())
+        start_turn(&args, bind_ip, ips.first().copied(), loopback_only)
     };
+    let turn = relay.as_ref().map(|(info, _)| info.clone());
 
     let mut config = HubConfig::new(identity.clone(), SocketAddr::new(bind_ip, 0));
     config.advertise = names;
@@ -137,9 +140,13 @@ pub(crate) async fn run(args: HubArgs) -> anyhow::Result<()> {
     };
     let hub = start_on_first_free(config, &ports).await?;
     let port = hub.local_addr().port();
-    identity
-        .save(&args.state, Some(port))
-        .with_context(|| format!("writing {}", args.state.display()))?;
+    // Upstream writes the file in fixed mode too; we do so only when it holds no own identity,
+    // which a fixed-mode run must not destroy.
+    if !args.fixed_id || HubIdentity::read(&args.state).is_none() {
+        identity
+            .save(&args.state, Some(port))
+            .with_context(|| format!("writing {}", args.state.display()))?;
+    }
 
     let blob = hub.blob();
     let link = format!("{}/?galaxy={blob}", args.base.trim_end_matches('/'));
@@ -159,9 +166,12 @@ pub(crate) async fn run(args: HubArgs) -> anyhow::Result<()> {
 
     print_banner(&hub, &args, &link, &link_file, http.is_some(), ips.first());
 
-    crate::shutdown_signal().await;
+    stop.wait().await;
     tracing::info!("lan hub stopping");
     hub.shutdown().await;
+    if let Some((_, relay)) = relay {
+        relay.shutdown().await;
+    }
     if let Some((stop, task)) = mdns {
         let _ = stop.send(());
         let _ = task.await;
@@ -234,12 +244,60 @@ async fn start_on_first_free(config: HubConfig, ports: &[u16]) -> anyhow::Result
     }
 }
 
-/// Where the embedded TURN relay will start (LAN.md §5): g2 needs a dotted-quad address.
-/// Not built yet: the hub runs without TURN (g1) until the embedded relay is wired here.
-fn start_turn(args: &HubArgs, first_ip: Option<Ipv4Addr>) -> Option<TurnInfo> {
-    let _ = (args.fixed_id, first_ip);
-    tracing::info!("embedded TURN not available in this build; the blob is g1");
-    None
+/// The embedded TURN relay for browser-to-browser media (LAN.md §5): realm `kibitz`, one user
+/// (fixed `wblan` on 3478 with the fixed identity; else a fresh user and password on an
+/// OS-chosen port each run), relayed addresses advertised as the first IPv4 endpoint. Best
+/// effort: without a dotted-quad address or a free port the hub runs without it (g1).
+fn start_turn(
+    args: &HubArgs,
+    bind_ip: IpAddr,
+    first_ip: Option<Ipv4Addr>,
+    loopback_only: bool,
+) -> Option<(TurnInfo, kibitz_turn::TurnHandle)> {
+    let Some(advertised) = first_ip else {
+        tracing::warn!("no IPv4 address to advertise for the TURN relay; running without it (g1)");
+        return None;
+    };
+    let (port, user, pass) = if args.fixed_id {
+        (
+            lan::fixed::TURN_PORT,
+            lan::fixed::TURN_USER.to_owned(),
+            lan::fixed::TURN_PASS.to_owned(),
+        )
+    } else {
+        (
+            0,
+            kibitz_lan_hub::random_alnum(10),
+            kibitz_lan_hub::random_alnum(18),
+        )
+    };
+    let limits = kibitz_turn::TurnLimits {
+        // A loopback hub (tests, one-machine demos) relays between loopback peers.
+        allow_loopback_peers: loopback_only,
+        ..kibitz_turn::TurnLimits::default()
+    };
+    let config = kibitz_turn::TurnConfig {
+        listen: SocketAddr::new(bind_ip, port),
+        relay_ip: bind_ip,
+        advertised_ip: advertised.into(),
+        realm: lan::TURN_REALM.to_owned(),
+        auth: kibitz_turn::TurnAuth::Static {
+            user: user.clone(),
+            pass: kibitz_turn::Secret::new(pass.clone()),
+        },
+        limits,
+    };
+    match kibitz_turn::TurnServer::start(config) {
+        Ok(relay) => {
+            let port = relay.local_addr().port();
+            tracing::info!(port, "embedded TURN relay up");
+            Some((TurnInfo { port, user, pass }, relay))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, port, "embedded TURN relay did not start; running without it (g1)");
+            None
+        }
+    }
 }
 
 /// Every private IPv4 of every interface, ranked 192.168.* < 10.* < others (stable).
@@ -281,14 +339,50 @@ fn short_hostname() -> Option<String> {
     (!short.is_empty() && short != "localhost").then_some(short)
 }
 
-type Stop = (
+/// SIGINT/SIGTERM, registered at once (tokio's `ctrl_c()` registers only when first polled).
+struct Stop {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Stop {
+                int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+                term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Stop {})
+    }
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+type Task = (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 );
 
 /// Our own responder on UDP 5353; quietly none when the port is taken (avahi) or multicast
 /// is unavailable.
-async fn start_mdns(name: &str, ips: &[Ipv4Addr]) -> Option<Stop> {
+async fn start_mdns(name: &str, ips: &[Ipv4Addr]) -> Option<Task> {
     let std_sock = match std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5353)) {
         Ok(s) => s,
         Err(e) => {

@@ -5,6 +5,7 @@ mod config_file;
 mod hub;
 mod join;
 mod link;
+mod turn_embedded;
 
 use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -74,6 +75,8 @@ struct ServeArgs {
     signal: SignalArgs,
     #[command(flatten)]
     turn: TurnArgs,
+    #[command(flatten)]
+    turn_embedded: turn_embedded::EmbeddedTurnArgs,
     #[command(flatten)]
     signal_config: SignalConfigArgs,
 }
@@ -176,7 +179,10 @@ fn main() -> ExitCode {
 /// Everything `kibitz serve` would refuse at start-up, without starting it.
 fn check(args: &ServeArgs) -> anyhow::Result<()> {
     args.signal.to_config().context("broker configuration")?;
-    args.turn.to_config().context("/api/turn configuration")?;
+    let turn = args.turn.to_config().context("/api/turn configuration")?;
+    args.turn_embedded
+        .to_config(&turn)
+        .context("embedded TURN relay")?;
     args.signal_config.to_config().context("--link-origin")?;
     if let (Some(cert), Some(key)) = (&args.listen.tls_cert, &args.listen.tls_key) {
         kibitz_http::tls_from_pem(cert, key).context("loading the TLS certificate")?;
@@ -217,6 +223,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
                 let services = Services {
                     signal: Some(a.signal),
                     turn: Some(a.turn),
+                    turn_embedded: Some(a.turn_embedded),
                     signal_config: Some(a.signal_config),
                 };
                 run(a.listen, services, "serve").await
@@ -258,6 +265,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
 struct Services {
     signal: Option<SignalArgs>,
     turn: Option<TurnArgs>,
+    turn_embedded: Option<turn_embedded::EmbeddedTurnArgs>,
     signal_config: Option<SignalConfigArgs>,
 }
 
@@ -265,16 +273,27 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
     let Services {
         signal,
         turn,
+        turn_embedded,
         signal_config,
     } = services;
     let signal = signal
         .map(|a| a.to_config())
         .transpose()
         .context("broker configuration")?;
-    let turn = turn
+    let mut turn = turn
         .map(|a| a.to_config())
         .transpose()
         .context("/api/turn configuration")?;
+    let mut relay = None;
+    if let (Some(args), Some(api)) = (&turn_embedded, &mut turn)
+        && let Some(config) = args.to_config(api).context("embedded TURN relay")?
+    {
+        let handle = kibitz_turn::TurnServer::start(config).context("embedded TURN relay")?;
+        let bound = handle.local_addr();
+        turn_embedded::point_api_at(api, bound);
+        tracing::info!(turn_listen = %bound, "embedded TURN relay (UDP)");
+        relay = Some(handle);
+    }
     let tls = match (&listen.tls_cert, &listen.tls_key) {
         (Some(cert), Some(key)) => {
             Some(kibitz_http::tls_from_pem(cert, key).context("loading the TLS certificate")?)
@@ -374,6 +393,9 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
     }
     if let Some(state) = broker {
         state.shutdown(drain).await;
+    }
+    if let Some(relay) = relay {
+        relay.shutdown().await;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod net;
 mod paced;
 mod probe;
 mod relay;
+mod turn_relay;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -81,6 +82,8 @@ enum Cmd {
     FreePort,
     /// Serve `GET /hello` -> "hello" with axum, the baseline for bench/turn.sh.
     HelloServer(hello::HelloArgs),
+    /// TURN relay throughput: ChannelData between pairs of allocations (UDP).
+    TurnRelay(turn_relay::TurnRelayArgs),
 }
 
 /// Everything a scenario needs besides its own arguments.
@@ -147,6 +150,16 @@ fn run(cli: Cli) -> Result<()> {
     if let Cmd::HelloServer(a) = &cli.cmd {
         return hello::run(a);
     }
+    if let Cmd::TurnRelay(a) = &cli.cmd {
+        let mut out = Map::new();
+        out.insert("scenario".into(), json!("turn-relay"));
+        if let Some(l) = &c.label {
+            out.insert("label".into(), json!(l));
+        }
+        out.extend(turn_relay::run(a, &Probe::new(&c.server_pid))?);
+        probe::emit(out);
+        return Ok(());
+    }
     let url = match c.port {
         Some(p) => format!("ws://127.0.0.1:{p}/peerjs"),
         None => c.url.clone(),
@@ -187,6 +200,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Churn(_) => "churn",
         Cmd::FreePort => "free-port",
         Cmd::HelloServer(_) => "hello-server",
+        Cmd::TurnRelay(_) => "turn-relay",
     };
     out.insert("scenario".into(), json!(scenario));
     if let Some(l) = &c.label {
@@ -199,7 +213,7 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Relay(a) => relay::run(&ctx, a).await,
             Cmd::Paced(a) => paced::run(&ctx, a).await,
             Cmd::Churn(a) => churn::run(&ctx, a).await,
-            Cmd::FreePort | Cmd::HelloServer(_) => Ok(Map::new()),
+            Cmd::FreePort | Cmd::HelloServer(_) | Cmd::TurnRelay(_) => Ok(Map::new()),
         }
     })?;
     out.extend(figures);

@@ -1,5 +1,8 @@
-//! The hub's I/O: one UDP socket, one task, one str0m `Rtc` per browser source address.
+//! The hub's I/O: one UDP socket, one task, one str0m `Rtc` per browser.
 //!
+//! A browser is known by its ICE ufrag (from the USERNAME of its signed STUN); every source
+//! address it has sent signed STUN from routes to its `Rtc`, so a multi-homed browser or a
+//! pair switch stays one session (upstream keys by source address only and strands it).
 //! Every input (a datagram, a timeout) goes to one `Rtc`, which is then drained until it
 //! reports its next timeout; frames the router emits are written to their channels and those
 //! `Rtc`s drained in turn. Sends are collected and flushed before the next receive.
@@ -19,11 +22,16 @@ use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
 use crate::core::{HubCore, SessionId};
-use crate::gate::{self, Lifetimes};
+use crate::gate::{self, Lifetimes, Quarantine};
 use crate::{HubConfig, HubIdentity, SharedStats};
 
 /// Bigger than any datagram a browser sends (MTU-sized) with room for jumbo frames.
 const RECV_BUF: usize = 4096;
+/// How long an ended browser's ufrag is refused, and how many are remembered.
+const QUARANTINE: Duration = Duration::from_secs(60);
+const QUARANTINE_CAP: usize = 4096;
+/// Source addresses one browser may use (its host candidates × address families).
+const MAX_SOURCES_PER_BROWSER: usize = 8;
 /// Room for a 256 KiB echo or `from` plus queued presence; a peer that cannot keep up loses
 /// frames (counted), it is not buffered without limit.
 const SCTP_SEND_BUFFER: usize = 1 << 20;
@@ -42,8 +50,13 @@ fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// A browser: its ufrag keys it; `key` is a cheap stand-in for maps and deadlines.
+type PeerKey = u64;
+
 struct Peer {
     rtc: Rtc,
+    ufrag: String,
+    sources: Vec<SocketAddr>,
     channel: Option<ChannelId>,
     session: Option<SessionId>,
     timeout: Instant,
@@ -58,9 +71,13 @@ pub(crate) struct Driver {
     identity: HubIdentity,
     max_sessions: usize,
     core: HubCore,
-    peers: HashMap<SocketAddr, Peer>,
-    by_session: HashMap<SessionId, SocketAddr>,
-    lifetimes: Lifetimes,
+    next_key: PeerKey,
+    peers: HashMap<PeerKey, Peer>,
+    by_ufrag: HashMap<String, PeerKey>,
+    by_source: HashMap<SocketAddr, PeerKey>,
+    by_session: HashMap<SessionId, PeerKey>,
+    lifetimes: Lifetimes<PeerKey>,
+    quarantine: Quarantine,
     stats: Arc<SharedStats>,
     sends: Vec<(SocketAddr, Vec<u8>)>,
     /// Frames lost to a full send queue.
@@ -85,9 +102,13 @@ impl Driver {
             identity: config.identity.clone(),
             max_sessions: config.max_sessions.max(1),
             core: HubCore::new(),
+            next_key: 1,
             peers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_source: HashMap::new(),
             by_session: HashMap::new(),
             lifetimes: Lifetimes::new(config.handshake, config.liveness),
+            quarantine: Quarantine::new(QUARANTINE, QUARANTINE_CAP),
             stats,
             sends: Vec::new(),
             send_drops: 0,
@@ -126,45 +147,79 @@ impl Driver {
         rtc.min(life)
     }
 
+    fn dropped(&self) {
+        self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn datagram(&mut self, now: Instant, src: SocketAddr, data: &[u8]) {
-        let admitted = gate::admit_binding(data, self.identity.ufrag(), self.identity.pwd());
-        if self.peers.contains_key(&src) {
-            if admitted.is_some() {
-                self.lifetimes.stun(now, src);
+        let key = match gate::admit_binding(data, self.identity.ufrag(), self.identity.pwd()) {
+            Some(ufrag) => {
+                let Some(key) = self.browser_for(now, src, ufrag) else {
+                    self.dropped();
+                    return;
+                };
+                self.lifetimes.stun(now, key);
+                key
             }
-        } else {
-            // Only a signed Binding Request for our ufrag earns state; Chrome always sends
-            // STUN before DTLS, so anything else from an unknown source is junk or stale.
-            let Some(remote_ufrag) = admitted else {
-                self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            };
-            if self.peers.len() >= self.max_sessions {
-                self.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            match self.new_peer(now, remote_ufrag) {
-                Some(peer) => {
-                    tracing::debug!(%src, "lan hub source admitted");
-                    self.peers.insert(src, peer);
-                    self.lifetimes.admit(now, src);
-                    self.stats.sources.fetch_add(1, Ordering::Relaxed);
+            // Anything else only from a source a browser proved with signed STUN; Chrome
+            // always sends STUN first, so the rest is junk, stale or spoofed.
+            None => match self.by_source.get(&src) {
+                Some(k) => *k,
+                None => {
+                    self.dropped();
+                    return;
                 }
-                None => return,
-            }
-        }
+            },
+        };
         let Ok(recv) = Receive::new(Protocol::Udp, src, self.local, data) else {
             return;
         };
-        let Some(peer) = self.peers.get_mut(&src) else {
+        let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
         if let Err(e) = peer.rtc.handle_input(Input::Receive(now, recv)) {
-            tracing::debug!(%src, error = %e, "lan hub rtc input");
-            self.end(src);
+            tracing::debug!(error = %e, "lan hub rtc input");
+            self.end(now, key);
             return;
         }
-        self.pump([src].into());
+        self.pump(now, [key].into());
+    }
+
+    /// The browser with `ufrag`, admitting it if new and allowed; remembers `src` for it.
+    fn browser_for(&mut self, now: Instant, src: SocketAddr, ufrag: String) -> Option<PeerKey> {
+        let key = match self.by_ufrag.get(&ufrag) {
+            Some(k) => *k,
+            None => {
+                if self.quarantine.refuses(now, &ufrag) || self.peers.len() >= self.max_sessions {
+                    return None;
+                }
+                let key = self.next_key;
+                self.next_key += 1;
+                let peer = self.new_peer(now, ufrag.clone())?;
+                tracing::debug!(%src, "lan hub browser admitted");
+                self.peers.insert(key, peer);
+                self.by_ufrag.insert(ufrag, key);
+                self.lifetimes.admit(now, key);
+                self.stats.sources.fetch_add(1, Ordering::Relaxed);
+                key
+            }
+        };
+        match self.by_source.get(&src) {
+            Some(k) if *k == key => {}
+            other => {
+                // A source moving to another browser (a reused port) leaves the old one.
+                if let Some(p) = other.copied().and_then(|old| self.peers.get_mut(&old)) {
+                    p.sources.retain(|s| *s != src);
+                }
+                let peer = self.peers.get_mut(&key)?;
+                if peer.sources.len() >= MAX_SOURCES_PER_BROWSER {
+                    return None;
+                }
+                peer.sources.push(src);
+                self.by_source.insert(src, key);
+            }
+        }
+        Some(key)
     }
 
     fn new_peer(&self, now: Instant, remote_ufrag: String) -> Option<Peer> {
@@ -205,6 +260,8 @@ impl Driver {
         }
         Some(Peer {
             rtc,
+            ufrag: remote_ufrag,
+            sources: Vec::new(),
             channel: None,
             session: None,
             timeout: now,
@@ -212,39 +269,39 @@ impl Driver {
     }
 
     fn timeouts(&mut self, now: Instant) {
-        for (src, why) in self.lifetimes.expire(now) {
-            tracing::debug!(%src, ?why, "lan hub source expired");
+        for (key, why) in self.lifetimes.expire(now) {
+            tracing::debug!(?why, "lan hub browser expired");
             self.stats.sources_expired.fetch_add(1, Ordering::Relaxed);
-            self.end(src);
+            self.end(now, key);
         }
-        let due: BTreeSet<SocketAddr> = self
+        let due: BTreeSet<PeerKey> = self
             .peers
             .iter()
             .filter(|(_, p)| p.timeout <= now)
-            .map(|(a, _)| *a)
+            .map(|(k, _)| *k)
             .collect();
         let mut dirty = BTreeSet::new();
-        for src in due {
-            let Some(peer) = self.peers.get_mut(&src) else {
+        for key in due {
+            let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
             if peer.rtc.handle_input(Input::Timeout(now)).is_err() {
-                self.end(src);
+                self.end(now, key);
             } else {
-                dirty.insert(src);
+                dirty.insert(key);
             }
         }
-        self.pump(dirty);
+        self.pump(now, dirty);
     }
 
     /// Drains every dirty `Rtc`, routes what the router emits, repeats until quiet.
-    fn pump(&mut self, mut dirty: BTreeSet<SocketAddr>) {
-        while let Some(src) = dirty.pop_first() {
-            self.drain(src);
+    fn pump(&mut self, now: Instant, mut dirty: BTreeSet<PeerKey>) {
+        while let Some(key) = dirty.pop_first() {
+            self.drain(now, key);
             while let Some((to, text)) = self.core.poll_output() {
                 if self.write(to, &text) {
-                    if let Some(addr) = self.by_session.get(&to) {
-                        dirty.insert(*addr);
+                    if let Some(k) = self.by_session.get(&to) {
+                        dirty.insert(*k);
                     }
                 } else {
                     self.send_drops += 1;
@@ -255,10 +312,10 @@ impl Driver {
     }
 
     fn write(&mut self, to: SessionId, text: &str) -> bool {
-        let Some(addr) = self.by_session.get(&to) else {
+        let Some(key) = self.by_session.get(&to) else {
             return false;
         };
-        let Some(peer) = self.peers.get_mut(addr) else {
+        let Some(peer) = self.peers.get_mut(key) else {
             return false;
         };
         let Some(cid) = peer.channel else {
@@ -270,10 +327,10 @@ impl Driver {
         matches!(ch.write(false, text.as_bytes()), Ok(true))
     }
 
-    fn drain(&mut self, src: SocketAddr) {
+    fn drain(&mut self, now: Instant, key: PeerKey) {
         let mut ended = false;
         loop {
-            let Some(peer) = self.peers.get_mut(&src) else {
+            let Some(peer) = self.peers.get_mut(&key) else {
                 return;
             };
             match peer.rtc.poll_output() {
@@ -288,10 +345,10 @@ impl Driver {
                         let id = self.core.open();
                         peer.channel = Some(cid);
                         peer.session = Some(id);
-                        self.by_session.insert(id, src);
-                        self.lifetimes.opened(src);
+                        self.by_session.insert(id, key);
+                        self.lifetimes.opened(key);
                         self.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%src, session = id, "lan hub session open");
+                        tracing::debug!(session = id, "lan hub session open");
                     }
                     Event::ChannelData(d) => {
                         if Some(d.id) != peer.channel {
@@ -307,6 +364,8 @@ impl Driver {
                         ended = true;
                         break;
                     }
+                    // str0m's ICE-lite drops a pair after 15 s without a check; with no pair
+                    // left the session cannot send.
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         ended = true;
                         break;
@@ -314,29 +373,36 @@ impl Driver {
                     _ => {}
                 },
                 Err(e) => {
-                    tracing::debug!(%src, error = %e, "lan hub rtc");
+                    tracing::debug!(error = %e, "lan hub rtc");
                     ended = true;
                     break;
                 }
             }
         }
-        let alive = self.peers.get(&src).is_some_and(|p| p.rtc.is_alive());
+        let alive = self.peers.get(&key).is_some_and(|p| p.rtc.is_alive());
         if ended || !alive {
-            self.end(src);
+            self.end(now, key);
         }
     }
 
-    fn end(&mut self, src: SocketAddr) {
-        let Some(mut peer) = self.peers.remove(&src) else {
+    fn end(&mut self, now: Instant, key: PeerKey) {
+        let Some(mut peer) = self.peers.remove(&key) else {
             return;
         };
         peer.rtc.disconnect();
-        self.lifetimes.remove(src);
+        self.lifetimes.remove(key);
+        self.by_ufrag.remove(&peer.ufrag);
+        for src in &peer.sources {
+            if self.by_source.get(src) == Some(&key) {
+                self.by_source.remove(src);
+            }
+        }
+        self.quarantine.insert(now, peer.ufrag);
         self.stats.sources.fetch_sub(1, Ordering::Relaxed);
         if let Some(id) = peer.session {
             self.core.close(id);
             self.by_session.remove(&id);
-            tracing::debug!(%src, session = id, "lan hub session closed");
+            tracing::debug!(session = id, "lan hub session closed");
         }
         self.sync_core_stats();
     }
@@ -354,9 +420,10 @@ impl Driver {
 
     /// Shutdown: tell every browser (SCTP abort / DTLS close_notify) before the socket goes.
     fn close_all(&mut self) {
-        let addrs: Vec<SocketAddr> = self.peers.keys().copied().collect();
-        for src in addrs {
-            let Some(peer) = self.peers.get_mut(&src) else {
+        let now = now();
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
             if peer.rtc.close().is_ok() {
@@ -370,7 +437,7 @@ impl Driver {
                     }
                 }
             }
-            self.end(src);
+            self.end(now, key);
         }
     }
 

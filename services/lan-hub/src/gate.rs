@@ -7,7 +7,6 @@
 //! liveness window, or it is expired.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
@@ -68,15 +67,15 @@ pub enum Expiry {
     Silent,
 }
 
-/// Per-source deadlines.
+/// Per-browser deadlines, keyed by whatever identifies a browser (`K`).
 #[derive(Debug)]
-pub struct Lifetimes {
+pub struct Lifetimes<K> {
     handshake: Duration,
     liveness: Duration,
-    entries: BTreeMap<SocketAddr, Entry>,
+    entries: BTreeMap<K, Entry>,
 }
 
-impl Lifetimes {
+impl<K: Ord + Copy> Lifetimes<K> {
     /// Tracks nothing yet.
     pub fn new(handshake: Duration, liveness: Duration) -> Self {
         Lifetimes {
@@ -86,8 +85,8 @@ impl Lifetimes {
         }
     }
 
-    /// A source was admitted at `now`.
-    pub fn admit(&mut self, now: Instant, src: SocketAddr) {
+    /// A browser was admitted at `now`.
+    pub fn admit(&mut self, now: Instant, src: K) {
         self.entries.insert(
             src,
             Entry {
@@ -99,21 +98,21 @@ impl Lifetimes {
     }
 
     /// A valid STUN request from `src` arrived at `now`.
-    pub fn stun(&mut self, now: Instant, src: SocketAddr) {
+    pub fn stun(&mut self, now: Instant, src: K) {
         if let Some(e) = self.entries.get_mut(&src) {
             e.last_stun = now;
         }
     }
 
     /// `src`'s channel opened: the handshake window no longer applies.
-    pub fn opened(&mut self, src: SocketAddr) {
+    pub fn opened(&mut self, src: K) {
         if let Some(e) = self.entries.get_mut(&src) {
             e.open = true;
         }
     }
 
     /// Forget `src`.
-    pub fn remove(&mut self, src: SocketAddr) {
+    pub fn remove(&mut self, src: K) {
         self.entries.remove(&src);
     }
 
@@ -142,7 +141,7 @@ impl Lifetimes {
     }
 
     /// Removes and returns every source expired at `now`.
-    pub fn expire(&mut self, now: Instant) -> Vec<(SocketAddr, Expiry)> {
+    pub fn expire(&mut self, now: Instant) -> Vec<(K, Expiry)> {
         let mut gone = Vec::new();
         for (src, e) in &self.entries {
             if now >= e.last_stun + self.liveness {
@@ -158,10 +157,64 @@ impl Lifetimes {
     }
 }
 
+/// Browser ufrags whose session ended, refused for a while: a browser that went silent (sleep,
+/// lost Wi-Fi) and comes back must fail its consent checks and reconnect, rather than be
+/// answered by a fresh handshake state that its established DTLS can never talk to.
+#[derive(Debug)]
+pub struct Quarantine {
+    ttl: Duration,
+    cap: usize,
+    until: BTreeMap<String, Instant>,
+}
+
+impl Quarantine {
+    /// Entries live `ttl`; at most `cap` are kept (the oldest go first).
+    pub fn new(ttl: Duration, cap: usize) -> Self {
+        Quarantine {
+            ttl,
+            cap: cap.max(1),
+            until: BTreeMap::new(),
+        }
+    }
+
+    /// Refuse `ufrag` until `now + ttl`.
+    pub fn insert(&mut self, now: Instant, ufrag: String) {
+        self.until.retain(|_, t| *t > now);
+        while self.until.len() >= self.cap {
+            let Some(oldest) = self
+                .until
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.until.remove(&oldest);
+        }
+        self.until.insert(ufrag, now + self.ttl);
+    }
+
+    /// Whether `ufrag` is refused at `now`.
+    pub fn refuses(&self, now: Instant, ufrag: &str) -> bool {
+        self.until.get(ufrag).is_some_and(|t| *t > now)
+    }
+
+    /// Entries kept.
+    pub fn len(&self) -> usize {
+        self.until.len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use str0m::ice::TransId;
 
     fn request(username: &str, pwd: &str) -> Vec<u8> {
@@ -240,5 +293,27 @@ mod tests {
         );
         assert!(l.is_empty());
         assert_eq!(l.next_deadline(), None);
+    }
+
+    #[test]
+    // A base instant only: every later time is injected relative to it.
+    #[allow(clippy::disallowed_methods)]
+    fn quarantine_expires_and_is_bounded() {
+        let t0 = Instant::now();
+        let mut q = Quarantine::new(Duration::from_secs(60), 2);
+        q.insert(t0, "a".into());
+        assert!(q.refuses(t0 + Duration::from_secs(59), "a"));
+        assert!(!q.refuses(t0 + Duration::from_secs(60), "a"));
+        assert!(!q.refuses(t0, "b"));
+        q.insert(t0 + Duration::from_secs(1), "b".into());
+        q.insert(t0 + Duration::from_secs(2), "c".into());
+        assert_eq!(q.len(), 2);
+        assert!(
+            !q.refuses(t0 + Duration::from_secs(2), "a"),
+            "oldest evicted"
+        );
+        assert!(q.refuses(t0 + Duration::from_secs(2), "c"));
+        q.insert(t0 + Duration::from_secs(100), "d".into());
+        assert_eq!(q.len(), 1, "expired entries pruned");
     }
 }

@@ -112,7 +112,7 @@ impl HubIdentity {
     /// Reads the state file; a missing or unusable one (bad JSON, empty ufrag, a pair that
     /// does not load) is replaced by a fresh identity, written at once. Returns the saved port.
     pub fn load_or_create(path: &Path) -> Result<(HubIdentity, Option<u16>), HubError> {
-        if let Some(loaded) = Self::load(path) {
+        if let Some(loaded) = Self::read(path) {
             return Ok(loaded);
         }
         if path.exists() {
@@ -121,6 +121,14 @@ impl HubIdentity {
         let id = Self::generate()?;
         id.save(path, None)?;
         Ok((id, None))
+    }
+
+    /// The state file's own identity and saved port, if the file is usable. Upstream's fixed
+    /// identity (which a fixed-mode run writes to a fresh file) is public, so it never counts
+    /// as an own identity.
+    pub fn read(path: &Path) -> Option<(HubIdentity, Option<u16>)> {
+        let (id, port) = Self::load(path)?;
+        (!id.is_fixed()).then_some((id, port))
     }
 
     fn load(path: &Path) -> Option<(HubIdentity, Option<u16>)> {
@@ -214,6 +222,11 @@ impl HubIdentity {
         })
     }
 
+    /// Whether this is upstream's well-known (public) identity.
+    pub fn is_fixed(&self) -> bool {
+        kibitz_proto::lan::fingerprint_b64(&self.fingerprint) == fixed::FINGERPRINT_B64
+    }
+
     /// ICE username fragment.
     pub fn ufrag(&self) -> &str {
         &self.ufrag
@@ -242,7 +255,8 @@ impl HubIdentity {
     }
 }
 
-fn random_alnum(n: usize) -> String {
+/// `n` random characters of `[A-Za-z0-9]` (ICE credentials, the hub's per-run TURN user).
+pub fn random_alnum(n: usize) -> String {
     const SET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(n);
     while out.len() < n {
@@ -277,6 +291,8 @@ mod tests {
         let id = HubIdentity::fixed().unwrap();
         assert_eq!(id.ufrag(), fixed::UFRAG);
         assert_eq!(id.pwd(), fixed::PWD);
+        assert!(id.is_fixed());
+        assert!(!HubIdentity::generate().unwrap().is_fixed());
         assert_eq!(
             kibitz_proto::lan::fingerprint_b64(&id.fingerprint()),
             fixed::FINGERPRINT_B64
@@ -328,6 +344,15 @@ mod tests {
         assert_ne!(d.fingerprint(), c.fingerprint());
         let (e, _) = HubIdentity::load_or_create(&path).unwrap();
         assert_eq!(e.fingerprint(), d.fingerprint());
+        // The public fixed identity in the file is never taken for an own one.
+        HubIdentity::fixed()
+            .unwrap()
+            .save(&path, Some(4711))
+            .unwrap();
+        assert!(HubIdentity::read(&path).is_none());
+        let (f, port) = HubIdentity::load_or_create(&path).unwrap();
+        assert!(!f.is_fixed());
+        assert_eq!(port, None);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

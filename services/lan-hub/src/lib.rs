@@ -28,7 +28,7 @@ use kibitz_proto::lan::{Blob, Endpoint, TurnInfo};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use identity::HubIdentity;
+pub use identity::{HubIdentity, random_alnum};
 
 /// Why the hub could not start or its identity could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -108,11 +108,12 @@ pub struct HubStats {
     pub frames_dropped: u64,
     /// Frames ignored: bad JSON, unknown `t`, binary.
     pub bad_frames: u64,
-    /// Sources holding per-source state now (open sessions and handshakes).
+    /// Browsers holding state now (open sessions and handshakes).
     pub sources: u64,
-    /// Datagrams dropped before any state: junk, unsigned STUN, unknown sources, over capacity.
+    /// Datagrams dropped before any state: junk, unsigned STUN, unknown sources, over capacity,
+    /// a recently ended browser's checks.
     pub datagrams_dropped: u64,
-    /// Sources dropped for not finishing the handshake or going silent.
+    /// Browsers dropped for not finishing the handshake or going silent.
     pub sources_expired: u64,
 }
 
@@ -196,7 +197,7 @@ impl Hub {
     }
 }
 
-/// A running hub.
+/// A running hub. Dropping it stops the hub too (without waiting).
 #[derive(Debug)]
 pub struct HubHandle {
     local_addr: SocketAddr,

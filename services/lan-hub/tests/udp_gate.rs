@@ -62,9 +62,13 @@ async fn client() -> (UdpSocket, SocketAddr) {
     (s, a)
 }
 
-/// Sends a signed Binding Request and checks the hub's Binding Success.
+/// Sends a signed Binding Request as browser `browser1` and checks the hub's Binding Success.
 async fn expect_answer(sock: &UdpSocket, hub: SocketAddr, id: &HubIdentity) {
-    let (tid, req) = binding(&format!("{}:browser1", id.ufrag()), id.pwd());
+    expect_answer_as(sock, hub, id, "browser1").await;
+}
+
+async fn expect_answer_as(sock: &UdpSocket, hub: SocketAddr, id: &HubIdentity, browser: &str) {
+    let (tid, req) = binding(&format!("{}:{browser}", id.ufrag()), id.pwd());
     sock.send_to(&req, hub).await.unwrap();
     let mut buf = vec![0u8; 2048];
     let (n, from) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
@@ -148,6 +152,15 @@ async fn an_abandoned_handshake_is_dropped() {
     })
     .await;
     assert_eq!(s.sessions_total, 0);
+    // The ended browser's checks are refused for a while (it must notice and reconnect); a
+    // new peer connection (new ufrag) from the same address is welcome.
+    let raw = raw_client();
+    let (_, req) = binding(&format!("{}:browser1", id.ufrag()), id.pwd());
+    raw.send_to(&req, hub.local_addr()).unwrap();
+    let (fresh, _) = client().await;
+    expect_answer_as(&fresh, hub.local_addr(), &id, "browser2").await;
+    assert!(nothing_arrived(&raw), "an ended browser was answered");
+    assert_eq!(hub.stats().sources, 1);
     hub.shutdown().await;
 }
 
@@ -166,5 +179,20 @@ async fn the_session_cap_holds() {
     assert_eq!(s.sources, 1);
     assert_eq!(s.datagrams_dropped, 1, "the refused request: {s:?}");
     assert!(nothing_arrived(&second), "refused source got an answer");
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_browser_from_several_sources_is_one_session() {
+    let (hub, id) = hub(8, Duration::from_secs(60)).await;
+    let addr = hub.local_addr();
+    let (a, _) = client().await;
+    let (b, _) = client().await;
+    expect_answer_as(&a, addr, &id, "multihomed").await;
+    expect_answer_as(&b, addr, &id, "multihomed").await;
+    assert_eq!(hub.stats().sources, 1);
+    let (c, _) = client().await;
+    expect_answer_as(&c, addr, &id, "another").await;
+    assert_eq!(hub.stats().sources, 2);
     hub.shutdown().await;
 }

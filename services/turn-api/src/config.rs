@@ -52,6 +52,8 @@ pub struct HmacConfig {
     pub port: u16,
     /// TURN-over-TLS port (`turns:`); none when `None`.
     pub tls_port: Option<u16>,
+    /// List `?transport=tcp` URLs too (coturn listens on TCP; the embedded relay does not).
+    pub tcp: bool,
 }
 
 /// Cloudflare Realtime TURN settings.
@@ -101,6 +103,7 @@ impl Config {
                 hosts: vec![host.to_owned()],
                 port,
                 tls_port: None,
+                tcp: true,
             }),
             ..Self::default()
         }
@@ -268,6 +271,7 @@ impl TurnArgs {
                         hosts: self.turn_host.clone(),
                         port: self.turn_port,
                         tls_port: (self.turn_tls_port != 0).then_some(self.turn_tls_port),
+                        tcp: true,
                     }),
                     (true, false) => {
                         return Err(ConfigError::Missing(

@@ -49,7 +49,9 @@ impl Template {
         for host in &cfg.hosts {
             stun.push(format!("stun:{host}:{}", cfg.port));
             uris.push(format!("turn:{host}:{}?transport=udp", cfg.port));
-            uris.push(format!("turn:{host}:{}?transport=tcp", cfg.port));
+            if cfg.tcp {
+                uris.push(format!("turn:{host}:{}?transport=tcp", cfg.port));
+            }
             if let Some(tls) = cfg.tls_port {
                 uris.push(format!("turns:{host}:{tls}?transport=tcp"));
             }
@@ -184,6 +186,7 @@ mod tests {
             hosts: vec!["a.example".into(), "127.0.0.1".into()],
             port: 3478,
             tls_port: Some(5349),
+            tcp: true,
         };
         let body = Template::new(&cfg, 300)
             .body("alice", 1_699_999_700, "open")
@@ -199,6 +202,20 @@ mod tests {
         assert_eq!(m["uris"][2], "turns:a.example:5349?transport=tcp");
         assert_eq!(m["iceServers"][0]["urls"][1], "stun:127.0.0.1:3478");
         assert_eq!(m["iceServers"][1]["credential"], m["password"]);
+    }
+
+    #[test]
+    fn hmac_without_tcp_lists_udp_only() {
+        let cfg = HmacConfig {
+            secrets: vec![Secret::new("S")],
+            hosts: vec!["127.0.0.1".into()],
+            port: 3478,
+            tls_port: None,
+            tcp: false,
+        };
+        let body = Template::new(&cfg, 300).body("a", 1, "open").unwrap();
+        let m: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(m["uris"], json!(["turn:127.0.0.1:3478?transport=udp"]));
     }
 
     #[test]
