@@ -93,6 +93,7 @@ async function main() {
     }
     const ms = a.ms.slice().sort((x, y) => x - y);
     rows.push([`(a) connect: setRemoteDescription -> id, ${CONNECTS} sequential`, `p50 ${pct(ms, 50).toFixed(1)} ms, p99 ${pct(ms, 99).toFixed(1)} ms, max ${ms[ms.length - 1].toFixed(1)} ms, failed ${a.failures.length}`]);
+    rows.push(["(a) the fresh hub's first connect", `${a.ms[0]?.toFixed(1)} ms`]);
     await h.close("conn");
 
     // (b) sessions held at once, and the hub's memory for them. Let closed sessions go first.
