@@ -351,11 +351,18 @@ async fn run(a: Args) -> Result<()> {
         // `join` has no reply; a `peers` after it is answered after it, so every session seeing
         // the whole room means every join has landed.
         for s in &sessions[..k] {
-            let (ptx, prx) = oneshot::channel();
-            let _ = s.tx.send(Cmd::Peers(ptx));
-            let n = timeout(Duration::from_secs(10), prx).await??;
-            if n != k {
-                bail!("room has {n} members, not {k}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (ptx, prx) = oneshot::channel();
+                let _ = s.tx.send(Cmd::Peers(ptx));
+                let n = timeout(Duration::from_secs(10), prx).await??;
+                if n == k {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("room has {n} members, not {k}");
+                }
+                sleep(Duration::from_millis(20)).await;
             }
         }
         let (_, c0) = proc_sample(a.hub_pid)?;
