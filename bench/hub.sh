@@ -28,9 +28,10 @@ BUILD=1
 ARGS=()
 LOAD_SESSIONS=1000
 LOAD_FRAMES=50000
+LOAD_HOLD=10
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    --quick) PROFILE=debug; ARGS+=(--quick); LOAD_SESSIONS=30; LOAD_FRAMES=1000 ;;
+    --quick) PROFILE=debug; ARGS+=(--quick); LOAD_SESSIONS=30; LOAD_FRAMES=1000; LOAD_HOLD=2 ;;
     --no-build) BUILD=0 ;;
     --load-sessions) shift; LOAD_SESSIONS=$1 ;;
     --load-frames) shift; LOAD_FRAMES=$1 ;;
@@ -78,6 +79,6 @@ for _ in $(seq 200); do
 done
 [[ -n $BLOB ]] || { echo "error: kibitz hub printed no BLOB" >&2; exit 1; }
 "$ROOT/target/$PROFILE/hub_load" --blob "$BLOB" --hub-pid "$HUB_PID" \
-    --sessions "$LOAD_SESSIONS" --frames "$LOAD_FRAMES" | tee -a "$OUT/results.txt"
+    --sessions "$LOAD_SESSIONS" --frames "$LOAD_FRAMES" --hold-secs "$LOAD_HOLD" | tee -a "$OUT/results.txt"
 stop_hub
 echo "results: $OUT/results.txt"
