@@ -116,6 +116,11 @@ impl Driver {
     }
 
     pub(crate) async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        // The first Rtc of a process costs ~250 ms of one-time crypto setup. Paid inside the
+        // first browser's first check, it delays that answer so Chrome nominates late; str0m
+        // (ICE-lite) sends nothing before nomination, so the DTLS reply waits for Chrome's
+        // ClientHello retransmit: `id` after 1.2-3 s instead of ~70 ms. Pay it here.
+        drop(self.new_peer(now(), "warmup0".to_owned()));
         let mut buf = vec![0u8; RECV_BUF];
         loop {
             let deadline = self.next_deadline();
