@@ -60,7 +60,17 @@ struct Peer {
     channel: Option<ChannelId>,
     session: Option<SessionId>,
     timeout: Instant,
+    /// ICE nominated: str0m starts DTLS only then.
+    ice_up: bool,
+    /// DTLS datagrams that arrived before nomination, replayed once it comes. str0m ignores
+    /// DTLS before it starts, and Chrome sends its ClientHello on the first successful check,
+    /// often before the check carrying USE-CANDIDATE is answered: dropped, it cost the
+    /// browser a ClientHello retransmit (1 s, then 3 s) before its `id`.
+    early: Vec<(SocketAddr, Vec<u8>)>,
 }
+
+/// Early DTLS datagrams kept per browser (a ClientHello is one or two).
+const EARLY_DTLS: usize = 4;
 
 pub(crate) struct Driver {
     socket: UdpSocket,
@@ -182,6 +192,10 @@ impl Driver {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
+        // DTLS content types are 20..=63 (RFC 7983 demux).
+        if !peer.ice_up && matches!(data.first(), Some(20..=63)) && peer.early.len() < EARLY_DTLS {
+            peer.early.push((src, data.to_vec()));
+        }
         if let Err(e) = peer.rtc.handle_input(Input::Receive(now, recv)) {
             tracing::debug!(error = %e, "lan hub rtc input");
             self.end(now, key);
@@ -269,6 +283,8 @@ impl Driver {
             sources: Vec::new(),
             channel: None,
             session: None,
+            ice_up: false,
+            early: Vec::new(),
             timeout: now,
         })
     }
@@ -334,7 +350,21 @@ impl Driver {
 
     fn drain(&mut self, now: Instant, key: PeerKey) {
         let mut ended = false;
+        let mut replay: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
         loop {
+            if !replay.is_empty() {
+                let Some(peer) = self.peers.get_mut(&key) else {
+                    return;
+                };
+                for (src, data) in replay.drain(..) {
+                    let Ok(recv) = Receive::new(Protocol::Udp, src, self.local, &data) else {
+                        continue;
+                    };
+                    if let Err(e) = peer.rtc.handle_input(Input::Receive(now, recv)) {
+                        tracing::debug!(error = %e, "lan hub rtc replay");
+                    }
+                }
+            }
             let Some(peer) = self.peers.get_mut(&key) else {
                 return;
             };
@@ -374,6 +404,12 @@ impl Driver {
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         ended = true;
                         break;
+                    }
+                    Event::IceConnectionStateChange(
+                        IceConnectionState::Connected | IceConnectionState::Completed,
+                    ) if !peer.ice_up => {
+                        peer.ice_up = true;
+                        replay = std::mem::take(&mut peer.early);
                     }
                     _ => {}
                 },
