@@ -15,7 +15,7 @@ use kibitz_proto::content::Content;
 use kibitz_proto::gate::GateMode;
 use kibitz_proto::link::{RoomTarget, parse_room_target, unlock_host_key};
 use kibitz_proto::presence::{KbzMeta, LobbyStatus, Meta, PROTOCOL_VERSION, feature};
-use kibitz_rtc::{BrokerError, ClientTls, ClientTlsOptions, Identity};
+use kibitz_rtc::{BrokerError, ClientTls, ClientTlsError, ClientTlsOptions, Identity};
 use rand_core::{OsRng, RngCore as _};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
@@ -61,7 +61,12 @@ pub struct RoomArgs {
     /// `kibitz serve --tls-self-signed-out` wrote), for every connection: the broker,
     /// /api/signal and /api/turn. Repeatable; the web roots and the system's store are
     /// trusted anyway. Env: comma-separated.
-    #[arg(long = "ca-cert", env = "KIBITZ_CA_CERT", value_delimiter = ',')]
+    #[arg(
+        long = "ca-cert",
+        env = "KIBITZ_CA_CERT",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
     ca_certs: Vec<PathBuf>,
     /// Accept TLS certificates that do not verify, for every connection, but only from
     /// servers on loopback and private addresses (anything else is refused); each one
@@ -222,11 +227,15 @@ async fn connect(
     };
     broker.tls = Some(tls);
     // The room would retry an untrusted broker forever: say so now instead.
-    match kibitz_rtc::check_broker(&broker).await {
-        Ok(()) => {}
-        Err(e @ BrokerError::Certificate(_)) => return Err(explain(e.into(), true)),
-        Err(e @ BrokerError::ClientTls(_)) => return Err(e.into()),
-        Err(e) => tracing::warn!(error = %e, "the broker is not reachable yet; retrying"),
+    if broker.secure {
+        match kibitz_rtc::check_broker(&broker).await {
+            Ok(()) => {}
+            Err(e @ BrokerError::Certificate(_)) => return Err(explain(e.into(), true)),
+            Err(e @ BrokerError::ClientTls(ClientTlsError::NotPrivate { .. })) => {
+                return Err(e.into());
+            }
+            Err(e) => tracing::warn!(error = %e, "the broker is not reachable yet; retrying"),
+        }
     }
     let relay = match (&args.turn_host, args.relay_only) {
         (Some(t), true) => Some(

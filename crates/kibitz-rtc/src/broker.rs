@@ -1,5 +1,7 @@
 //! Reaching the broker: `GET …/id`, the WebSocket URL, plain or TLS.
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -153,7 +155,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub(crate) type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// How long TCP, TLS and the WebSocket handshake may take together.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the broker WebSocket as `id` with `token`, within [`CONNECT_TIMEOUT`].
 pub(crate) async fn connect_ws(
@@ -204,10 +206,13 @@ async fn open_stream(broker: &BrokerConfig) -> Result<Box<dyn Io>, BrokerError> 
 /// a certificate the client does not trust shows up here as [`BrokerError::Certificate`]
 /// (the peer itself would only keep retrying).
 pub async fn check_broker(broker: &BrokerConfig) -> Result<(), BrokerError> {
-    tokio::time::timeout(CONNECT_TIMEOUT, open_stream(broker))
+    use tokio::io::AsyncWriteExt as _;
+    let mut io = tokio::time::timeout(CONNECT_TIMEOUT, open_stream(broker))
         .await
-        .unwrap_or_else(|_| Err(BrokerError::Connect("timed out".into())))
-        .map(drop)
+        .unwrap_or_else(|_| Err(BrokerError::Connect("timed out".into())))?;
+    // close_notify, so the broker sees an orderly goodbye rather than a cut connection.
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    Ok(())
 }
 
 async fn connect_ws_now(broker: &BrokerConfig, id: &str, token: &str) -> Result<Ws, BrokerError> {
