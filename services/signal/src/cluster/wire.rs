@@ -171,6 +171,36 @@ pub(crate) fn inbox_entries(v: Value) -> (Option<String>, Vec<Entry>) {
                         out.push(Entry::Message(kind_of(&k), s, d, m, mid));
                     }
                 }
+                // A batch: (k, s, d, m, i) groups, in order.
+                Some("b") => {
+                    let mut msg: [Option<&str>; 4] = [None; 4];
+                    for f in fields.chunks_exact(2).skip(1) {
+                        let slot = match f[0].as_str() {
+                            "k" => {
+                                msg = [None; 4];
+                                0
+                            }
+                            "s" => 1,
+                            "d" => 2,
+                            "m" => 3,
+                            "i" => {
+                                if let [Some(k), Some(s), Some(d), Some(m)] = msg {
+                                    out.push(Entry::Message(
+                                        kind_of(k),
+                                        s.to_owned(),
+                                        d.to_owned(),
+                                        m.to_owned(),
+                                        f[1].clone(),
+                                    ));
+                                }
+                                msg = [None; 4];
+                                continue;
+                            }
+                            _ => continue,
+                        };
+                        msg[slot] = Some(&f[1]);
+                    }
+                }
                 Some("v") => {
                     if let (Some(d), Some(n)) = (get("d"), get("n")) {
                         out.push(Entry::Moved(d, n));
@@ -286,11 +316,19 @@ mod tests {
                 entry("1-1", &["t", "v", "d", "b", "n", "node2"]),
                 entry("1-2", &["t", "a", "d", "b"]),
                 entry("1-3", &["t", "m", "k", "OFFER"]),
+                entry(
+                    "1-4",
+                    &[
+                        "t", "b", "k", "OFFER", "s", "a", "d", "c", "m", "y", "i", "n.2", "k",
+                        "OFFER", "s", "a", "i", "n.3", "k", "LEAVE", "s", "a", "d", "c", "m", "z",
+                        "i", "n.4", "k",
+                    ],
+                ),
                 Value::Nil,
             ]),
         ])]);
         let (last, got) = inbox_entries(v);
-        assert_eq!(last.as_deref(), Some("1-3"));
+        assert_eq!(last.as_deref(), Some("1-4"));
         assert_eq!(
             got,
             vec![
@@ -303,6 +341,20 @@ mod tests {
                 ),
                 Entry::Moved("b".into(), "node2".into()),
                 Entry::Acked("b".into()),
+                Entry::Message(
+                    MessageType::Offer,
+                    "a".into(),
+                    "c".into(),
+                    "y".into(),
+                    "n.2".into()
+                ),
+                Entry::Message(
+                    MessageType::Leave,
+                    "a".into(),
+                    "c".into(),
+                    "z".into(),
+                    "n.4".into()
+                ),
             ]
         );
         assert_eq!(inbox_entries(Value::Nil), (None, vec![]));
