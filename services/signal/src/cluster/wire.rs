@@ -173,32 +173,28 @@ pub(crate) fn inbox_entries(v: Value) -> (Option<String>, Vec<Entry>) {
                 }
                 // A batch: (k, s, d, m, i) groups, in order.
                 Some("b") => {
-                    let mut msg: [Option<&str>; 4] = [None; 4];
-                    for f in fields.chunks_exact(2).skip(1) {
-                        let slot = match f[0].as_str() {
+                    let mut msg: [Option<String>; 4] = Default::default();
+                    let mut it = fields.into_iter().skip(2);
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        let slot = match k.as_str() {
                             "k" => {
-                                msg = [None; 4];
+                                msg = Default::default();
                                 0
                             }
                             "s" => 1,
                             "d" => 2,
                             "m" => 3,
                             "i" => {
-                                if let [Some(k), Some(s), Some(d), Some(m)] = msg {
-                                    out.push(Entry::Message(
-                                        kind_of(k),
-                                        s.to_owned(),
-                                        d.to_owned(),
-                                        m.to_owned(),
-                                        f[1].clone(),
-                                    ));
+                                if let [Some(k), Some(s), Some(d), Some(m)] =
+                                    std::mem::take(&mut msg)
+                                {
+                                    out.push(Entry::Message(kind_of(&k), s, d, m, v));
                                 }
-                                msg = [None; 4];
                                 continue;
                             }
                             _ => continue,
                         };
-                        msg[slot] = Some(&f[1]);
+                        msg[slot] = Some(v);
                     }
                 }
                 Some("v") => {
