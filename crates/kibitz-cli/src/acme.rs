@@ -1,7 +1,7 @@
 //! `--acme-*`: automatic certificates from an ACME CA (Let's Encrypt by default) through
 //! TLS-ALPN-01 on the serving port itself ([`kibitz_http::acme`]).
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use kibitz_http::acme::{AcmeConfig, LETS_ENCRYPT, LETS_ENCRYPT_STAGING};
 use std::path::PathBuf;
 
@@ -13,27 +13,43 @@ pub struct AcmeArgs {
     /// reach this listener. Needs --acme-cache.
     #[arg(
         long = "acme-domain",
+        value_name = "NAME",
         env = "KIBITZ_ACME_DOMAINS",
         value_delimiter = ',',
         conflicts_with_all = ["tls_cert", "tls_self_signed"]
     )]
     pub acme_domains: Vec<String>,
     /// Contact address for the CA (expiry and incident mail); optional.
-    #[arg(long, env = "KIBITZ_ACME_EMAIL", requires = "acme_domains")]
+    #[arg(
+        long,
+        value_name = "ADDRESS",
+        env = "KIBITZ_ACME_EMAIL",
+        requires = "acme_domains"
+    )]
     pub acme_email: Option<String>,
     /// Directory keeping the ACME account key, the certificate and its private key across
     /// restarts (created owner-only). Without it every start would order a new certificate.
-    #[arg(long, env = "KIBITZ_ACME_CACHE", requires = "acme_domains")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "KIBITZ_ACME_CACHE",
+        requires = "acme_domains"
+    )]
     pub acme_cache: Option<PathBuf>,
     /// ACME directory URL of the CA.
-    #[arg(long, env = "KIBITZ_ACME_DIRECTORY", default_value = LETS_ENCRYPT)]
+    #[arg(long, value_name = "URL", env = "KIBITZ_ACME_DIRECTORY", default_value = LETS_ENCRYPT)]
     pub acme_directory: String,
     /// Use Let's Encrypt's staging directory (untrusted certificates, generous rate limits).
     #[arg(long, env = "KIBITZ_ACME_STAGING", conflicts_with = "acme_directory")]
     pub acme_staging: bool,
     /// PEM file of CA certificates to trust, besides the web roots, for the ACME server's own
     /// HTTPS (a test or company CA). Says nothing about the certificates it issues.
-    #[arg(long, env = "KIBITZ_ACME_CA_ROOT", requires = "acme_domains")]
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "KIBITZ_ACME_CA_ROOT",
+        requires = "acme_domains"
+    )]
     pub acme_ca_root: Option<PathBuf>,
 }
 
@@ -74,7 +90,7 @@ impl AcmeArgs {
             directory,
             extra_roots,
         };
-        cfg.validate().context("ACME")?;
+        cfg.validate()?;
         Ok(Some(cfg))
     }
 }

@@ -113,7 +113,7 @@ struct ListenArgs {
     /// Address to listen on. Kibitz clients reach brokers as wss://HOST:443/peerjs.
     #[arg(long, env = "KIBITZ_LISTEN", default_value = "127.0.0.1:9000")]
     listen: SocketAddr,
-    /// PEM certificate chain: serve HTTPS/WSS (with --tls-key).
+    /// PEM certificate chain: serve HTTPS/WSS (with --tls-key). Both are re-read on SIGHUP.
     #[arg(long, env = "KIBITZ_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
