@@ -23,11 +23,18 @@ pub struct Serve {
 }
 
 impl Serve {
-    /// Starts `kibitz --log-format json serve ARGS` and waits for its listening line; `Err`
-    /// with its log when it exits first (a port taken, a flag refused).
+    /// Starts `kibitz --log-format json serve ARGS` (on 127.0.0.1:0 unless ARGS has a
+    /// `--listen`) and waits for its listening line; `Err` with its log when it exits first (a
+    /// port taken, a flag refused).
     pub async fn start(args: &[String]) -> Result<Self, String> {
+        let listen: &[&str] = if args.iter().any(|a| a == "--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = tokio::process::Command::new(kibitz_e2e::kibitz_bin())
             .args(["--log-format", "json", "serve", "--drain-grace-ms", "0"])
+            .args(listen)
             .args(args)
             .env("KIBITZ_LOG", "info")
             .stdin(std::process::Stdio::null())

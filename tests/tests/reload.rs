@@ -1,8 +1,9 @@
 //! Reload without restart: `kibitz serve` re-reads its files on SIGHUP. A TURN secret rotated
 //! in `--turn-secret-file` signs every credential minted after the signal, and a real coturn
 //! listing NEW and OLD accepts what is minted before and after; a broken file keeps the secret
-//! in use. A new TLS certificate is shown to new connections while open WebSockets carry on;
-//! a broken or mismatched key keeps the old one. Needs the Debian package `coturn`.
+//! in use; the embedded relay takes the rotated list at the same time. A new TLS certificate
+//! is shown to new connections while open WebSockets carry on; a broken or mismatched key
+//! keeps the old one. Needs the Debian package `coturn` (coturn, and uclient as the client).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -174,6 +175,52 @@ async fn sighup_rotates_the_turn_secret_and_a_broken_file_keeps_it() {
         !log.contains(NEW) && !log.contains(OLD),
         "a secret in the log"
     );
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_hands_rotated_secrets_to_the_embedded_relay() {
+    let dir = TempDir::new("reload-embedded");
+    let secrets = dir.path("turn-secret");
+    replace(&secrets, &format!("{OLD}\n"));
+    let args: Vec<String> = [
+        "--turn-secret-file",
+        secrets.to_str().unwrap(),
+        "--turn-host",
+        "127.0.0.1",
+        "--turn-rate-per-minute",
+        "0",
+        "--turn-embedded",
+        "--turn-embedded-port",
+        "0",
+        "--turn-embedded-bind",
+        "127.0.0.1",
+        "--turn-embedded-allow-loopback",
+    ]
+    .map(String::from)
+    .to_vec();
+    let serve = Serve::start(&args).await.expect("kibitz serve");
+    let addr = serve.addr;
+    let metrics = || async move { Ok(api::get(addr, "/metrics").await) };
+    let before = mint(addr).await;
+    assert_eq!(before.1, rest_password(OLD.as_bytes(), &before.0));
+
+    // OLD is dropped outright: only a relay that took the new list accepts NEW and refuses OLD.
+    replace(&secrets, &format!("{NEW}\n"));
+    serve.signal("HUP");
+    wait_reloads(metrics, "turn", "ok", 1.0).await;
+    let after = mint(addr).await;
+    assert_eq!(after.1, rest_password(NEW.as_bytes(), &after.0));
+    assert_eq!(after.2, before.2, "the relay's address is kept across the reload");
+    let (host, port) = &after.2;
+    let (new, old) = tokio::join!(
+        uclient(host, *port, false, &after.0, &after.1),
+        uclient(host, *port, false, &before.0, &before.1),
+    );
+    assert_eq!(new.code, Some(0), "NEW refused: {}", new.tail());
+    assert!(!new.relay_ports().is_empty(), "{}", new.tail());
+    assert_ne!(old.code, Some(0), "OLD still accepted: {}", old.tail());
+    assert!(old.relay_ports().is_empty(), "{}", old.tail());
     serve.stop().await;
 }
 
