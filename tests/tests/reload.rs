@@ -211,7 +211,10 @@ async fn sighup_hands_rotated_secrets_to_the_embedded_relay() {
     wait_reloads(metrics, "turn", "ok", 1.0).await;
     let after = mint(addr).await;
     assert_eq!(after.1, rest_password(NEW.as_bytes(), &after.0));
-    assert_eq!(after.2, before.2, "the relay's address is kept across the reload");
+    assert_eq!(
+        after.2, before.2,
+        "the relay's address is kept across the reload"
+    );
     let (host, port) = &after.2;
     let (new, old) = tokio::join!(
         uclient(host, *port, false, &after.0, &after.1),
