@@ -128,6 +128,9 @@ struct ListenArgs {
     /// 1001, for in-flight requests and those sockets to finish.
     #[arg(long, env = "KIBITZ_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     drain_timeout_ms: u64,
+    /// --trusted-proxy, --client-ip-header, --proxy-protocol.
+    #[command(flatten)]
+    proxy: kibitz_http::ProxyArgs,
 }
 
 fn main() -> ExitCode {
@@ -316,6 +319,7 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
             .map_or(Duration::from_secs(10), |c| c.limits.handshake_timeout),
         drain_timeout: Duration::from_millis(listen.drain_timeout_ms),
         drain_grace: Duration::from_millis(listen.drain_grace_ms),
+        proxy: (&listen.proxy).into(),
     };
     // Every service's routes on one router; the services never import each other.
     let mut app = axum::Router::new();
@@ -377,6 +381,14 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
         kibitz_http::bind(listen.listen).with_context(|| format!("binding {}", listen.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     tracing::info!(%addr, mode = what, "listening: {scheme}://{addr}/");
+    if listen.proxy.proxy_protocol || !listen.proxy.trusted_proxies.is_empty() {
+        tracing::info!(
+            trusted_proxies = listen.proxy.trusted_proxies.len(),
+            header = ?listen.proxy.client_ip_header,
+            proxy_protocol = listen.proxy.proxy_protocol,
+            "client addresses from proxies"
+        );
+    }
     let drain = opts.drain_timeout;
     let draining = broker.clone();
     kibitz_http::serve_with_ops(listener, app, opts, async move {

@@ -204,7 +204,10 @@ mod tests {
     }
 
     fn trusting(nets: &[&str], header: ForwardedHeader) -> TrustedProxies {
-        TrustedProxies::new(nets.iter().map(|n| parse_cidr(n).unwrap()).collect(), header)
+        TrustedProxies::new(
+            nets.iter().map(|n| parse_cidr(n).unwrap()).collect(),
+            header,
+        )
     }
 
     #[test]
@@ -212,15 +215,31 @@ mod tests {
         let t = trusting(&["127.0.0.1", "10.0.0.0/8"], ForwardedHeader::XForwardedFor);
         let peer = ip("127.0.0.1");
         let h = headers("x-forwarded-for", &["203.0.113.9, 198.51.100.7, 10.1.2.3"]);
-        assert_eq!(t.client_ip(peer, &h), ip("198.51.100.7"), "right-most untrusted");
+        assert_eq!(
+            t.client_ip(peer, &h),
+            ip("198.51.100.7"),
+            "right-most untrusted"
+        );
         let h = headers("x-forwarded-for", &["203.0.113.9", "198.51.100.7:4711"]);
-        assert_eq!(t.client_ip(peer, &h), ip("198.51.100.7"), "lines join, port cut");
+        assert_eq!(
+            t.client_ip(peer, &h),
+            ip("198.51.100.7"),
+            "lines join, port cut"
+        );
         let h = headers("x-forwarded-for", &["[2001:db8::7]:443"]);
         assert_eq!(t.client_ip(peer, &h), ip("2001:db8::7"));
         let h = headers("x-forwarded-for", &["10.9.9.9, 10.1.2.3"]);
-        assert_eq!(t.client_ip(peer, &h), ip("10.9.9.9"), "all trusted: left-most");
+        assert_eq!(
+            t.client_ip(peer, &h),
+            ip("10.9.9.9"),
+            "all trusted: left-most"
+        );
         let h = headers("x-forwarded-for", &["198.51.100.7, garbage, 10.1.2.3"]);
-        assert_eq!(t.client_ip(peer, &h), ip("10.1.2.3"), "stops at the hop that wrote it");
+        assert_eq!(
+            t.client_ip(peer, &h),
+            ip("10.1.2.3"),
+            "stops at the hop that wrote it"
+        );
         let h = headers("x-forwarded-for", &["garbage, 198.51.100.7"]);
         assert_eq!(t.client_ip(peer, &h), ip("198.51.100.7"));
         let h = headers("x-forwarded-for", &[""]);
@@ -252,11 +271,17 @@ mod tests {
             &[r#"for=192.0.2.60;proto=http;by=203.0.113.43, For="[2001:db8:cafe::17]:4711""#],
         );
         assert_eq!(t.client_ip(peer, &h), ip("2001:db8:cafe::17"));
-        let h = headers("forwarded", &["for=198.51.100.7, for=127.0.0.5;proto=https"]);
+        let h = headers(
+            "forwarded",
+            &["for=198.51.100.7, for=127.0.0.5;proto=https"],
+        );
         assert_eq!(t.client_ip(peer, &h), ip("198.51.100.7"));
         let h = headers("forwarded", &["for=198.51.100.7, for=unknown"]);
         assert_eq!(t.client_ip(peer, &h), peer, "unknown stops the walk");
-        let h = headers("forwarded", &["for=198.51.100.7, for=_hidden, for=127.0.0.9"]);
+        let h = headers(
+            "forwarded",
+            &["for=198.51.100.7, for=_hidden, for=127.0.0.9"],
+        );
         assert_eq!(t.client_ip(peer, &h), ip("127.0.0.9"));
         let h = headers("forwarded", &["proto=https"]);
         assert_eq!(t.client_ip(peer, &h), peer, "an element without for=");
@@ -267,7 +292,10 @@ mod tests {
     #[test]
     fn cidrs_parse() {
         assert_eq!(parse_cidr("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!(parse_cidr(" 127.0.0.1 ").unwrap().to_string(), "127.0.0.1/32");
+        assert_eq!(
+            parse_cidr(" 127.0.0.1 ").unwrap().to_string(),
+            "127.0.0.1/32"
+        );
         assert_eq!(parse_cidr("::1").unwrap().to_string(), "::1/128");
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("nginx").is_err());

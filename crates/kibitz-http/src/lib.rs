@@ -187,12 +187,13 @@ impl Conn {
             trusted,
             ..
         } = self;
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            let client = trusted.client_ip(peer.ip(), req.headers());
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req.extensions_mut().insert(ClientIp(client));
-            tower::ServiceExt::oneshot(app.clone(), req)
-        });
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let client = trusted.client_ip(peer.ip(), req.headers());
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(ClientIp(client));
+                tower::ServiceExt::oneshot(app.clone(), req)
+            });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
             .with_upgrades();

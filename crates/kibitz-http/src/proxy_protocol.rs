@@ -207,9 +207,10 @@ mod tests {
 
     #[tokio::test]
     async fn v1_and_v2_name_the_client_and_keep_what_follows() {
-        let (addr, rest) = feed(&[b"PROXY TCP4 198.51.100.7 127.0.0.1 4711 443\r\nGET / HTTP/1.1\r\n"])
-            .await
-            .unwrap();
+        let (addr, rest) =
+            feed(&[b"PROXY TCP4 198.51.100.7 127.0.0.1 4711 443\r\nGET / HTTP/1.1\r\n"])
+                .await
+                .unwrap();
         assert_eq!(addr, Some("198.51.100.7:4711".parse().unwrap()));
         assert_eq!(rest, b"GET / HTTP/1.1\r\n");
 
@@ -221,7 +222,11 @@ mod tests {
         let (addr, rest) = feed(&[b"PROXY UNKNOWN\r\nrest"]).await.unwrap();
         assert_eq!((addr, rest.as_slice()), (None, &b"rest"[..]));
 
-        let mut h = v2(1, 0x11, &[198, 51, 100, 7, 127, 0, 0, 1, 0x12, 0x67, 1, 187]);
+        let mut h = v2(
+            1,
+            0x11,
+            &[198, 51, 100, 7, 127, 0, 0, 1, 0x12, 0x67, 1, 187],
+        );
         h.extend(b"tail");
         // Byte by byte: a header split across reads is put together.
         let chunks: Vec<&[u8]> = h.chunks(1).collect();
