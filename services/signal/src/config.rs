@@ -233,8 +233,8 @@ pub struct SignalArgs {
     #[arg(long, env = "KIBITZ_ALLOW_DISCOVERY")]
     pub allow_discovery: bool,
     /// Allowed origin (repeat, or comma-separated in the env), like https://app.example: CORS
-    /// answers and WebSocket upgrades from other origins are refused (403); requests without
-    /// an Origin (non-browser clients) are allowed. None: any origin.
+    /// answers name only these, and WebSocket upgrades from other origins get 403; requests
+    /// without an Origin (non-browser clients) are allowed. None: any origin.
     #[arg(
         long = "cors-origin",
         env = "KIBITZ_CORS_ORIGINS",
