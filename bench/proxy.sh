@@ -97,7 +97,10 @@ run_one() {
     turn-keepalive | turn-conn) template="$TURN_CMD $(server_flags "$variant")" ;;
     connect) template="$SIGNAL_CMD $(server_flags "$variant")" ;;
     esac
-    launch_server "$group/$variant" "$template" "$base.server.log" || return 0
+    if ! launch_server "$group/$variant" "$template" "$base.server.log"; then
+        echo "$group $variant #$round" >>"$OUT/failed"
+        return 0
+    fi
     local load=(nice -n "$NICE" taskset -c "$LOADGEN_CORE")
     local proxied=$variant
     [[ $variant == off ]] && proxied=none
@@ -137,6 +140,7 @@ run_one() {
     if ((rc)) || [[ ! -s $base.json ]]; then
         echo "  $group $variant #$round: failed; see $base.log" >&2
         tail -3 "$base.log" >&2 || true
+        echo "$group $variant #$round" >>"$OUT/failed"
         return 0
     fi
     jq -c --arg g "$group" --arg v "$variant" --argjson r "$round" '. + {group: $g, variant: $v, round: $r}' \
@@ -210,3 +214,7 @@ verdicts=()
     fi
     echo "($ROUNDS round(s) x ${DURATION}s; server on core $SERVER_CORE, load on core $LOADGEN_CORE, nice $NICE; load average at start $load1)"
 } | tee "$OUT/table.md"
+if [[ -s $OUT/failed ]]; then
+    echo "error: runs that produced no figures: $(paste -sd, "$OUT/failed")" >&2
+    exit 1
+fi
