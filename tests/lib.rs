@@ -496,8 +496,15 @@ pub struct KibitzProc {
 impl KibitzProc {
     /// Starts `kibitz <args>`; `name` labels failures.
     pub fn spawn(name: &str, args: &[&str]) -> Self {
-        let mut child = tokio::process::Command::new(kibitz_bin())
-            .args(args)
+        let mut cmd = tokio::process::Command::new(kibitz_bin());
+        cmd.args(args);
+        Self::spawn_with(name, cmd)
+    }
+
+    /// Starts `cmd` (a `kibitz` command line with its own environment or wrapper) with
+    /// stdin and stdout piped; stderr as `cmd` says.
+    pub fn spawn_with(name: &str, mut cmd: tokio::process::Command) -> Self {
+        let mut child = cmd
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)

@@ -336,7 +336,7 @@ async fn wss_broker_with_a_self_signed_certificate() {
     let server = kibitz_e2e::start_tls(Config::default()).await;
     let port = server.addr.port();
     let broker = BrokerConfig {
-        tls: Some(server.client.clone()),
+        tls: Some(server.client.clone().into()),
         ..BrokerConfig::secure("localhost", port)
     };
     // One peer gets its id over https, the other claims one over wss.

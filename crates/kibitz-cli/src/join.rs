@@ -15,7 +15,7 @@ use kibitz_proto::content::Content;
 use kibitz_proto::gate::GateMode;
 use kibitz_proto::link::{RoomTarget, parse_room_target, unlock_host_key};
 use kibitz_proto::presence::{KbzMeta, LobbyStatus, Meta, PROTOCOL_VERSION, feature};
-use kibitz_rtc::Identity;
+use kibitz_rtc::{BrokerError, ClientTls, ClientTlsError, ClientTlsOptions, Identity};
 use rand_core::{OsRng, RngCore as _};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
@@ -57,7 +57,20 @@ pub struct RoomArgs {
     /// Stable identity token (reconnects are recognised by it); default: a fresh one.
     #[arg(long, env = "KIBITZ_TOKEN")]
     token: Option<String>,
-    /// Accept any TLS certificate from /api/signal and /api/turn (local testing only).
+    /// Also trust the certificates in this PEM file (a company CA, or the certificate
+    /// `kibitz serve --tls-self-signed-out` wrote), for every connection: the broker,
+    /// /api/signal and /api/turn. Repeatable; the web roots and the system's store are
+    /// trusted anyway. Env: comma-separated.
+    #[arg(
+        long = "ca-cert",
+        env = "KIBITZ_CA_CERT",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    ca_certs: Vec<PathBuf>,
+    /// Accept TLS certificates that do not verify, for every connection, but only from
+    /// servers on loopback and private addresses (anything else is refused); each one
+    /// accepted is logged as a warning. Local testing only: prefer --ca-cert.
     #[arg(long, env = "KIBITZ_INSECURE")]
     insecure: bool,
     #[command(flatten)]
@@ -199,15 +212,36 @@ async fn connect(
     let origin = origin_of(raw);
     let target = parse_room_target(raw, &origin).with_context(|| format!("reading {raw:?}"))?;
     let media = args.media.config()?;
-    let client = http_client(args.insecure)?;
-    let broker = match &args.signal_host {
+    // One TLS configuration for every connection this participant makes.
+    let tls = ClientTls::new(&ClientTlsOptions {
+        ca_certs: args.ca_certs.clone(),
+        insecure: args.insecure,
+    })
+    .context("--ca-cert")?;
+    let client = http_client(&tls)?;
+    let mut broker = match &args.signal_host {
         Some(h) => broker_from(h)?,
-        None => broker_from_api(&client, &origin).await?,
+        None => broker_from_api(&client, &origin)
+            .await
+            .map_err(explain_select)?,
     };
+    broker.tls = Some(tls);
+    // The room would retry an untrusted broker forever: say so now instead.
+    if broker.secure {
+        match kibitz_rtc::check_broker(&broker).await {
+            Ok(()) => {}
+            Err(e @ BrokerError::Certificate(_)) => return Err(explain(e.into(), true)),
+            Err(e @ BrokerError::ClientTls(ClientTlsError::NotPrivate { .. })) => {
+                return Err(e.into());
+            }
+            Err(e) => tracing::warn!(error = %e, "the broker is not reachable yet; retrying"),
+        }
+    }
     let relay = match (&args.turn_host, args.relay_only) {
         (Some(t), true) => Some(
             relay_from_api(&client, t)
-                .await?
+                .await
+                .map_err(explain_select)?
                 .ok_or_else(|| kibitz_join::select::SelectError::NoRelay(t.clone()))?,
         ),
         _ => None,
@@ -261,6 +295,30 @@ async fn connect(
     );
     handle.join();
     Ok((handle, events, target))
+}
+
+/// What to do about a TLS failure, in the terms of this command's flags.
+fn explain(e: anyhow::Error, certificate: bool) -> anyhow::Error {
+    if certificate {
+        e.context(
+            "the server's TLS certificate is not trusted (trust its CA, or the certificate \
+             itself, with --ca-cert FILE or in the system's store; for a test server on a \
+             loopback or private address, --insecure)",
+        )
+    } else {
+        e
+    }
+}
+
+fn explain_select(e: kibitz_join::select::SelectError) -> anyhow::Error {
+    let certificate = matches!(
+        e,
+        kibitz_join::select::SelectError::Api {
+            certificate: true,
+            ..
+        }
+    );
+    explain(e.into(), certificate)
 }
 
 fn status_line(s: &Status) -> String {

@@ -120,6 +120,10 @@ struct ListenArgs {
     /// Serve HTTPS/WSS with a fresh self-signed certificate for localhost and 127.0.0.1.
     #[arg(long, env = "KIBITZ_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
     tls_self_signed: bool,
+    /// Write --tls-self-signed's certificate (PEM, no key) to this file, for clients to
+    /// trust: `kibitz join --ca-cert FILE`.
+    #[arg(long, env = "KIBITZ_TLS_SELF_SIGNED_OUT", requires = "tls_self_signed")]
+    tls_self_signed_out: Option<PathBuf>,
     /// Milliseconds to keep serving after SIGTERM or ctrl-c with /readyz answering 503, so
     /// load balancers stop sending work before the listener closes.
     #[arg(long, env = "KIBITZ_DRAIN_GRACE_MS", default_value_t = 2_000)]
@@ -304,7 +308,12 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
         }
         _ if listen.tls_self_signed => {
             let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-            let (cfg, _pem) = kibitz_http::tls_self_signed(&names).context("self-signed TLS")?;
+            let (cfg, pem) = kibitz_http::tls_self_signed(&names).context("self-signed TLS")?;
+            if let Some(out) = &listen.tls_self_signed_out {
+                std::fs::write(out, &pem)
+                    .with_context(|| format!("writing --tls-self-signed-out {}", out.display()))?;
+                tracing::info!(file = %out.display(), "self-signed certificate written (clients: --ca-cert)");
+            }
             Some(cfg)
         }
         _ => None,

@@ -1,8 +1,7 @@
 //! Choosing the broker and the TURN relay, as the web client does (KIBITZ.md §1.1, §2.2).
 
-use std::sync::Arc;
-
-use kibitz_rtc::{BrokerConfig, RelayConfig};
+use kibitz_rtc::tls::{error_chain, is_certificate_error};
+use kibitz_rtc::{BrokerConfig, ClientTls, HttpClient, RelayConfig};
 use serde::Deserialize;
 
 /// Why a broker or relay could not be chosen.
@@ -19,6 +18,8 @@ pub enum SelectError {
         url: String,
         /// Why it failed.
         reason: String,
+        /// Because the server's TLS certificate did not verify.
+        certificate: bool,
     },
     /// `/api/signal` answered `{"host": null}`: no healthy broker.
     #[error("{0} names no healthy broker")]
@@ -28,37 +29,18 @@ pub enum SelectError {
     NoRelay(String),
 }
 
-/// An HTTPS client for `/api/signal` and `/api/turn`; `insecure` accepts any certificate
-/// (local testing against a self-signed origin only).
-pub fn http_client(insecure: bool) -> Result<reqwest::Client, SelectError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = if insecure {
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| api("tls", e))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert))
-            .with_no_client_auth()
-    } else {
-        let roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| api("tls", e))?
-            .with_root_certificates(roots)
-            .with_no_client_auth()
-    };
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(std::time::Duration::from_secs(5))
-        .build()
+/// An HTTP(S) client for `/api/signal` and `/api/turn` on the participant's one TLS
+/// configuration (the broker uses the same: [`BrokerConfig::tls`]).
+pub fn http_client(tls: &ClientTls) -> Result<HttpClient, SelectError> {
+    tls.http_client(reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)))
         .map_err(|e| api("http client", e))
 }
 
-fn api(url: &str, e: impl std::fmt::Display) -> SelectError {
+fn api(url: &str, e: impl std::error::Error + 'static) -> SelectError {
     SelectError::Api {
         url: url.to_owned(),
-        reason: e.to_string(),
+        reason: error_chain(&e),
+        certificate: is_certificate_error(&e),
     }
 }
 
@@ -101,11 +83,12 @@ struct SignalAnswer {
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(
-    client: &reqwest::Client,
+    client: &HttpClient,
     url: &str,
 ) -> Result<T, SelectError> {
     client
         .get(url)
+        .map_err(|e| api(url, e))?
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
@@ -117,7 +100,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 
 /// Asks `<origin>/api/signal` which broker the room uses (one shared verdict for everyone).
 pub async fn broker_from_api(
-    client: &reqwest::Client,
+    client: &HttpClient,
     origin: &str,
 ) -> Result<BrokerConfig, SelectError> {
     let url = format!("{}/api/signal", origin.trim_end_matches('/'));
@@ -131,7 +114,7 @@ pub async fn broker_from_api(
 /// The TURN relay `/api/turn` offers (its first UDP `turn:` server), or `None` when it
 /// offers none. `turn` is a host (`https://<host>/api/turn`, a port allowed) or a full URL.
 pub async fn relay_from_api(
-    client: &reqwest::Client,
+    client: &HttpClient,
     turn: &str,
 ) -> Result<Option<RelayConfig>, SelectError> {
     let url = if turn.contains("://") {
@@ -144,50 +127,6 @@ pub async fn relay_from_api(
         Ok(relay) => Ok(Some(relay)),
         Err(kibitz_rtc::RelayError::NoTurn) => Ok(None),
         Err(e) => Err(api(&url, e)),
-    }
-}
-
-/// Accepts any server certificate (`--insecure`), still checking that the handshake is
-/// signed by it.
-#[derive(Debug)]
-struct AnyCert;
-
-fn algorithms() -> rustls::crypto::WebPkiSupportedAlgorithms {
-    rustls::crypto::ring::default_provider().signature_verification_algorithms
-}
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        algorithms().supported_schemes()
     }
 }
 

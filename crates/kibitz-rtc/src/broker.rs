@@ -1,10 +1,12 @@
 //! Reaching the broker: `GET …/id`, the WebSocket URL, plain or TLS.
 
-use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
+
+use crate::tls::{ClientTls, ClientTlsError, error_chain, is_certificate_error};
 
 /// Where the PeerJS broker is, as the peerjs client options say it.
 #[derive(Debug, Clone)]
@@ -19,8 +21,9 @@ pub struct BrokerConfig {
     pub key: String,
     /// `https`/`wss` when true.
     pub secure: bool,
-    /// TLS client configuration for `secure`; `None` trusts the webpki roots.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS for `secure` (and the `/id` fetch); `None` is [`ClientTls::shared_default`]
+    /// (the web roots and the platform's store).
+    pub tls: Option<ClientTls>,
 }
 
 impl BrokerConfig {
@@ -82,21 +85,11 @@ impl BrokerConfig {
         )
     }
 
-    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, BrokerError> {
-        if let Some(t) = &self.tls {
-            return Ok(t.clone());
+    fn client_tls(&self) -> Result<ClientTls, BrokerError> {
+        match &self.tls {
+            Some(t) => Ok(t.clone()),
+            None => Ok(ClientTls::shared_default()?),
         }
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| BrokerError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Ok(Arc::new(cfg))
     }
 }
 
@@ -117,23 +110,30 @@ pub enum BrokerError {
     /// TLS configuration or handshake.
     #[error("tls: {0}")]
     Tls(String),
+    /// The broker's certificate did not verify against the trusted roots.
+    #[error("the broker's certificate did not verify: {0}")]
+    Certificate(String),
+    /// The TLS configuration could not be built or refused the broker's address.
+    #[error(transparent)]
+    ClientTls(#[from] ClientTlsError),
 }
 
 /// Asks the broker for a fresh id.
 pub async fn fetch_id(broker: &BrokerConfig) -> Result<String, BrokerError> {
     // reqwest is built without a default TLS provider and refuses to build a client without
     // one, even for plain http.
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .use_preconfigured_tls((*broker.tls_config()?).clone())
-        .build()
-        .map_err(|e| BrokerError::Id(e.to_string()))?;
-    let resp = client
-        .get(broker.id_url())
-        .send()
-        .await
-        .map_err(|e| BrokerError::Id(e.to_string()))?;
+    let client = broker.client_tls()?.http_client(
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none()),
+    )?;
+    let resp = client.get(&broker.id_url())?.send().await.map_err(|e| {
+        if is_certificate_error(&e) {
+            BrokerError::Certificate(error_chain(&e))
+        } else {
+            BrokerError::Id(error_chain(&e))
+        }
+    })?;
     if !resp.status().is_success() {
         return Err(BrokerError::Id(format!("status {}", resp.status())));
     }
@@ -155,7 +155,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub(crate) type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// How long TCP, TLS and the WebSocket handshake may take together.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the broker WebSocket as `id` with `token`, within [`CONNECT_TIMEOUT`].
 pub(crate) async fn connect_ws(
@@ -171,22 +171,52 @@ pub(crate) async fn connect_ws(
 /// Bytes read from the broker socket at a time (larger frames take several reads).
 const WS_READ_BUFFER: usize = 8 * 1024;
 
-async fn connect_ws_now(broker: &BrokerConfig, id: &str, token: &str) -> Result<Ws, BrokerError> {
-    let tcp = TcpStream::connect((broker.host.as_str(), broker.port))
+/// TCP, then TLS when `secure`: the stream the WebSocket runs over.
+async fn open_stream(broker: &BrokerConfig) -> Result<Box<dyn Io>, BrokerError> {
+    if !broker.secure {
+        let tcp = TcpStream::connect((broker.host.as_str(), broker.port))
+            .await
+            .map_err(|e| BrokerError::Connect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        return Ok(Box::new(tcp));
+    }
+    let client_tls = broker.client_tls()?;
+    // Resolved (and, insecure, checked) once: the connection goes to exactly these.
+    let addrs = client_tls.resolve(&broker.host, broker.port).await?;
+    let tcp = TcpStream::connect(&addrs[..])
         .await
         .map_err(|e| BrokerError::Connect(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    let io: Box<dyn Io> = if broker.secure {
-        let name = rustls::pki_types::ServerName::try_from(broker.host.clone())
-            .map_err(|e| BrokerError::Tls(e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(broker.tls_config()?)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| BrokerError::Tls(e.to_string()))?;
-        Box::new(tls)
-    } else {
-        Box::new(tcp)
-    };
+    let name = rustls::pki_types::ServerName::try_from(broker.host.clone())
+        .map_err(|e| BrokerError::Tls(e.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(client_tls.config())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            if is_certificate_error(&e) {
+                BrokerError::Certificate(error_chain(&e))
+            } else {
+                BrokerError::Tls(error_chain(&e))
+            }
+        })?;
+    Ok(Box::new(tls))
+}
+
+/// Connects to the broker and, when `secure`, completes the TLS handshake, then hangs up:
+/// a certificate the client does not trust shows up here as [`BrokerError::Certificate`]
+/// (the peer itself would only keep retrying).
+pub async fn check_broker(broker: &BrokerConfig) -> Result<(), BrokerError> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut io = tokio::time::timeout(CONNECT_TIMEOUT, open_stream(broker))
+        .await
+        .unwrap_or_else(|_| Err(BrokerError::Connect("timed out".into())))?;
+    // close_notify, so the broker sees an orderly goodbye rather than a cut connection.
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    Ok(())
+}
+
+async fn connect_ws_now(broker: &BrokerConfig, id: &str, token: &str) -> Result<Ws, BrokerError> {
+    let io = open_stream(broker).await?;
     // tungstenite zeroes `read_buffer_size` bytes on every read attempt, and the driver polls
     // the socket on each of its wakeups (hundreds a second once media flows): the 128 KiB
     // default made that memset a few % of a participant's CPU. Signalling frames are small.

@@ -114,9 +114,10 @@ mod link;
 mod media;
 mod message;
 mod signal;
+pub mod tls;
 mod turn;
 
-pub use broker::{BrokerConfig, BrokerError, fetch_id};
+pub use broker::{BrokerConfig, BrokerError, check_broker, fetch_id};
 pub use conn::{CloseReason, ConnError, SendError};
 pub use core::{CoreConfig, Event, Input, Output, PeerCore};
 pub use driver::{Events, Peer, PeerError, PeerHandle, PeerOptions};
@@ -129,4 +130,5 @@ pub use media::{
 };
 pub use message::{ConnId, ConnInfo, ConnectOptions, Message, Serialization};
 pub use signal::{CandidateInit, SignalError};
+pub use tls::{ClientTls, ClientTlsError, ClientTlsOptions, HttpClient};
 pub use turn::{RelayConfig, RelayError};

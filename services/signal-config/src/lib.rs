@@ -239,7 +239,15 @@ impl SignalConfigState {
 }
 
 fn probe_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    // The platform store too, as `kibitz join` trusts it: a broker with a company-CA
+    // certificate installed there must not be marked down.
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(error = %e, "reading the platform's certificate store");
+    }
+    roots.add_parsable_certificates(native.certs);
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
