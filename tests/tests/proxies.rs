@@ -229,6 +229,8 @@ impl Proxy {
         panic!("{what} did not start: {log}");
     }
 
+    // A test helper on the wall clock, not an engine.
+    #[allow(clippy::disallowed_methods)]
     fn wait_ready(&mut self) -> bool {
         let deadline = std::time::Instant::now() + WAIT;
         while std::time::Instant::now() < deadline {
