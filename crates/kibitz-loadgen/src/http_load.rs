@@ -1,7 +1,9 @@
 //! `http`: closed-loop HTTP GETs on one path (`/api/turn`), each worker on its own
 //! connection, reconnecting every `--requests-per-conn` requests. Unlike `wrk`, it can open
 //! every connection with a PROXY protocol header (`--proxied v1|v2`), so a new connection per
-//! request measures what that header costs.
+//! request measures what that header costs. The header goes out with the first request (the
+//! server's cost of reading it) unless `--proxy-header-alone` (as HAProxy and nginx send it,
+//! on connect, ahead of the client's bytes).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -53,16 +55,18 @@ async fn get(
     path: &str,
     xff: Option<&str>,
     close: bool,
+    first: &[u8],
 ) -> Result<u16> {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    let mut req = first.to_vec();
+    req.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n").as_bytes());
     if let Some(x) = xff {
-        req.push_str(&format!("X-Forwarded-For: {x}\r\n"));
+        req.extend_from_slice(format!("X-Forwarded-For: {x}\r\n").as_bytes());
     }
     if close {
-        req.push_str("Connection: close\r\n");
+        req.extend_from_slice(b"Connection: close\r\n");
     }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.context("write")?;
+    req.extend_from_slice(b"\r\n");
+    s.write_all(&req).await.context("write")?;
     buf.clear();
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -134,11 +138,15 @@ pub async fn run(ctx: &Ctx, a: &HttpArgs) -> Result<Map<String, Value>> {
                     }
                     let start = Instant::now();
                     let r = async {
-                        let s = match conn.as_mut() {
-                            Some(s) => s,
-                            None => conn.insert(ctx.target.tcp(idx).await?),
+                        let (s, first) = match conn.as_mut() {
+                            Some(s) => (s, Vec::new()),
+                            None => {
+                                let (s, header) = ctx.target.tcp_deferred(idx).await?;
+                                (conn.insert(s), header)
+                            }
                         };
-                        get(s, &mut buf, &path, xff.as_deref(), i + 1 == per_conn).await
+                        let close = i + 1 == per_conn;
+                        get(s, &mut buf, &path, xff.as_deref(), close, &first).await
                     }
                     .await;
                     let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);

@@ -61,6 +61,10 @@ struct Common {
     /// header first; broker with --proxy-protocol).
     #[arg(long, global = true, value_enum, default_value_t = net::Proxied::None)]
     proxied: net::Proxied,
+    /// Send the PROXY header in a segment of its own, as HAProxy and nginx do on connect
+    /// (`http` otherwise sends it with the first request; `connect` always sends it alone).
+    #[arg(long, global = true)]
+    proxy_header_alone: bool,
     /// Maximum connection attempts in flight while opening.
     #[arg(long, global = true, default_value_t = 128)]
     concurrency: usize,
@@ -175,7 +179,8 @@ fn run(cli: Cli) -> Result<()> {
         Some(p) => format!("ws://127.0.0.1:{p}/peerjs"),
         None => c.url.clone(),
     };
-    let mut target = Target::new(&url, &c.key, c.src_ips)?.with_proxied(c.proxied);
+    let mut target =
+        Target::new(&url, &c.key, c.src_ips)?.with_proxied(c.proxied, c.proxy_header_alone);
     if let Some(p) = c.alt_port {
         target = target.with_alt_port(p);
     }

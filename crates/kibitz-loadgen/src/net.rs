@@ -29,6 +29,9 @@ pub struct Target {
     src_ips: u8,
     /// How each connection names a client address of its own, as a proxy in front would.
     proxied: Proxied,
+    /// Write the PROXY header in a segment of its own even where the scenario could send it
+    /// with the first request.
+    header_alone: bool,
 }
 
 /// What a proxy in front of the broker would add to each connection, naming a synthetic
@@ -102,12 +105,14 @@ impl Target {
             key: key.to_owned(),
             src_ips,
             proxied: Proxied::None,
+            header_alone: false,
         })
     }
 
     /// Makes every connection carry a client address of its own, the way `p` says.
-    pub fn with_proxied(mut self, p: Proxied) -> Self {
+    pub fn with_proxied(mut self, p: Proxied, header_alone: bool) -> Self {
         self.proxied = p;
+        self.header_alone = header_alone;
         self
     }
 
@@ -147,8 +152,17 @@ impl Target {
     }
 
     /// TCP connect from a spread source address; with `--proxied v1|v2`, the PROXY header
-    /// naming connection `idx`'s synthetic client is written first.
+    /// naming connection `idx`'s synthetic client is written first, on its own.
     pub async fn tcp(&self, idx: usize) -> Result<TcpStream> {
+        let (stream, header) = self.tcp_deferred(idx).await?;
+        let mut stream = stream;
+        stream.write_all(&header).await.context("PROXY header")?;
+        Ok(stream)
+    }
+
+    /// As [`Target::tcp`], but the PROXY header (if any) is returned for the caller to send
+    /// with its first bytes, unless `--proxy-header-alone` (then it was sent already).
+    pub async fn tcp_deferred(&self, idx: usize) -> Result<(TcpStream, Vec<u8>)> {
         let sock = TcpSocket::new_v4().context("socket")?;
         let src = SocketAddr::V4(SocketAddrV4::new(self.src_addr(idx), 0));
         sock.bind(src).with_context(|| format!("bind {src}"))?;
@@ -157,11 +171,12 @@ impl Target {
             .await
             .context("tcp connect")?;
         stream.set_nodelay(true).context("nodelay")?;
-        if matches!(self.proxied, Proxied::V1 | Proxied::V2) {
-            let header = proxy_header(self.proxied, synthetic_client(idx), self.addr_for(idx));
+        let mut header = proxy_header(self.proxied, synthetic_client(idx), self.addr_for(idx));
+        if self.header_alone && !header.is_empty() {
             stream.write_all(&header).await.context("PROXY header")?;
+            header.clear();
         }
-        Ok(stream)
+        Ok((stream, header))
     }
 
     /// The `X-Forwarded-For` value for connection `idx` with `--proxied xff`.
