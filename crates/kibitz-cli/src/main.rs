@@ -136,6 +136,9 @@ struct ListenArgs {
     drain_timeout_ms: u64,
     #[command(flatten)]
     acme: acme::AcmeArgs,
+    /// --trusted-proxy, --client-ip-header, --proxy-protocol.
+    #[command(flatten)]
+    proxy: kibitz_http::ProxyArgs,
 }
 
 fn main() -> ExitCode {
@@ -344,6 +347,7 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
             .map_or(Duration::from_secs(10), |c| c.limits.handshake_timeout),
         drain_timeout: Duration::from_millis(listen.drain_timeout_ms),
         drain_grace: Duration::from_millis(listen.drain_grace_ms),
+        proxy: (&listen.proxy).into(),
     };
     // Every service's routes on one router; the services never import each other.
     let mut app = axum::Router::new();
@@ -429,6 +433,14 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
         drop(reload_stopped);
         std::future::ready(Ok::<_, tokio::task::JoinError>(reloader))
     };
+    if listen.proxy.proxy_protocol || !listen.proxy.trusted_proxies.is_empty() {
+        tracing::info!(
+            trusted_proxies = listen.proxy.trusted_proxies.len(),
+            header = ?listen.proxy.client_ip_header,
+            proxy_protocol = listen.proxy.proxy_protocol,
+            "client addresses from proxies"
+        );
+    }
     let drain = opts.drain_timeout;
     let draining = broker.clone();
     kibitz_http::serve_with_ops(listener, app, opts, async move {

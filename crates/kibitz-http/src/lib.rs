@@ -4,7 +4,14 @@
 //! or ACME ([`acme`]).
 //!
 //! Services build an `axum::Router`; the caller binds the listener and hands both to
-//! [`serve`]. Each request carries `axum::extract::ConnectInfo<SocketAddr>` for the client.
+//! [`serve`]. Each request carries `axum::extract::ConnectInfo<SocketAddr>` (the connection's
+//! address: the TCP peer, or the PROXY protocol header's source) and [`ClientIp`] (what
+//! per-IP limits use; see [`client_ip`]).
+
+pub mod client_ip;
+pub mod proxy_protocol;
+
+pub use client_ip::{ClientIp, ProxyArgs, TrustedProxies};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -42,6 +49,27 @@ pub struct ServeOptions {
     /// stop sending work before connections are refused. Zero by default, so embedders and
     /// tests stop at once; the `kibitz` binary sets it (`--drain-grace-ms`).
     pub drain_grace: Duration,
+    /// Proxies in front: who may name the client in a forwarding header, and whether every
+    /// connection starts with a PROXY protocol header. Default: neither.
+    pub proxy: ProxyOptions,
+}
+
+/// How [`serve`] learns client addresses behind proxies.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyOptions {
+    /// Peers whose forwarding header names the client.
+    pub trusted: TrustedProxies,
+    /// Every connection starts with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
+}
+
+impl From<&ProxyArgs> for ProxyOptions {
+    fn from(a: &ProxyArgs) -> Self {
+        Self {
+            trusted: a.trusted(),
+            proxy_protocol: a.proxy_protocol,
+        }
+    }
 }
 
 impl Default for ServeOptions {
@@ -51,6 +79,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             drain_grace: Duration::ZERO,
+            proxy: ProxyOptions::default(),
         }
     }
 }
@@ -88,26 +117,29 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
-        let app = app.clone();
-        let draining = draining.clone();
-        let tls = tls.clone();
-        let head_timeout = opts.header_read_timeout;
-        tracker.spawn(async move {
-            match tls {
-                None => serve_conn(builder, draining, stream, peer, app).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
-                        // A TLS-ALPN-01 validation: the handshake was the answer.
-                        Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(acme::ACME_TLS_ALPN) => {
-                        }
-                        Ok(Ok(s)) => serve_conn(builder, draining, s, peer, app).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+        let conn = Conn {
+            builder: builder.clone(),
+            draining: draining.clone(),
+            app: app.clone(),
+            trusted: opts.proxy.trusted.clone(),
+            tls: tls.clone(),
+            head_timeout: opts.header_read_timeout,
+        };
+        if opts.proxy.proxy_protocol {
+            // Each connection reads its own header, off the accept loop.
+            tracker.spawn(async move {
+                match proxy_protocol::read_header(stream, conn.head_timeout).await {
+                    Ok((stream, addr)) => conn.run(stream, addr.unwrap_or(peer)).await,
+                    Err(e) => {
+                        metrics::counter!("kibitz_proxy_protocol_rejected_total", "reason" => e.reason())
+                            .increment(1);
+                        tracing::debug!(%peer, error = %e, "PROXY header refused");
                     }
                 }
-            }
-        });
+            });
+        } else {
+            tracker.spawn(conn.run(stream, peer));
+        }
     }
     drop(listener);
     draining.cancel();
@@ -121,33 +153,69 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_conn<S>(
+/// What one accepted connection needs to be served.
+struct Conn {
     builder: http1::Builder,
     draining: tokio_util::sync::CancellationToken,
-    stream: S,
-    peer: SocketAddr,
     app: Router,
-) where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        tower::ServiceExt::oneshot(app.clone(), req)
-    });
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = draining.cancelled() => {
-            // Finish the request in flight, then close; the caller bounds how long.
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    trusted: TrustedProxies,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    head_timeout: Duration,
+}
+
+impl Conn {
+    /// TLS if configured, then HTTP; `peer` is the connection's address.
+    async fn run<S>(self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        match self.tls.clone() {
+            None => self.serve_http(stream, peer).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.head_timeout, acceptor.accept(stream)).await {
+                    // A TLS-ALPN-01 validation: the handshake was the answer.
+                    Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(acme::ACME_TLS_ALPN) => {}
+                    Ok(Ok(s)) => self.serve_http(s, peer).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            }
         }
-    };
-    if let Err(e) = result {
-        tracing::trace!(error = %e, "connection ended with an error");
+    }
+
+    async fn serve_http<S>(self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let Self {
+            builder,
+            draining,
+            app,
+            trusted,
+            ..
+        } = self;
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let client = trusted.client_ip(peer.ip(), req.headers());
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(ClientIp(client));
+                tower::ServiceExt::oneshot(app.clone(), req)
+            });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = draining.cancelled() => {
+                // Finish the request in flight, then close; the caller bounds how long.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::trace!(error = %e, "connection ended with an error");
+        }
     }
 }
 

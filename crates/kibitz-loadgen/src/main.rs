@@ -3,7 +3,9 @@
 //! Every scenario prints one human-readable line and one `RESULT {json}` line.
 
 mod churn;
+mod connect;
 mod hello;
+mod http_load;
 mod idle;
 mod net;
 mod paced;
@@ -54,6 +56,15 @@ struct Common {
     /// Spread connections over source addresses 127.0.0.1..=127.0.0.K.
     #[arg(long, global = true, default_value_t = 16)]
     src_ips: u8,
+    /// Name a synthetic client address (198.18.0.0/15) per connection as a proxy would:
+    /// `xff` (X-Forwarded-For; broker with --trusted-proxy), `v1`/`v2` (a PROXY protocol
+    /// header first; broker with --proxy-protocol).
+    #[arg(long, global = true, value_enum, default_value_t = net::Proxied::None)]
+    proxied: net::Proxied,
+    /// Send the PROXY header in a segment of its own, as HAProxy and nginx do on connect
+    /// (`http` otherwise sends it with the first request; `connect` always sends it alone).
+    #[arg(long, global = true)]
+    proxy_header_alone: bool,
     /// Maximum connection attempts in flight while opening.
     #[arg(long, global = true, default_value_t = 128)]
     concurrency: usize,
@@ -78,6 +89,10 @@ enum Cmd {
     Paced(paced::PacedArgs),
     /// Open and close connections at a fixed rate.
     Churn(churn::ChurnArgs),
+    /// Open and close connections as fast as N workers can (closed loop): connect throughput.
+    Connect(connect::ConnectArgs),
+    /// Closed-loop HTTP GETs (e.g. /api/turn), a new connection every N requests.
+    Http(http_load::HttpArgs),
     /// Print a free TCP port on 127.0.0.1 and exit (for scripts).
     FreePort,
     /// Serve `GET /hello` -> "hello" with axum, the baseline for bench/turn.sh.
@@ -164,7 +179,8 @@ fn run(cli: Cli) -> Result<()> {
         Some(p) => format!("ws://127.0.0.1:{p}/peerjs"),
         None => c.url.clone(),
     };
-    let mut target = Target::new(&url, &c.key, c.src_ips)?;
+    let mut target =
+        Target::new(&url, &c.key, c.src_ips)?.with_proxied(c.proxied, c.proxy_header_alone);
     if let Some(p) = c.alt_port {
         target = target.with_alt_port(p);
     }
@@ -198,6 +214,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Relay(_) => "relay",
         Cmd::Paced(_) => "paced",
         Cmd::Churn(_) => "churn",
+        Cmd::Connect(_) => "connect",
+        Cmd::Http(_) => "http",
         Cmd::FreePort => "free-port",
         Cmd::HelloServer(_) => "hello-server",
         Cmd::TurnRelay(_) => "turn-relay",
@@ -213,6 +231,8 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Relay(a) => relay::run(&ctx, a).await,
             Cmd::Paced(a) => paced::run(&ctx, a).await,
             Cmd::Churn(a) => churn::run(&ctx, a).await,
+            Cmd::Connect(a) => connect::run(&ctx, a).await,
+            Cmd::Http(a) => http_load::run(&ctx, a).await,
             Cmd::FreePort | Cmd::HelloServer(_) | Cmd::TurnRelay(_) => Ok(Map::new()),
         }
     })?;

@@ -7,11 +7,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
 use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::http::Uri;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 pub type Ws = WebSocketStream<TcpStream>;
@@ -25,6 +27,52 @@ pub struct Target {
     base_url: String,
     key: String,
     src_ips: u8,
+    /// How each connection names a client address of its own, as a proxy in front would.
+    proxied: Proxied,
+    /// Write the PROXY header in a segment of its own even where the scenario could send it
+    /// with the first request.
+    header_alone: bool,
+}
+
+/// What a proxy in front of the broker would add to each connection, naming a synthetic
+/// client address from 198.18.0.0/15 (the benchmarking range: only ever written into headers,
+/// never connected to).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Proxied {
+    /// Nothing: the broker sees the TCP peer.
+    #[default]
+    None,
+    /// `X-Forwarded-For: <client>` on the upgrade (the broker needs `--trusted-proxy`).
+    Xff,
+    /// A PROXY protocol v1 header first (the broker needs `--proxy-protocol`).
+    V1,
+    /// A PROXY protocol v2 header first (the broker needs `--proxy-protocol`).
+    V2,
+}
+
+/// The synthetic client address of connection `idx` (198.18.0.1 upwards, 65,000 distinct).
+pub fn synthetic_client(idx: usize) -> SocketAddrV4 {
+    let n = idx % 65_000;
+    let ip = Ipv4Addr::new(198, 18, (n / 250) as u8, (n % 250 + 1) as u8);
+    SocketAddrV4::new(ip, 10_000 + (idx % 50_000) as u16)
+}
+
+/// The PROXY header `p` (v1 or v2) for a connection from `src` to `dst`; empty otherwise.
+pub fn proxy_header(p: Proxied, src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+    use ppp::{v1, v2};
+    match p {
+        Proxied::V1 => v1::Addresses::new_tcp4(*src.ip(), *dst.ip(), src.port(), dst.port())
+            .to_string()
+            .into_bytes(),
+        Proxied::V2 => v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            (SocketAddr::V4(src), SocketAddr::V4(dst)),
+        )
+        .build()
+        .unwrap_or_default(),
+        Proxied::None | Proxied::Xff => Vec::new(),
+    }
 }
 
 impl Target {
@@ -56,7 +104,16 @@ impl Target {
             base_url: format!("ws://{ip}:{port}{path}"),
             key: key.to_owned(),
             src_ips,
+            proxied: Proxied::None,
+            header_alone: false,
         })
+    }
+
+    /// Makes every connection carry a client address of its own, the way `p` says.
+    pub fn with_proxied(mut self, p: Proxied, header_alone: bool) -> Self {
+        self.proxied = p;
+        self.header_alone = header_alone;
+        self
     }
 
     /// Loopback source address for the `idx`th connection (127.0.0.1..=127.0.0.k).
@@ -94,22 +151,58 @@ impl Target {
         }
     }
 
-    /// TCP connect from a spread source address, then the WebSocket handshake.
-    pub async fn connect(&self, idx: usize, id: &str, read_buf: usize) -> Result<Ws> {
+    /// TCP connect from a spread source address; with `--proxied v1|v2`, the PROXY header
+    /// naming connection `idx`'s synthetic client is written first, on its own.
+    pub async fn tcp(&self, idx: usize) -> Result<TcpStream> {
+        let (stream, header) = self.tcp_deferred(idx).await?;
+        let mut stream = stream;
+        stream.write_all(&header).await.context("PROXY header")?;
+        Ok(stream)
+    }
+
+    /// As [`Target::tcp`], but the PROXY header (if any) is returned for the caller to send
+    /// with its first bytes, unless `--proxy-header-alone` (then it was sent already).
+    pub async fn tcp_deferred(&self, idx: usize) -> Result<(TcpStream, Vec<u8>)> {
         let sock = TcpSocket::new_v4().context("socket")?;
         let src = SocketAddr::V4(SocketAddrV4::new(self.src_addr(idx), 0));
         sock.bind(src).with_context(|| format!("bind {src}"))?;
-        let stream = sock
+        let mut stream = sock
             .connect(SocketAddr::V4(self.addr_for(idx)))
             .await
             .context("tcp connect")?;
         stream.set_nodelay(true).context("nodelay")?;
+        let mut header = proxy_header(self.proxied, synthetic_client(idx), self.addr_for(idx));
+        if self.header_alone && !header.is_empty() {
+            stream.write_all(&header).await.context("PROXY header")?;
+            header.clear();
+        }
+        Ok((stream, header))
+    }
+
+    /// The `X-Forwarded-For` value for connection `idx` with `--proxied xff`.
+    pub fn forwarded_for(&self, idx: usize) -> Option<String> {
+        (self.proxied == Proxied::Xff).then(|| synthetic_client(idx).ip().to_string())
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> SocketAddrV4 {
+        self.addr
+    }
+
+    /// TCP connect (and PROXY header), then the WebSocket handshake.
+    pub async fn connect(&self, idx: usize, id: &str, read_buf: usize) -> Result<Ws> {
+        let stream = self.tcp(idx).await?;
         let url = format!(
             "{}?key={}&id={id}&token=lgtok{idx}&version=1.5.5",
             self.base_url, self.key
         );
+        let mut req = url.into_client_request().context("request")?;
+        if let Some(xff) = self.forwarded_for(idx) {
+            let v = HeaderValue::from_str(&xff).context("header")?;
+            req.headers_mut().insert("x-forwarded-for", v);
+        }
         let cfg = WebSocketConfig::default().read_buffer_size(read_buf);
-        let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, stream, Some(cfg))
+        let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(cfg))
             .await
             .context("websocket handshake")?;
         Ok(ws)
@@ -281,6 +374,19 @@ mod tests {
             Event::Offer(42) => {}
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn proxy_headers_name_the_synthetic_client() {
+        let src = synthetic_client(251);
+        assert_eq!(src.ip(), &Ipv4Addr::new(198, 18, 1, 2));
+        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9000);
+        let v1 = proxy_header(Proxied::V1, src, dst);
+        assert_eq!(v1, b"PROXY TCP4 198.18.1.2 127.0.0.1 10251 9000\r\n");
+        let v2 = proxy_header(Proxied::V2, src, dst);
+        assert_eq!(&v2[..12], b"\r\n\r\n\0\r\nQUIT\n");
+        assert_eq!(&v2[16..20], &[198, 18, 1, 2]);
+        assert!(proxy_header(Proxied::Xff, src, dst).is_empty());
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub struct Config {
     pub concurrent_limit: usize,
     /// Serve `GET {path}{key}/peers`.
     pub allow_discovery: bool,
-    /// CORS allow-list; empty reflects any origin (the reference default).
+    /// CORS allow-list; empty reflects any origin (the reference default). When set, it is
+    /// also the WebSocket `Origin` allow-list: upgrades from other origins get 403.
     pub cors_origins: Vec<String>,
     /// Same-id same-token reconnects evict the old socket and get `OPEN` (peers/peerjs#1203),
     /// instead of the reference's silent re-attach.
@@ -139,6 +140,10 @@ pub struct Limits {
     pub msg_burst: u32,
     /// Live WebSocket connections per client IP; 0 = unlimited.
     pub per_ip_connections: usize,
+    /// Sustained WebSocket upgrades per second per client IP (429 beyond the burst); 0 = off.
+    pub connect_rate: f64,
+    /// Upgrades one client IP may make at once above `connect_rate`.
+    pub connect_burst: u32,
     /// Time allowed for the HTTP request head of any connection.
     pub handshake_timeout: Duration,
     /// Messages held for one offline destination; later ones are dropped.
@@ -174,6 +179,8 @@ impl Default for Limits {
             msg_rate: 200,
             msg_burst: 1000,
             per_ip_connections: 100,
+            connect_rate: 0.0,
+            connect_burst: 20,
             handshake_timeout: Duration::from_secs(10),
             max_queued_per_dst: 200,
             max_queued_total: 100_000,
@@ -192,6 +199,9 @@ pub enum ConfigError {
     /// A value that must be positive is zero.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    /// A rate that is negative or not a number.
+    #[error("{0} must be a number of at least 0")]
+    Rate(&'static str),
     /// The key is empty.
     #[error("key must not be empty")]
     EmptyKey,
@@ -222,7 +232,9 @@ pub struct SignalArgs {
     /// Serve GET {path}{key}/peers (the list of connected ids).
     #[arg(long, env = "KIBITZ_ALLOW_DISCOVERY")]
     pub allow_discovery: bool,
-    /// Allowed CORS origin (repeat, or comma-separated in the env); none reflects any origin.
+    /// Allowed origin (repeat, or comma-separated in the env), like https://app.example: CORS
+    /// answers name only these, and WebSocket upgrades from other origins get 403; requests
+    /// without an Origin (non-browser clients) are allowed. None: any origin.
     #[arg(
         long = "cors-origin",
         env = "KIBITZ_CORS_ORIGINS",
@@ -245,6 +257,13 @@ pub struct SignalArgs {
     /// Open broker sockets per client IP; 0 = unlimited.
     #[arg(long, env = "KIBITZ_PER_IP_CONNECTIONS", default_value_t = 100)]
     pub per_ip_connections: usize,
+    /// WebSocket upgrades per second per client IP, sustained (fractions allowed; beyond the
+    /// burst: HTTP 429 before the upgrade); 0 = unlimited.
+    #[arg(long, env = "KIBITZ_CONNECT_RATE", default_value_t = 0.0)]
+    pub connect_rate: f64,
+    /// WebSocket upgrades one client IP may make at once above --connect-rate.
+    #[arg(long, env = "KIBITZ_CONNECT_BURST", default_value_t = 20)]
+    pub connect_burst: u32,
     /// Milliseconds allowed for a TLS handshake and each HTTP request head.
     #[arg(long, env = "KIBITZ_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
@@ -335,6 +354,12 @@ impl SignalArgs {
                 msg_rate: positive(u64::from(self.msg_rate), "msg-rate")? as u32,
                 msg_burst: positive(u64::from(self.msg_burst), "msg-burst")? as u32,
                 per_ip_connections: self.per_ip_connections,
+                connect_rate: if self.connect_rate.is_finite() && self.connect_rate >= 0.0 {
+                    self.connect_rate
+                } else {
+                    return Err(ConfigError::Rate("connect-rate"));
+                },
+                connect_burst: positive(u64::from(self.connect_burst), "connect-burst")? as u32,
                 handshake_timeout: Duration::from_millis(positive(
                     self.handshake_timeout_ms,
                     "handshake-timeout-ms",

@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::TokioIo;
+use kibitz_http::ClientIp;
 use kibitz_proto::peerjs;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -195,6 +196,35 @@ async fn upgrade(State(hub): State<Arc<Hub>>, mut req: Request) -> Response {
         hub.reject("handshake");
         return typed(TEXT, StatusCode::BAD_REQUEST, "Bad WebSocket handshake");
     };
+    // Browsers apply no CORS to WebSockets: the broker checks the origin itself. Clients
+    // without one (not a browser) pass; they could send any origin anyway.
+    let origins = &hub.config.cors_origins;
+    if !origins.is_empty()
+        && let Some(origin) = h.get(header::ORIGIN)
+        && !origin
+            .to_str()
+            .is_ok_and(|o| origins.iter().any(|a| a == o))
+    {
+        hub.reject("origin");
+        tracing::debug!("WebSocket upgrade from an origin not allowed");
+        return typed(TEXT, StatusCode::FORBIDDEN, "Origin not allowed");
+    }
+    let ip = ClientIp::of(req.extensions());
+    if let Some(ip) = ip
+        && let Err(wait) = hub.connect_rate.check(ip, crate::hub::now())
+    {
+        hub.reject("connect_rate");
+        tracing::debug!(client = %ip, "WebSocket upgrade over --connect-rate");
+        let mut r = typed(
+            TEXT,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many connections from this address; retry later",
+        );
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return r;
+    }
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         hub.reject("handshake");
         return typed(
@@ -203,10 +233,10 @@ async fn upgrade(State(hub): State<Arc<Hub>>, mut req: Request) -> Response {
             "Connection cannot be upgraded",
         );
     };
-    let ip = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| c.0);
     let params = open_params(req.uri().query());
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
@@ -214,6 +244,15 @@ async fn upgrade(State(hub): State<Arc<Hub>>, mut req: Request) -> Response {
         };
         let (conn, outbox) = hub.open(ip, params);
         let span = tracing::debug_span!("ws", conn = conn.0);
+        // The only place a client address is logged, at DEBUG: the limits' address and the
+        // connection's own (the PROXY header's source, or the TCP peer).
+        span.in_scope(|| {
+            tracing::debug!(
+                client = %ip.map_or_else(|| "-".to_owned(), |i| i.to_string()),
+                peer = %peer.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                "WebSocket open"
+            );
+        });
         conn::run(TokioIo::new(upgraded), hub, conn, outbox)
             .instrument(span)
             .await;

@@ -43,6 +43,8 @@ pub(crate) struct Hub {
     closing: AtomicBool,
     pub(crate) config: Config,
     pub(crate) metrics: Metrics,
+    /// `--connect-rate`: upgrades per client IP, checked before the upgrade.
+    pub(crate) connect_rate: crate::connect_rate::ConnectRate,
     /// Cluster mode: the shared registry's driver handle.
     pub(crate) cluster: Option<Arc<Cluster>>,
 }
@@ -161,6 +163,10 @@ impl Hub {
             timer: Notify::new(),
             next_conn: AtomicU64::new(1),
             closing: AtomicBool::new(false),
+            connect_rate: crate::connect_rate::ConnectRate::new(
+                config.limits.connect_rate,
+                config.limits.connect_burst,
+            ),
             config,
             metrics,
             cluster,

@@ -21,6 +21,7 @@
 mod cluster;
 pub mod config;
 mod conn;
+mod connect_rate;
 pub mod core;
 mod http;
 mod hub;

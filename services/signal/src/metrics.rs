@@ -88,6 +88,8 @@ pub const REJECT_REASONS: &[&str] = &[
     "alive_timeout",
     "handshake",
     "registry_unavailable",
+    "origin",
+    "connect_rate",
 ];
 
 const TYPES: [MessageType; 6] = [

@@ -14,14 +14,15 @@ mod mint;
 pub use config::{Backend, Config, ConfigError, Gating, HmacConfig, Secret, TurnArgs};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use kibitz_http::ClientIp;
 use kibitz_proto::turn::{GrantPayload, sign_grant, tag_of, valid_grant_room, verify_grant};
 use serde_json::{Value, json};
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use tokio::net::TcpListener;
 
@@ -258,12 +259,10 @@ fn guard(inner: &Inner, req: &Request, route: Route) -> Option<Response> {
             json!({"error": "origin not allowed"}).to_string(),
         ));
     }
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let ip = ClientIp::of(req.extensions()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     if let Err(retry_after) = inner.limiter.check(ip, unix_now()) {
         inner.outcomes.rate_limited.increment(1);
+        tracing::debug!(client = %ip, "rate limited");
         let mut r = json_response(
             route,
             StatusCode::TOO_MANY_REQUESTS,
