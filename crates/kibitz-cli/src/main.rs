@@ -1,11 +1,13 @@
 //! `kibitz`: one binary for Kibitz Edge. `kibitz serve` hosts every service on one listener;
 //! `kibitz signal` runs the broker alone.
 
+mod acme;
 mod config_file;
 mod hub;
 mod join;
 mod lan_join;
 mod link;
+mod reload;
 mod turn_embedded;
 
 use anyhow::Context as _;
@@ -111,7 +113,7 @@ struct ListenArgs {
     /// Address to listen on. Kibitz clients reach brokers as wss://HOST:443/peerjs.
     #[arg(long, env = "KIBITZ_LISTEN", default_value = "127.0.0.1:9000")]
     listen: SocketAddr,
-    /// PEM certificate chain: serve HTTPS/WSS (with --tls-key).
+    /// PEM certificate chain: serve HTTPS/WSS (with --tls-key). Both are re-read on SIGHUP.
     #[arg(long, env = "KIBITZ_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
@@ -132,6 +134,8 @@ struct ListenArgs {
     /// 1001, for in-flight requests and those sockets to finish.
     #[arg(long, env = "KIBITZ_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     drain_timeout_ms: u64,
+    #[command(flatten)]
+    acme: acme::AcmeArgs,
     /// --trusted-proxy, --client-ip-header, --proxy-protocol.
     #[command(flatten)]
     proxy: kibitz_http::ProxyArgs,
@@ -195,6 +199,7 @@ fn check(args: &ServeArgs) -> anyhow::Result<()> {
     if let (Some(cert), Some(key)) = (&args.listen.tls_cert, &args.listen.tls_key) {
         kibitz_http::tls_from_pem(cert, key).context("loading the TLS certificate")?;
     }
+    args.listen.acme.to_config()?;
     Ok(())
 }
 
@@ -284,6 +289,11 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
         turn_embedded,
         signal_config,
     } = services;
+    // First, so that a SIGHUP from now on reloads instead of ending the process.
+    #[cfg(unix)]
+    let hangups = reload::hangups().context("installing the SIGHUP handler")?;
+    let mut reloader = reload::Reloader::default();
+    let turn_args = turn.clone();
     let signal = signal
         .map(|a| a.to_config())
         .transpose()
@@ -300,11 +310,16 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
         let bound = handle.local_addr();
         turn_embedded::point_api_at(api, bound);
         tracing::info!(turn_listen = %bound, "embedded TURN relay (UDP)");
-        relay = Some(handle);
+        relay = Some((handle, bound));
     }
+    let acme = listen.acme.to_config()?;
     let tls = match (&listen.tls_cert, &listen.tls_key) {
         (Some(cert), Some(key)) => {
-            Some(kibitz_http::tls_from_pem(cert, key).context("loading the TLS certificate")?)
+            let pem =
+                kibitz_http::PemTls::load(cert, key).context("loading the TLS certificate")?;
+            let cfg = pem.config();
+            reloader.tls = Some(pem);
+            Some(cfg)
         }
         _ if listen.tls_self_signed => {
             let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
@@ -318,10 +333,14 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
         }
         _ => None,
     };
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if tls.is_some() || acme.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // Before any service resolves its metric handles.
     kibitz_http::install_metrics();
-    let opts = kibitz_http::ServeOptions {
+    let mut opts = kibitz_http::ServeOptions {
         tls,
         header_read_timeout: signal
             .as_ref()
@@ -357,7 +376,8 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
             configured: !matches!(config.backend, kibitz_turn_api::Backend::None),
         });
         let state = kibitz_turn_api::TurnState::new(config).context("/api/turn")?;
-        app = app.merge(kibitz_turn_api::router(state));
+        app = app.merge(kibitz_turn_api::router(state.clone()));
+        reloader.turn = turn_args.map(|a| (a, state));
     }
     let mut selector = None;
     if let Some(args) = signal_config {
@@ -389,7 +409,30 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
     let listener =
         kibitz_http::bind(listen.listen).with_context(|| format!("binding {}", listen.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    // Ordering starts once the port is ours: the CA validates on it.
+    let acme = match acme {
+        Some(cfg) => {
+            if addr.port() != 443 {
+                tracing::warn!(%addr, "ACME validates on port 443 of each --acme-domain: it must reach this listener");
+            }
+            let manager = kibitz_http::acme::Acme::start(cfg)?;
+            opts.tls = Some(manager.tls_config());
+            Some(manager)
+        }
+        None => None,
+    };
     tracing::info!(%addr, mode = what, "listening: {scheme}://{addr}/");
+    reloader.relay = relay;
+    let (stop_reload, reload_stopped) = tokio::sync::oneshot::channel::<()>();
+    #[cfg(unix)]
+    let reloads = tokio::spawn(reload::run(reloader, hangups, async move {
+        let _ = reload_stopped.await;
+    }));
+    #[cfg(not(unix))]
+    let reloads = {
+        drop(reload_stopped);
+        std::future::ready(Ok::<_, tokio::task::JoinError>(reloader))
+    };
     if listen.proxy.proxy_protocol || !listen.proxy.trusted_proxies.is_empty() {
         tracing::info!(
             trusted_proxies = listen.proxy.trusted_proxies.len(),
@@ -416,9 +459,15 @@ async fn run(listen: ListenArgs, services: Services, what: &'static str) -> anyh
     if let Some(state) = broker {
         state.shutdown(drain).await;
     }
-    if let Some(relay) = relay {
+    let _ = stop_reload.send(());
+    if let Ok(reload::Reloader {
+        relay: Some((relay, _)),
+        ..
+    }) = reloads.await
+    {
         relay.shutdown().await;
     }
+    drop(acme);
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by every Kibitz Edge service: the accept loop (plain or TLS, with a
 //! request-head timeout and a drain deadline), the ops routes (`/healthz`, `/readyz`,
-//! `/metrics`), and TLS configuration from PEM files or a self-signed certificate.
+//! `/metrics`), and TLS configuration from PEM files (re-readable), a self-signed certificate
+//! or ACME ([`acme`]).
 //!
 //! Services build an `axum::Router`; the caller binds the listener and hands both to
 //! [`serve`]. Each request carries `axum::extract::ConnectInfo<SocketAddr>` (the connection's
@@ -28,6 +29,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
+pub mod acme;
+mod cert;
+
+pub use cert::{CertSlot, PemTls};
 pub use rustls::ServerConfig as TlsConfig;
 
 /// How [`serve`] runs connections.
@@ -168,6 +173,8 @@ impl Conn {
             None => self.serve_http(stream, peer).await,
             Some(acceptor) => {
                 match tokio::time::timeout(self.head_timeout, acceptor.accept(stream)).await {
+                    // A TLS-ALPN-01 validation: the handshake was the answer.
+                    Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(acme::ACME_TLS_ALPN) => {}
                     Ok(Ok(s)) => self.serve_http(s, peer).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -341,32 +348,26 @@ fn server_config(
     certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
 ) -> Result<Arc<TlsConfig>, TlsError> {
+    tls_with_resolver(CertSlot::new(cert::certified_key(certs, key)?))
+}
+
+/// TLS whose certificate `resolver` picks at each handshake ([`CertSlot`], [`acme::Acme`]), so
+/// it can change while serving.
+pub fn tls_with_resolver(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<Arc<TlsConfig>, TlsError> {
     let mut cfg = TlsConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(resolver);
     // HTTP/1.1 only: browsers open WebSockets over HTTP/1.1.
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
-/// TLS from a PEM certificate chain and a PEM private key.
+/// TLS from a PEM certificate chain and a PEM private key ([`PemTls`] to re-read them later).
 pub fn tls_from_pem(cert: &Path, key: &Path) -> Result<Arc<TlsConfig>, TlsError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let pem_err = |p: &Path, e: &dyn std::fmt::Display| TlsError::Pem {
-        path: p.display().to_string(),
-        reason: e.to_string(),
-    };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| pem_err(cert, &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_err(cert, &e))?;
-    if certs.is_empty() {
-        return Err(pem_err(cert, &"no certificate found"));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, &e))?;
-    server_config(certs, key_der)
+    Ok(PemTls::load(cert, key)?.config())
 }
 
 /// TLS with a fresh self-signed certificate for `names` (for local https); also returns the

@@ -221,7 +221,12 @@ impl Server {
         self.unix0 + now.saturating_duration_since(self.t0).as_secs()
     }
 
-    /// Counters.
+    /// Replaces who may allocate: every request from now on is checked against `auth`.
+    pub fn set_auth(&mut self, auth: TurnAuth) {
+        self.config.auth = auth;
+    }
+
+    /// Counters so far.
     pub fn stats(&self) -> Stats {
         Stats {
             allocations: self.allocs.len(),

@@ -249,6 +249,12 @@ impl TurnHandle {
         self.shared.lock().core.stats()
     }
 
+    /// Replaces who may allocate (secret rotation): every request from now on, including
+    /// refreshes of existing allocations, is checked against `auth`.
+    pub fn set_auth(&self, auth: TurnAuth) {
+        self.shared.lock().core.set_auth(auth);
+    }
+
     /// Stops every task and closes every socket.
     pub async fn shutdown(mut self) {
         self.stop();

@@ -257,7 +257,14 @@ impl TurnArgs {
                     .map(|s| Secret::new(s.as_bytes()))
                     .collect();
                 if let Some(f) = &self.turn_secret_file {
-                    secrets.extend(read_lines(f)?.into_iter().map(Secret::new));
+                    let lines = read_lines(f)?;
+                    if lines.is_empty() {
+                        return Err(ConfigError::Invalid(format!(
+                            "{}: no secret in the file",
+                            f.display()
+                        )));
+                    }
+                    secrets.extend(lines.into_iter().map(Secret::new));
                 }
                 if self.turn_port == 53 || self.turn_tls_port == 53 {
                     return Err(ConfigError::Invalid(
@@ -349,5 +356,26 @@ mod tests {
         assert_eq!(format!("{s:?}"), "Secret(*** 7 bytes)");
         let cfg = Config::hmac(vec!["hunter2".into()], "turn.example", 3478);
         assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn an_empty_secret_file_is_refused_by_name() {
+        #[derive(clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            a: TurnArgs,
+        }
+        let file = std::env::temp_dir().join(format!("kibitz-empty-secret-{}", std::process::id()));
+        std::fs::write(&file, "\n  \n").unwrap();
+        let p = <P as clap::Parser>::parse_from([
+            "x",
+            "--turn-host",
+            "turn.example",
+            "--turn-secret-file",
+            file.to_str().unwrap(),
+        ]);
+        let e = p.a.to_config().unwrap_err().to_string();
+        let _ = std::fs::remove_file(&file);
+        assert!(e.contains("no secret in the file"), "{e}");
     }
 }

@@ -23,7 +23,7 @@ use kibitz_proto::turn::{GrantPayload, sign_grant, tag_of, valid_grant_room, ver
 use serde_json::{Value, json};
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use tokio::net::TcpListener;
 
 /// Unix seconds: the one place this service reads the wall clock.
@@ -36,17 +36,20 @@ fn unix_now() -> u64 {
 
 /// The running service: cheap to clone.
 #[derive(Debug, Clone)]
-pub struct TurnState(Arc<Inner>);
+pub struct TurnState(Arc<RwLock<Arc<Inner>>>);
 
+/// One configuration's worth of state; [`TurnState::reload`] swaps it whole, and requests in
+/// flight finish with the one they started with. The rate-limit windows, the id counter and
+/// the metric handles carry over.
 #[derive(Debug)]
 struct Inner {
     config: Config,
     client: Option<reqwest::Client>,
-    limiter: limit::PerIp,
+    limiter: Arc<limit::PerIp>,
     /// The parts of every TURN REST answer that do not change, serialised once.
     template: Option<mint::Template>,
-    ids: mint::OpaqueIds,
-    outcomes: Outcomes,
+    ids: Arc<mint::OpaqueIds>,
+    outcomes: Arc<Outcomes>,
 }
 
 /// `kibitz_turn_requests_total{outcome}` handles, resolved once.
@@ -80,6 +83,46 @@ impl Outcomes {
 impl TurnState {
     /// Builds the service (and, for Cloudflare, its HTTPS client).
     pub fn new(config: Config) -> Result<Self, ConfigError> {
+        let limiter = Arc::new(limit::PerIp::new(config.rate_per_minute));
+        let inner = Inner::new(
+            config,
+            limiter,
+            Arc::new(mint::OpaqueIds::new()),
+            Arc::new(Outcomes::new()),
+        )?;
+        Ok(Self(Arc::new(RwLock::new(Arc::new(inner)))))
+    }
+
+    /// Serves `config` from now on (secret rotation, new issuer keys or static list); requests
+    /// in flight finish with the old one. On error nothing changes. The rate limit stays as
+    /// built.
+    pub fn reload(&self, config: Config) -> Result<(), ConfigError> {
+        let now = self.current();
+        let next = Inner::new(
+            config,
+            now.limiter.clone(),
+            now.ids.clone(),
+            now.outcomes.clone(),
+        )?;
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<Inner> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Inner {
+    fn new(
+        config: Config,
+        limiter: Arc<limit::PerIp>,
+        ids: Arc<mint::OpaqueIds>,
+        outcomes: Arc<Outcomes>,
+    ) -> Result<Self, ConfigError> {
         let client = match config.backend {
             Backend::Cloudflare(_) => Some(https_client()?),
             _ => None,
@@ -88,14 +131,14 @@ impl TurnState {
             Backend::Hmac(cfg) => Some(mint::Template::new(cfg, config.ttl_secs)),
             _ => None,
         };
-        Ok(Self(Arc::new(Inner {
-            limiter: limit::PerIp::new(config.rate_per_minute),
+        Ok(Self {
+            limiter,
             config,
             client,
             template,
-            ids: mint::OpaqueIds::new(),
-            outcomes: Outcomes::new(),
-        })))
+            ids,
+            outcomes,
+        })
     }
 }
 
@@ -261,7 +304,7 @@ fn room_param(query: Option<&str>) -> Option<String> {
 }
 
 async fn turn(State(state): State<TurnState>, req: Request) -> Response {
-    let inner = &*state.0;
+    let inner = &*state.current();
     if let Some(refused) = guard(inner, &req, Route::Turn) {
         return refused;
     }
@@ -339,7 +382,8 @@ fn known_key(keys: &[Secret], presented: &[u8]) -> bool {
 }
 
 async fn room_grant(State(state): State<TurnState>, req: Request) -> Response {
-    if let Some(refused) = guard(&state.0, &req, Route::Grant) {
+    let inner = state.current();
+    if let Some(refused) = guard(&inner, &req, Route::Grant) {
         return refused;
     }
     let (parts, body) = req.into_parts();
@@ -354,8 +398,7 @@ async fn room_grant(State(state): State<TurnState>, req: Request) -> Response {
         );
     };
     let body = String::from_utf8_lossy(&body);
-    let Some(g) = state
-        .0
+    let Some(g) = inner
         .config
         .gating
         .as_ref()

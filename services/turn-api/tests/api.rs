@@ -388,3 +388,62 @@ async fn static_backend_serves_the_list() {
     );
     assert_eq!(body["username"], "u");
 }
+
+#[tokio::test]
+async fn reload_swaps_secrets_and_keys_but_keeps_the_rate_limit_window() {
+    use kibitz_proto::turn::rest_password;
+    // The limit counts per clock minute: a run that straddles a minute is run again.
+    loop {
+        let minute = unix_now() / 60;
+        let mut old = Config::hmac(vec!["old".into()], "turn.example", 3478);
+        old.rate_per_minute = 4;
+        let state = TurnState::new(old).unwrap();
+        let app = router(state.clone());
+        let (_, _, body) = call(&app, get("/api/turn")).await;
+        let user = body["username"].as_str().unwrap();
+        assert_eq!(body["password"], rest_password(b"old", user));
+
+        let mut new = Config::hmac(vec!["new".into(), "old".into()], "turn.example", 3478);
+        new.rate_per_minute = 4;
+        new.gating = Some(Gating {
+            grant_secret: Secret::new("g"),
+            issuer_keys: vec![Secret::new("issuer")],
+            grant_ttl_secs: 60,
+        });
+        state.reload(new).unwrap();
+        // Gating came with the reload: no grant, no credentials.
+        let (_, _, body) = call(&app, get("/api/turn")).await;
+        assert_eq!(body["tier"], "free");
+        let grant = sign_grant(
+            b"g",
+            &GrantPayload {
+                room: "kbz-v1-a".into(),
+                sub: "t".into(),
+                exp: Some(unix_now() + 60),
+            },
+        );
+        let req = Request::get("/api/turn")
+            .header("x-kibitz-grant", grant)
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, body) = call(&app, req).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let user = body["username"].as_str().unwrap();
+        assert_eq!(body["password"], rest_password(b"new", user));
+        // The issuer key from the reload mints grants.
+        let req = Request::post("/api/room-grant")
+            .header(header::AUTHORIZATION, "Bearer issuer")
+            .body(Body::from(r#"{"room":"kbz-v1-a"}"#))
+            .unwrap();
+        let (status, _, body) = call(&app, req).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["grant"].is_string());
+        // The fifth request this minute: the window carried over the reload (limit 4).
+        let (status, _, _) = call(&app, get("/api/turn")).await;
+        if unix_now() / 60 != minute {
+            continue;
+        }
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        break;
+    }
+}
