@@ -3,6 +3,8 @@
 # IP read from X-Forwarded-For on every request) and --proxy-protocol (a PROXY header read on
 # every connection), each against the same server with them off, in one run. Target: every
 # variant's throughput within 5 % of its "off" baseline.
+#   0. in-process, no sockets (kibitz-http's proxy_cost example): ns per client-IP lookup
+#      and per PROXY header, the part other work on the machine cannot blur
 #   1. /api/turn, keep-alive (wrk -c$WRK_CONNS):    off | xff
 #   2. /api/turn, a new connection per request
 #      (kibitz-loadgen http):                       off | xff | v1 | v2 | v2-alone
@@ -34,7 +36,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
     --quick) QUICK=1; PROFILE=debug ;;
     --no-build) BUILD=0 ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -53,8 +55,10 @@ done
 if ((BUILD)); then
     if [[ $PROFILE == release ]]; then
         cargo build --release -q -p kibitz-cli -p kibitz-loadgen
+        cargo build --release -q -p kibitz-http --example proxy_cost
     else
         cargo build -q -p kibitz-cli -p kibitz-loadgen
+        cargo build -q -p kibitz-http --example proxy_cost
     fi
 fi
 BIN="$ROOT/target/$PROFILE/kibitz"
@@ -66,6 +70,9 @@ OUT="$ROOT/target/bench/proxy-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
 echo "results in $OUT"
 warn_if_busy
+
+echo "== in-process cost ($PROFILE build)"
+"$ROOT/target/$PROFILE/examples/proxy_cost" "$( ((QUICK)) && echo 200000 || echo 2000000)" | tee "$OUT/in-process.txt"
 
 TURN_CMD="$BIN turn-api --listen 127.0.0.1:\$PORT --drain-grace-ms 0 --turn-secret benchsecret --turn-host 127.0.0.1 --turn-rate-per-minute 0"
 SIGNAL_CMD="$BIN signal --listen 127.0.0.1:\$PORT --drain-grace-ms 0 --per-ip-connections 0 --concurrent-limit 1000000"
@@ -187,6 +194,10 @@ describe() {
 }
 verdicts=()
 {
+    echo
+    echo "### in-process ($PROFILE build)"
+    echo
+    sed 's/^/    /' "$OUT/in-process.txt"
     for g in "${GROUPS_[@]}"; do
         group=${g%%:*}
         echo
