@@ -430,3 +430,31 @@ async fn queues_that_expire_during_an_outage_still_expire() {
     a.send(&offer("alice", 9)).await;
     a.expect(&relayed("alice", "alice", 9)).await;
 }
+
+/// 10,000 messages from one sender to a peer on another node arrive in order: routes are
+/// pipelined (several requests in flight) and coalesced per receiving node, yet a sender's
+/// messages keep their order. The receiver reads while the sender writes.
+#[tokio::test]
+async fn ten_thousand_messages_across_nodes_arrive_in_order() {
+    const N: u64 = 10_000;
+    let redis = Redis::start();
+    let mut config = Config::default();
+    config.limits.msg_rate = 1_000_000;
+    config.limits.msg_burst = 1_000_000;
+    let ns = nodes(&redis, 2, &config);
+    let mut a = open(&ns[0], "alice", "ta").await;
+    let mut b = open(&ns[1], "bob", "tb").await;
+    let reader = tokio::spawn(async move {
+        for n in 0..N {
+            match b.next_within(Duration::from_secs(10)).await {
+                Seen::Text(t) => assert_eq!(t, relayed("alice", "bob", n), "message {n}"),
+                other => panic!("message {n}: {other:?}"),
+            }
+        }
+        b
+    });
+    for n in 0..N {
+        a.send(&offer("bob", n)).await;
+    }
+    reader.await.unwrap();
+}

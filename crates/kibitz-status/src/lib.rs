@@ -191,6 +191,10 @@ fn report(config: &Config) -> Value {
             "registryUp": m.sum("kibitz_signal_cluster_registry_up", &[]) > 0,
             "nodes": m.sum("kibitz_signal_cluster_nodes", &[]),
             "peersOnline": m.sum("kibitz_signal_cluster_peers", &[]),
+            "registryShards": m.sum("kibitz_signal_cluster_registry_shards", &[]),
+            "crossNodeOutPerSecond": m.sum("kibitz_signal_cluster_messages_per_second", &[("direction", "out")]),
+            "crossNodeInPerSecond": m.sum("kibitz_signal_cluster_messages_per_second", &[("direction", "in")]),
+            "requestsInFlight": m.sum("kibitz_signal_cluster_requests_in_flight", &[]),
         })
     });
     let broker = match &config.broker {

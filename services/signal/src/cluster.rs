@@ -31,7 +31,9 @@
 //! holder's lease, not just the record) and any live node reaps its records later.
 //!
 //! # Outages
-//! All registry traffic runs in order on one connection, in pipelined batches. When Redis
+//! All registry traffic runs in order on one connection, in pipelined batches (up to
+//! `MAX_INFLIGHT` requests in flight; a run of messages is one route script call that writes
+//! one inbox entry per receiving node). When Redis
 //! cannot be reached, claims are refused with an in-band `ERROR` (never granted locally, so
 //! an id never gets two owners) and messages for other nodes wait here, bounded, until their
 //! queue deadline, when their senders get `EXPIRE`. A message whose route command got no

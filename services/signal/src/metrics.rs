@@ -45,6 +45,18 @@ pub struct Metrics {
     /// Cluster mode: claims and messages refused because the queue to the cluster driver was
     /// full.
     pub cluster_overflow: Counter,
+    /// Cluster mode: route requests sent to the registry (each carries a run of messages).
+    pub cluster_out_batches: Counter,
+    /// Cluster mode: inbox reads that brought messages.
+    pub cluster_in_batches: Counter,
+    /// Cluster mode: registry requests in flight on the main connection.
+    pub cluster_inflight: Gauge,
+    /// Cluster mode: messages per second handed to other nodes (and their queues) and read
+    /// from this node's inbox, over the last lease renewal period.
+    pub cluster_rate_out: Gauge,
+    pub cluster_rate_in: Gauge,
+    /// Cluster mode: Redis instances (masters) the registry is spread over.
+    pub cluster_shards: Gauge,
     messages: [Counter; 6],
     rejected: Vec<(&'static str, Counter)>,
 }
@@ -111,6 +123,12 @@ impl Metrics {
             cluster_nodes: gauge!("kibitz_signal_cluster_nodes"),
             cluster_peers: gauge!("kibitz_signal_cluster_peers"),
             cluster_overflow: counter!("kibitz_signal_cluster_queue_overflow_total"),
+            cluster_out_batches: counter!("kibitz_signal_cluster_batches_total", "direction" => "out"),
+            cluster_in_batches: counter!("kibitz_signal_cluster_batches_total", "direction" => "in"),
+            cluster_inflight: gauge!("kibitz_signal_cluster_requests_in_flight"),
+            cluster_rate_out: gauge!("kibitz_signal_cluster_messages_per_second", "direction" => "out"),
+            cluster_rate_in: gauge!("kibitz_signal_cluster_messages_per_second", "direction" => "in"),
+            cluster_shards: gauge!("kibitz_signal_cluster_registry_shards"),
             messages: TYPES.map(|t| counter!("kibitz_signal_messages_total", "type" => t.as_str())),
             rejected: REJECT_REASONS
                 .iter()

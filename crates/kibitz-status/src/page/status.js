@@ -25,7 +25,9 @@ function show(s) {
     let detail = `WebSocket at ${b.path}peerjs`;
     if (b.cluster) {
       detail += b.cluster.registryUp
-        ? `; cluster node: ${b.cluster.nodes} nodes, ${b.cluster.peersOnline} peers in the cluster`
+        ? `; cluster node: ${b.cluster.nodes} nodes, ${b.cluster.peersOnline} peers in the cluster, ` +
+          `registry on ${b.cluster.registryShards} Redis shard(s), cross-node ` +
+          `${b.cluster.crossNodeOutPerSecond} msg/s out, ${b.cluster.crossNodeInPerSecond} msg/s in`
         : "; cluster node: Redis unreachable";
     }
     setRow("broker", b.healthy ? "good" : "bad", b.healthy ? "up" : "down", detail);

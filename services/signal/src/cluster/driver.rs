@@ -6,6 +6,8 @@ use super::handle::Cluster;
 use super::protocol::{Command, Event, Input, Lane, Output, Reply, ToCore};
 use super::registry::Registry;
 use super::scripts::Ctx;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use redis::aio::MultiplexedConnection;
 use std::future::Future;
 use std::pin::Pin;
@@ -39,11 +41,16 @@ enum Done {
 
 type Pending = Pin<Box<dyn Future<Output = Done> + Send>>;
 
-/// One connection and its request in flight.
+/// One connection and its requests in flight, answered in order.
+///
+/// Requests share the connection, so Redis runs them in the order they were written. They
+/// are written when first polled, and `FuturesOrdered` first polls its futures in the order
+/// they were pushed (it queues new futures as ready, first in first out), so that is the
+/// order the registry asked for them.
 struct LaneIo {
     lane: Lane,
     con: Option<MultiplexedConnection>,
-    fut: Option<Pending>,
+    futs: FuturesOrdered<Pending>,
 }
 
 impl LaneIo {
@@ -51,25 +58,31 @@ impl LaneIo {
         Self {
             lane,
             con: None,
-            fut: None,
+            futs: FuturesOrdered::new(),
         }
     }
 
     fn busy(&self) -> bool {
-        self.fut.is_some()
+        !self.futs.is_empty()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.futs.len()
     }
 
     fn start(&mut self, c: &Arc<Cluster>, cmd: Command) {
         match cmd {
             Command::Connect => {
+                // Whatever was in flight on the old connection is given up.
                 self.con = None;
+                self.futs = FuturesOrdered::new();
                 let c = c.clone();
                 // Blocking reads get no response timeout: the request's own timeout bounds them.
                 let timeout = match self.lane {
                     Lane::Main => Some(c.cfg.lease / 3),
                     Lane::Inbox => None,
                 };
-                self.fut = Some(Box::pin(async move {
+                self.futs.push_back(Box::pin(async move {
                     match c.connect(timeout).await {
                         Ok(con) => Done::Connected(con),
                         Err(e) => Done::ConnectFailed(e),
@@ -78,7 +91,7 @@ impl LaneIo {
             }
             Command::Run(calls) => {
                 let Some(mut con) = self.con.clone() else {
-                    self.fut = Some(Box::pin(async { Done::Broken(None) }));
+                    self.futs.push_back(Box::pin(async { Done::Broken(None) }));
                     return;
                 };
                 let ctx = Ctx {
@@ -96,7 +109,7 @@ impl LaneIo {
                     Lane::Main => None,
                     Lane::Inbox => Some(INBOX_TIMEOUT),
                 };
-                self.fut = Some(Box::pin(async move {
+                self.futs.push_back(Box::pin(async move {
                     let query = pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut con);
                     let r = match limit {
                         Some(t) => tokio::time::timeout(t, query).await.ok(),
@@ -121,13 +134,12 @@ impl LaneIo {
         }
     }
 
-    /// Waits for the request in flight (cancel-safe: it stays in flight if this is dropped).
+    /// Waits for the oldest request in flight (cancel-safe: it stays in flight if this is
+    /// dropped).
     async fn next(&mut self) -> Input {
-        let done = match &mut self.fut {
-            Some(f) => f.await,
-            None => std::future::pending().await,
+        let Some(done) = self.futs.next().await else {
+            return std::future::pending().await;
         };
-        self.fut = None;
         match done {
             Done::Connected(con) => {
                 self.con = Some(con);
@@ -142,7 +154,9 @@ impl LaneIo {
                 if let Some(e) = e {
                     tracing::debug!(error = %e, lane = ?self.lane, "cluster registry connection failed");
                 }
+                // The answer stands for every request in flight on this connection.
                 self.con = None;
+                self.futs = FuturesOrdered::new();
                 Input::Disconnected(self.lane)
             }
         }
@@ -180,12 +194,15 @@ pub(crate) async fn run<L: Local>(local: Arc<L>, stop: CancellationToken) {
         return;
     };
     c.metrics.cluster_mode.set(1.0);
+    // One Redis holds the whole registry.
+    c.metrics.cluster_shards.set(1.0);
     tracing::info!(node = %c.node, redis = %c.cfg.redis_url, "cluster mode");
     let mut reg = Registry::new(local.now(), c.settings.clone(), c.metrics.clone());
     let mut main = LaneIo::new(Lane::Main);
     let mut inbox = LaneIo::new(Lane::Inbox);
     loop {
         let wake = drain(&mut reg, &*local, &c, &mut main, &mut inbox);
+        c.metrics.cluster_inflight.set(main.in_flight() as f64);
         let input = tokio::select! {
             biased;
             () = stop.cancelled() => break,

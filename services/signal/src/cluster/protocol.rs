@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 
 /// Commands per pipelined batch.
 pub(crate) const BATCH: usize = 512;
-/// Entries read from the inbox per `XREAD`.
-pub(crate) const INBOX_COUNT: usize = 1024;
+/// Entries read from the inbox per `XREAD` (an entry carries up to 200 messages).
+pub(crate) const INBOX_COUNT: usize = 128;
+/// Main-lane requests in flight at once. They share one connection, which Redis serves in
+/// order, so a sender's messages still reach Redis (and their receivers) in order.
+pub(crate) const MAX_INFLIGHT: usize = 4;
 /// How long one `XREAD` blocks in Redis.
 pub(crate) const INBOX_BLOCK_MS: u64 = 500;
 
@@ -103,11 +106,9 @@ pub(crate) enum Call {
         id: Arc<str>,
         reg: u64,
     },
-    /// Route `fwd` (numbered `seq`).
-    Route {
-        fwd: Forward,
-        seq: u64,
-    },
+    /// Route these messages (each with its number), in order, in one script call: one
+    /// answer per message, and one inbox entry per holding node.
+    Route(Vec<(Forward, u64)>),
     Sweep,
     /// Start a re-assert: clear the set of ids it collects.
     ReassertBegin,

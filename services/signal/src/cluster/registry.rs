@@ -4,15 +4,19 @@
 //! Drive it like the core: after any [`Registry::handle_input`], drain
 //! [`Registry::poll_output`] until it returns [`Output::Timeout`], run what it asked for, and
 //! call `handle_input(now, Input::Timeout)` once that instant passes. Two connections
-//! ([`Lane`]s) carry its calls: `Main` runs one pipelined request at a time, in order (claims,
-//! routes, lease, sweeps, re-asserts); `Inbox` runs this node's blocking `XREAD`. A lane's
-//! request is answered with [`Input::Reply`] (one result per call) or, when the connection
-//! failed, [`Input::Disconnected`]. The registry never reads the clock, never draws
+//! ([`Lane`]s) carry its calls: `Main` runs claims, routes, lease renewals and sweeps as
+//! pipelined requests, up to [`MAX_INFLIGHT`] in flight on its one connection (Redis serves a
+//! connection in order, and answers come back in order), and the setup after a (re)connect
+//! (scripts, hello, re-assert) one request at a time; `Inbox` runs this node's blocking
+//! `XREAD`, with the trim of what it read last in the same request. A lane's request is
+//! answered with [`Input::Reply`] (one result per call) or, when the connection failed,
+//! [`Input::Disconnected`] (which stands for every request in flight on it). The registry never reads the clock, never draws
 //! randomness and never touches a socket; the module docs of `cluster` explain the model.
 
 use super::held::Held;
 use super::protocol::{
-    BATCH, Call, Cmd, Command, Event, Input, Lane, Output, Reply, Script, Settings, ToCore,
+    BATCH, Call, Cmd, Command, Event, Input, Lane, MAX_INFLIGHT, Output, Reply, Script, Settings,
+    ToCore,
 };
 use super::wire::{self, Entry, MSG_UNAVAILABLE, Seen};
 use crate::core::{Claim, ConnId};
@@ -42,10 +46,11 @@ enum Main {
         retry_at: Instant,
     },
     Connecting,
-    /// Connected, with this request in flight.
+    /// Connected and setting up, with this request in flight.
     Busy(Step),
-    /// Connected and set up, nothing in flight.
-    Idle,
+    /// Connected and set up, with these requests in flight (`Exec`, `Renew` or `Sweep`),
+    /// oldest first.
+    Serving(VecDeque<Step>),
     Stopped,
 }
 
@@ -75,9 +80,8 @@ enum Inbox {
         retry_at: Instant,
     },
     Connecting,
+    /// A read in flight (after the confirmations and the trim of the last one).
     Reading,
-    /// Confirmations and the trim after a read are in flight.
-    Settling,
     Stopped,
 }
 
@@ -116,6 +120,10 @@ pub(crate) struct Registry {
     reap_at: Instant,
     /// The broker stops: leave once the request in flight is done.
     stopping: bool,
+    /// Messages out and in since `rate_at` (for the rate gauges).
+    out_n: u64,
+    in_n: u64,
+    rate_at: Instant,
 }
 
 impl Registry {
@@ -144,6 +152,9 @@ impl Registry {
             sweep_at: now,
             reap_at: now,
             stopping: false,
+            out_n: 0,
+            in_n: 0,
+            rate_at: now,
         };
         r.redis(Lane::Main, Command::Connect);
         r.redis(Lane::Inbox, Command::Connect);
@@ -196,7 +207,9 @@ impl Registry {
             Main::Down { retry_at } => {
                 Some(self.held.due().map_or(*retry_at, |d| d.min(*retry_at)))
             }
-            Main::Idle => Some(self.renew_at.min(self.sweep_at)),
+            // With no room for another request, the next answer wakes the registry.
+            Main::Serving(q) if q.len() >= MAX_INFLIGHT => None,
+            Main::Serving(_) => Some(self.renew_at.min(self.sweep_at)),
             _ => None,
         };
         let inbox = match &self.inbox {
@@ -231,18 +244,27 @@ impl Registry {
         }
         if self.stopping {
             match self.main {
-                Main::Idle => {
+                Main::Serving(ref q) if q.is_empty() => {
                     // Give the ids back at once rather than after the lease.
                     self.main = Main::Busy(Step::Leave);
                     self.redis(Lane::Main, Command::Run(vec![Call::Leave]));
                 }
                 Main::Down { .. } | Main::Connecting => self.main = Main::Stopped,
-                Main::Busy(_) | Main::Stopped => {}
+                Main::Serving(_) | Main::Busy(_) | Main::Stopped => {}
             }
             return;
         }
-        if !matches!(self.main, Main::Idle) {
-            return;
+        while self.start_next() {}
+    }
+
+    /// Starts one more main-lane request if there is room and work; whether it did.
+    fn start_next(&mut self) -> bool {
+        let now = self.now;
+        let Main::Serving(q) = &self.main else {
+            return false;
+        };
+        if q.len() >= MAX_INFLIGHT {
+            return false;
         }
         if !self.again.is_empty() {
             let n = self.again.len().min(BATCH);
@@ -250,13 +272,13 @@ impl Registry {
             self.exec(batch);
         } else if self.renew_at <= now {
             self.renew_at = next_tick(self.renew_at, now, self.cfg.lease / 3);
+            self.rates(now);
             let mut calls = vec![Call::Renew, Call::Stats];
             if self.reap_at <= now {
                 self.reap_at = now + self.cfg.lease;
                 calls.push(Call::Reap);
             }
-            self.main = Main::Busy(Step::Renew);
-            self.redis(Lane::Main, Command::Run(calls));
+            self.run(Step::Renew, calls);
         } else if self.sweep_at <= now {
             self.sweep_at = next_tick(self.sweep_at, now, SWEEP_EVERY);
             // Claims whose old node never confirmed (it stalled or lost the registry):
@@ -268,8 +290,7 @@ impl Registry {
             for (_, conn, claim, _) in due {
                 self.core(ToCore::Claim(conn, claim));
             }
-            self.main = Main::Busy(Step::Sweep);
-            self.redis(Lane::Main, Command::Run(vec![Call::Sweep]));
+            self.run(Step::Sweep, vec![Call::Sweep]);
         } else if !self.pending.is_empty() {
             let n = self.pending.len().min(BATCH);
             let mut batch: Vec<Cmd> = self.pending.drain(..n).collect();
@@ -279,6 +300,27 @@ impl Registry {
                 }
             }
             self.exec(batch);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// Sets the rate gauges from the counts since the last time.
+    fn rates(&mut self, now: Instant) {
+        let secs = now.saturating_duration_since(self.rate_at).as_secs_f64();
+        if secs > 0.0 {
+            self.metrics.cluster_rate_out.set(self.out_n as f64 / secs);
+            self.metrics.cluster_rate_in.set(self.in_n as f64 / secs);
+            (self.out_n, self.in_n, self.rate_at) = (0, 0, now);
+        }
+    }
+
+    /// Puts a request in flight while serving.
+    fn run(&mut self, step: Step, calls: Vec<Call>) {
+        if let Main::Serving(q) = &mut self.main {
+            q.push_back(step);
+            self.redis(Lane::Main, Command::Run(calls));
         }
     }
 
@@ -339,13 +381,25 @@ impl Registry {
                 };
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
-            Main::Busy(Step::Exec(batch)) => {
-                self.unanswered(batch);
-                self.broken();
-            }
             Main::Busy(Step::Leave) | Main::Stopped => self.main = Main::Stopped,
             main @ Main::Down { .. } => self.main = main,
-            Main::Busy(_) | Main::Idle => self.broken(),
+            Main::Serving(q) => {
+                self.main = Main::Serving(q);
+                self.broken();
+            }
+            Main::Busy(_) => self.broken(),
+        }
+    }
+
+    /// The requests in flight will not be answered (the connection is dropped): their
+    /// batches are unanswered, oldest first.
+    fn abandon(&mut self) {
+        if let Main::Serving(q) = std::mem::replace(&mut self.main, Main::Connecting) {
+            for step in q {
+                if let Step::Exec(batch) = step {
+                    self.unanswered(batch);
+                }
+            }
         }
     }
 
@@ -367,6 +421,7 @@ impl Registry {
     fn broken(&mut self) {
         tracing::warn!("cluster registry connection lost");
         self.out.push_back(Output::Event(Event::Up(false)));
+        self.abandon();
         self.hold_again();
         self.offline_all();
         self.main = Main::Connecting;
@@ -378,6 +433,7 @@ impl Registry {
     fn stale(&mut self) {
         tracing::warn!("cluster lease lapsed; re-asserting this node's ids");
         self.backoff = BACKOFF_MIN;
+        self.abandon();
         self.hold_again();
         self.main = Main::Connecting;
         self.redis(Lane::Main, Command::Connect);
@@ -400,11 +456,17 @@ impl Registry {
     }
 
     fn main_reply(&mut self, results: Vec<Reply>) {
-        if matches!(self.main, Main::Busy(Step::Registrations)) {
-            return;
-        }
-        let Main::Busy(step) = std::mem::replace(&mut self.main, Main::Idle) else {
-            return;
+        let step = match &mut self.main {
+            Main::Busy(Step::Registrations) => return,
+            Main::Serving(q) => match q.pop_front() {
+                Some(step) => step,
+                None => return,
+            },
+            Main::Busy(_) => match std::mem::replace(&mut self.main, Main::Connecting) {
+                Main::Busy(step) => step,
+                _ => return,
+            },
+            _ => return,
         };
         match step {
             Step::Exec(batch) => return self.exec_reply(batch, results),
@@ -555,7 +617,7 @@ impl Registry {
         self.renew_at = t;
         self.sweep_at = t;
         self.reap_at = t + self.cfg.lease;
-        self.main = Main::Idle;
+        self.main = Main::Serving(VecDeque::new());
     }
 
     /// One lease after a data loss: hand the delivered messages of before the loss again.
@@ -572,34 +634,68 @@ impl Registry {
         self.again.extend(again);
     }
 
-    /// Runs a batch in one pipeline.
+    /// Runs a batch in one pipeline: claims and releases one call each, each run of
+    /// messages one route call.
     fn exec(&mut self, batch: Vec<Cmd>) {
-        let calls = batch
-            .iter()
-            .map(|cmd| match cmd {
-                Cmd::Claim { id, token, .. } => Call::Claim {
+        let mut calls = Vec::new();
+        for cmd in &batch {
+            match cmd {
+                Cmd::Claim { id, token, .. } => calls.push(Call::Claim {
                     id: id.clone(),
                     token: token.clone(),
-                },
-                Cmd::Release { id, reg } => Call::Release {
+                }),
+                Cmd::Release { id, reg } => calls.push(Call::Release {
                     id: id.clone(),
                     reg: *reg,
+                }),
+                Cmd::Forward(fwd, seq) => match calls.last_mut() {
+                    Some(Call::Route(msgs)) => msgs.push((fwd.clone(), *seq)),
+                    _ => calls.push(Call::Route(vec![(fwd.clone(), *seq)])),
                 },
-                Cmd::Forward(fwd, seq) => Call::Route {
-                    fwd: fwd.clone(),
-                    seq: *seq,
-                },
-            })
-            .collect();
-        self.main = Main::Busy(Step::Exec(batch));
-        self.redis(Lane::Main, Command::Run(calls));
+            }
+        }
+        let routes = calls.iter().filter(|c| matches!(c, Call::Route(_))).count();
+        self.metrics.cluster_out_batches.increment(routes as u64);
+        self.run(Step::Exec(batch), calls);
+    }
+
+    /// One result per command of `batch`, from one per call of its pipeline (`None`: the
+    /// answer does not fit the batch).
+    fn per_command(batch: &[Cmd], results: Vec<Reply>) -> Option<Vec<Reply>> {
+        let mut out = Vec::with_capacity(batch.len());
+        let mut results = results.into_iter();
+        let mut i = 0;
+        while i < batch.len() {
+            let r = results.next()?;
+            if !matches!(batch[i], Cmd::Forward(..)) {
+                out.push(r);
+                i += 1;
+                continue;
+            }
+            let run = batch[i..]
+                .iter()
+                .take_while(|c| matches!(c, Cmd::Forward(..)))
+                .count();
+            match r {
+                Ok(v) => {
+                    let each = wire::items(v);
+                    if each.len() != run {
+                        return None;
+                    }
+                    out.extend(each.into_iter().map(Ok));
+                }
+                Err(()) => out.extend(std::iter::repeat_n(Err(()), run)),
+            }
+            i += run;
+        }
+        results.next().is_none().then_some(out)
     }
 
     fn exec_reply(&mut self, batch: Vec<Cmd>, results: Vec<Reply>) {
-        if results.len() != batch.len() {
+        let Some(results) = Self::per_command(&batch, results) else {
             self.unanswered(batch);
             return self.broken();
-        }
+        };
         let mut stale = false;
         for (cmd, r) in batch.into_iter().zip(results) {
             match (cmd, r) {
@@ -624,6 +720,7 @@ impl Registry {
                 }
                 (Cmd::Forward(f, seq), Ok(v)) => match wire::text(v).as_deref() {
                     Some("sent") => {
+                        self.out_n += 1;
                         self.metrics.cluster_out.increment(1);
                         self.held.remember(self.now, f, seq, false);
                     }
@@ -655,15 +752,17 @@ impl Registry {
 
     // ---- the inbox lane ----
 
-    fn read(&mut self) {
+    /// Reads on, after `calls` (in the same request, so a busy inbox is read back to back).
+    fn read(&mut self, mut calls: Vec<Call>) {
         self.inbox = Inbox::Reading;
         let last = self.last.clone();
-        self.redis(Lane::Inbox, Command::Run(vec![Call::Read { last }]));
+        calls.push(Call::Read { last });
+        self.redis(Lane::Inbox, Command::Run(calls));
     }
 
     fn inbox_connected(&mut self) {
         if matches!(self.inbox, Inbox::Connecting) {
-            self.read();
+            self.read(Vec::new());
         }
     }
 
@@ -674,7 +773,7 @@ impl Registry {
                     retry_at: self.now + INBOX_RETRY,
                 };
             }
-            Inbox::Reading | Inbox::Settling => self.inbox_reconnect(),
+            Inbox::Reading => self.inbox_reconnect(),
             Inbox::Down { .. } | Inbox::Stopped => {}
         }
     }
@@ -685,12 +784,12 @@ impl Registry {
     }
 
     fn inbox_reply(&mut self, results: Vec<Reply>) {
-        match self.inbox {
-            Inbox::Settling => return self.read(),
-            Inbox::Reading => {}
-            _ => return,
+        if !matches!(self.inbox, Inbox::Reading) {
+            return;
         }
-        let Some(Ok(v)) = results.into_iter().next() else {
+        // The read is the request's last call (a failed trim or confirmation before it is
+        // harmless: the next trim covers it, and a re-attach is answered after ACK_WAIT).
+        let Some(Ok(v)) = results.into_iter().last() else {
             return self.inbox_reconnect();
         };
         let (last, entries) = wire::inbox_entries(v);
@@ -712,7 +811,7 @@ impl Registry {
             }
         }
         if msgs.is_empty() && moved.is_empty() && acked.is_empty() {
-            return self.read();
+            return self.read(Vec::new());
         }
         for id in acked {
             if let Some(i) = self.acks.iter().position(|a| a.0 == id) {
@@ -727,14 +826,15 @@ impl Registry {
             calls.push(Call::Ack { to: node, id });
         }
         if !msgs.is_empty() {
+            self.in_n += msgs.len() as u64;
+            self.metrics.cluster_in_batches.increment(1);
             self.core(ToCore::Remote(msgs));
         }
         // Entries up to the last one read are done with.
         calls.push(Call::Trim {
             upto: self.last.clone(),
         });
-        self.inbox = Inbox::Settling;
-        self.redis(Lane::Inbox, Command::Run(calls));
+        self.read(calls);
     }
 }
 

@@ -1,26 +1,66 @@
-local p, me, kind, src, dst, text = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local ttl, requeue, notice = tonumber(ARGV[7]), ARGV[8] == '1', ARGV[9] == '1'
+-- Routes a batch of messages in order. Messages for ids held on a live node are coalesced
+-- into one inbox entry per holder (per chunk), so the holder reads them in one go.
+local p, me = ARGV[1], ARGV[2]
+local per_dst, total = tonumber(ARGV[3]), tonumber(ARGV[4])
+local CHUNK = 200
+local alive, out, batches, order = {}, {}, {}, {}
+local function live(node)
+  if alive[node] == nil then alive[node] = redis.call('EXISTS', p..'node:'..node) == 1 end
+  return alive[node]
+end
 local function held(id)
   local owner = redis.call('HGET', p..'id:'..id, 'node')
-  if owner and redis.call('EXISTS', p..'node:'..owner) == 1 then return owner end
+  if owner and live(owner) then return owner end
   return nil
 end
-if notice and held(src) then return 'held' end
-local owner = held(dst)
-if owner and not (requeue and owner == me) then
-  redis.call('XADD', p..'inbox:'..owner, 'MAXLEN', '~', 100000, '*',
-    't', 'm', 'k', kind, 's', src, 'd', dst, 'm', text, 'i', ARGV[12])
-  return 'sent'
+local queued = nil
+for i = 5, #ARGV, 8 do
+  local kind, src, dst, text = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local ttl, requeue, notice, mid = tonumber(ARGV[i + 4]), ARGV[i + 5] == '1', ARGV[i + 6] == '1', ARGV[i + 7]
+  local r
+  local owner = nil
+  if notice and held(src) then
+    r = 'held'
+  else
+    owner = held(dst)
+    if owner and not (requeue and owner == me) then
+      local b = batches[owner]
+      if not b then
+        b = {}
+        batches[owner] = b
+        order[#order + 1] = owner
+      end
+      local n = #b
+      b[n + 1], b[n + 2], b[n + 3], b[n + 4], b[n + 5] = 'k', kind, 's', src, 'd'
+      b[n + 6], b[n + 7], b[n + 8], b[n + 9], b[n + 10] = dst, 'm', text, 'i', mid
+      r = 'sent'
+    elseif kind == 'LEAVE' or kind == 'EXPIRE' then
+      r = 'dropped'
+    else
+      if queued == nil then queued = tonumber(redis.call('GET', p..'queued') or '0') end
+      local q = p..'q:'..dst
+      local len = redis.call('LLEN', q)
+      if queued >= total or len >= 3 * per_dst then
+        r = 'full'
+      else
+        if len == 0 then
+          local t = redis.call('TIME')
+          redis.call('ZADD', p..'qd', t[1] * 1000 + math.floor(t[2] / 1000) + ttl, dst)
+        end
+        redis.call('RPUSH', q, src, text, mid)
+        redis.call('INCR', p..'queued')
+        queued = queued + 1
+        r = 'queued'
+      end
+    end
+  end
+  out[#out + 1] = r
 end
-if kind == 'LEAVE' or kind == 'EXPIRE' then return 'dropped' end
-if tonumber(redis.call('GET', p..'queued') or '0') >= tonumber(ARGV[11]) then return 'full' end
-local q = p..'q:'..dst
-local len = redis.call('LLEN', q)
-if len >= 3 * tonumber(ARGV[10]) then return 'full' end
-if len == 0 then
-  local t = redis.call('TIME')
-  redis.call('ZADD', p..'qd', t[1] * 1000 + math.floor(t[2] / 1000) + ttl, dst)
+for _, owner in ipairs(order) do
+  local b = batches[owner]
+  for s = 1, #b, 10 * CHUNK do
+    redis.call('XADD', p..'inbox:'..owner, 'MAXLEN', '~', 100000, '*', 't', 'b',
+      unpack(b, s, math.min(s + 10 * CHUNK - 1, #b)))
+  end
 end
-redis.call('RPUSH', q, src, text, ARGV[12])
-redis.call('INCR', p..'queued')
-return 'queued'
+return out

@@ -18,9 +18,15 @@ impl Lua {
         }
     }
 
-    pub(crate) fn call<A: redis::ToRedisArgs>(&self, args: &[A]) -> redis::Cmd {
+    /// `EVALSHA` without arguments yet.
+    pub(crate) fn cmd(&self) -> redis::Cmd {
         let mut c = redis::cmd("EVALSHA");
         c.arg(&self.sha).arg(0);
+        c
+    }
+
+    pub(crate) fn call<A: redis::ToRedisArgs>(&self, args: &[A]) -> redis::Cmd {
+        let mut c = self.cmd();
         for a in args {
             c.arg(a);
         }
@@ -95,24 +101,23 @@ impl Ctx<'_> {
                 self.script(Script::Claim, &[id, token, &limit])
             }
             Call::Release { id, reg } => self.script(Script::Release, &[id, &reg.to_string()]),
-            Call::Route { fwd, seq } => {
-                let ttl = fwd.ttl.as_millis().to_string();
-                let mid = format!("{}.{seq}", s.node);
-                self.script(
-                    Script::Route,
-                    &[
-                        fwd.kind.as_str(),
-                        &fwd.src,
-                        &fwd.dst,
-                        &fwd.text,
-                        &ttl,
-                        if fwd.requeue { "1" } else { "0" },
-                        if fwd.notice { "1" } else { "0" },
-                        &s.max_queued_per_dst.to_string(),
-                        &s.max_queued_total.to_string(),
-                        &mid,
-                    ],
-                )
+            Call::Route(msgs) => {
+                let mut c = self.scripts.get(Script::Route).cmd();
+                c.arg(self.prefix)
+                    .arg(&s.node)
+                    .arg(s.max_queued_per_dst)
+                    .arg(s.max_queued_total);
+                for (fwd, seq) in msgs {
+                    c.arg(fwd.kind.as_str())
+                        .arg(&*fwd.src)
+                        .arg(&fwd.dst)
+                        .arg(&fwd.text)
+                        .arg(fwd.ttl.as_millis() as u64)
+                        .arg(if fwd.requeue { "1" } else { "0" })
+                        .arg(if fwd.notice { "1" } else { "0" })
+                        .arg(format!("{}.{seq}", s.node));
+                }
+                c
             }
             Call::Sweep => self.scripts.get(Script::Sweep).call(&[self.prefix]),
             Call::ReassertBegin => {

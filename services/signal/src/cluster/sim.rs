@@ -287,47 +287,65 @@ impl Redis {
                     Value::Int(0)
                 }
             }
-            Call::Route { fwd, seq } => {
-                let mid = format!("{me}.{seq}");
-                if fwd.notice && self.held(&fwd.src, now).is_some() {
-                    return Ok(bulk("held"));
-                }
-                if let Some(owner) = self.held(&fwd.dst, now)
-                    && !(fwd.requeue && owner == me)
-                {
-                    let f = vec![
-                        ("t", "m".to_owned()),
-                        ("k", fwd.kind.as_str().to_owned()),
-                        ("s", fwd.src.to_string()),
-                        ("d", fwd.dst.clone()),
-                        ("m", fwd.text.clone()),
-                        ("i", mid),
-                    ];
-                    self.xadd(&owner, f, now);
-                    return Ok(bulk("sent"));
-                }
-                if matches!(fwd.kind, MessageType::Leave | MessageType::Expire) {
-                    if fwd.kind == MessageType::Expire {
-                        self.dropped_expires
-                            .push((fwd.dst.clone(), fwd.src.to_string(), now));
+            Call::Route(msgs) => {
+                // As the script: in order, messages for a held id coalesced into one inbox
+                // entry per holder (per chunk of 200), written at the end.
+                let mut out = Vec::new();
+                let mut batches: Vec<(String, Vec<(&str, String)>)> = Vec::new();
+                for (fwd, seq) in msgs {
+                    let mid = format!("{me}.{seq}");
+                    if fwd.notice && self.held(&fwd.src, now).is_some() {
+                        out.push(bulk("held"));
+                        continue;
                     }
-                    return Ok(bulk("dropped"));
+                    if let Some(owner) = self.held(&fwd.dst, now)
+                        && !(fwd.requeue && owner == me)
+                    {
+                        let f = [
+                            ("k", fwd.kind.as_str().to_owned()),
+                            ("s", fwd.src.to_string()),
+                            ("d", fwd.dst.clone()),
+                            ("m", fwd.text.clone()),
+                            ("i", mid),
+                        ];
+                        match batches.iter_mut().find(|b| b.0 == owner) {
+                            Some(b) => b.1.extend(f),
+                            None => batches.push((owner, f.into())),
+                        }
+                        out.push(bulk("sent"));
+                        continue;
+                    }
+                    if matches!(fwd.kind, MessageType::Leave | MessageType::Expire) {
+                        if fwd.kind == MessageType::Expire {
+                            self.dropped_expires
+                                .push((fwd.dst.clone(), fwd.src.to_string(), now));
+                        }
+                        out.push(bulk("dropped"));
+                        continue;
+                    }
+                    let len = self.d.queues.get(&fwd.dst).map_or(0, Vec::len);
+                    if self.d.queued >= self.total || len >= self.per_dst {
+                        out.push(bulk("full"));
+                        continue;
+                    }
+                    if len == 0 {
+                        self.d
+                            .qd
+                            .insert(fwd.dst.clone(), now + fwd.ttl.as_millis() as u64);
+                    }
+                    let q = self.d.queues.entry(fwd.dst.clone()).or_default();
+                    q.push((fwd.src.to_string(), fwd.text.clone(), mid));
+                    self.d.queued += 1;
+                    out.push(bulk("queued"));
                 }
-                if self.d.queued >= self.total {
-                    return Ok(bulk("full"));
+                for (owner, fields) in batches {
+                    for chunk in fields.chunks(5 * 200) {
+                        let mut f = vec![("t", "b".to_owned())];
+                        f.extend(chunk.iter().cloned());
+                        self.xadd(&owner, f, now);
+                    }
                 }
-                let q = self.d.queues.entry(fwd.dst.clone()).or_default();
-                if q.len() >= self.per_dst {
-                    return Ok(bulk("full"));
-                }
-                if q.is_empty() {
-                    self.d
-                        .qd
-                        .insert(fwd.dst.clone(), now + fwd.ttl.as_millis() as u64);
-                }
-                q.push((fwd.src.to_string(), fwd.text.clone(), mid));
-                self.d.queued += 1;
-                bulk("queued")
+                arr(out)
             }
             Call::Sweep => {
                 let mut due: Vec<(u64, String)> = self
@@ -519,6 +537,8 @@ struct Msg {
     sent: u64,
     /// (when, on which node).
     delivered: Vec<(u64, usize)>,
+    /// Its place among first deliveries (for the order check).
+    rank: Option<usize>,
     /// The destination lived on a node that crashed: exactly-once is not promised.
     exempt: bool,
     /// Taken out of its queue by a request whose answer was lost.
@@ -560,7 +580,15 @@ enum Ev {
 struct LaneNet {
     epoch: u64,
     connected: bool,
-    inflight: bool,
+    /// Requests in flight (a connect counts as one).
+    inflight: usize,
+    /// When the last request reached Redis and when its answer (or timeout) reaches the
+    /// node: one connection runs and answers its requests in order.
+    last_exec: u64,
+    last_answer: u64,
+    /// Connections the network cut (their unsent requests never run); a connection the
+    /// node gave up on (a response timeout, a reconnect) still runs what it was sent.
+    cut: BTreeSet<u64>,
 }
 
 struct Node {
@@ -585,6 +613,8 @@ struct Sim {
     sessions: BTreeMap<ConnId, Session>,
     next_conn: u64,
     msgs: Vec<Msg>,
+    /// First deliveries so far.
+    ranked: usize,
     /// (sender client, from id, at).
     expires: Vec<(usize, String, u64)>,
     lease: u64,
@@ -619,6 +649,10 @@ struct Stats {
     /// `EXPIRE`s dropped because the sender's node had lost its lease meanwhile.
     expire_dropped: usize,
     faults: usize,
+    /// Main-lane requests in flight at once, at most (pipelining is exercised).
+    max_in_flight: usize,
+    /// Route requests that carried more than one message.
+    batched_routes: usize,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -633,6 +667,8 @@ impl std::ops::AddAssign for Stats {
         self.queue_outlived += o.queue_outlived;
         self.expire_dropped += o.expire_dropped;
         self.faults += o.faults;
+        self.max_in_flight = self.max_in_flight.max(o.max_in_flight);
+        self.batched_routes += o.batched_routes;
     }
 }
 
@@ -745,17 +781,27 @@ impl Sim {
                 let ln = &mut self.nodes[n].lanes[l];
                 ln.epoch += 1;
                 ln.connected = false;
-                ln.inflight = true;
+                ln.inflight = 1;
                 let epoch = ln.epoch;
                 let t = self.now + self.rng.range(1, 20);
                 self.schedule(t, Ev::Connect(n, lane, epoch));
             }
             Command::Run(calls) => {
                 let ln = &mut self.nodes[n].lanes[l];
-                ln.inflight = true;
+                ln.inflight += 1;
+                if lane == Lane::Main {
+                    self.stats.max_in_flight = self.stats.max_in_flight.max(ln.inflight);
+                    let batched = calls
+                        .iter()
+                        .filter(|c| matches!(c, Call::Route(m) if m.len() > 1))
+                        .count();
+                    self.stats.batched_routes += batched;
+                }
+                let ln = &mut self.nodes[n].lanes[l];
                 if !ln.connected {
                     let epoch = ln.epoch;
-                    let t = self.now;
+                    let t = self.now.max(ln.last_answer);
+                    ln.last_answer = t;
                     self.schedule(
                         t,
                         Ev::Answer(n, lane, epoch, Input::Disconnected(lane), Vec::new()),
@@ -768,20 +814,22 @@ impl Sim {
                     Lane::Main => self.lease / 3,
                     Lane::Inbox => 3000,
                 };
-                let blocking = matches!(calls.first(), Some(Call::Read { .. }));
+                let blocking = matches!(calls.last(), Some(Call::Read { .. }));
+                let ln = &mut self.nodes[n].lanes[l];
+                let exec_at = (self.now + go).max(ln.last_exec);
+                ln.last_exec = exec_at;
                 // The response timeout: the request may still run, its answer is lost.
                 if go + back > limit && !blocking {
-                    let t = self.now + limit;
+                    let t = (self.now + limit).max(ln.last_answer);
+                    ln.last_answer = t;
                     self.schedule(
                         t,
                         Ev::Answer(n, lane, epoch, Input::Disconnected(lane), Vec::new()),
                     );
-                    let t = self.now + go;
-                    self.schedule(t, Ev::Exec(n, lane, u64::MAX, calls));
+                    self.schedule(exec_at, Ev::Exec(n, lane, epoch, calls));
                     return;
                 }
-                let t = self.now + go;
-                self.schedule(t, Ev::Exec(n, lane, epoch, calls));
+                self.schedule(exec_at, Ev::Exec(n, lane, epoch, calls));
             }
         }
     }
@@ -803,11 +851,13 @@ impl Sim {
     /// The connection `epoch` of a lane broke: its node learns it.
     fn disconnect(&mut self, n: usize, lane: Lane) {
         let ln = &mut self.nodes[n].lanes[lane_ix(lane)];
+        ln.cut.insert(ln.epoch);
         ln.connected = false;
         ln.epoch += 1;
-        if ln.inflight {
+        if ln.inflight > 0 {
             let epoch = ln.epoch;
-            let t = self.now + 1;
+            let t = (self.now + 1).max(ln.last_answer);
+            ln.last_answer = t;
             self.schedule(
                 t,
                 Ev::Answer(n, lane, epoch, Input::Disconnected(lane), Vec::new()),
@@ -821,6 +871,9 @@ impl Sim {
 
     fn answer_read(&mut self, n: usize, epoch: u64, v: Value) {
         let t = self.now + self.lat().min(900);
+        let ln = &mut self.nodes[n].lanes[lane_ix(Lane::Inbox)];
+        let t = t.max(ln.last_answer);
+        ln.last_answer = t;
         self.schedule(
             t,
             Ev::Answer(
@@ -866,7 +919,7 @@ impl Sim {
                 if ln.epoch != epoch || !alive {
                     return;
                 }
-                ln.inflight = false;
+                ln.inflight = 0;
                 let input = if self.redis.up {
                     ln.connected = true;
                     Input::Connected(lane)
@@ -878,13 +931,23 @@ impl Sim {
                 self.pump(n);
             }
             Ev::Exec(n, lane, epoch, calls) => {
-                let timed_out = epoch == u64::MAX;
                 let ln = &self.nodes[n].lanes[lane_ix(lane)];
-                if !self.redis.up || !self.nodes[n].alive || (!timed_out && ln.epoch != epoch) {
+                // Its answer is lost: it timed out, or the node moved to a new connection.
+                let timed_out = ln.epoch != epoch;
+                if !self.redis.up
+                    || !self.nodes[n].alive
+                    || ln.cut.contains(&epoch)
+                    || (timed_out && lane == Lane::Inbox)
+                {
                     return;
                 }
                 let me = self.nodes[n].name.clone();
-                if let [Call::Read { last }] = &calls[..] {
+                if let [before @ .., Call::Read { last }] = &calls[..] {
+                    // The confirmations and trim that go with the read run first.
+                    for c in before {
+                        let _ = self.redis.exec(&me, c, self.now);
+                    }
+                    self.wake_reads();
                     let last = parse_sid(last);
                     match self.redis.read(&me, last) {
                         Some(v) => self.answer_read(n, epoch, v),
@@ -902,8 +965,12 @@ impl Sim {
                     calls.iter().map(|c| self.redis.exec(&me, c, now)).collect();
                 for (c, r) in calls.iter().zip(&results) {
                     let what = match c {
-                        Call::Route { fwd, seq } => {
-                            format!("route {} {}→{} #{seq}", fwd.text, fwd.src, fwd.dst)
+                        Call::Route(msgs) => {
+                            let m: Vec<String> = msgs
+                                .iter()
+                                .map(|(f, seq)| format!("{} {}→{} #{seq}", f.text, f.src, f.dst))
+                                .collect();
+                            format!("route [{}]", m.join(", "))
                         }
                         Call::Claim { id, .. } => format!("claim {id}"),
                         Call::Hello { .. } => "hello".into(),
@@ -923,6 +990,9 @@ impl Sim {
                     self.unanswered(&popped);
                 } else {
                     let t = self.now + self.lat().min(self.lease / 3 - 1);
+                    let ln = &mut self.nodes[n].lanes[lane_ix(lane)];
+                    let t = t.max(ln.last_answer);
+                    ln.last_answer = t;
                     self.schedule(
                         t,
                         Ev::Answer(n, lane, epoch, Input::Reply(lane, results), popped),
@@ -939,11 +1009,13 @@ impl Sim {
             Ev::Answer(n, lane, epoch, input, popped) => {
                 let alive = self.nodes[n].alive;
                 let ln = &mut self.nodes[n].lanes[lane_ix(lane)];
-                if ln.epoch != epoch || !alive || !ln.inflight {
+                if ln.epoch != epoch || !alive || ln.inflight == 0 {
                     return self.unanswered(&popped);
                 }
-                ln.inflight = false;
+                ln.inflight -= 1;
                 if matches!(input, Input::Disconnected(_)) {
+                    // It stands for every request in flight on the connection.
+                    ln.inflight = 0;
                     ln.connected = false;
                     ln.epoch += 1;
                 }
@@ -969,10 +1041,8 @@ impl Sim {
                         .inboxes
                         .values()
                         .flatten()
-                        .filter_map(|(_, f)| {
-                            let m = f.iter().find(|(k, _)| k == "m")?;
-                            m.1.strip_prefix('m')?.parse().ok()
-                        })
+                        .flat_map(|(_, f)| f.iter().filter(|(k, _)| k == "m"))
+                        .filter_map(|(_, m)| m.strip_prefix('m')?.parse().ok())
                         .collect();
                     for m in wiped {
                         self.msgs[m].wiped = true;
@@ -1164,6 +1234,7 @@ impl Sim {
             dst: dst.clone(),
             sent: self.now,
             delivered: Vec::new(),
+            rank: None,
             // Messages for a crashed node's ids may die in its inbox, as they would in a
             // killed process's socket.
             exempt: dst.starts_with('d'),
@@ -1250,6 +1321,10 @@ impl Sim {
                 self.note(format!("{text} repeated after its receiver moved"));
                 self.stats.repeats_after_move += 1;
             }
+        }
+        if self.msgs[m].delivered.is_empty() {
+            self.ranked += 1;
+            self.msgs[m].rank = Some(self.ranked);
         }
         self.msgs[m].delivered.push((self.now, node));
     }
@@ -1437,6 +1512,7 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
         sessions: BTreeMap::new(),
         next_conn: 0,
         msgs: Vec::new(),
+        ranked: 0,
         expires: Vec::new(),
         lease,
         latency,
@@ -1518,7 +1594,15 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
         let from = rng.below(senders as u64) as usize;
         let dst = dsts[rng.below(dsts.len() as u64) as usize].clone();
         let at = rng.range(300, traffic_end);
-        sim.schedule(at, Ev::Send(from, dst));
+        sim.schedule(at, Ev::Send(from, dst.clone()));
+        // Now and then a burst, a few ms apart: several requests in flight at once.
+        if rng.chance(30) {
+            let mut t = at;
+            for _ in 0..rng.range(2, 12) {
+                t += rng.range(0, 3);
+                sim.schedule(t, Ev::Send(from, dst.clone()));
+            }
+        }
     }
     // Faults.
     let mut outages = 0;
@@ -1600,6 +1684,31 @@ fn check(sim: &mut Sim, end: u64) {
         } else {
             sim.lease
         };
+    // Per-sender order: with no connection dropped and Redis never away, a sender's
+    // messages to one receiver arrive in the order sent (pipelined requests included, and
+    // answers lost to a response timeout), unless a node routed one again (its receiver
+    // moved or was not set up yet) or its receiver's id was on a node that crashed (a
+    // request on a given-up connection may land after what was re-sent on the new one,
+    // and the first copy of the re-sent message died in the crashed node's inbox).
+    if sim.stats.faults == 0 {
+        let mut last: BTreeMap<(usize, String), (usize, usize)> = BTreeMap::new();
+        let mut bad = Vec::new();
+        for (i, m) in sim.msgs.iter().enumerate() {
+            let Some(rank) = m.rank.filter(|_| !m.requeued && !m.unanswered && !m.exempt) else {
+                continue;
+            };
+            if let Some((j, r)) = last.insert((m.src, m.dst.clone()), (i, rank))
+                && r > rank
+            {
+                bad.push(format!(
+                    "m{i} arrived before m{j} (same sender and receiver)"
+                ));
+            }
+        }
+        for line in bad {
+            sim.fail(line);
+        }
+    }
     sim.stats.messages = sim.msgs.len();
     for (i, m) in sim.msgs.iter().enumerate() {
         if !m.delivered.is_empty() {

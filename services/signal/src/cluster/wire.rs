@@ -171,6 +171,32 @@ pub(crate) fn inbox_entries(v: Value) -> (Option<String>, Vec<Entry>) {
                         out.push(Entry::Message(kind_of(&k), s, d, m, mid));
                     }
                 }
+                // A batch: (k, s, d, m, i) groups, in order.
+                Some("b") => {
+                    let mut msg: [Option<String>; 4] = Default::default();
+                    let mut it = fields.into_iter().skip(2);
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        let slot = match k.as_str() {
+                            "k" => {
+                                msg = Default::default();
+                                0
+                            }
+                            "s" => 1,
+                            "d" => 2,
+                            "m" => 3,
+                            "i" => {
+                                if let [Some(k), Some(s), Some(d), Some(m)] =
+                                    std::mem::take(&mut msg)
+                                {
+                                    out.push(Entry::Message(kind_of(&k), s, d, m, v));
+                                }
+                                continue;
+                            }
+                            _ => continue,
+                        };
+                        msg[slot] = Some(v);
+                    }
+                }
                 Some("v") => {
                     if let (Some(d), Some(n)) = (get("d"), get("n")) {
                         out.push(Entry::Moved(d, n));
@@ -286,11 +312,19 @@ mod tests {
                 entry("1-1", &["t", "v", "d", "b", "n", "node2"]),
                 entry("1-2", &["t", "a", "d", "b"]),
                 entry("1-3", &["t", "m", "k", "OFFER"]),
+                entry(
+                    "1-4",
+                    &[
+                        "t", "b", "k", "OFFER", "s", "a", "d", "c", "m", "y", "i", "n.2", "k",
+                        "OFFER", "s", "a", "i", "n.3", "k", "LEAVE", "s", "a", "d", "c", "m", "z",
+                        "i", "n.4", "k",
+                    ],
+                ),
                 Value::Nil,
             ]),
         ])]);
         let (last, got) = inbox_entries(v);
-        assert_eq!(last.as_deref(), Some("1-3"));
+        assert_eq!(last.as_deref(), Some("1-4"));
         assert_eq!(
             got,
             vec![
@@ -303,6 +337,20 @@ mod tests {
                 ),
                 Entry::Moved("b".into(), "node2".into()),
                 Entry::Acked("b".into()),
+                Entry::Message(
+                    MessageType::Offer,
+                    "a".into(),
+                    "c".into(),
+                    "y".into(),
+                    "n.2".into()
+                ),
+                Entry::Message(
+                    MessageType::Leave,
+                    "a".into(),
+                    "c".into(),
+                    "z".into(),
+                    "n.4".into()
+                ),
             ]
         );
         assert_eq!(inbox_entries(Value::Nil), (None, vec![]));
