@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::net::close_quietly;
-use crate::probe::{new_hist, percentiles, record_us, round2, window_figures};
+use crate::probe::{Tally, gather, percentiles, record_us, round2, window_figures};
 use crate::{Ctx, secs};
 
 #[derive(Debug, Args)]
@@ -31,14 +31,6 @@ pub struct ConnectArgs {
 
 const READ_BUF: usize = 4096;
 
-/// What one worker did in the measured window.
-struct Tally {
-    opens: u64,
-    errors: u64,
-    first_err: Option<String>,
-    hist: hdrhistogram::Histogram<u64>,
-}
-
 pub async fn run(ctx: &Ctx, a: &ConnectArgs) -> Result<Map<String, Value>> {
     if a.workers == 0 {
         bail!("--workers must be at least 1");
@@ -53,12 +45,7 @@ pub async fn run(ctx: &Ctx, a: &ConnectArgs) -> Result<Map<String, Value>> {
         let (ctx, measuring, stop, next) =
             (ctx.clone(), measuring.clone(), stop.clone(), next.clone());
         tasks.spawn(async move {
-            let mut t = Tally {
-                opens: 0,
-                errors: 0,
-                first_err: None,
-                hist: new_hist()?,
-            };
+            let mut t = Tally::new()?;
             while !stop.load(Ordering::Relaxed) {
                 let idx = next.fetch_add(1, Ordering::Relaxed);
                 let id = format!("{}k{idx}", ctx.id_prefix);
@@ -69,7 +56,7 @@ pub async fn run(ctx: &Ctx, a: &ConnectArgs) -> Result<Map<String, Value>> {
                 match r {
                     Ok(ws) => {
                         if counted {
-                            t.opens += 1;
+                            t.done += 1;
                             record_us(&mut t.hist, nanos);
                         }
                         close_quietly(ws, Duration::from_secs(2)).await;
@@ -93,43 +80,18 @@ pub async fn run(ctx: &Ctx, a: &ConnectArgs) -> Result<Map<String, Value>> {
     let wall = t1.elapsed().as_secs_f64();
     let s2 = ctx.probe.snap();
 
-    let mut hist = new_hist()?;
-    let (mut opens, mut errors, mut first_err) = (0u64, 0u64, None);
-    let grace = ctx.open_timeout + Duration::from_secs(5);
-    let _ = tokio::time::timeout(grace, async {
-        while let Some(r) = tasks.join_next().await {
-            match r {
-                Ok(Ok(t)) => {
-                    opens += t.opens;
-                    errors += t.errors;
-                    let _ = hist.add(&t.hist);
-                    if first_err.is_none() {
-                        first_err = t.first_err;
-                    }
-                }
-                Ok(Err(e)) => {
-                    errors += 1;
-                    first_err.get_or_insert(format!("{e:#}"));
-                }
-                Err(e) => {
-                    errors += 1;
-                    first_err.get_or_insert(format!("task failed: {e}"));
-                }
-            }
-        }
-    })
-    .await;
-    tasks.abort_all();
+    let all = gather(&mut tasks, ctx.open_timeout + Duration::from_secs(5)).await?;
+    let opens = all.done;
 
     let mut out = Map::new();
     out.insert("workers".into(), json!(a.workers));
     out.insert("secs".into(), json!(a.secs));
     out.insert("opens".into(), json!(opens));
-    out.insert("errors".into(), json!(errors));
+    out.insert("errors".into(), json!(all.errors));
     out.insert("opens_per_s".into(), json!(round2(opens as f64 / wall)));
-    percentiles("open", &hist, &mut out);
+    percentiles("open", &all.hist, &mut out);
     window_figures(&s1, &s2, opens, &mut out);
-    if let Some(e) = first_err {
+    if let Some(e) = all.first_err {
         out.insert("first_error".into(), json!(e));
     }
     Ok(out)

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::probe::{new_hist, percentiles, record_us, round2, window_figures};
+use crate::probe::{Tally, gather, percentiles, record_us, round2, window_figures};
 use crate::{Ctx, secs};
 
 #[derive(Debug, Args)]
@@ -38,13 +38,6 @@ pub struct HttpArgs {
     /// Run this long first, unmeasured.
     #[arg(long, default_value_t = 1.0)]
     warmup_secs: f64,
-}
-
-struct Tally {
-    ok: u64,
-    errors: u64,
-    first_err: Option<String>,
-    hist: hdrhistogram::Histogram<u64>,
 }
 
 /// One GET on `s`; `Ok(status)` once the whole response is read. With `close`, asks the
@@ -121,12 +114,7 @@ pub async fn run(ctx: &Ctx, a: &HttpArgs) -> Result<Map<String, Value>> {
             path.clone(),
         );
         tasks.spawn(async move {
-            let mut t = Tally {
-                ok: 0,
-                errors: 0,
-                first_err: None,
-                hist: new_hist()?,
-            };
+            let mut t = Tally::new()?;
             let mut buf = Vec::with_capacity(4096);
             while !stop.load(Ordering::Relaxed) {
                 let idx = next.fetch_add(1, Ordering::Relaxed);
@@ -154,7 +142,7 @@ pub async fn run(ctx: &Ctx, a: &HttpArgs) -> Result<Map<String, Value>> {
                         measuring.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed);
                     match r {
                         Ok(200) if counted => {
-                            t.ok += 1;
+                            t.done += 1;
                             record_us(&mut t.hist, nanos);
                         }
                         Ok(200) => {}
@@ -187,32 +175,8 @@ pub async fn run(ctx: &Ctx, a: &HttpArgs) -> Result<Map<String, Value>> {
     let wall = t1.elapsed().as_secs_f64();
     let s2 = ctx.probe.snap();
 
-    let mut hist = new_hist()?;
-    let (mut ok, mut errors, mut first_err) = (0u64, 0u64, None);
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(r) = tasks.join_next().await {
-            match r {
-                Ok(Ok(t)) => {
-                    ok += t.ok;
-                    errors += t.errors;
-                    let _ = hist.add(&t.hist);
-                    if first_err.is_none() {
-                        first_err = t.first_err;
-                    }
-                }
-                Ok(Err(e)) => {
-                    errors += 1;
-                    first_err.get_or_insert(format!("{e:#}"));
-                }
-                Err(e) => {
-                    errors += 1;
-                    first_err.get_or_insert(format!("task failed: {e}"));
-                }
-            }
-        }
-    })
-    .await;
-    tasks.abort_all();
+    let all = gather(&mut tasks, Duration::from_secs(10)).await?;
+    let ok = all.done;
 
     let mut out = Map::new();
     out.insert("path".into(), json!(a.path));
@@ -220,11 +184,11 @@ pub async fn run(ctx: &Ctx, a: &HttpArgs) -> Result<Map<String, Value>> {
     out.insert("requests_per_conn".into(), json!(a.requests_per_conn));
     out.insert("secs".into(), json!(a.secs));
     out.insert("requests".into(), json!(ok));
-    out.insert("errors".into(), json!(errors));
+    out.insert("errors".into(), json!(all.errors));
     out.insert("rps".into(), json!(round2(ok as f64 / wall)));
-    percentiles("req", &hist, &mut out);
+    percentiles("req", &all.hist, &mut out);
     window_figures(&s1, &s2, ok, &mut out);
-    if let Some(e) = first_err {
+    if let Some(e) = all.first_err {
         out.insert("first_error".into(), json!(e));
     }
     Ok(out)

@@ -167,6 +167,60 @@ pub fn emit(out: Map<String, Value>) {
     println!("RESULT {}", Value::Object(out));
 }
 
+/// What one closed-loop worker did in the measured window.
+pub struct Tally {
+    /// Operations completed (connects, requests).
+    pub done: u64,
+    pub errors: u64,
+    pub first_err: Option<String>,
+    pub hist: Histogram<u64>,
+}
+
+impl Tally {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            done: 0,
+            errors: 0,
+            first_err: None,
+            hist: new_hist()?,
+        })
+    }
+}
+
+/// Sums the workers' tallies, waiting at most `grace` for them to finish; a worker that failed
+/// or panicked counts as one error.
+pub async fn gather(
+    tasks: &mut tokio::task::JoinSet<Result<Tally>>,
+    grace: std::time::Duration,
+) -> Result<Tally> {
+    let mut all = Tally::new()?;
+    let _ = tokio::time::timeout(grace, async {
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Ok(t)) => {
+                    all.done += t.done;
+                    all.errors += t.errors;
+                    let _ = all.hist.add(&t.hist);
+                    if all.first_err.is_none() {
+                        all.first_err = t.first_err;
+                    }
+                }
+                Ok(Err(e)) => {
+                    all.errors += 1;
+                    all.first_err.get_or_insert(format!("{e:#}"));
+                }
+                Err(e) => {
+                    all.errors += 1;
+                    all.first_err.get_or_insert(format!("task failed: {e}"));
+                }
+            }
+        }
+    })
+    .await;
+    tasks.abort_all();
+    Ok(all)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
