@@ -366,11 +366,11 @@ static NEXT_REDIS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 
 /// `config` as a cluster node on `redis` with a `lease_ms` lease.
 pub fn cluster_config(mut config: Config, redis: &Redis, lease_ms: u64) -> Config {
-    config.cluster = Some(kibitz_signal::ClusterConfig {
-        redis_url: redis.url().into(),
-        lease: Duration::from_millis(lease_ms),
-        prefix: "kibitz:".into(),
-    });
+    config.cluster = Some(kibitz_signal::ClusterConfig::single(
+        redis.url().into(),
+        Duration::from_millis(lease_ms),
+        "kibitz:",
+    ));
     config
 }
 

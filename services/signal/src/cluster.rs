@@ -52,6 +52,7 @@ mod held;
 mod protocol;
 mod registry;
 mod scripts;
+mod sharded;
 #[cfg(test)]
 mod sim;
 mod wire;

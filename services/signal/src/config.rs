@@ -42,6 +42,74 @@ pub struct ClusterConfig {
     pub lease: Duration,
     /// Key prefix, so several clusters can share one Redis.
     pub prefix: String,
+    /// The registry runs on a Redis Cluster (`redis_url` names its seed nodes).
+    pub redis_cluster: bool,
+    /// Registry shards, each one hash slot (every node of a cluster must agree).
+    pub shards: usize,
+}
+
+impl ClusterConfig {
+    /// One Redis, one shard: the plain registry.
+    pub fn single(redis_url: RedisUrl, lease: Duration, prefix: &str) -> Self {
+        Self {
+            redis_url,
+            lease,
+            prefix: prefix.to_owned(),
+            redis_cluster: false,
+            shards: 1,
+        }
+    }
+
+    /// Shard `s`'s key prefix: the plain prefix with one shard on one Redis (so the keys
+    /// stay as they always were), otherwise the prefix and the shard as a hash tag
+    /// (`kibitz:{7}:`), which puts every key of the shard in one Redis Cluster slot.
+    pub fn shard_prefix(&self, s: usize) -> String {
+        if self.shards <= 1 && !self.redis_cluster {
+            self.prefix.clone()
+        } else {
+            format!("{}{{{s}}}:", self.prefix)
+        }
+    }
+
+    /// Where the shard count is kept: one key on one Redis, one per shard on a Redis
+    /// Cluster (a script may only touch its own slot).
+    pub fn shards_key(&self, s: usize) -> String {
+        if self.redis_cluster {
+            format!("{}shards", self.shard_prefix(s))
+        } else {
+            format!("{}shards", self.prefix)
+        }
+    }
+
+    /// The URLs to connect to: the one Redis, or a Redis Cluster's seed nodes.
+    pub fn seeds(&self) -> Result<Vec<String>, String> {
+        cluster_seeds(self.redis_url.expose()).map(|(_, seeds)| seeds)
+    }
+}
+
+/// `redis+cluster://[auth@]h1:p1,h2:p2[/…]` (or `rediss+cluster://`) → (true, one
+/// `redis://` URL per seed); any other URL → (false, itself).
+fn cluster_seeds(url: &str) -> Result<(bool, Vec<String>), String> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("redis+cluster", rest)) => ("redis", rest),
+        Some(("rediss+cluster", rest)) => ("rediss", rest),
+        _ => return Ok((false, vec![url.to_owned()])),
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (auth, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let seeds: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{scheme}://{auth}{h}{tail}"))
+        .collect();
+    if seeds.is_empty() {
+        return Err("a redis+cluster:// URL needs at least one host:port".into());
+    }
+    Ok((true, seeds))
 }
 
 /// A Redis URL: used to connect, printed (`Debug`, `Display`) with its password masked.
@@ -124,9 +192,10 @@ impl std::fmt::Display for RedisUrl {
 /// Whether `url` is a Redis URL this node can use (checked when the config is built). The
 /// redis crate's parse errors are fixed texts that never repeat the URL.
 pub fn check_url(url: &RedisUrl) -> Result<(), String> {
-    redis::Client::open(url.expose())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    for seed in cluster_seeds(url.expose())?.1 {
+        redis::Client::open(seed).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Abuse limits. Zero means unlimited where noted.
@@ -208,6 +277,12 @@ pub enum ConfigError {
     /// The Redis URL cannot be used.
     #[error("redis url: {0}")]
     RedisUrl(String),
+    /// A key prefix with a hash tag of its own on a Redis Cluster.
+    #[error("redis prefix {0:?} must not contain {{ or }} on a Redis Cluster (shards are hash tags)")]
+    ClusterPrefix(String),
+    /// A shard count out of range.
+    #[error("redis shards must be between 1 and 16384, not {0}")]
+    Shards(usize),
 }
 
 /// Broker flags, shared by `kibitz serve` and `kibitz signal`. Every flag also reads a
@@ -297,6 +372,14 @@ pub struct SignalArgs {
     /// Cluster mode: prefix of every Redis key, so several clusters can share one Redis.
     #[arg(long, env = "KIBITZ_REDIS_PREFIX", default_value = "kibitz:")]
     pub redis_prefix: String,
+    /// Cluster mode: --redis-url names seed nodes of a Redis Cluster (as does a
+    /// redis+cluster://host:port,host:port URL); the registry is sharded over its masters.
+    #[arg(long, env = "KIBITZ_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+    /// Cluster mode: registry shards, each in one hash slot (default 16 on a Redis Cluster,
+    /// 1 on one Redis). Every node of a cluster must use the same number.
+    #[arg(long, env = "KIBITZ_REDIS_SHARDS")]
+    pub redis_shards: Option<usize>,
 }
 
 /// `/`, `/myapp` or `/myapp/` → `/`, `/myapp/`, `/myapp/`.
@@ -377,12 +460,25 @@ impl SignalArgs {
                 None => None,
                 Some(url) => {
                     check_url(url).map_err(ConfigError::RedisUrl)?;
+                    let redis_cluster = self.redis_cluster
+                        || cluster_seeds(url.expose()).map_err(ConfigError::RedisUrl)?.0;
+                    if redis_cluster && self.redis_prefix.contains(['{', '}']) {
+                        return Err(ConfigError::ClusterPrefix(self.redis_prefix.clone()));
+                    }
+                    let shards = self
+                        .redis_shards
+                        .unwrap_or(if redis_cluster { 16 } else { 1 });
+                    if !(1..=16384).contains(&shards) {
+                        return Err(ConfigError::Shards(shards));
+                    }
                     Some(ClusterConfig {
                         redis_url: url.clone(),
                         lease: Duration::from_millis(
                             positive(self.redis_lease_ms, "redis-lease-ms")?.max(300),
                         ),
                         prefix: self.redis_prefix.clone(),
+                        redis_cluster,
+                        shards,
                     })
                 }
             },
@@ -436,6 +532,69 @@ mod tests {
         for shown in [format!("{args:?}"), format!("{config:?}")] {
             assert!(!shown.contains("s3cret"), "{shown}");
             assert!(shown.contains("***@127.0.0.1"), "{shown}");
+        }
+    }
+
+    fn args(argv: &[&str]) -> SignalArgs {
+        let mut all = vec!["t"];
+        all.extend_from_slice(argv);
+        <SignalArgs as clap::FromArgMatches>::from_arg_matches(
+            &<SignalArgs as clap::Args>::augment_args(clap::Command::new("t"))
+                .get_matches_from(all),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn redis_cluster_urls_and_shards() {
+        let c = args(&["--redis-url", "redis+cluster://:s3cret@10.0.0.1:7000,10.0.0.2:7001/"])
+            .to_config()
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert!(c.redis_cluster);
+        assert_eq!(c.shards, 16);
+        assert_eq!(
+            c.seeds().unwrap(),
+            [
+                "redis://:s3cret@10.0.0.1:7000/",
+                "redis://:s3cret@10.0.0.2:7001/"
+            ]
+        );
+        assert_eq!(
+            c.redis_url.to_string(),
+            "redis+cluster://***@10.0.0.1:7000,10.0.0.2:7001/"
+        );
+        assert_eq!(c.shard_prefix(7), "kibitz:{7}:");
+        assert_eq!(c.shards_key(7), "kibitz:{7}:shards");
+
+        let c = args(&["--redis-url", "redis://h:1/", "--redis-cluster", "--redis-shards", "4"])
+            .to_config()
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert!(c.redis_cluster);
+        assert_eq!(c.shards, 4);
+        assert_eq!(c.seeds().unwrap(), ["redis://h:1/"]);
+
+        // One Redis: one shard, keys exactly as before.
+        let c = args(&["--redis-url", "redis://h:1/"])
+            .to_config()
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert!(!c.redis_cluster);
+        assert_eq!(c.shards, 1);
+        assert_eq!(c.shard_prefix(0), "kibitz:");
+        assert_eq!(c.shards_key(0), "kibitz:shards");
+
+        for bad in [
+            &["--redis-url", "redis+cluster:///"][..],
+            &["--redis-url", "redis://h:1/", "--redis-cluster", "--redis-prefix", "a{b}:"],
+            &["--redis-url", "redis://h:1/", "--redis-shards", "0"],
+        ] {
+            let e = args(bad).to_config().unwrap_err().to_string();
+            assert!(!e.is_empty(), "{bad:?}");
         }
     }
 }

@@ -55,8 +55,14 @@ pub struct Metrics {
     /// from this node's inbox, over the last lease renewal period.
     pub cluster_rate_out: Gauge,
     pub cluster_rate_in: Gauge,
-    /// Cluster mode: Redis instances (masters) the registry is spread over.
+    /// Cluster mode: registry shards (1 on one Redis unless `--redis-shards` says otherwise).
     pub cluster_shards: Gauge,
+    /// Cluster mode: registry shards that answer (the registry is up when all do).
+    pub cluster_shards_up: Gauge,
+    /// Cluster mode: Redis masters holding the registry's shards (1 on one Redis).
+    pub cluster_masters: Gauge,
+    /// Cluster mode: 1 when the registry runs on a Redis Cluster.
+    pub cluster_redis_cluster: Gauge,
     messages: [Counter; 6],
     rejected: Vec<(&'static str, Counter)>,
 }
@@ -129,6 +135,9 @@ impl Metrics {
             cluster_rate_out: gauge!("kibitz_signal_cluster_messages_per_second", "direction" => "out"),
             cluster_rate_in: gauge!("kibitz_signal_cluster_messages_per_second", "direction" => "in"),
             cluster_shards: gauge!("kibitz_signal_cluster_registry_shards"),
+            cluster_shards_up: gauge!("kibitz_signal_cluster_registry_shards_up"),
+            cluster_masters: gauge!("kibitz_signal_cluster_registry_masters"),
+            cluster_redis_cluster: gauge!("kibitz_signal_cluster_redis_cluster"),
             messages: TYPES.map(|t| counter!("kibitz_signal_messages_total", "type" => t.as_str())),
             rejected: REJECT_REASONS
                 .iter()
@@ -142,6 +151,13 @@ impl Metrics {
         if let Some(i) = TYPES.iter().position(|t| *t == kind) {
             self.messages[i].increment(1);
         }
+    }
+
+    /// Cluster mode: whether registry shard `shard` answers (`..._shard_up{shard}`; shards
+    /// are few and fixed, so the label stays small).
+    pub(crate) fn shard_up(&self, shard: usize, up: bool) {
+        let was = gauge!("kibitz_signal_cluster_shard_up", "shard" => shard.to_string());
+        was.set(if up { 1.0 } else { 0.0 });
     }
 
     /// Counts one refusal. `reason` must be one of [`REJECT_REASONS`].

@@ -1,13 +1,19 @@
-//! The thin async layer around [`Registry`]: it owns the two Redis connections, runs the
-//! calls the registry asks for, feeds it the core's commands, the replies and the time, and
-//! hands what it produces to the core. No registry logic lives here.
+//! The thin async layer around [`Sharded`]: it owns every shard's two Redis connections,
+//! runs the calls the registry asks for, feeds it the core's commands, the replies and the
+//! time, and hands what it produces to the core. No registry logic lives here.
+//!
+//! Connections: two per shard (the main lane's pipelined requests and the inbox lane's
+//! blocking `XREAD`, which would stall anything queued behind it), each to the Redis that
+//! holds the shard: `2 × shards` in all, plus a short-lived one per connect on a Redis
+//! Cluster to read the slot map (and one per master for each `/peers` request).
 
 use super::handle::Cluster;
-use super::protocol::{Command, Event, Input, Lane, Output, Reply, ToCore};
-use super::registry::Registry;
+use super::protocol::{Command, Input, Lane, Reply, ToCore};
 use super::scripts::Ctx;
+use super::sharded::{SOutput, Sharded};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use std::task::Poll;
 use redis::aio::MultiplexedConnection;
 use std::future::Future;
 use std::pin::Pin;
@@ -33,7 +39,8 @@ pub(crate) trait Local: Send + Sync + 'static {
 }
 
 enum Done {
-    Connected(MultiplexedConnection),
+    /// With the master's node id on a Redis Cluster.
+    Connected(MultiplexedConnection, Option<String>),
     ConnectFailed(redis::RedisError),
     Reply(Vec<Reply>),
     Broken(Option<redis::RedisError>),
@@ -48,16 +55,21 @@ type Pending = Pin<Box<dyn Future<Output = Done> + Send>>;
 /// they were pushed (it queues new futures as ready, first in first out), so that is the
 /// order the registry asked for them.
 struct LaneIo {
+    shard: usize,
     lane: Lane,
     con: Option<MultiplexedConnection>,
+    /// The Redis Cluster node this lane's last connection reached.
+    master: Option<String>,
     futs: FuturesOrdered<Pending>,
 }
 
 impl LaneIo {
-    fn new(lane: Lane) -> Self {
+    fn new(shard: usize, lane: Lane) -> Self {
         Self {
+            shard,
             lane,
             con: None,
+            master: None,
             futs: FuturesOrdered::new(),
         }
     }
@@ -77,14 +89,15 @@ impl LaneIo {
                 self.con = None;
                 self.futs = FuturesOrdered::new();
                 let c = c.clone();
+                let shard = self.shard;
                 // Blocking reads get no response timeout: the request's own timeout bounds them.
                 let timeout = match self.lane {
                     Lane::Main => Some(c.cfg.lease / 3),
                     Lane::Inbox => None,
                 };
                 self.futs.push_back(Box::pin(async move {
-                    match c.connect(timeout).await {
-                        Ok(con) => Done::Connected(con),
+                    match c.connect_shard(shard, timeout).await {
+                        Ok((con, id)) => Done::Connected(con, id),
                         Err(e) => Done::ConnectFailed(e),
                     }
                 }));
@@ -95,8 +108,9 @@ impl LaneIo {
                     return;
                 };
                 let ctx = Ctx {
-                    prefix: c.p(),
-                    settings: &c.settings,
+                    prefix: c.prefix(self.shard),
+                    shards_key: c.shards_key(self.shard),
+                    settings: &c.shard_settings[self.shard],
                     scripts: &c.scripts,
                 };
                 let mut pipe = redis::pipe();
@@ -134,15 +148,34 @@ impl LaneIo {
         }
     }
 
-    /// Waits for the oldest request in flight (cancel-safe: it stays in flight if this is
-    /// dropped).
-    async fn next(&mut self) -> Input {
-        let Some(done) = self.futs.next().await else {
-            return std::future::pending().await;
+    /// The oldest request in flight, if it is done (cancel-safe: it stays in flight until
+    /// it is). A connection to another Redis Cluster node than the last one comes with a
+    /// [`Input::Failover`] first.
+    fn poll_done(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Vec<Input>> {
+        if self.futs.is_empty() {
+            return Poll::Pending;
+        }
+        let Poll::Ready(Some(done)) = self.futs.poll_next_unpin(cx) else {
+            return Poll::Pending;
         };
-        match done {
-            Done::Connected(con) => {
+        Poll::Ready(self.done(done))
+    }
+
+    fn done(&mut self, done: Done) -> Vec<Input> {
+        vec![match done {
+            Done::Connected(con, id) => {
                 self.con = Some(con);
+                let moved = match (&self.master, &id) {
+                    (Some(old), Some(new)) => old != new,
+                    _ => false,
+                };
+                if id.is_some() {
+                    self.master = id;
+                }
+                if moved {
+                    tracing::warn!(shard = self.shard, lane = ?self.lane, "registry shard is on another Redis node now");
+                    return vec![Input::Failover(self.lane), Input::Connected(self.lane)];
+                }
                 Input::Connected(self.lane)
             }
             Done::ConnectFailed(e) => {
@@ -159,28 +192,85 @@ impl LaneIo {
                 self.futs = FuturesOrdered::new();
                 Input::Disconnected(self.lane)
             }
-        }
+        }]
+    }
+}
+
+/// Every lane of every shard: `2 * s` is shard `s`'s main lane, `2 * s + 1` its inbox.
+struct Lanes {
+    all: Vec<LaneIo>,
+    /// Where the next poll starts, so no lane starves the others.
+    next: usize,
+}
+
+impl Lanes {
+    fn new(shards: usize) -> Self {
+        let all = (0..shards)
+            .flat_map(|s| [LaneIo::new(s, Lane::Main), LaneIo::new(s, Lane::Inbox)])
+            .collect();
+        Self { all, next: 0 }
+    }
+
+    fn get(&mut self, shard: usize, lane: Lane) -> Option<&mut LaneIo> {
+        self.all.get_mut(2 * shard + usize::from(lane == Lane::Inbox))
+    }
+
+    fn busy(&self) -> bool {
+        self.all.iter().any(LaneIo::busy)
+    }
+
+    fn mains_busy(&self) -> bool {
+        self.all
+            .iter()
+            .any(|l| l.lane == Lane::Main && l.busy())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.all
+            .iter()
+            .filter(|l| l.lane == Lane::Main)
+            .map(LaneIo::in_flight)
+            .sum()
+    }
+
+    /// The next lane answer: (shard, inputs).
+    async fn next(&mut self) -> (usize, Vec<Input>) {
+        std::future::poll_fn(|cx| {
+            let n = self.all.len();
+            for k in 0..n {
+                let i = (self.next + k) % n;
+                if let Poll::Ready(inputs) = self.all[i].poll_done(cx) {
+                    self.next = (i + 1) % n;
+                    return Poll::Ready((self.all[i].shard, inputs));
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
 /// Runs the registry's outputs until it only waits; returns when to wake it.
-fn drain<L: Local>(
-    reg: &mut Registry,
-    local: &L,
-    c: &Arc<Cluster>,
-    main: &mut LaneIo,
-    inbox: &mut LaneIo,
-) -> Instant {
+fn drain<L: Local>(reg: &mut Sharded, local: &L, c: &Arc<Cluster>, lanes: &mut Lanes) -> Instant {
     loop {
         match reg.poll_output() {
-            Output::Timeout(at) => return at,
-            Output::Core(ev) => local.deliver(ev),
-            Output::Event(Event::Up(up)) => c.set_up(up),
-            Output::Event(Event::NeedRegistrations) => {
+            SOutput::Timeout(at) => return at,
+            SOutput::Core(ev) => local.deliver(ev),
+            SOutput::Up(up) => c.set_up(up),
+            SOutput::NeedRegistrations => {
                 reg.handle_input(local.now(), Input::Registrations(local.registrations()));
             }
-            Output::Redis(Lane::Main, cmd) => main.start(c, cmd),
-            Output::Redis(Lane::Inbox, cmd) => inbox.start(c, cmd),
+            SOutput::Redis(s, lane, cmd) => {
+                if let Some(l) = lanes.get(s, lane) {
+                    l.start(c, cmd);
+                }
+            }
+            // The registry stays down (every claim refused, health failing) with the error
+            // logged; the operator fixes the flag.
+            SOutput::Fatal(msg) => {
+                tracing::error!(node = %c.node, "{msg}");
+                c.set_up(false);
+            }
         }
     }
 }
@@ -193,21 +283,25 @@ pub(crate) async fn run<L: Local>(local: Arc<L>, stop: CancellationToken) {
     let Some(mut rx) = c.take_rx() else {
         return;
     };
+    let shards = c.shards();
     c.metrics.cluster_mode.set(1.0);
-    // One Redis holds the whole registry.
-    c.metrics.cluster_shards.set(1.0);
-    tracing::info!(node = %c.node, redis = %c.cfg.redis_url, "cluster mode");
-    let mut reg = Registry::new(local.now(), c.settings.clone(), c.metrics.clone());
-    let mut main = LaneIo::new(Lane::Main);
-    let mut inbox = LaneIo::new(Lane::Inbox);
+    c.metrics.cluster_shards.set(shards as f64);
+    c.metrics
+        .cluster_redis_cluster
+        .set(if c.cfg.redis_cluster { 1.0 } else { 0.0 });
+    if !c.cfg.redis_cluster {
+        c.metrics.cluster_masters.set(1.0);
+    }
+    tracing::info!(node = %c.node, redis = %c.cfg.redis_url, shards, redis_cluster = c.cfg.redis_cluster, "cluster mode");
+    let mut reg = Sharded::new(local.now(), &c.settings, shards, c.metrics.clone());
+    let mut lanes = Lanes::new(shards);
     loop {
-        let wake = drain(&mut reg, &*local, &c, &mut main, &mut inbox);
-        c.metrics.cluster_inflight.set(main.in_flight() as f64);
-        let input = tokio::select! {
+        let wake = drain(&mut reg, &*local, &c, &mut lanes);
+        c.metrics.cluster_inflight.set(lanes.in_flight() as f64);
+        let (shard, inputs) = tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            i = main.next(), if main.busy() => i,
-            i = inbox.next(), if inbox.busy() => i,
+            i = lanes.next(), if lanes.busy() => i,
             cmd = rx.recv(), if reg.wants_local() => {
                 let Some(cmd) = cmd else { break };
                 c.took(&cmd);
@@ -220,19 +314,26 @@ pub(crate) async fn run<L: Local>(local: Arc<L>, stop: CancellationToken) {
                 }
                 continue;
             }
-            () = tokio::time::sleep_until(wake.into()) => Input::Timeout,
+            () = tokio::time::sleep_until(wake.into()) => {
+                reg.handle_input(local.now(), Input::Timeout);
+                continue;
+            }
         };
-        reg.handle_input(local.now(), input);
+        for i in inputs {
+            reg.handle_lane(local.now(), shard, i);
+        }
     }
     reg.handle_input(local.now(), Input::Stop);
     let leave = async {
         loop {
-            drain(&mut reg, &*local, &c, &mut main, &mut inbox);
-            if reg.is_stopped() || !main.busy() {
+            drain(&mut reg, &*local, &c, &mut lanes);
+            if reg.is_stopped() || !lanes.mains_busy() {
                 break;
             }
-            let i = main.next().await;
-            reg.handle_input(local.now(), i);
+            let (shard, inputs) = lanes.next().await;
+            for i in inputs {
+                reg.handle_lane(local.now(), shard, i);
+            }
         }
     };
     let _ = tokio::time::timeout(LEAVE_WAIT, leave).await;

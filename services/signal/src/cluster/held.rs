@@ -60,6 +60,8 @@ pub(crate) struct Held {
     recent: VecDeque<Recent>,
     /// The last message number given out.
     next_seq: u64,
+    /// `waiting`'s length as last added to the pending gauge (which every shard adds to).
+    reported: usize,
 }
 
 impl Held {
@@ -71,7 +73,23 @@ impl Held {
             waiting_due: None,
             recent: VecDeque::new(),
             next_seq: 0,
+            reported: 0,
         }
+    }
+
+    /// Brings the pending gauge up to date with `waiting`.
+    fn gauge(&mut self) {
+        let n = self.waiting.len();
+        if n > self.reported {
+            self.metrics
+                .cluster_pending
+                .increment((n - self.reported) as f64);
+        } else {
+            self.metrics
+                .cluster_pending
+                .decrement((self.reported - n) as f64);
+        }
+        self.reported = n;
     }
 
     /// Numbers a message the first time the registry sees it.
@@ -97,7 +115,7 @@ impl Held {
         let deadline = now + fwd.ttl;
         self.waiting_due = Some(self.waiting_due.map_or(deadline, |d| d.min(deadline)));
         self.waiting.push_back(Waiting { fwd, seq, deadline });
-        self.metrics.cluster_pending.set(self.waiting.len() as f64);
+        self.gauge();
     }
 
     /// Messages whose deadline passed while the registry was away: one EXPIRE per
@@ -114,7 +132,7 @@ impl Held {
             false
         });
         self.waiting_due = self.waiting.iter().map(|w| w.deadline).min();
-        self.metrics.cluster_pending.set(self.waiting.len() as f64);
+        self.gauge();
         due
     }
 
@@ -122,8 +140,9 @@ impl Held {
     /// extend a queue's lifetime.
     pub(crate) fn take_waiting(&mut self, t: Instant) -> Vec<Cmd> {
         self.waiting_due = None;
-        self.metrics.cluster_pending.set(0.0);
-        std::mem::take(&mut self.waiting)
+        let waiting = std::mem::take(&mut self.waiting);
+        self.gauge();
+        waiting
             .into_iter()
             .map(|mut w| {
                 w.fwd.ttl = w

@@ -33,20 +33,41 @@ pub(crate) enum Cmd {
     /// A message, and its number on this node (0 until the registry numbers it): receivers
     /// drop a number they have seen, so handing a message to Redis twice delivers it once.
     Forward(Forward, u64),
+    /// A leave notice whose sender lives in this shard and whose receiver in another: asks
+    /// whether the sender is held again (answered with [`Output::Probed`]).
+    Probe(Forward),
 }
 
 /// What the registry needs to know about this node and the broker's limits.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    /// This node's id (random per process); message numbers are `{node}.{n}`.
+    /// This node's id (random per process); message numbers are `{node}.{n}` with one
+    /// shard, `{node}.{shard}.{n}` with several.
     pub node: String,
+    /// This registry's shard, and how many there are (every node of a cluster agrees).
+    pub shard: usize,
+    pub shards: usize,
     /// How long this node's ids outlive its last lease renewal.
     pub lease: Duration,
     /// The cluster-wide id limit.
     pub concurrent_limit: usize,
-    /// Offline-queue bounds, and the bound on messages kept here.
+    /// Offline-queue bounds, and the bound on messages kept here (per shard: the total is
+    /// the broker's divided among the shards).
     pub max_queued_per_dst: usize,
     pub max_queued_total: usize,
+}
+
+impl Settings {
+    /// Shard `shard`'s settings, of `shards`: each holds its share of the queue bound.
+    pub(crate) fn for_shard(&self, shard: usize, shards: usize) -> Settings {
+        let shards = shards.max(1);
+        Settings {
+            shard,
+            shards,
+            max_queued_total: self.max_queued_total.div_ceil(shards),
+            ..self.clone()
+        }
+    }
 }
 
 /// The two connections.
@@ -70,10 +91,11 @@ pub(crate) enum Script {
     List,
     Leave,
     Stats,
+    Probe,
 }
 
 impl Script {
-    pub(crate) const ALL: [Script; 11] = [
+    pub(crate) const ALL: [Script; 12] = [
         Script::Claim,
         Script::Release,
         Script::Route,
@@ -85,6 +107,7 @@ impl Script {
         Script::List,
         Script::Leave,
         Script::Stats,
+        Script::Probe,
     ];
 }
 
@@ -94,13 +117,22 @@ pub(crate) enum Call {
     /// `SCRIPT LOAD`.
     Load(Script),
     /// Renew the lease, join, read the epoch (`known` is the last one seen, "" at first).
+    /// `force`: this shard's Redis failed over, so treat it as having lost its data.
     Hello {
         known: String,
         fresh: String,
+        force: bool,
     },
+    /// `limit`: ids this shard may hold (the cluster-wide limit less the other shards' last
+    /// known counts).
     Claim {
         id: Arc<str>,
         token: String,
+        limit: usize,
+    },
+    /// Whether `id` is held on a live node.
+    Probe {
+        id: Arc<str>,
     },
     Release {
         id: Arc<str>,
@@ -155,6 +187,9 @@ pub(crate) enum Input {
     /// This node's live registrations, asked for with [`Event::NeedRegistrations`].
     Registrations(Vec<(Arc<str>, String, u64)>),
     Connected(Lane),
+    /// The lane's new connection reaches another Redis than its last one did (a failover):
+    /// the new master may lack the last writes.
+    Failover(Lane),
     /// The lane's connect failed, or its connection broke with a request in flight.
     Disconnected(Lane),
     Reply(Lane, Vec<Reply>),
@@ -182,6 +217,16 @@ pub(crate) enum Event {
     Up(bool),
     /// Answer with [`Input::Registrations`] before anything else.
     NeedRegistrations,
+    /// This shard's live nodes and ids (as of the lease renewal), and the messages handed
+    /// out and read since the last time.
+    Stats {
+        nodes: u64,
+        ids: u64,
+        sent: u64,
+        read: u64,
+    },
+    /// This node cannot join the registry (its shard count differs from the cluster's).
+    Fatal(String),
 }
 
 #[derive(Debug)]
@@ -189,6 +234,8 @@ pub(crate) enum Output {
     Redis(Lane, Command),
     Core(ToCore),
     Event(Event),
+    /// The answer to a [`Cmd::Probe`]: whether the notice's sender is held again.
+    Probed(Forward, bool),
     /// Nothing more to do until this instant (or the next input).
     Timeout(Instant),
 }

@@ -120,10 +120,14 @@ pub(crate) struct Registry {
     reap_at: Instant,
     /// The broker stops: leave once the request in flight is done.
     stopping: bool,
-    /// Messages out and in since `rate_at` (for the rate gauges).
+    /// Messages out and in since the last [`Event::Stats`].
     out_n: u64,
     in_n: u64,
-    rate_at: Instant,
+    /// Ids this shard may hold now (see [`Registry::set_limit`]).
+    limit: usize,
+    /// The main lane reaches another Redis than before: its next hello treats this shard's
+    /// data as lost.
+    failover: bool,
 }
 
 impl Registry {
@@ -154,8 +158,10 @@ impl Registry {
             stopping: false,
             out_n: 0,
             in_n: 0,
-            rate_at: now,
+            limit: 0,
+            failover: false,
         };
+        r.limit = r.cfg.concurrent_limit;
         r.redis(Lane::Main, Command::Connect);
         r.redis(Lane::Inbox, Command::Connect);
         r
@@ -167,6 +173,12 @@ impl Registry {
         self.pending.len() < BATCH
     }
 
+    /// Ids this shard may hold: the cluster-wide limit less what the other shards held when
+    /// last asked (so the limit can be passed by the claims landing within one refresh).
+    pub(crate) fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
     pub(crate) fn handle_input(&mut self, now: Instant, input: Input) {
         self.now = self.now.max(now);
         match input {
@@ -174,6 +186,10 @@ impl Registry {
             Input::Registrations(regs) => self.registrations(regs),
             Input::Connected(Lane::Main) => self.main_connected(),
             Input::Connected(Lane::Inbox) => self.inbox_connected(),
+            Input::Failover(Lane::Main) => self.failover = true,
+            // The new master's stream may lack entries, or number new ones below the last
+            // read: read it whole (repeats are dropped by number).
+            Input::Failover(Lane::Inbox) => self.last = "0".to_owned(),
             Input::Disconnected(Lane::Main) => self.main_disconnected(),
             Input::Disconnected(Lane::Inbox) => self.inbox_disconnected(),
             Input::Reply(Lane::Main, r) => self.main_reply(r),
@@ -272,7 +288,6 @@ impl Registry {
             self.exec(batch);
         } else if self.renew_at <= now {
             self.renew_at = next_tick(self.renew_at, now, self.cfg.lease / 3);
-            self.rates(now);
             let mut calls = vec![Call::Renew, Call::Stats];
             if self.reap_at <= now {
                 self.reap_at = now + self.cfg.lease;
@@ -306,16 +321,6 @@ impl Registry {
         true
     }
 
-    /// Sets the rate gauges from the counts since the last time.
-    fn rates(&mut self, now: Instant) {
-        let secs = now.saturating_duration_since(self.rate_at).as_secs_f64();
-        if secs > 0.0 {
-            self.metrics.cluster_rate_out.set(self.out_n as f64 / secs);
-            self.metrics.cluster_rate_in.set(self.in_n as f64 / secs);
-            (self.out_n, self.in_n, self.rate_at) = (0, 0, now);
-        }
-    }
-
     /// Puts a request in flight while serving.
     fn run(&mut self, step: Step, calls: Vec<Call>) {
         if let Main::Serving(q) = &mut self.main {
@@ -327,11 +332,13 @@ impl Registry {
     fn local(&mut self, cmd: Cmd) {
         match self.main {
             Main::Down { .. } => self.offline(cmd),
-            Main::Stopped => {
-                if let Cmd::Claim { conn, .. } = cmd {
+            Main::Stopped => match cmd {
+                Cmd::Claim { conn, .. } => {
                     self.core(ToCore::Claim(conn, Claim::Unavailable(MSG_UNAVAILABLE)));
                 }
-            }
+                Cmd::Probe(f) => self.out.push_back(Output::Probed(f, false)),
+                Cmd::Release { .. } | Cmd::Forward(..) => {}
+            },
             _ => self.pending.push_back(cmd),
         }
     }
@@ -348,6 +355,9 @@ impl Registry {
                 let seq = self.held.number(seq);
                 self.held.wait(self.now, fwd, seq);
             }
+            // Unknown whether the sender is back: the notice goes (a spurious LEAVE rather
+            // than a lost one).
+            Cmd::Probe(fwd) => self.out.push_back(Output::Probed(fwd, false)),
         }
     }
 
@@ -413,6 +423,7 @@ impl Registry {
                 }
                 Cmd::Release { .. } => {}
                 Cmd::Forward(f, seq) => self.held.wait(self.now, f, seq),
+                Cmd::Probe(f) => self.out.push_back(Output::Probed(f, false)),
             }
         }
     }
@@ -486,14 +497,45 @@ impl Registry {
                 let fresh = format!("{}-{}", self.cfg.node, self.hellos);
                 self.main = Main::Busy(Step::Hello);
                 let known = self.epoch.clone();
-                self.redis(Lane::Main, Command::Run(vec![Call::Hello { known, fresh }]));
+                let force = self.failover;
+                self.redis(
+                    Lane::Main,
+                    Command::Run(vec![Call::Hello {
+                        known,
+                        fresh,
+                        force,
+                    }]),
+                );
             }
             Step::Hello => {
-                let Some(epoch) = results.next().and_then(wire::text) else {
+                let v = results.next().unwrap_or(Value::Nil);
+                if wire::text_tag(&v).as_deref() == Some("shards") {
+                    let theirs = wire::items(v).into_iter().nth(1).and_then(wire::text);
+                    let msg = format!(
+                        "this node spreads the registry over {} shards but the cluster uses {}: every node needs the same --redis-shards",
+                        self.cfg.shards,
+                        theirs.unwrap_or_default()
+                    );
+                    self.main = Main::Stopped;
+                    self.inbox = Inbox::Stopped;
+                    self.out.push_back(Output::Event(Event::Fatal(msg)));
+                    return;
+                }
+                let Some(epoch) = wire::text(v) else {
                     return self.broken();
                 };
                 if !self.epoch.is_empty() && self.epoch != epoch {
-                    tracing::warn!("cluster registry lost its data; claims pause for one lease");
+                    tracing::warn!(
+                        shard = self.cfg.shard,
+                        "cluster registry lost its data; claims pause for one lease"
+                    );
+                    self.lost_data = true;
+                }
+                if std::mem::take(&mut self.failover) {
+                    tracing::warn!(
+                        shard = self.cfg.shard,
+                        "cluster registry shard failed over; claims pause for one lease"
+                    );
                     self.lost_data = true;
                 }
                 self.epoch = epoch;
@@ -517,12 +559,13 @@ impl Registry {
                 if let Some(Value::Array(stats)) = results.next()
                     && let [nodes, ids] = &stats[..]
                 {
-                    self.metrics
-                        .cluster_nodes
-                        .set(wire::int(nodes).unwrap_or(0) as f64);
-                    self.metrics
-                        .cluster_peers
-                        .set(wire::int(ids).unwrap_or(0) as f64);
+                    let ev = Event::Stats {
+                        nodes: wire::int(nodes).unwrap_or(0).max(0) as u64,
+                        ids: wire::int(ids).unwrap_or(0).max(0) as u64,
+                        sent: std::mem::take(&mut self.out_n),
+                        read: std::mem::take(&mut self.in_n),
+                    };
+                    self.out.push_back(Output::Event(ev));
                 }
             }
             Step::Sweep => {
@@ -643,7 +686,9 @@ impl Registry {
                 Cmd::Claim { id, token, .. } => calls.push(Call::Claim {
                     id: id.clone(),
                     token: token.clone(),
+                    limit: self.limit,
                 }),
+                Cmd::Probe(f) => calls.push(Call::Probe { id: f.src.clone() }),
                 Cmd::Release { id, reg } => calls.push(Call::Release {
                     id: id.clone(),
                     reg: *reg,
@@ -730,6 +775,10 @@ impl Registry {
                 (Cmd::Forward(f, seq), Err(())) => {
                     stale = true;
                     self.held.wait(self.now, f, seq);
+                }
+                (Cmd::Probe(f), r) => {
+                    let held = r.ok().as_ref().and_then(wire::int) == Some(1);
+                    self.out.push_back(Output::Probed(f, held));
                 }
                 (Cmd::Release { .. }, _) => {}
             }

@@ -18,15 +18,19 @@ impl Lua {
         }
     }
 
-    /// `EVALSHA` without arguments yet.
-    pub(crate) fn cmd(&self) -> redis::Cmd {
+    /// `EVALSHA` without arguments yet. The shard's key prefix is the one declared key: it
+    /// lies in the shard's hash slot (its hash tag is the shard), as does every key the
+    /// script builds from it, so a Redis Cluster runs the script on the right master.
+    pub(crate) fn cmd(&self, prefix: &str) -> redis::Cmd {
         let mut c = redis::cmd("EVALSHA");
-        c.arg(&self.sha).arg(0);
+        c.arg(&self.sha).arg(1).arg(prefix);
         c
     }
 
-    pub(crate) fn call<A: redis::ToRedisArgs>(&self, args: &[A]) -> redis::Cmd {
-        let mut c = self.cmd();
+    /// `args[0]` is the shard's key prefix (declared as the key, and passed as `ARGV[1]`).
+    pub(crate) fn call<A: redis::ToRedisArgs + AsRef<str>>(&self, args: &[A]) -> redis::Cmd {
+        let prefix = args.first().map_or("", AsRef::as_ref);
+        let mut c = self.cmd(prefix);
         for a in args {
             c.arg(a);
         }
@@ -35,7 +39,7 @@ impl Lua {
 }
 
 /// Every script, by SHA.
-pub(crate) struct Scripts([Lua; 11]);
+pub(crate) struct Scripts([Lua; 12]);
 
 impl Scripts {
     pub(crate) fn new() -> Self {
@@ -62,12 +66,26 @@ fn source(s: Script) -> &'static str {
         Script::List => include_str!("list.lua"),
         Script::Leave => include_str!("leave.lua"),
         Script::Stats => include_str!("stats.lua"),
+        Script::Probe => include_str!("probe.lua"),
+    }
+}
+
+/// A message's number as receivers see it: unique per sending node over all its shards.
+fn mid(s: &Settings, seq: u64) -> String {
+    if s.shards > 1 {
+        format!("{}.{}.{seq}", s.node, s.shard)
+    } else {
+        format!("{}.{seq}", s.node)
     }
 }
 
 /// What every call needs besides its own arguments.
 pub(crate) struct Ctx<'a> {
+    /// The shard's key prefix.
     pub prefix: &'a str,
+    /// Where the shard count is kept (shared by all shards on one Redis, per shard on a
+    /// Redis Cluster).
+    pub shards_key: &'a str,
     pub settings: &'a Settings,
     pub scripts: &'a Scripts,
 }
@@ -92,17 +110,27 @@ impl Ctx<'_> {
                 c.arg("LOAD").arg(source(*script));
                 c
             }
-            Call::Hello { known, fresh } => {
+            Call::Hello {
+                known,
+                fresh,
+                force,
+            } => {
                 let lease = s.lease.as_millis().to_string();
-                self.script(Script::Hello, &[&lease, known, fresh])
+                let force = if *force { "1" } else { "0" };
+                let shards = s.shards.to_string();
+                self.script(
+                    Script::Hello,
+                    &[&lease, known, fresh, force, &shards, self.shards_key],
+                )
             }
-            Call::Claim { id, token } => {
-                let limit = s.concurrent_limit.to_string();
+            Call::Claim { id, token, limit } => {
+                let limit = limit.to_string();
                 self.script(Script::Claim, &[id, token, &limit])
             }
+            Call::Probe { id } => self.scripts.get(Script::Probe).call(&[self.prefix, id]),
             Call::Release { id, reg } => self.script(Script::Release, &[id, &reg.to_string()]),
             Call::Route(msgs) => {
-                let mut c = self.scripts.get(Script::Route).cmd();
+                let mut c = self.scripts.get(Script::Route).cmd(self.prefix);
                 c.arg(self.prefix)
                     .arg(&s.node)
                     .arg(s.max_queued_per_dst)
@@ -115,7 +143,7 @@ impl Ctx<'_> {
                         .arg(fwd.ttl.as_millis() as u64)
                         .arg(if fwd.requeue { "1" } else { "0" })
                         .arg(if fwd.notice { "1" } else { "0" })
-                        .arg(format!("{}.{seq}", s.node));
+                        .arg(mid(s, *seq));
                 }
                 c
             }

@@ -1,0 +1,274 @@
+//! The registry spread over shards: one [`Registry`] per shard, each a complete registry
+//! namespace in one Redis hash slot, behind one sans-IO state machine.
+//!
+//! An id lives in shard `crc16(id) % shards` (the hash Redis Cluster uses for slots; fixed
+//! for every node and version). Claims and releases go to their id's shard, messages to
+//! their receiver's, so every message for one receiver passes one shard's FIFO connection
+//! and a sender's order holds. What crosses shards:
+//! - the cluster-wide id limit: each shard's claims check its own count plus the other
+//!   shards' counts as of their last lease renewal (so claims landing within one renewal
+//!   period on different shards can pass the limit together);
+//! - leave notices ("drop if the sender is held again"): the sender's shard is asked first,
+//!   then the notice is routed in the receiver's shard; a re-registration between the two
+//!   gives one spurious notice;
+//! - node and id counts, rates and health: merged here (up only when every shard is).
+//!
+//! With one shard this is the plain registry, unchanged.
+
+use super::protocol::{Cmd, Command, Event, Input, Lane, Output, Settings, ToCore};
+use super::registry::Registry;
+use crate::metrics::Metrics;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Redis Cluster's key hash (CRC16/XMODEM).
+const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+
+/// The Redis Cluster slot of keys with hash tag `tag`.
+pub(crate) fn slot_of(tag: &str) -> u16 {
+    CRC16.checksum(tag.as_bytes()) & 16383
+}
+
+/// The shard `id` lives in.
+pub(crate) fn shard_of(id: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    usize::from(CRC16.checksum(id.as_bytes())) % shards
+}
+
+/// What the sharded registry asks for.
+#[derive(Debug)]
+pub(crate) enum SOutput {
+    /// Run this on shard `.0`'s lane.
+    Redis(usize, Lane, Command),
+    Core(ToCore),
+    /// Whether every shard answers.
+    Up(bool),
+    /// Answer with [`Input::Registrations`].
+    NeedRegistrations,
+    /// This node cannot join (see [`Event::Fatal`]).
+    Fatal(String),
+    Timeout(Instant),
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Sharded {
+    shards: Vec<Registry>,
+    metrics: Metrics,
+    concurrent_limit: usize,
+    now: Instant,
+    out: VecDeque<SOutput>,
+    up: Vec<bool>,
+    all_up: bool,
+    /// Shards waiting for [`Input::Registrations`].
+    needs: Vec<bool>,
+    /// Each shard's live nodes and ids as of its last renewal.
+    nodes: Vec<u64>,
+    ids: Vec<u64>,
+    /// Messages out and in since `rate_at`.
+    sent: u64,
+    read: u64,
+    rate_at: Instant,
+}
+
+impl Sharded {
+    /// `cfg` is the broker's (shard 0 of 1); each shard gets its share of the queue bound.
+    pub(crate) fn new(now: Instant, cfg: &Settings, shards: usize, metrics: Metrics) -> Self {
+        let shards = shards.max(1);
+        let regs = (0..shards)
+            .map(|s| Registry::new(now, cfg.for_shard(s, shards), metrics.clone()))
+            .collect();
+        Self {
+            shards: regs,
+            metrics,
+            concurrent_limit: cfg.concurrent_limit,
+            now,
+            out: VecDeque::new(),
+            up: vec![false; shards],
+            all_up: false,
+            needs: vec![false; shards],
+            nodes: vec![0; shards],
+            ids: vec![0; shards],
+            sent: 0,
+            read: 0,
+            rate_at: now,
+        }
+    }
+
+    /// Whether the driver should hand over more commands now.
+    pub(crate) fn wants_local(&self) -> bool {
+        self.shards.iter().all(Registry::wants_local)
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.shards.iter().all(Registry::is_stopped)
+    }
+
+    /// A lane's input for shard `shard`.
+    pub(crate) fn handle_lane(&mut self, now: Instant, shard: usize, input: Input) {
+        self.now = self.now.max(now);
+        if let Some(r) = self.shards.get_mut(shard) {
+            r.handle_input(now, input);
+        }
+    }
+
+    /// Any other input.
+    pub(crate) fn handle_input(&mut self, now: Instant, input: Input) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Local(cmd) => self.local(cmd),
+            Input::Registrations(regs) => {
+                let n = self.shards.len();
+                let mut per: Vec<Vec<_>> = vec![Vec::new(); n];
+                for r in regs {
+                    per[shard_of(&r.0, n)].push(r);
+                }
+                for (s, regs) in per.into_iter().enumerate() {
+                    if std::mem::take(&mut self.needs[s]) {
+                        self.shards[s].handle_input(now, Input::Registrations(regs));
+                    }
+                }
+            }
+            Input::Timeout | Input::Stop => {
+                let stop = matches!(input, Input::Stop);
+                for r in &mut self.shards {
+                    r.handle_input(now, if stop { Input::Stop } else { Input::Timeout });
+                }
+            }
+            // Lane inputs come through `handle_lane`.
+            Input::Connected(_) | Input::Failover(_) | Input::Disconnected(_) | Input::Reply(..) => {
+            }
+        }
+    }
+
+    fn local(&mut self, cmd: Cmd) {
+        let n = self.shards.len();
+        let s = match &cmd {
+            Cmd::Claim { id, .. } | Cmd::Release { id, .. } => shard_of(id, n),
+            Cmd::Forward(f, _) if f.notice && shard_of(&f.src, n) != shard_of(&f.dst, n) => {
+                let Cmd::Forward(f, _) = cmd else { return };
+                let s = shard_of(&f.src, n);
+                self.shards[s].handle_input(self.now, Input::Local(Cmd::Probe(f)));
+                return;
+            }
+            Cmd::Forward(f, _) | Cmd::Probe(f) => shard_of(&f.dst, n),
+        };
+        self.shards[s].handle_input(self.now, Input::Local(cmd));
+    }
+
+    /// The next thing to do; [`SOutput::Timeout`] once there is nothing else.
+    pub(crate) fn poll_output(&mut self) -> SOutput {
+        loop {
+            if let Some(o) = self.out.pop_front() {
+                return o;
+            }
+            let mut wake: Option<Instant> = None;
+            for s in 0..self.shards.len() {
+                loop {
+                    match self.shards[s].poll_output() {
+                        Output::Timeout(at) => {
+                            wake = Some(wake.map_or(at, |w| w.min(at)));
+                            break;
+                        }
+                        o => self.take(s, o),
+                    }
+                }
+            }
+            if self.out.is_empty() {
+                return SOutput::Timeout(wake.unwrap_or(self.now));
+            }
+        }
+    }
+
+    fn take(&mut self, s: usize, o: Output) {
+        match o {
+            Output::Redis(lane, cmd) => self.out.push_back(SOutput::Redis(s, lane, cmd)),
+            Output::Core(ev) => self.out.push_back(SOutput::Core(ev)),
+            Output::Event(Event::Up(up)) => {
+                self.up[s] = up;
+                self.metrics.shard_up(s, up);
+                let n = self.up.iter().filter(|u| **u).count();
+                self.metrics.cluster_shards_up.set(n as f64);
+                let all = n == self.up.len();
+                if all != self.all_up {
+                    self.all_up = all;
+                    self.out.push_back(SOutput::Up(all));
+                }
+            }
+            Output::Event(Event::NeedRegistrations) => {
+                if !self.needs.iter().any(|n| *n) {
+                    self.out.push_back(SOutput::NeedRegistrations);
+                }
+                self.needs[s] = true;
+            }
+            Output::Event(Event::Stats {
+                nodes,
+                ids,
+                sent,
+                read,
+            }) => self.stats(s, nodes, ids, sent, read),
+            Output::Event(Event::Fatal(msg)) => self.out.push_back(SOutput::Fatal(msg)),
+            Output::Probed(mut f, held) => {
+                if !held {
+                    // Not held again: route it in the receiver's shard (where the sender is
+                    // never held, so the notice goes through).
+                    f.notice = false;
+                    let d = shard_of(&f.dst, self.shards.len());
+                    self.shards[d].handle_input(self.now, Input::Local(Cmd::Forward(f, 0)));
+                }
+            }
+            Output::Timeout(_) => {}
+        }
+    }
+
+    /// One shard's renewal figures: merged gauges, and every shard's share of the id limit.
+    fn stats(&mut self, s: usize, nodes: u64, ids: u64, sent: u64, read: u64) {
+        self.nodes[s] = nodes;
+        self.ids[s] = ids;
+        self.sent += sent;
+        self.read += read;
+        let total: u64 = self.ids.iter().sum();
+        let live = self.nodes.iter().copied().max().unwrap_or(0);
+        self.metrics.cluster_nodes.set(live as f64);
+        self.metrics.cluster_peers.set(total as f64);
+        for (i, r) in self.shards.iter_mut().enumerate() {
+            let others = usize::try_from(total - self.ids[i]).unwrap_or(usize::MAX);
+            r.set_limit(self.concurrent_limit.saturating_sub(others));
+        }
+        // Rates over the time since shard 0 last reported (every shard reports once per
+        // renewal period).
+        if s == 0 {
+            let secs = self
+                .now
+                .saturating_duration_since(self.rate_at)
+                .as_secs_f64();
+            if secs > 0.0 {
+                self.metrics
+                    .cluster_rate_out
+                    .set(self.sent as f64 / secs);
+                self.metrics.cluster_rate_in.set(self.read as f64 / secs);
+                (self.sent, self.read, self.rate_at) = (0, 0, self.now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_hash_like_redis_cluster() {
+        // Redis Cluster's documented example: CRC16 of "123456789" is 0x31C3.
+        assert_eq!(CRC16.checksum(b"123456789"), 0x31C3);
+        assert_eq!(shard_of("anything", 1), 0);
+        let n = 16;
+        let mut seen = [false; 16];
+        for i in 0..1000 {
+            seen[shard_of(&format!("peer-{i}"), n)] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "ids spread over every shard");
+    }
+}
