@@ -362,6 +362,312 @@ impl Drop for Redis {
     }
 }
 
+/// A Redis Cluster of the test's own on 127.0.0.1: `masters` masters with `replicas` replicas
+/// each (no persistence, `cluster-node-timeout` 1000 ms so a replica takes over quickly),
+/// created with `redis-cli --cluster create`; every node is killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// Every node's port; the first `masters` are the masters as created.
+    pub ports: Vec<u16>,
+    masters: usize,
+    replicas: usize,
+    children: Vec<Option<std::process::Child>>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts the nodes on free loopback ports, creates the cluster and waits until every
+    /// node says `cluster_state:ok` (and, with replicas, every replica is in sync).
+    pub fn start(masters: usize, replicas: usize) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "kibitz-redis-cluster-{}-{}",
+            std::process::id(),
+            NEXT_REDIS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("redis cluster dir");
+        let n = masters * (1 + replicas);
+        let mut c = Self {
+            ports: Vec::new(),
+            masters,
+            replicas,
+            children: Vec::new(),
+            dir,
+        };
+        for _ in 0..n {
+            let (port, child) = c.spawn_free();
+            c.ports.push(port);
+            c.children.push(Some(child));
+        }
+        c.create();
+        c
+    }
+
+    /// A free port whose cluster bus port (+10000) is free too; bound and released, so
+    /// another process may take it meanwhile: the node then fails to start and the next
+    /// port is tried.
+    fn spawn_free(&self) -> (u16, std::process::Child) {
+        for _ in 0..20 {
+            let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else {
+                continue;
+            };
+            let Ok(port) = l.local_addr().map(|a| a.port()) else {
+                continue;
+            };
+            if port > 55_000 || std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_err()
+            {
+                continue;
+            }
+            drop(l);
+            if let Some(child) = self.spawn(port) {
+                return (port, child);
+            }
+        }
+        panic!("no redis-server cluster node started (scripts/test installs redis)");
+    }
+
+    fn spawn(&self, port: u16) -> Option<std::process::Child> {
+        let conf = self.dir.join(format!("nodes-{port}.conf"));
+        let _ = std::fs::remove_file(&conf);
+        let mut child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            .arg("--cluster-config-file")
+            .arg(&conf)
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        // About 5 s.
+        for _ in 0..250 {
+            if redis_cli(port, &["PING"]).as_deref() == Some("PONG") {
+                return Some(child);
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    fn create(&self) {
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(self.ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        args.extend([
+            "--cluster-replicas".into(),
+            self.replicas.to_string(),
+            "--cluster-yes".into(),
+        ]);
+        let out = std::process::Command::new("redis-cli")
+            .args(&args)
+            .output()
+            .expect("redis-cli must be installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        self.wait_ok(&self.ports);
+    }
+
+    /// Polls until every node in `ports` says `cluster_state:ok` and every replica among them
+    /// has its link to its master up (about 30 s at most).
+    pub fn wait_ok(&self, ports: &[u16]) {
+        let ok = |p: u16| {
+            let info = redis_cli(p, &["CLUSTER", "INFO"]).unwrap_or_default();
+            if !info.contains("cluster_state:ok") {
+                return false;
+            }
+            let repl = redis_cli(p, &["INFO", "replication"]).unwrap_or_default();
+            !repl.contains("role:slave") || repl.contains("master_link_status:up")
+        };
+        for _ in 0..1500 {
+            if ports.iter().all(|p| ok(*p)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis cluster not ok on {ports:?}");
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…/` (every node a seed).
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("redis+cluster://{}/", hosts.join(","))
+    }
+
+    /// The port of the master serving `slot` now, as a live node sees it (`CLUSTER NODES`).
+    pub fn master_of(&self, slot: u16) -> Option<u16> {
+        for p in self.live_ports() {
+            let Some(out) = redis_cli(p, &["CLUSTER", "NODES"]) else {
+                continue;
+            };
+            for line in out.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                    continue;
+                }
+                let serves = f[8..].iter().any(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+                });
+                if serves {
+                    let port = f[1].split(['@', ',']).next()?.rsplit(':').next()?;
+                    return port.parse().ok();
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether the node on `port` is a replica.
+    pub fn is_replica(&self, port: u16) -> bool {
+        redis_cli(port, &["ROLE"]).is_some_and(|r| r.starts_with("slave"))
+    }
+
+    /// SIGKILLs the node on `port` (whatever it had not replicated is gone).
+    pub fn kill_port(&mut self, port: u16) {
+        if let Some(i) = self.ports.iter().position(|p| *p == port)
+            && let Some(mut c) = self.children[i].take()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The live nodes' ports.
+    pub fn live_ports(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .zip(&self.children)
+            .filter(|(_, c)| c.is_some())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Kills every node (the whole registry is gone).
+    pub fn kill(&mut self) {
+        for c in self.children.iter_mut() {
+            if let Some(mut c) = c.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Starts every node again, empty, on the same ports, and creates the cluster anew.
+    pub fn start_again(&mut self) {
+        assert!(self.children.iter().all(Option::is_none), "still running");
+        for i in 0..self.ports.len() {
+            let mut child = None;
+            for _ in 0..50 {
+                child = self.spawn(self.ports[i]);
+                if child.is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(child.is_some(), "redis cluster node {} did not restart", self.ports[i]);
+            self.children[i] = child;
+        }
+        self.create();
+    }
+
+    /// How many masters it was created with.
+    pub fn masters(&self) -> usize {
+        self.masters
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `redis-cli -p PORT ARGS…`'s output, trimmed (`None` if it could not run or failed).
+pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!text.starts_with("ERR") && !text.starts_with("Could not connect")).then_some(text)
+}
+
+/// The registry a cluster test runs on: one Redis, or a 3-master Redis Cluster.
+#[derive(Debug)]
+pub enum Registry {
+    Single(Redis),
+    Cluster(RedisCluster),
+}
+
+/// Which registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryKind {
+    Single,
+    /// Three masters, no replicas.
+    Cluster,
+}
+
+impl Registry {
+    pub fn start(kind: RegistryKind) -> Self {
+        match kind {
+            RegistryKind::Single => Self::Single(Redis::start()),
+            RegistryKind::Cluster => Self::Cluster(RedisCluster::start(3, 0)),
+        }
+    }
+
+    /// Kills all of it (its data is gone).
+    pub fn kill(&mut self) {
+        match self {
+            Self::Single(r) => r.kill(),
+            Self::Cluster(c) => c.kill(),
+        }
+    }
+
+    /// Starts it again, empty.
+    pub fn start_again(&mut self) {
+        match self {
+            Self::Single(r) => r.start_again(),
+            Self::Cluster(c) => c.start_again(),
+        }
+    }
+
+    /// `config` as a cluster node on this registry with a `lease_ms` lease.
+    pub fn config(&self, config: Config, lease_ms: u64) -> Config {
+        match self {
+            Self::Single(r) => cluster_config(config, r, lease_ms),
+            Self::Cluster(c) => redis_cluster_config(config, c, lease_ms),
+        }
+    }
+}
+
+/// `config` as a cluster node on the Redis Cluster `cluster` (16 shards) with a `lease_ms`
+/// lease.
+pub fn redis_cluster_config(mut config: Config, cluster: &RedisCluster, lease_ms: u64) -> Config {
+    let mut cc = kibitz_signal::ClusterConfig::single(
+        cluster.url().into(),
+        Duration::from_millis(lease_ms),
+        "kibitz:",
+    );
+    cc.redis_cluster = true;
+    cc.shards = 16;
+    config.cluster = Some(cc);
+    config
+}
+
 static NEXT_REDIS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `config` as a cluster node on `redis` with a `lease_ms` lease.

@@ -1,9 +1,11 @@
 //! Cluster mode end to end: a real `redis-server` (started here on 127.0.0.1) and several
-//! broker nodes, each on its own runtime as if it were its own process.
+//! broker nodes, each on its own runtime as if it were its own process. Every scenario runs
+//! twice: on one Redis (`single::`) and on a 3-master Redis Cluster with the registry in 16
+//! shards (`redis_cluster::`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use kibitz_e2e::{Client, Config, Node, Redis, Seen, cluster_config};
+use kibitz_e2e::{Client, Config, Node, Registry, RegistryKind, Seen};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -11,13 +13,13 @@ use tokio::time::Instant;
 // (every third of it).
 const LEASE_MS: u64 = 2000;
 
-fn nodes(redis: &Redis, n: usize, config: &Config) -> Vec<Node> {
+fn nodes(redis: &Registry, n: usize, config: &Config) -> Vec<Node> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     (0..n)
-        .map(|_| Node::start(cluster_config(config.clone(), redis, LEASE_MS)))
+        .map(|_| Node::start(redis.config(config.clone(), LEASE_MS)))
         .collect()
 }
 
@@ -49,9 +51,8 @@ fn relayed(src: &str, dst: &str, n: u64) -> String {
     format!(r#"{{"type":"OFFER","src":"{src}","dst":"{dst}","payload":{n}}}"#)
 }
 
-#[tokio::test]
-async fn relays_across_nodes_and_queues_for_offline_ids() {
-    let redis = Redis::start();
+async fn relays_across_nodes_and_queues_for_offline_ids(kind: RegistryKind) {
+    let redis = Registry::start(kind);
     let ns = nodes(&redis, 2, &Config::default());
     let mut a = open(&ns[0], "alice", "ta").await;
     let mut b = open(&ns[1], "bob", "tb").await;
@@ -77,14 +78,13 @@ async fn relays_across_nodes_and_queues_for_offline_ids() {
 
 /// Two clients race for one id on different nodes, many times: exactly one gets OPEN, the
 /// other ID-TAKEN, every time.
-#[tokio::test]
-async fn racing_claims_on_different_nodes_open_exactly_once() {
-    // KIBITZ_RACE_RUNS=2000 for a longer run.
+async fn racing_claims_on_different_nodes_open_exactly_once(kind: RegistryKind) {
+    // KIBITZ_RACE_RUNS=5000 for a longer run.
     let runs: usize = std::env::var("KIBITZ_RACE_RUNS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(200);
-    let redis = Redis::start();
+        .unwrap_or(1000);
+    let redis = Registry::start(kind);
     let ns = nodes(&redis, 3, &Config::default());
     // Warm up: every node joined the registry.
     for (i, n) in ns.iter().enumerate() {
@@ -107,9 +107,8 @@ async fn racing_claims_on_different_nodes_open_exactly_once() {
 }
 
 /// A node that dies loses its ids within the lease; peers on other nodes are untouched.
-#[tokio::test]
-async fn a_dead_nodes_ids_are_free_within_the_lease_and_others_untouched() {
-    let redis = Redis::start();
+async fn a_dead_nodes_ids_are_free_within_the_lease_and_others_untouched(kind: RegistryKind) {
+    let redis = Registry::start(kind);
     let mut ns = nodes(&redis, 3, &Config::default());
     let mut doomed = Vec::new();
     for i in 0..20 {
@@ -175,15 +174,14 @@ async fn a_dead_nodes_ids_are_free_within_the_lease_and_others_untouched() {
 /// peer on another node and to offline ids (one queued in Redis before the kill, one sent
 /// during the outage): every OFFER to the online peer arrives exactly once, the sender gets
 /// one EXPIRE per offline id, and the ids are held again afterwards.
-#[tokio::test]
-async fn a_redis_restart_mid_relay_loses_no_message() {
+async fn a_redis_restart_mid_relay_loses_no_message(kind: RegistryKind) {
     const N: u64 = 400;
     // A node hands messages again only within their queue lifetime, and delivered ones one
     // lease after it reconnects: the outage, the restart and the reconnect must fit in it.
     // On a loaded machine they took over 3 s and the default 5 s lost the inbox's unread tail
     // (as documented), so the scenario gets a lifetime that fits.
     const TTL: Duration = Duration::from_secs(15);
-    let mut redis = Redis::start();
+    let mut redis = Registry::start(kind);
     let config = Config {
         expire_timeout: TTL,
         ..Config::default()
@@ -267,9 +265,8 @@ async fn a_redis_restart_mid_relay_loses_no_message() {
 /// Room leave notices work across nodes: the room id's holder on one node closes, and the
 /// peer that signalled with it from another node gets LEAVE after the grace; a room id taken
 /// back (on any node) within the grace sends nothing.
-#[tokio::test]
-async fn room_leave_notices_cross_nodes() {
-    let redis = Redis::start();
+async fn room_leave_notices_cross_nodes(kind: RegistryKind) {
+    let redis = Registry::start(kind);
     let config = Config {
         room_notices: Some(kibitz_signal::core::RoomNotices {
             grace: Duration::from_millis(300),
@@ -301,10 +298,9 @@ async fn room_leave_notices_cross_nodes() {
 }
 
 /// A node that shuts down cleanly gives its ids back at once, not after the lease.
-#[tokio::test]
-async fn a_clean_shutdown_frees_ids_at_once() {
-    let redis = Redis::start();
-    let long_lease = cluster_config(Config::default(), &redis, 30_000);
+async fn a_clean_shutdown_frees_ids_at_once(kind: RegistryKind) {
+    let redis = Registry::start(kind);
+    let long_lease = redis.config(Config::default(), 30_000);
     let stopping = kibitz_e2e::start(long_lease.clone()).await;
     let other = Node::start(long_lease);
     kibitz_e2e::wait_cluster_ready(stopping.addr.port()).await;
@@ -324,9 +320,8 @@ async fn a_clean_shutdown_frees_ids_at_once() {
 /// While Redis is unreachable a node refuses new ids with an in-band ERROR (never granting one
 /// on its own) and answers `GET /id` with 503; peers it already holds keep relaying locally.
 /// When Redis is back (empty), claims resume once the cluster has settled.
-#[tokio::test]
-async fn while_redis_is_down_new_ids_are_refused_clearly() {
-    let mut redis = Redis::start();
+async fn while_redis_is_down_new_ids_are_refused_clearly(kind: RegistryKind) {
+    let mut redis = Registry::start(kind);
     let ns = nodes(&redis, 2, &Config::default());
     // Both nodes have joined (and seen the registry's epoch) before it goes away.
     for n in &ns {
@@ -393,9 +388,8 @@ async fn http_status(port: u16, path: &str) -> u16 {
 
 /// Offline queues whose deadline passes while Redis is away (queued before it died, or held on
 /// the sender's node during the outage) still end in one EXPIRE each.
-#[tokio::test]
-async fn queues_that_expire_during_an_outage_still_expire() {
-    let mut redis = Redis::start();
+async fn queues_that_expire_during_an_outage_still_expire(kind: RegistryKind) {
+    let mut redis = Registry::start(kind);
     let config = Config {
         expire_timeout: Duration::from_millis(600),
         ..Config::default()
@@ -434,10 +428,9 @@ async fn queues_that_expire_during_an_outage_still_expire() {
 /// 10,000 messages from one sender to a peer on another node arrive in order: routes are
 /// pipelined (several requests in flight) and coalesced per receiving node, yet a sender's
 /// messages keep their order. The receiver reads while the sender writes.
-#[tokio::test]
-async fn ten_thousand_messages_across_nodes_arrive_in_order() {
+async fn ten_thousand_messages_across_nodes_arrive_in_order(kind: RegistryKind) {
     const N: u64 = 10_000;
-    let redis = Redis::start();
+    let redis = Registry::start(kind);
     let mut config = Config::default();
     config.limits.msg_rate = 1_000_000;
     config.limits.msg_burst = 1_000_000;
@@ -457,4 +450,203 @@ async fn ten_thousand_messages_across_nodes_arrive_in_order() {
         a.send(&offer("bob", n)).await;
     }
     reader.await.unwrap();
+}
+
+/// Each scenario on one Redis and on a Redis Cluster.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod single {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(kibitz_e2e::RegistryKind::Single).await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(kibitz_e2e::RegistryKind::Cluster).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    relays_across_nodes_and_queues_for_offline_ids,
+    racing_claims_on_different_nodes_open_exactly_once,
+    a_dead_nodes_ids_are_free_within_the_lease_and_others_untouched,
+    a_redis_restart_mid_relay_loses_no_message,
+    room_leave_notices_cross_nodes,
+    a_clean_shutdown_frees_ids_at_once,
+    while_redis_is_down_new_ids_are_refused_clearly,
+    queues_that_expire_during_an_outage_still_expire,
+    ten_thousand_messages_across_nodes_arrive_in_order
+);
+
+/// A master of a Redis Cluster (3 masters, 3 replicas) holding a live id's shard is killed
+/// with SIGKILL mid-relay; its replica takes over. Messages sent across the failover are each
+/// delivered once or EXPIREd to their sender; clients on every node relay afterwards; ids
+/// contested during the failover end with one owner each, and the registry names one.
+#[tokio::test]
+async fn a_redis_cluster_master_failover_keeps_one_owner_and_every_message() {
+    const N: u64 = 600;
+    // Long enough to cover the failover, the reconnect and the one-lease replay after it.
+    const TTL: Duration = Duration::from_secs(15);
+    let mut rc = kibitz_e2e::RedisCluster::start(3, 3);
+    let mut config = Config {
+        expire_timeout: TTL,
+        ..Config::default()
+    };
+    config.limits.msg_rate = 1_000_000;
+    config.limits.msg_burst = 1_000_000;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let ns: Vec<Node> = (0..3)
+        .map(|_| {
+            Node::start(kibitz_e2e::redis_cluster_config(
+                config.clone(),
+                &rc,
+                LEASE_MS,
+            ))
+        })
+        .collect();
+    for n in &ns {
+        kibitz_e2e::wait_cluster_ready(n.addr.port()).await;
+    }
+    let mut a = open(&ns[0], "alice", "ta").await;
+    let b = open(&ns[1], "bob", "tb").await;
+    let c = open(&ns[2], "carol", "tc").await;
+    let slot = kibitz_signal::registry_slot("bob", 16);
+    let victim = rc.master_of(slot).expect("bob's master");
+    let reader = tokio::spawn(async move {
+        let mut b = b;
+        let mut seen = std::collections::BTreeMap::<u64, u32>::new();
+        let deadline = Instant::now() + TTL * 3;
+        while seen.len() < N as usize && Instant::now() < deadline {
+            match b.next_within(TTL * 2).await {
+                Seen::Text(t) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    assert_eq!(v["src"], "alice", "{t}");
+                    *seen.entry(v["payload"].as_u64().unwrap()).or_default() += 1;
+                }
+                other => {
+                    eprintln!("bob: {other:?} after {} messages", seen.len());
+                    break;
+                }
+            }
+        }
+        (b, seen)
+    });
+    // Ids contested from two nodes while the master is down: attempts go on until the end.
+    let contested: Vec<String> = (0..12).map(|k| format!("contested-{k}")).collect();
+    let mut owners: Vec<(String, Client)> = Vec::new();
+    let mut killed_at = None;
+    for n in 0..N {
+        if n == N / 4 {
+            rc.kill_port(victim);
+            killed_at = Some(Instant::now());
+        }
+        if n >= N / 4 && n % 50 == 0 {
+            for (k, id) in contested.iter().enumerate() {
+                let node = &ns[(k + n as usize / 50) % 3];
+                let (cl, first) = attempt(node, id, &format!("t{n}")).await;
+                if first == Seen::Text(r#"{"type":"OPEN"}"#.into()) {
+                    owners.push((id.clone(), cl));
+                }
+            }
+        }
+        a.send(&offer("bob", n)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_at = killed_at.unwrap();
+    // The replica took over.
+    let live = rc.live_ports();
+    rc.wait_ok(&live);
+    let promoted = rc.master_of(slot).expect("a master for bob's slot");
+    assert_ne!(promoted, victim);
+    eprintln!("failover: {victim} -> {promoted}, {:?} after the kill", killed_at.elapsed());
+    for n in &ns {
+        kibitz_e2e::wait_cluster_ready(n.addr.port()).await;
+    }
+    let (b, seen) = reader.await.unwrap();
+    // Every message to bob: delivered once, or its sender heard EXPIRE from bob.
+    let dups = seen.values().filter(|c| **c > 1).count();
+    let missing: Vec<u64> = (0..N).filter(|n| !seen.contains_key(n)).collect();
+    let mut expired = 0;
+    if !missing.is_empty() {
+        // An EXPIRE from bob would come to alice (one per queue).
+        while let Seen::Text(t) = a.next_within(Duration::from_secs(2)).await {
+            if t.contains(r#""type":"EXPIRE","src":"bob""#) {
+                expired += 1;
+            }
+        }
+    }
+    eprintln!(
+        "delivered {} of {N} across the failover, {dups} more than once, {} missing, {expired} EXPIREs",
+        seen.len(),
+        missing.len()
+    );
+    assert_eq!(dups, 0, "delivered more than once");
+    assert!(
+        missing.is_empty() || expired > 0,
+        "lost without EXPIRE: {missing:?}"
+    );
+    // After the promotion: clients on every node relay to every other node.
+    let mut clients = [a, b, c];
+    let names = ["alice", "bob", "carol"];
+    for i in 0..3 {
+        for j in 0..3 {
+            if i != j {
+                clients[i].send(&offer(names[j], 100 + i as u64)).await;
+                clients[j]
+                    .expect(&relayed(names[i], names[j], 100 + i as u64))
+                    .await;
+            }
+        }
+    }
+    // One owner per contested id: of the clients that got OPEN, at most one still holds it
+    // (a node closes a socket whose id it lost), and a newcomer is refused if one does.
+    for id in &contested {
+        let mut alive = 0;
+        for (_, cl) in owners.iter_mut().filter(|(i, _)| i == id) {
+            cl.send(&offer(id, 7)).await;
+            match cl.next_within(Duration::from_secs(3)).await {
+                Seen::Text(t) if t == relayed(id, id, 7) => alive += 1,
+                _ => {}
+            }
+        }
+        assert!(alive <= 1, "{id}: {alive} owners");
+        if alive == 1 {
+            for n in &ns {
+                let (_t, first) = attempt(n, id, "thief").await;
+                assert_eq!(
+                    first,
+                    Seen::Text(r#"{"type":"ID-TAKEN","payload":{"msg":"ID is taken"}}"#.into()),
+                    "{id}"
+                );
+            }
+        }
+    }
+    // The registry agrees: each live id is in exactly one node's id set of its shard.
+    for id in names.iter().copied().chain(contested.iter().map(String::as_str)) {
+        let shard = kibitz_signal::registry_shard(id, 16);
+        let port = rc.master_of(kibitz_signal::registry_slot(id, 16)).unwrap();
+        let sets = kibitz_e2e::redis_cli(port, &["KEYS", &format!("kibitz:{{{shard}}}:ids:*")])
+            .unwrap_or_default();
+        let holders = sets
+            .lines()
+            .filter(|set| {
+                kibitz_e2e::redis_cli(port, &["SISMEMBER", set, id]).as_deref() == Some("1")
+            })
+            .count();
+        assert!(holders <= 1, "{id} in {holders} id sets");
+        if names.contains(&id) {
+            assert_eq!(holders, 1, "{id} held");
+        }
+    }
 }

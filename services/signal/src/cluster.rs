@@ -60,4 +60,5 @@ mod wire;
 pub(crate) use driver::{Local, run};
 pub(crate) use handle::Cluster;
 pub(crate) use protocol::{Cmd, ToCore};
+pub use sharded::{registry_shard, registry_slot};
 pub use wire::{MSG_RECOVERING, MSG_UNAVAILABLE};

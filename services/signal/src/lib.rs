@@ -29,7 +29,7 @@ pub mod metrics;
 mod outbox;
 mod ws;
 
-pub use cluster::{MSG_RECOVERING, MSG_UNAVAILABLE};
+pub use cluster::{MSG_RECOVERING, MSG_UNAVAILABLE, registry_shard, registry_slot};
 pub use config::{ClusterConfig, Config, ConfigError, Limits, RedisUrl, SignalArgs};
 
 use hub::Hub;

@@ -29,6 +29,17 @@ pub(crate) fn slot_of(tag: &str) -> u16 {
     CRC16.checksum(tag.as_bytes()) & 16383
 }
 
+/// The Redis Cluster slot holding `id`'s registry record with `shards` shards (for tests
+/// and operators: which master an id depends on).
+pub fn registry_slot(id: &str, shards: usize) -> u16 {
+    slot_of(&shard_of(id, shards).to_string())
+}
+
+/// The shard `id` lives in (public for tests and operators).
+pub fn registry_shard(id: &str, shards: usize) -> usize {
+    shard_of(id, shards)
+}
+
 /// The shard `id` lives in.
 pub(crate) fn shard_of(id: &str, shards: usize) -> usize {
     if shards <= 1 {

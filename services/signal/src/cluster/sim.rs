@@ -215,16 +215,21 @@ impl Redis {
                 self.d.scripts = true;
                 bulk("sha")
             }
-            Call::Hello { known, fresh } => {
+            Call::Hello {
+                known,
+                fresh,
+                force,
+            } => {
                 self.d.lease.insert(me.to_owned(), now + lease);
                 self.d.nodes.insert(me.to_owned());
                 let epoch = self.d.epoch.get_or_insert_with(|| fresh.clone()).clone();
-                if !known.is_empty() && *known != epoch {
+                if *force || (!known.is_empty() && *known != epoch) {
                     self.d.settle_until = now + lease;
                 }
                 bulk(&epoch)
             }
-            Call::Claim { id, token } => {
+            Call::Probe { id } => Value::Int(i64::from(self.held(id, now).is_some())),
+            Call::Claim { id, token, .. } => {
                 if !self.alive(me, now) {
                     return Ok(arr(vec![bulk("stale")]));
                 }
@@ -770,6 +775,7 @@ impl Sim {
                         .handle_input(now, Input::Registrations(regs));
                 }
                 Output::Redis(lane, cmd) => self.redis_cmd(n, lane, cmd),
+                Output::Event(Event::Stats { .. } | Event::Fatal(_)) | Output::Probed(..) => {}
             }
         }
     }
@@ -1530,6 +1536,8 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
         let name = format!("node{n}");
         let settings = Settings {
             node: name.clone(),
+            shard: 0,
+            shards: 1,
             lease: Duration::from_millis(lease),
             concurrent_limit: 10_000,
             max_queued_per_dst: 10_000,
