@@ -609,6 +609,11 @@ async fn a_redis_cluster_master_failover_keeps_one_owner_and_every_message() {
             }
         }
     }
+    eprintln!(
+        "contested ids: {} OPENs over {} ids during and after the failover",
+        owners.len(),
+        contested.len()
+    );
     // One owner per contested id: of the clients that got OPEN, at most one still holds it
     // (a node closes a socket whose id it lost), and a newcomer is refused if one does.
     for id in &contested {

@@ -18,5 +18,13 @@ if not epoch then
 end
 if force or (known ~= '' and known ~= epoch) then
   redis.call('SET', p..'settle', '1', 'PX', lease)
+  -- Nodes alive shortly before a failover lost their leases only because the master was
+  -- away: they count as alive for one more lease (claims wait for the settle meanwhile), so
+  -- messages for their ids go to their inboxes rather than filling offline queues.
+  for _, node in ipairs(redis.call('SMEMBERS', p..'nodes')) do
+    if redis.call('EXISTS', p..'seen:'..node) == 1 then
+      redis.call('SET', p..'node:'..node, '1', 'PX', lease, 'NX')
+    end
+  end
 end
 return epoch

@@ -92,10 +92,11 @@ pub(crate) enum Script {
     Leave,
     Stats,
     Probe,
+    Renew,
 }
 
 impl Script {
-    pub(crate) const ALL: [Script; 12] = [
+    pub(crate) const ALL: [Script; 13] = [
         Script::Claim,
         Script::Release,
         Script::Route,
@@ -108,6 +109,7 @@ impl Script {
         Script::Leave,
         Script::Stats,
         Script::Probe,
+        Script::Renew,
     ];
 }
 
@@ -147,7 +149,7 @@ pub(crate) enum Call {
     /// (id, token, registry number) of this node's live registrations.
     Reassert(Vec<(Arc<str>, String, u64)>),
     ReassertDone,
-    /// `PEXPIRE` of this node's lease key.
+    /// Extend this node's lease (0 if it lapsed).
     Renew,
     Stats,
     Reap,

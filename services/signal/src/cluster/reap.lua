@@ -10,7 +10,7 @@ for _, node in ipairs(redis.call('SMEMBERS', p..'nodes')) do
     n = n + #ids
     if redis.call('SCARD', set) == 0 then
       redis.call('SREM', p..'nodes', node)
-      redis.call('DEL', p..'inbox:'..node)
+      redis.call('DEL', p..'inbox:'..node, p..'seen:'..node)
     end
   end
 end

@@ -39,7 +39,7 @@ impl Lua {
 }
 
 /// Every script, by SHA.
-pub(crate) struct Scripts([Lua; 12]);
+pub(crate) struct Scripts([Lua; 13]);
 
 impl Scripts {
     pub(crate) fn new() -> Self {
@@ -67,6 +67,7 @@ fn source(s: Script) -> &'static str {
         Script::Leave => include_str!("leave.lua"),
         Script::Stats => include_str!("stats.lua"),
         Script::Probe => include_str!("probe.lua"),
+        Script::Renew => include_str!("renew.lua"),
     }
 }
 
@@ -164,10 +165,8 @@ impl Ctx<'_> {
             }
             Call::ReassertDone => self.script(Script::ReassertDone, &[]),
             Call::Renew => {
-                let mut c = redis::cmd("PEXPIRE");
-                c.arg(format!("{}node:{}", self.prefix, s.node))
-                    .arg(s.lease.as_millis() as u64);
-                c
+                let lease = s.lease.as_millis().to_string();
+                self.script(Script::Renew, &[&lease])
             }
             Call::Stats => self.scripts.get(Script::Stats).call(&[self.prefix]),
             Call::Reap => self.script(Script::Reap, &[]),

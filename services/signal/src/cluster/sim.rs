@@ -201,7 +201,6 @@ impl Redis {
             call,
             Call::Load(_)
                 | Call::ReassertBegin
-                | Call::Renew
                 | Call::Read { .. }
                 | Call::Ack { .. }
                 | Call::Trim { .. }
