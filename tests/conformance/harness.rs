@@ -39,6 +39,8 @@ pub enum Backend {
     Reference,
     /// Three nodes of ours in cluster mode on one Redis.
     Cluster,
+    /// Three nodes of ours in cluster mode on a 3-master Redis Cluster (16 registry shards).
+    RedisCluster,
 }
 
 impl Backend {
@@ -47,9 +49,10 @@ impl Backend {
         match std::env::var("KIBITZ_CONFORMANCE_TARGET").as_deref() {
             Ok("reference") | Ok("ref") | Ok("node") => Self::Reference,
             Ok("cluster") => Self::Cluster,
+            Ok("redis-cluster") => Self::RedisCluster,
             Ok("ours") | Ok("") | Err(_) => Self::Ours,
             Ok(other) => panic!(
-                "KIBITZ_CONFORMANCE_TARGET={other:?}: expected `ours`, `cluster` or `reference`"
+                "KIBITZ_CONFORMANCE_TARGET={other:?}: expected `ours`, `cluster`, `redis-cluster` or `reference`"
             ),
         }
     }
@@ -111,7 +114,7 @@ enum Running {
     Cluster {
         // Nodes first: they go before their Redis.
         _nodes: Vec<kibitz_e2e::Node>,
-        _redis: kibitz_e2e::Redis,
+        _redis: kibitz_e2e::Registry,
     },
 }
 
@@ -162,7 +165,10 @@ pub async fn start(opts: Opts) -> Target {
             let (port, running) = start_reference(&opts).await;
             (vec![port], running)
         }
-        Backend::Cluster => start_cluster(&opts, &path).await,
+        Backend::Cluster => start_cluster(&opts, &path, kibitz_e2e::RegistryKind::Single).await,
+        Backend::RedisCluster => {
+            start_cluster(&opts, &path, kibitz_e2e::RegistryKind::Cluster).await
+        }
     };
     Target {
         backend,
@@ -187,17 +193,16 @@ fn ours_config(opts: &Opts, path: &str) -> kibitz_signal::Config {
     }
 }
 
-/// Three cluster nodes on a fresh Redis; returns once each has joined the registry.
-async fn start_cluster(opts: &Opts, path: &str) -> (Vec<u16>, Running) {
-    let redis = kibitz_e2e::Redis::start();
+/// Three cluster nodes on a fresh Redis (or Redis Cluster); returns once each has joined
+/// the registry.
+async fn start_cluster(
+    opts: &Opts,
+    path: &str,
+    kind: kibitz_e2e::RegistryKind,
+) -> (Vec<u16>, Running) {
+    let redis = kibitz_e2e::Registry::start(kind);
     let nodes: Vec<kibitz_e2e::Node> = (0..3)
-        .map(|_| {
-            kibitz_e2e::Node::start(kibitz_e2e::cluster_config(
-                ours_config(opts, path),
-                &redis,
-                2000,
-            ))
-        })
+        .map(|_| kibitz_e2e::Node::start(redis.config(ours_config(opts, path), 2000)))
         .collect();
     let ports: Vec<u16> = nodes.iter().map(|n| n.addr.port()).collect();
     for port in &ports {

@@ -192,6 +192,12 @@ fn report(config: &Config) -> Value {
             "nodes": m.sum("kibitz_signal_cluster_nodes", &[]),
             "peersOnline": m.sum("kibitz_signal_cluster_peers", &[]),
             "registryShards": m.sum("kibitz_signal_cluster_registry_shards", &[]),
+            // The registry's shape: one Redis or a Redis Cluster, its shards (each one hash
+            // slot) and the masters holding them, and which shards do not answer.
+            "registryMode": if m.sum("kibitz_signal_cluster_redis_cluster", &[]) > 0 { "cluster" } else { "single" },
+            "registryShardsUp": m.sum("kibitz_signal_cluster_registry_shards_up", &[]),
+            "registryMasters": m.sum("kibitz_signal_cluster_registry_masters", &[]),
+            "registryShardsDown": m.zero_labels("kibitz_signal_cluster_shard_up", "shard"),
             "crossNodeOutPerSecond": m.sum("kibitz_signal_cluster_messages_per_second", &[("direction", "out")]),
             "crossNodeInPerSecond": m.sum("kibitz_signal_cluster_messages_per_second", &[("direction", "in")]),
             "requestsInFlight": m.sum("kibitz_signal_cluster_requests_in_flight", &[]),

@@ -28,6 +28,18 @@ impl Samples {
         })
     }
 
+    /// The values of label `label` on `name`'s samples that are zero (e.g. the shards of a
+    /// `..._shard_up{shard}` gauge that are down), in exposition order.
+    pub(crate) fn zero_labels(&self, name: &str, label: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(n, _, v)| n == name && *v == 0.0)
+            .filter_map(|(_, labels, _)| {
+                labels.iter().find(|(k, _)| k == label).map(|(_, v)| v.clone())
+            })
+            .collect()
+    }
+
     fn total(&self, name: &str, keep: impl Fn(&[(String, String)]) -> bool) -> u64 {
         let sum: f64 = self
             .0
@@ -103,5 +115,19 @@ kibitz_turn_requests_total{outcome="issued_room"} 1
         );
         assert_eq!(s.sum("kibitz_turn_requests_total", &[]), 15);
         assert_eq!(s.sum("absent", &[]), 0);
+    }
+
+    #[test]
+    fn lists_labels_of_zero_samples() {
+        let s = Samples::parse(
+            "kibitz_signal_cluster_shard_up{shard=\"0\"} 1\n\
+             kibitz_signal_cluster_shard_up{shard=\"1\"} 0\n\
+             kibitz_signal_cluster_shard_up{shard=\"2\"} 0\n",
+        );
+        assert_eq!(
+            s.zero_labels("kibitz_signal_cluster_shard_up", "shard"),
+            ["1", "2"]
+        );
+        assert!(s.zero_labels("absent", "shard").is_empty());
     }
 }

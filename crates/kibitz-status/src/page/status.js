@@ -24,11 +24,15 @@ function show(s) {
   else {
     let detail = `WebSocket at ${b.path}peerjs`;
     if (b.cluster) {
-      detail += b.cluster.registryUp
-        ? `; cluster node: ${b.cluster.nodes} nodes, ${b.cluster.peersOnline} peers in the cluster, ` +
-          `registry on ${b.cluster.registryShards} Redis shard(s), cross-node ` +
-          `${b.cluster.crossNodeOutPerSecond} msg/s out, ${b.cluster.crossNodeInPerSecond} msg/s in`
-        : "; cluster node: Redis unreachable";
+      const c = b.cluster;
+      const shape = c.registryMode === "cluster"
+        ? `registry in ${c.registryShards} shard(s) on a Redis Cluster of ${c.registryMasters} master(s)`
+        : `registry in ${c.registryShards} shard(s) on one Redis`;
+      detail += c.registryUp
+        ? `; cluster node: ${c.nodes} nodes, ${c.peersOnline} peers in the cluster, ${shape}, cross-node ` +
+          `${c.crossNodeOutPerSecond} msg/s out, ${c.crossNodeInPerSecond} msg/s in`
+        : `; cluster node: ${shape}, ${c.registryShardsUp} of ${c.registryShards} shard(s) answer` +
+          (c.registryShardsDown.length ? ` (down: ${c.registryShardsDown.join(", ")})` : "");
     }
     setRow("broker", b.healthy ? "good" : "bad", b.healthy ? "up" : "down", detail);
   }

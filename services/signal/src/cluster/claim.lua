@@ -34,7 +34,12 @@ for _, node in ipairs(redis.call('SMEMBERS', p..'nodes')) do
   end
 end
 if n >= limit then return {'limit'} end
-local reg = redis.call('INCR', p..'seq')
+-- Registration numbers rise with the master's clock (microseconds, exact in a Lua number),
+-- so lists merged from several shards keep registration order; strictly rising per shard.
+local t = redis.call('TIME')
+local reg = math.max(t[1] * 1000000 + t[2], tonumber(redis.call('GET', p..'seq') or '0') + 1)
+reg = string.format('%.0f', reg)
+redis.call('SET', p..'seq', reg)
 redis.call('HSET', key, 'node', me, 'token', token, 'reg', reg)
 redis.call('SADD', p..'ids:'..me, id)
-return pop({'new', tostring(reg), ''})
+return pop({'new', reg, ''})

@@ -36,6 +36,9 @@ pub(crate) enum Cmd {
     /// A leave notice whose sender lives in this shard and whose receiver in another: asks
     /// whether the sender is held again (answered with [`Output::Probed`]).
     Probe(Forward),
+    /// How many ids the shard holds (answered with [`Output::Counted`]): taken from every
+    /// shard before a batch of claims, for the cluster-wide id limit.
+    Count,
 }
 
 /// What the registry needs to know about this node and the broker's limits.
@@ -238,6 +241,8 @@ pub(crate) enum Output {
     Event(Event),
     /// The answer to a [`Cmd::Probe`]: whether the notice's sender is held again.
     Probed(Forward, bool),
+    /// The answer to a [`Cmd::Count`] (`None`: the shard did not answer).
+    Counted(Option<u64>),
     /// Nothing more to do until this instant (or the next input).
     Timeout(Instant),
 }

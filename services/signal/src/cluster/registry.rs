@@ -337,6 +337,7 @@ impl Registry {
                     self.core(ToCore::Claim(conn, Claim::Unavailable(MSG_UNAVAILABLE)));
                 }
                 Cmd::Probe(f) => self.out.push_back(Output::Probed(f, false)),
+                Cmd::Count => self.out.push_back(Output::Counted(None)),
                 Cmd::Release { .. } | Cmd::Forward(..) => {}
             },
             _ => self.pending.push_back(cmd),
@@ -358,6 +359,7 @@ impl Registry {
             // Unknown whether the sender is back: the notice goes (a spurious LEAVE rather
             // than a lost one).
             Cmd::Probe(fwd) => self.out.push_back(Output::Probed(fwd, false)),
+            Cmd::Count => self.out.push_back(Output::Counted(None)),
         }
     }
 
@@ -424,6 +426,7 @@ impl Registry {
                 Cmd::Release { .. } => {}
                 Cmd::Forward(f, seq) => self.held.wait(self.now, f, seq),
                 Cmd::Probe(f) => self.out.push_back(Output::Probed(f, false)),
+                Cmd::Count => self.out.push_back(Output::Counted(None)),
             }
         }
     }
@@ -689,6 +692,7 @@ impl Registry {
                     limit: self.limit,
                 }),
                 Cmd::Probe(f) => calls.push(Call::Probe { id: f.src.clone() }),
+                Cmd::Count => calls.push(Call::Stats),
                 Cmd::Release { id, reg } => calls.push(Call::Release {
                     id: id.clone(),
                     reg: *reg,
@@ -779,6 +783,14 @@ impl Registry {
                 (Cmd::Probe(f), r) => {
                     let held = r.ok().as_ref().and_then(wire::int) == Some(1);
                     self.out.push_back(Output::Probed(f, held));
+                }
+                (Cmd::Count, r) => {
+                    let ids = match r {
+                        Ok(Value::Array(stats)) => stats.get(1).and_then(wire::int),
+                        _ => None,
+                    };
+                    let ids = ids.map(|n| n.max(0) as u64);
+                    self.out.push_back(Output::Counted(ids));
                 }
                 (Cmd::Release { .. }, _) => {}
             }

@@ -5,9 +5,11 @@
 //! for every node and version). Claims and releases go to their id's shard, messages to
 //! their receiver's, so every message for one receiver passes one shard's FIFO connection
 //! and a sender's order holds. What crosses shards:
-//! - the cluster-wide id limit: each shard's claims check its own count plus the other
-//!   shards' counts as of their last lease renewal (so claims landing within one renewal
-//!   period on different shards can pass the limit together);
+//! - the cluster-wide id limit: before a batch of claims, every shard is asked for its count
+//!   (one call each, pipelined with its other traffic); each claim then checks, atomically
+//!   in its shard, its shard's count plus the others' as just read. Claims landing on other
+//!   shards within that round trip are not seen, so racing claims can pass the limit by a
+//!   few;
 //! - leave notices ("drop if the sender is held again"): the sender's shard is asked first,
 //!   then the notice is routed in the receiver's shard; a re-registration between the two
 //!   gives one spurious notice;
@@ -78,6 +80,10 @@ pub(crate) struct Sharded {
     /// Each shard's live nodes and ids as of its last renewal.
     nodes: Vec<u64>,
     ids: Vec<u64>,
+    /// Claims waiting for the next count round, and the round in flight: its claims and
+    /// each shard's answer (`None` until it answers; `Some(None)` if it could not).
+    claims: Vec<Cmd>,
+    round: Option<(Vec<Cmd>, Vec<Option<Option<u64>>>)>,
     /// Messages out and in since `rate_at`.
     sent: u64,
     read: u64,
@@ -102,6 +108,8 @@ impl Sharded {
             needs: vec![false; shards],
             nodes: vec![0; shards],
             ids: vec![0; shards],
+            claims: Vec::new(),
+            round: None,
             sent: 0,
             read: 0,
             rate_at: now,
@@ -156,6 +164,10 @@ impl Sharded {
 
     fn local(&mut self, cmd: Cmd) {
         let n = self.shards.len();
+        if n > 1 && matches!(cmd, Cmd::Claim { .. }) {
+            self.claims.push(cmd);
+            return self.count_round();
+        }
         let s = match &cmd {
             Cmd::Claim { id, .. } | Cmd::Release { id, .. } => shard_of(id, n),
             Cmd::Forward(f, _) if f.notice && shard_of(&f.src, n) != shard_of(&f.dst, n) => {
@@ -165,8 +177,59 @@ impl Sharded {
                 return;
             }
             Cmd::Forward(f, _) | Cmd::Probe(f) => shard_of(&f.dst, n),
+            Cmd::Count => return,
         };
         self.shards[s].handle_input(self.now, Input::Local(cmd));
+    }
+
+    /// Starts a count round for the waiting claims, unless one is in flight.
+    fn count_round(&mut self) {
+        if self.round.is_some() || self.claims.is_empty() {
+            return;
+        }
+        let n = self.shards.len();
+        self.round = Some((std::mem::take(&mut self.claims), vec![None; n]));
+        for r in &mut self.shards {
+            r.handle_input(self.now, Input::Local(Cmd::Count));
+        }
+    }
+
+    /// Shard `s` counted its ids: once every shard has, the round's claims go to their
+    /// shards with the limit less the other shards' counts.
+    fn counted(&mut self, s: usize, ids: Option<u64>) {
+        let Some((_, answers)) = &mut self.round else {
+            return;
+        };
+        answers[s] = Some(ids);
+        if answers.iter().any(Option::is_none) {
+            return;
+        }
+        let Some((claims, answers)) = self.round.take() else {
+            return;
+        };
+        for (i, a) in answers.into_iter().enumerate() {
+            if let Some(Some(ids)) = a {
+                self.ids[i] = ids;
+            }
+        }
+        self.set_limits();
+        let n = self.shards.len();
+        for cmd in claims {
+            if let Cmd::Claim { id, .. } = &cmd {
+                let s = shard_of(id, n);
+                self.shards[s].handle_input(self.now, Input::Local(cmd));
+            }
+        }
+        self.count_round();
+    }
+
+    /// Every shard's share of the id limit: the limit less the other shards' last counts.
+    fn set_limits(&mut self) {
+        let total: u64 = self.ids.iter().sum();
+        for (i, r) in self.shards.iter_mut().enumerate() {
+            let others = usize::try_from(total - self.ids[i]).unwrap_or(usize::MAX);
+            r.set_limit(self.concurrent_limit.saturating_sub(others));
+        }
     }
 
     /// The next thing to do; [`SOutput::Timeout`] once there is nothing else.
@@ -221,6 +284,7 @@ impl Sharded {
                 read,
             }) => self.stats(s, nodes, ids, sent, read),
             Output::Event(Event::Fatal(msg)) => self.out.push_back(SOutput::Fatal(msg)),
+            Output::Counted(ids) => self.counted(s, ids),
             Output::Probed(mut f, held) => {
                 if !held {
                     // Not held again: route it in the receiver's shard (where the sender is
@@ -244,10 +308,7 @@ impl Sharded {
         let live = self.nodes.iter().copied().max().unwrap_or(0);
         self.metrics.cluster_nodes.set(live as f64);
         self.metrics.cluster_peers.set(total as f64);
-        for (i, r) in self.shards.iter_mut().enumerate() {
-            let others = usize::try_from(total - self.ids[i]).unwrap_or(usize::MAX);
-            r.set_limit(self.concurrent_limit.saturating_sub(others));
-        }
+        self.set_limits();
         // Rates over the time since shard 0 last reported (every shard reports once per
         // renewal period).
         if s == 0 {

@@ -774,7 +774,8 @@ impl Sim {
                         .handle_input(now, Input::Registrations(regs));
                 }
                 Output::Redis(lane, cmd) => self.redis_cmd(n, lane, cmd),
-                Output::Event(Event::Stats { .. } | Event::Fatal(_)) | Output::Probed(..) => {}
+                Output::Event(Event::Stats { .. } | Event::Fatal(_)) | Output::Probed(..)
+                | Output::Counted(_) => {}
             }
         }
     }
