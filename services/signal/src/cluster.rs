@@ -1,8 +1,10 @@
 //! Cluster mode: the shared registry on Redis, and this node's driver for it.
 //!
-//! Layout: `registry` is this node's side of the registry as a sans-IO state machine (time,
-//! the core's commands and Redis replies in; Redis calls and answers for the core out), with
-//! its inputs and outputs in `protocol` and the messages it keeps in `held`;
+//! Layout: `registry` is this node's side of one registry shard as a sans-IO state machine
+//! (time, the core's commands and Redis replies in; Redis calls and answers for the core
+//! out), with its inputs and outputs in `protocol` and the messages it keeps in `held`;
+//! `sharded` puts one per shard behind one state machine (see its docs for what crosses
+//! shards);
 //! `driver` is the thin async layer that owns the Redis connections; `handle` is what the
 //! broker holds (the bounded command queue, health); `scripts` holds the Lua scripts (the
 //! `.lua` files) and turns calls into Redis commands; `wire` reads Redis answers.
@@ -29,6 +31,14 @@
 //!
 //! A node that dies stops renewing: within `lease` its ids are free (claims check the
 //! holder's lease, not just the record) and any live node reaps its records later.
+//!
+//! # Shards
+//! The registry is split into `shards` complete namespaces, each under the prefix
+//! `{p}{s}:` whose hash tag puts all its keys in one Redis Cluster slot (with one shard on one
+//! Redis the prefix is `{p}` itself, as before). An id lives in shard `crc16(id) % shards`;
+//! each script declares the shard prefix as its key, so a Redis Cluster runs it on the master
+//! of that slot. A shard whose master changes (a failover) is treated like a Redis that lost
+//! its data.
 //!
 //! # Outages
 //! All registry traffic runs in order on one connection, in pipelined batches (up to
