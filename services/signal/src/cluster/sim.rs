@@ -1,7 +1,10 @@
-//! A seeded simulation of the cluster registry: several nodes, each a [`Registry`] and a fake
-//! core that records what it would deliver, over a simulated Redis (a Rust model of what the
-//! Lua scripts and stream commands do) that drops connections, restarts (with or without its
-//! data) and delays replies, on a virtual clock. No tokio, no sockets: one seed, one run.
+//! A seeded simulation of the cluster registry: several nodes, each a [`Sharded`] registry
+//! and a fake core that records what it would deliver, over a simulated Redis per shard (a
+//! Rust model of what the Lua scripts and stream commands do) that drops connections,
+//! restarts (with or without its data) and delays replies, on a virtual clock. Half the seeds
+//! use 2–4 shards as on a Redis Cluster, where a shard's master can also fail over: its
+//! replica, a snapshot up to 100 ms old, takes over under a new node id (the master's last
+//! writes are gone, every connection to it breaks). No tokio, no sockets: one seed, one run.
 //!
 //! Invariants, as the real Redis tests check them:
 //! - one owner per id: a claim is granted only while no other client holds the id on a node
@@ -22,8 +25,8 @@
 //! `KIBITZ_CLUSTER_SIM_SEEDS` sets how many seeds run (default 1000); a failure names its
 //! seed, and `KIBITZ_CLUSTER_SIM_SEED=<n>` replays one and prints what happened.
 
-use super::protocol::{Call, Cmd, Command, Event, Input, Lane, Output, Reply, Settings, ToCore};
-use super::registry::Registry;
+use super::protocol::{Call, Cmd, Command, Input, Lane, Reply, Settings, ToCore};
+use super::sharded::{SOutput, Sharded, shard_of};
 use crate::core::{Claim, ConnId, Forward};
 use crate::metrics::Metrics;
 use kibitz_proto::SplitMix64;
@@ -88,11 +91,13 @@ type StreamEntry = (Sid, Vec<(String, String)>);
 type Record = (String, String, u64);
 
 /// What the scripts keep in Redis, for one prefix.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Data {
     epoch: Option<String>,
     settle_until: u64,
     lease: BTreeMap<String, u64>,
+    /// `seen:{node}`: renewed with the lease, for three leases.
+    seen: BTreeMap<String, u64>,
     nodes: BTreeSet<String>,
     ids: BTreeMap<String, Record>,
     /// `ids:{node}` and `ids:{node}:new`; an empty set does not exist.
@@ -107,8 +112,14 @@ struct Data {
     scripts: bool,
 }
 
-/// The simulated Redis.
+/// The simulated Redis of one shard (its master).
 struct Redis {
+    shard: usize,
+    shards: usize,
+    /// The master's node id: a failover changes it.
+    id: u64,
+    /// What the replica has (a snapshot taken shortly before a failover).
+    replica: Option<Data>,
     up: bool,
     d: Data,
     lease_ms: u64,
@@ -224,6 +235,19 @@ impl Redis {
                 let epoch = self.d.epoch.get_or_insert_with(|| fresh.clone()).clone();
                 if *force || (!known.is_empty() && *known != epoch) {
                     self.d.settle_until = now + lease;
+                    // Nodes seen alive lately keep a lease through the settle.
+                    let seen: Vec<String> = self
+                        .d
+                        .nodes
+                        .iter()
+                        .filter(|n| self.d.seen.get(*n).is_some_and(|t| *t > now))
+                        .cloned()
+                        .collect();
+                    for node in seen {
+                        if !self.alive(&node, now) {
+                            self.d.lease.insert(node, now + lease);
+                        }
+                    }
                 }
                 bulk(&epoch)
             }
@@ -297,7 +321,11 @@ impl Redis {
                 let mut out = Vec::new();
                 let mut batches: Vec<(String, Vec<(&str, String)>)> = Vec::new();
                 for (fwd, seq) in msgs {
-                    let mid = format!("{me}.{seq}");
+                    let mid = if self.shards > 1 {
+                        format!("{me}.{}.{seq}", self.shard)
+                    } else {
+                        format!("{me}.{seq}")
+                    };
                     if fwd.notice && self.held(&fwd.src, now).is_some() {
                         out.push(bulk("held"));
                         continue;
@@ -431,6 +459,7 @@ impl Redis {
             Call::Renew => {
                 if self.alive(me, now) {
                     self.d.lease.insert(me.to_owned(), now + lease);
+                    self.d.seen.insert(me.to_owned(), now + 3 * lease);
                     Value::Int(1)
                 } else {
                     Value::Int(0)
@@ -461,6 +490,7 @@ impl Redis {
                         }
                     }
                     self.d.nodes.remove(&node);
+                    self.d.seen.remove(&node);
                     self.d.inboxes.remove(&node);
                     self.d.last_sid.remove(&node);
                 }
@@ -473,6 +503,7 @@ impl Redis {
                     }
                 }
                 self.d.lease.remove(me);
+                self.d.seen.remove(me);
                 self.d.inboxes.remove(me);
                 self.d.last_sid.remove(me);
                 self.d.nodes.remove(me);
@@ -558,19 +589,29 @@ struct Msg {
 #[derive(Debug)]
 enum Ev {
     Timer(usize),
-    /// A lane's request reaches Redis.
-    Exec(usize, Lane, u64, Vec<Call>),
+    /// A lane's request reaches Redis: (node, shard, lane, connection, calls).
+    Exec(usize, usize, Lane, u64, Vec<Call>),
     /// A lane's answer reaches its node (with the frames its request took out of queues).
-    Answer(usize, Lane, u64, Input, Vec<String>),
-    Connect(usize, Lane, u64),
+    Answer(usize, usize, Lane, u64, Input, Vec<String>),
+    Connect(usize, usize, Lane, u64),
     /// A blocked read's time is up.
-    ReadTimeout(usize, u64),
+    ReadTimeout(usize, usize, u64),
+    /// A shard's Redis goes away (and comes back after `for_ms`, maybe empty).
     RedisDown {
+        shard: usize,
         lose_data: bool,
         for_ms: u64,
     },
-    RedisUp,
-    Drop(usize, Lane),
+    RedisUp(usize),
+    /// The replica of a shard's master copies what the master has now.
+    Replicate(usize),
+    /// A shard's master dies; its replica (as of the last `Replicate`) takes over after
+    /// `for_ms`, under a new node id.
+    Failover {
+        shard: usize,
+        for_ms: u64,
+    },
+    Drop(usize, usize, Lane),
     Crash(usize),
     Open(usize, usize),
     /// The client's open socket closes.
@@ -593,13 +634,16 @@ struct LaneNet {
     /// Connections the network cut (their unsent requests never run); a connection the
     /// node gave up on (a response timeout, a reconnect) still runs what it was sent.
     cut: BTreeSet<u64>,
+    /// The Redis node id its last connection reached.
+    master: Option<u64>,
 }
 
 struct Node {
     name: String,
-    reg: Registry,
+    reg: Sharded,
     core: FakeCore,
-    lanes: [LaneNet; 2],
+    /// Per shard: the main and inbox lanes.
+    lanes: Vec<[LaneNet; 2]>,
     alive: bool,
     timer: u64,
 }
@@ -611,7 +655,10 @@ struct Sim {
     seq: u64,
     events: BinaryHeap<Reverse<(u64, u64, usize)>>,
     slots: Vec<Option<Ev>>,
-    redis: Redis,
+    /// One Redis per shard.
+    redis: Vec<Redis>,
+    /// The registry runs on a Redis Cluster: lanes learn the master's node id.
+    cluster: bool,
     nodes: Vec<Node>,
     clients: Vec<Client>,
     sessions: BTreeMap<ConnId, Session>,
@@ -657,6 +704,9 @@ struct Stats {
     max_in_flight: usize,
     /// Route requests that carried more than one message.
     batched_routes: usize,
+    /// Runs with several shards, and shard failovers (master lost with its last writes).
+    sharded_runs: usize,
+    failovers: usize,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -673,6 +723,8 @@ impl std::ops::AddAssign for Stats {
         self.faults += o.faults;
         self.max_in_flight = self.max_in_flight.max(o.max_in_flight);
         self.batched_routes += o.batched_routes;
+        self.sharded_runs += o.sharded_runs;
+        self.failovers += o.failovers;
     }
 }
 
@@ -736,7 +788,7 @@ impl Sim {
                 node.reg.handle_input(now, Input::Local(cmd));
             }
             match node.reg.poll_output() {
-                Output::Timeout(at) => {
+                SOutput::Timeout(at) => {
                     let t = self.ms(at);
                     if t < self.nodes[n].timer || self.nodes[n].timer <= self.now {
                         self.nodes[n].timer = t;
@@ -744,8 +796,8 @@ impl Sim {
                     }
                     return;
                 }
-                Output::Core(ev) => self.core(n, ev),
-                Output::Event(Event::Up(up)) => {
+                SOutput::Core(ev) => self.core(n, ev),
+                SOutput::Up(up) => {
                     self.note(format!("node{n} registry up={up}"));
                     if up {
                         // Re-asserted: what this node still holds is its own again.
@@ -761,7 +813,7 @@ impl Sim {
                         }
                     }
                 }
-                Output::Event(Event::NeedRegistrations) => {
+                SOutput::NeedRegistrations => {
                     let regs = self.nodes[n]
                         .core
                         .peers
@@ -773,27 +825,26 @@ impl Sim {
                         .reg
                         .handle_input(now, Input::Registrations(regs));
                 }
-                Output::Redis(lane, cmd) => self.redis_cmd(n, lane, cmd),
-                Output::Event(Event::Stats { .. } | Event::Fatal(_)) | Output::Probed(..)
-                | Output::Counted(_) => {}
+                SOutput::Redis(s, lane, cmd) => self.redis_cmd(n, s, lane, cmd),
+                SOutput::Fatal(msg) => self.fail(format!("node{n}: {msg}")),
             }
         }
     }
 
-    fn redis_cmd(&mut self, n: usize, lane: Lane, cmd: Command) {
+    fn redis_cmd(&mut self, n: usize, s: usize, lane: Lane, cmd: Command) {
         let l = lane_ix(lane);
         match cmd {
             Command::Connect => {
-                let ln = &mut self.nodes[n].lanes[l];
+                let ln = &mut self.nodes[n].lanes[s][l];
                 ln.epoch += 1;
                 ln.connected = false;
                 ln.inflight = 1;
                 let epoch = ln.epoch;
                 let t = self.now + self.rng.range(1, 20);
-                self.schedule(t, Ev::Connect(n, lane, epoch));
+                self.schedule(t, Ev::Connect(n, s, lane, epoch));
             }
             Command::Run(calls) => {
-                let ln = &mut self.nodes[n].lanes[l];
+                let ln = &mut self.nodes[n].lanes[s][l];
                 ln.inflight += 1;
                 if lane == Lane::Main {
                     self.stats.max_in_flight = self.stats.max_in_flight.max(ln.inflight);
@@ -803,14 +854,14 @@ impl Sim {
                         .count();
                     self.stats.batched_routes += batched;
                 }
-                let ln = &mut self.nodes[n].lanes[l];
+                let ln = &mut self.nodes[n].lanes[s][l];
                 if !ln.connected {
                     let epoch = ln.epoch;
                     let t = self.now.max(ln.last_answer);
                     ln.last_answer = t;
                     self.schedule(
                         t,
-                        Ev::Answer(n, lane, epoch, Input::Disconnected(lane), Vec::new()),
+                        Ev::Answer(n, s, lane, epoch, Input::Disconnected(lane), Vec::new()),
                     );
                     return;
                 }
@@ -821,7 +872,7 @@ impl Sim {
                     Lane::Inbox => 3000,
                 };
                 let blocking = matches!(calls.last(), Some(Call::Read { .. }));
-                let ln = &mut self.nodes[n].lanes[l];
+                let ln = &mut self.nodes[n].lanes[s][l];
                 let exec_at = (self.now + go).max(ln.last_exec);
                 ln.last_exec = exec_at;
                 // The response timeout: the request may still run, its answer is lost.
@@ -830,12 +881,12 @@ impl Sim {
                     ln.last_answer = t;
                     self.schedule(
                         t,
-                        Ev::Answer(n, lane, epoch, Input::Disconnected(lane), Vec::new()),
+                        Ev::Answer(n, s, lane, epoch, Input::Disconnected(lane), Vec::new()),
                     );
-                    self.schedule(exec_at, Ev::Exec(n, lane, epoch, calls));
+                    self.schedule(exec_at, Ev::Exec(n, s, lane, epoch, calls));
                     return;
                 }
-                self.schedule(exec_at, Ev::Exec(n, lane, epoch, calls));
+                self.schedule(exec_at, Ev::Exec(n, s, lane, epoch, calls));
             }
         }
     }
@@ -855,8 +906,8 @@ impl Sim {
     }
 
     /// The connection `epoch` of a lane broke: its node learns it.
-    fn disconnect(&mut self, n: usize, lane: Lane) {
-        let ln = &mut self.nodes[n].lanes[lane_ix(lane)];
+    fn disconnect(&mut self, n: usize, s: usize, lane: Lane) {
+        let ln = &mut self.nodes[n].lanes[s][lane_ix(lane)];
         ln.cut.insert(ln.epoch);
         ln.connected = false;
         ln.epoch += 1;
@@ -866,24 +917,25 @@ impl Sim {
             ln.last_answer = t;
             self.schedule(
                 t,
-                Ev::Answer(n, lane, epoch, Input::Disconnected(lane), Vec::new()),
+                Ev::Answer(n, s, lane, epoch, Input::Disconnected(lane), Vec::new()),
             );
         }
         if lane == Lane::Inbox {
             let name = self.nodes[n].name.clone();
-            self.redis.parked.remove(&name);
+            self.redis[s].parked.remove(&name);
         }
     }
 
-    fn answer_read(&mut self, n: usize, epoch: u64, v: Value) {
+    fn answer_read(&mut self, n: usize, s: usize, epoch: u64, v: Value) {
         let t = self.now + self.lat().min(900);
-        let ln = &mut self.nodes[n].lanes[lane_ix(Lane::Inbox)];
+        let ln = &mut self.nodes[n].lanes[s][lane_ix(Lane::Inbox)];
         let t = t.max(ln.last_answer);
         ln.last_answer = t;
         self.schedule(
             t,
             Ev::Answer(
                 n,
+                s,
                 Lane::Inbox,
                 epoch,
                 Input::Reply(Lane::Inbox, vec![Ok(v)]),
@@ -892,20 +944,71 @@ impl Sim {
         );
     }
 
-    /// Blocked reads of nodes whose inbox got something are answered.
-    fn wake_reads(&mut self) {
-        let parked: Vec<(String, (u64, Sid, u64))> = self
-            .redis
+    /// Blocked reads of nodes whose inbox in shard `s` got something are answered.
+    fn wake_reads(&mut self, s: usize) {
+        let parked: Vec<(String, (u64, Sid, u64))> = self.redis[s]
             .parked
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         for (name, (epoch, last, _)) in parked {
-            if let Some(v) = self.redis.read(&name, last) {
-                self.redis.parked.remove(&name);
+            if let Some(v) = self.redis[s].read(&name, last) {
+                self.redis[s].parked.remove(&name);
                 if let Some(n) = self.nodes.iter().position(|x| x.name == name) {
-                    self.answer_read(n, epoch, v);
+                    self.answer_read(n, s, epoch, v);
                 }
+            }
+        }
+    }
+
+    /// Shard `s`'s Redis loses (some of) its data: what was unread in inboxes or queued may
+    /// be gone, and no registration in it keeps its standing.
+    fn losing(&mut self, s: usize, back: u64) {
+        // Messages unread in an inbox die here; their sender hands them again one lease
+        // after Redis is back, if they are still within their lifetime.
+        let wiped: Vec<usize> = self.redis[s]
+            .d
+            .inboxes
+            .values()
+            .flatten()
+            .flat_map(|(_, f)| f.iter().filter(|(k, _)| k == "m"))
+            .filter_map(|(_, m)| m.strip_prefix('m')?.parse().ok())
+            .collect();
+        for m in wiped {
+            self.msgs[m].wiped = true;
+        }
+        // A message queued past its own deadline (in a queue another message started
+        // later) is forgotten by its sender: it dies with the queue.
+        let outlived: Vec<usize> = self.redis[s]
+            .d
+            .queues
+            .values()
+            .flatten()
+            .filter_map(|(_, m, _)| m.strip_prefix('m')?.parse().ok())
+            .collect();
+        for m in outlived {
+            if self.msgs[m].sent + TTL <= self.now {
+                self.msgs[m].outlived = true;
+            }
+        }
+        self.losses.push((self.now, back));
+        self.lost_data = true;
+        // Another client may take any id of the shard.
+        let shards = self.redis.len();
+        for ses in self.sessions.values_mut() {
+            if shard_of(&self.clients[ses.client].id, shards) == s {
+                ses.standing = false;
+            }
+        }
+    }
+
+    /// Every node's lanes to shard `s` break.
+    fn cut_shard(&mut self, s: usize) {
+        self.redis[s].d.scripts = false;
+        self.redis[s].parked.clear();
+        for n in 0..self.nodes.len() {
+            for lane in [Lane::Main, Lane::Inbox] {
+                self.disconnect(n, s, lane);
             }
         }
     }
@@ -919,28 +1022,44 @@ impl Sim {
                 }
                 self.pump(n);
             }
-            Ev::Connect(n, lane, epoch) => {
+            Ev::Connect(n, s, lane, epoch) => {
                 let alive = self.nodes[n].alive;
-                let ln = &mut self.nodes[n].lanes[lane_ix(lane)];
+                let (up, id) = (self.redis[s].up, self.redis[s].id);
+                let cluster = self.cluster;
+                let now = self.at(self.now);
+                let ln = &mut self.nodes[n].lanes[s][lane_ix(lane)];
                 if ln.epoch != epoch || !alive {
                     return;
                 }
                 ln.inflight = 0;
-                let input = if self.redis.up {
-                    ln.connected = true;
-                    Input::Connected(lane)
-                } else {
-                    Input::Disconnected(lane)
-                };
-                let now = self.at(self.now);
-                self.nodes[n].reg.handle_input(now, input);
+                if !up {
+                    self.nodes[n]
+                        .reg
+                        .handle_lane(now, s, Input::Disconnected(lane));
+                    return self.pump(n);
+                }
+                ln.connected = true;
+                // On a Redis Cluster the driver learns the master's node id on connect.
+                let moved = cluster && ln.master.is_some_and(|m| m != id);
+                if cluster {
+                    ln.master = Some(id);
+                }
+                if moved {
+                    self.note(format!("node{n} {lane:?} shard {s}: another master"));
+                    self.nodes[n]
+                        .reg
+                        .handle_lane(now, s, Input::Failover(lane));
+                }
+                self.nodes[n]
+                    .reg
+                    .handle_lane(now, s, Input::Connected(lane));
                 self.pump(n);
             }
-            Ev::Exec(n, lane, epoch, calls) => {
-                let ln = &self.nodes[n].lanes[lane_ix(lane)];
+            Ev::Exec(n, s, lane, epoch, calls) => {
+                let ln = &self.nodes[n].lanes[s][lane_ix(lane)];
                 // Its answer is lost: it timed out, or the node moved to a new connection.
                 let timed_out = ln.epoch != epoch;
-                if !self.redis.up
+                if !self.redis[s].up
                     || !self.nodes[n].alive
                     || ln.cut.contains(&epoch)
                     || (timed_out && lane == Lane::Inbox)
@@ -951,24 +1070,26 @@ impl Sim {
                 if let [before @ .., Call::Read { last }] = &calls[..] {
                     // The confirmations and trim that go with the read run first.
                     for c in before {
-                        let _ = self.redis.exec(&me, c, self.now);
+                        let _ = self.redis[s].exec(&me, c, self.now);
                     }
-                    self.wake_reads();
+                    self.wake_reads(s);
                     let last = parse_sid(last);
-                    match self.redis.read(&me, last) {
-                        Some(v) => self.answer_read(n, epoch, v),
+                    match self.redis[s].read(&me, last) {
+                        Some(v) => self.answer_read(n, s, epoch, v),
                         None => {
                             let until = self.now + super::protocol::INBOX_BLOCK_MS;
-                            self.redis.parked.insert(me, (epoch, last, until));
-                            self.schedule(until, Ev::ReadTimeout(n, epoch));
+                            self.redis[s].parked.insert(me, (epoch, last, until));
+                            self.schedule(until, Ev::ReadTimeout(n, s, epoch));
                         }
                     }
                     return;
                 }
                 let now = self.now;
-                self.redis.popped.clear();
-                let results: Vec<Reply> =
-                    calls.iter().map(|c| self.redis.exec(&me, c, now)).collect();
+                self.redis[s].popped.clear();
+                let results: Vec<Reply> = calls
+                    .iter()
+                    .map(|c| self.redis[s].exec(&me, c, now))
+                    .collect();
                 for (c, r) in calls.iter().zip(&results) {
                     let what = match c {
                         Call::Route(msgs) => {
@@ -988,33 +1109,33 @@ impl Sim {
                         Ok(v) => format!("{v:?}").chars().take(120).collect::<String>(),
                         Err(()) => "error".into(),
                     };
-                    self.note(format!("redis: node{n} {what}: {r}"));
+                    self.note(format!("redis{s}: node{n} {what}: {r}"));
                 }
-                self.wake_reads();
-                let popped = std::mem::take(&mut self.redis.popped);
+                self.wake_reads(s);
+                let popped = std::mem::take(&mut self.redis[s].popped);
                 if timed_out {
                     self.unanswered(&popped);
                 } else {
                     let t = self.now + self.lat().min(self.lease / 3 - 1);
-                    let ln = &mut self.nodes[n].lanes[lane_ix(lane)];
+                    let ln = &mut self.nodes[n].lanes[s][lane_ix(lane)];
                     let t = t.max(ln.last_answer);
                     ln.last_answer = t;
                     self.schedule(
                         t,
-                        Ev::Answer(n, lane, epoch, Input::Reply(lane, results), popped),
+                        Ev::Answer(n, s, lane, epoch, Input::Reply(lane, results), popped),
                     );
                 }
             }
-            Ev::ReadTimeout(n, epoch) => {
+            Ev::ReadTimeout(n, s, epoch) => {
                 let name = self.nodes[n].name.clone();
-                if self.redis.parked.get(&name).is_some_and(|p| p.0 == epoch) {
-                    self.redis.parked.remove(&name);
-                    self.answer_read(n, epoch, Value::Nil);
+                if self.redis[s].parked.get(&name).is_some_and(|p| p.0 == epoch) {
+                    self.redis[s].parked.remove(&name);
+                    self.answer_read(n, s, epoch, Value::Nil);
                 }
             }
-            Ev::Answer(n, lane, epoch, input, popped) => {
+            Ev::Answer(n, s, lane, epoch, input, popped) => {
                 let alive = self.nodes[n].alive;
-                let ln = &mut self.nodes[n].lanes[lane_ix(lane)];
+                let ln = &mut self.nodes[n].lanes[s][lane_ix(lane)];
                 if ln.epoch != epoch || !alive || ln.inflight == 0 {
                     return self.unanswered(&popped);
                 }
@@ -1026,82 +1147,76 @@ impl Sim {
                     ln.epoch += 1;
                 }
                 let now = self.at(self.now);
-                self.nodes[n].reg.handle_input(now, input);
+                self.nodes[n].reg.handle_lane(now, s, input);
                 self.pump(n);
             }
-            Ev::RedisDown { lose_data, for_ms } => {
-                if !self.redis.up {
+            Ev::RedisDown {
+                shard: s,
+                lose_data,
+                for_ms,
+            } => {
+                if !self.redis[s].up {
                     return;
                 }
-                self.note(format!("redis down for {for_ms} ms, lose_data={lose_data}"));
+                self.note(format!(
+                    "redis{s} down for {for_ms} ms, lose_data={lose_data}"
+                ));
                 self.stats.faults += 1;
-                self.redis.up = false;
+                self.redis[s].up = false;
                 self.outage_ms += for_ms;
                 if lose_data {
-                    // Messages unread in an inbox die here; their sender hands them again one
-                    // lease after Redis is back, if they are still within their lifetime.
-                    let back = self.now + for_ms;
-                    let wiped: Vec<usize> = self
-                        .redis
-                        .d
-                        .inboxes
-                        .values()
-                        .flatten()
-                        .flat_map(|(_, f)| f.iter().filter(|(k, _)| k == "m"))
-                        .filter_map(|(_, m)| m.strip_prefix('m')?.parse().ok())
-                        .collect();
-                    for m in wiped {
-                        self.msgs[m].wiped = true;
-                    }
-                    // A message queued past its own deadline (in a queue another message
-                    // started later) is forgotten by its sender: it dies with the queue.
-                    let outlived: Vec<usize> = self
-                        .redis
-                        .d
-                        .queues
-                        .values()
-                        .flatten()
-                        .filter_map(|(_, m, _)| m.strip_prefix('m')?.parse().ok())
-                        .collect();
-                    for m in outlived {
-                        if self.msgs[m].sent + TTL <= self.now {
-                            self.msgs[m].outlived = true;
-                        }
-                    }
-                    self.losses.push((self.now, back));
-                    self.redis.d = Data::default();
-                    self.lost_data = true;
-                    // Nobody's registration survives: another client may take any id.
-                    for s in self.sessions.values_mut() {
-                        s.standing = false;
-                    }
+                    self.losing(s, self.now + for_ms);
+                    self.redis[s].d = Data::default();
                 }
-                self.redis.d.scripts = false;
-                self.redis.parked.clear();
-                for n in 0..self.nodes.len() {
-                    for lane in [Lane::Main, Lane::Inbox] {
-                        self.disconnect(n, lane);
-                    }
-                }
+                self.cut_shard(s);
                 let t = self.now + for_ms;
-                self.schedule(t, Ev::RedisUp);
+                self.schedule(t, Ev::RedisUp(s));
             }
-            Ev::RedisUp => {
-                self.note("redis up".into());
-                self.redis.up = true;
+            Ev::RedisUp(s) => {
+                self.note(format!("redis{s} up"));
+                self.redis[s].up = true;
             }
-            Ev::Drop(n, lane) => {
-                if self.nodes[n].lanes[lane_ix(lane)].connected {
-                    self.note(format!("node{n} {lane:?} connection dropped"));
+            Ev::Replicate(s) => {
+                if self.redis[s].up {
+                    self.redis[s].replica = Some(self.redis[s].d.clone());
+                }
+            }
+            Ev::Failover { shard: s, for_ms } => {
+                if !self.redis[s].up {
+                    return;
+                }
+                let Some(replica) = self.redis[s].replica.take() else {
+                    return;
+                };
+                self.note(format!(
+                    "redis{s} master dies; its replica takes over in {for_ms} ms"
+                ));
+                self.stats.faults += 1;
+                self.stats.failovers += 1;
+                self.redis[s].up = false;
+                self.outage_ms += for_ms;
+                // What the replica lacks (the master's last writes) is gone.
+                self.losing(s, self.now + for_ms);
+                self.redis[s].d = replica;
+                self.redis[s].id += 1;
+                self.cut_shard(s);
+                let t = self.now + for_ms;
+                self.schedule(t, Ev::RedisUp(s));
+            }
+            Ev::Drop(n, s, lane) => {
+                if self.nodes[n].lanes[s][lane_ix(lane)].connected {
+                    self.note(format!("node{n} shard {s} {lane:?} connection dropped"));
                     self.stats.faults += 1;
-                    self.disconnect(n, lane);
+                    self.disconnect(n, s, lane);
                 }
             }
             Ev::Crash(n) => {
                 self.note(format!("node{n} crashes"));
                 self.nodes[n].alive = false;
                 let name = self.nodes[n].name.clone();
-                self.redis.parked.remove(&name);
+                for r in &mut self.redis {
+                    r.parked.remove(&name);
+                }
                 let dead: Vec<ConnId> = self
                     .sessions
                     .iter()
@@ -1465,7 +1580,11 @@ impl Sim {
     fn check_standing(&mut self) {
         for n in 0..self.nodes.len() {
             let name = self.nodes[n].name.clone();
-            if self.redis.up && !self.redis.alive(&name, self.now) {
+            if self
+                .redis
+                .iter()
+                .any(|r| r.up && !r.alive(&name, self.now))
+            {
                 for s in self.sessions.values_mut().filter(|s| s.node == n) {
                     s.standing = false;
                 }
@@ -1496,6 +1615,13 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
     #[allow(clippy::disallowed_methods)] // a fixed origin for the virtual clock
     let base = Instant::now();
     let latency = (1, rng.range(5, 40));
+    // Half the runs spread the registry over shards, as on a Redis Cluster (where a shard's
+    // master can fail over).
+    let shards = if rng.chance(50) {
+        1
+    } else {
+        rng.range(2, 4) as usize
+    };
     let mut sim = Sim {
         rng: Rng::new(seed ^ 0x5eed),
         now: 0,
@@ -1503,16 +1629,23 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
         seq: 0,
         events: BinaryHeap::new(),
         slots: Vec::new(),
-        redis: Redis {
-            up: true,
-            d: Data::default(),
-            lease_ms: lease,
-            per_dst: 10_000,
-            total: 100_000,
-            parked: BTreeMap::new(),
-            popped: Vec::new(),
-            dropped_expires: Vec::new(),
-        },
+        redis: (0..shards)
+            .map(|shard| Redis {
+                shard,
+                shards,
+                id: 1,
+                replica: None,
+                up: true,
+                d: Data::default(),
+                lease_ms: lease,
+                per_dst: 10_000,
+                total: 100_000,
+                parked: BTreeMap::new(),
+                popped: Vec::new(),
+                dropped_expires: Vec::new(),
+            })
+            .collect(),
+        cluster: shards > 1,
         nodes: Vec::new(),
         clients: Vec::new(),
         sessions: BTreeMap::new(),
@@ -1545,17 +1678,20 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
         };
         sim.nodes.push(Node {
             name,
-            reg: Registry::new(base, settings, Metrics::new()),
+            reg: Sharded::new(base, &settings, shards, Metrics::new()),
             core: FakeCore::default(),
-            lanes: Default::default(),
+            lanes: (0..shards).map(|_| Default::default()).collect(),
             alive: true,
             timer: 0,
         });
     }
     sim.note(format!(
-        "seed {seed}: {n_nodes} nodes{}, lease {lease} ms, latency {latency:?} ms",
+        "seed {seed}: {n_nodes} nodes{}, {shards} shard(s), lease {lease} ms, latency {latency:?} ms",
         if crash { " + one that crashes" } else { "" }
     ));
+    if shards > 1 {
+        sim.stats.sharded_runs = 1;
+    }
     // Senders (stay), receivers (come late, move, leave and come back), the crashing node's
     // clients, offline ids.
     let senders = rng.range(2, 4) as usize;
@@ -1616,7 +1752,8 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
     let mut outages = 0;
     for _ in 0..rng.range(0, 3) {
         let at = rng.range(500, traffic_end);
-        match rng.below(4) {
+        let shard = rng.below(shards as u64) as usize;
+        match rng.below(if shards > 1 { 5 } else { 4 }) {
             0 | 1 => {
                 let n = rng.below(n_nodes as u64) as usize;
                 let lane = if rng.chance(70) {
@@ -1624,14 +1761,29 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
                 } else {
                     Lane::Inbox
                 };
-                sim.schedule(at, Ev::Drop(n, lane));
+                sim.schedule(at, Ev::Drop(n, shard, lane));
+            }
+            4 => {
+                // A shard's master dies; its replica, a little behind, takes over.
+                let lag = rng.range(0, 100);
+                let for_ms = rng.range(100, 1500);
+                outages += for_ms;
+                sim.schedule(at.saturating_sub(lag), Ev::Replicate(shard));
+                sim.schedule(at, Ev::Failover { shard, for_ms });
             }
             kind => {
                 // An outage, or a restart that loses everything (shorter).
                 let lose_data = kind == 3;
                 let for_ms = rng.range(10, if lose_data { 800 } else { 1500 });
                 outages += for_ms;
-                sim.schedule(at, Ev::RedisDown { lose_data, for_ms });
+                sim.schedule(
+                    at,
+                    Ev::RedisDown {
+                        shard,
+                        lose_data,
+                        for_ms,
+                    },
+                );
             }
         }
     }
@@ -1752,8 +1904,8 @@ fn check(sim: &mut Sim, end: u64) {
         let sender = &sim.clients[m.src].id;
         let dropped = sim
             .redis
-            .dropped_expires
             .iter()
+            .flat_map(|r| &r.dropped_expires)
             .any(|(to, from, at)| to == sender && *from == m.dst && *at >= m.sent);
         let line = match expired {
             _ if dropped && expired.is_none_or(|at| at > deadline + slack) => {
