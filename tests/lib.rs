@@ -413,8 +413,7 @@ impl RedisCluster {
             let Ok(port) = l.local_addr().map(|a| a.port()) else {
                 continue;
             };
-            if port > 55_000 || std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_err()
-            {
+            if port > 55_000 || std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
                 continue;
             }
             drop(l);
@@ -497,7 +496,11 @@ impl RedisCluster {
 
     /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…/` (every node a seed).
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let hosts: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         format!("redis+cluster://{}/", hosts.join(","))
     }
 
@@ -572,7 +575,11 @@ impl RedisCluster {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            assert!(child.is_some(), "redis cluster node {} did not restart", self.ports[i]);
+            assert!(
+                child.is_some(),
+                "redis cluster node {} did not restart",
+                self.ports[i]
+            );
             self.children[i] = child;
         }
         self.create();

@@ -569,7 +569,10 @@ async fn a_redis_cluster_master_failover_keeps_one_owner_and_every_message() {
     rc.wait_ok(&live);
     let promoted = rc.master_of(slot).expect("a master for bob's slot");
     assert_ne!(promoted, victim);
-    eprintln!("failover: {victim} -> {promoted}, {:?} after the kill", killed_at.elapsed());
+    eprintln!(
+        "failover: {victim} -> {promoted}, {:?} after the kill",
+        killed_at.elapsed()
+    );
     for n in &ns {
         kibitz_e2e::wait_cluster_ready(n.addr.port()).await;
     }
@@ -638,7 +641,11 @@ async fn a_redis_cluster_master_failover_keeps_one_owner_and_every_message() {
         }
     }
     // The registry agrees: each live id is in exactly one node's id set of its shard.
-    for id in names.iter().copied().chain(contested.iter().map(String::as_str)) {
+    for id in names
+        .iter()
+        .copied()
+        .chain(contested.iter().map(String::as_str))
+    {
         let shard = kibitz_signal::registry_shard(id, 16);
         let port = rc.master_of(kibitz_signal::registry_slot(id, 16)).unwrap();
         let sets = kibitz_e2e::redis_cli(port, &["KEYS", &format!("kibitz:{{{shard}}}:ids:*")])

@@ -35,7 +35,10 @@ impl Samples {
             .iter()
             .filter(|(n, _, v)| n == name && *v == 0.0)
             .filter_map(|(_, labels, _)| {
-                labels.iter().find(|(k, _)| k == label).map(|(_, v)| v.clone())
+                labels
+                    .iter()
+                    .find(|(k, _)| k == label)
+                    .map(|(_, v)| v.clone())
             })
             .collect()
     }

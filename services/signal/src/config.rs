@@ -278,7 +278,9 @@ pub enum ConfigError {
     #[error("redis url: {0}")]
     RedisUrl(String),
     /// A key prefix with a hash tag of its own on a Redis Cluster.
-    #[error("redis prefix {0:?} must not contain {{ or }} on a Redis Cluster (shards are hash tags)")]
+    #[error(
+        "redis prefix {0:?} must not contain {{ or }} on a Redis Cluster (shards are hash tags)"
+    )]
     ClusterPrefix(String),
     /// A shard count out of range.
     #[error("redis shards must be between 1 and 16384, not {0}")]
@@ -461,7 +463,9 @@ impl SignalArgs {
                 Some(url) => {
                     check_url(url).map_err(ConfigError::RedisUrl)?;
                     let redis_cluster = self.redis_cluster
-                        || cluster_seeds(url.expose()).map_err(ConfigError::RedisUrl)?.0;
+                        || cluster_seeds(url.expose())
+                            .map_err(ConfigError::RedisUrl)?
+                            .0;
                     if redis_cluster && self.redis_prefix.contains(['{', '}']) {
                         return Err(ConfigError::ClusterPrefix(self.redis_prefix.clone()));
                     }
@@ -547,11 +551,14 @@ mod tests {
 
     #[test]
     fn redis_cluster_urls_and_shards() {
-        let c = args(&["--redis-url", "redis+cluster://:s3cret@10.0.0.1:7000,10.0.0.2:7001/"])
-            .to_config()
-            .unwrap()
-            .cluster
-            .unwrap();
+        let c = args(&[
+            "--redis-url",
+            "redis+cluster://:s3cret@10.0.0.1:7000,10.0.0.2:7001/",
+        ])
+        .to_config()
+        .unwrap()
+        .cluster
+        .unwrap();
         assert!(c.redis_cluster);
         assert_eq!(c.shards, 16);
         assert_eq!(
@@ -568,11 +575,17 @@ mod tests {
         assert_eq!(c.shard_prefix(7), "kibitz:{7}:");
         assert_eq!(c.shards_key(7), "kibitz:{7}:shards");
 
-        let c = args(&["--redis-url", "redis://h:1/", "--redis-cluster", "--redis-shards", "4"])
-            .to_config()
-            .unwrap()
-            .cluster
-            .unwrap();
+        let c = args(&[
+            "--redis-url",
+            "redis://h:1/",
+            "--redis-cluster",
+            "--redis-shards",
+            "4",
+        ])
+        .to_config()
+        .unwrap()
+        .cluster
+        .unwrap();
         assert!(c.redis_cluster);
         assert_eq!(c.shards, 4);
         assert_eq!(c.seeds().unwrap(), ["redis://h:1/"]);
@@ -590,7 +603,13 @@ mod tests {
 
         for bad in [
             &["--redis-url", "redis+cluster:///"][..],
-            &["--redis-url", "redis://h:1/", "--redis-cluster", "--redis-prefix", "a{b}:"],
+            &[
+                "--redis-url",
+                "redis://h:1/",
+                "--redis-cluster",
+                "--redis-prefix",
+                "a{b}:",
+            ],
             &["--redis-url", "redis://h:1/", "--redis-shards", "0"],
         ] {
             let e = args(bad).to_config().unwrap_err().to_string();

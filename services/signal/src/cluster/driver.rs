@@ -13,11 +13,11 @@ use super::scripts::Ctx;
 use super::sharded::{SOutput, Sharded};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use std::task::Poll;
 use redis::aio::MultiplexedConnection;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -212,7 +212,8 @@ impl Lanes {
     }
 
     fn get(&mut self, shard: usize, lane: Lane) -> Option<&mut LaneIo> {
-        self.all.get_mut(2 * shard + usize::from(lane == Lane::Inbox))
+        self.all
+            .get_mut(2 * shard + usize::from(lane == Lane::Inbox))
     }
 
     fn busy(&self) -> bool {
@@ -220,9 +221,7 @@ impl Lanes {
     }
 
     fn mains_busy(&self) -> bool {
-        self.all
-            .iter()
-            .any(|l| l.lane == Lane::Main && l.busy())
+        self.all.iter().any(|l| l.lane == Lane::Main && l.busy())
     }
 
     fn in_flight(&self) -> usize {

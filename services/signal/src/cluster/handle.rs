@@ -150,7 +150,9 @@ impl Cluster {
 
     /// Shard `s`'s key prefix.
     pub(crate) fn prefix(&self, s: usize) -> &str {
-        self.prefixes.get(s).map_or(&self.cfg.prefix, String::as_str)
+        self.prefixes
+            .get(s)
+            .map_or(&self.cfg.prefix, String::as_str)
     }
 
     /// Where shard `s` checks the shard count.
@@ -211,7 +213,10 @@ impl Cluster {
         let slot = self.slots.get(s).copied().unwrap_or(0);
         let topo = self.discover().await?;
         let (host, port) = master_of(&topo, slot).ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown), "no master serves the shard's slot"))
+            redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                "no master serves the shard's slot",
+            ))
         })?;
         let info = self.at(&host, port).ok_or_else(Self::unusable)?;
         let mut con = Self::open(info, response_timeout).await?;

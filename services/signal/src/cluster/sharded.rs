@@ -65,6 +65,10 @@ pub(crate) enum SOutput {
     Timeout(Instant),
 }
 
+/// A count round: its claims, and each shard's answer (`None` until it answers,
+/// `Some(None)` if it could not).
+type Round = (Vec<Cmd>, Vec<Option<Option<u64>>>);
+
 /// See the module docs.
 #[derive(Debug)]
 pub(crate) struct Sharded {
@@ -80,10 +84,9 @@ pub(crate) struct Sharded {
     /// Each shard's live nodes and ids as of its last renewal.
     nodes: Vec<u64>,
     ids: Vec<u64>,
-    /// Claims waiting for the next count round, and the round in flight: its claims and
-    /// each shard's answer (`None` until it answers; `Some(None)` if it could not).
+    /// Claims waiting for the next count round, and the round in flight.
     claims: Vec<Cmd>,
-    round: Option<(Vec<Cmd>, Vec<Option<Option<u64>>>)>,
+    round: Option<Round>,
     /// Messages out and in since `rate_at`.
     sent: u64,
     read: u64,
@@ -157,8 +160,10 @@ impl Sharded {
                 }
             }
             // Lane inputs come through `handle_lane`.
-            Input::Connected(_) | Input::Failover(_) | Input::Disconnected(_) | Input::Reply(..) => {
-            }
+            Input::Connected(_)
+            | Input::Failover(_)
+            | Input::Disconnected(_)
+            | Input::Reply(..) => {}
         }
     }
 
@@ -317,9 +322,7 @@ impl Sharded {
                 .saturating_duration_since(self.rate_at)
                 .as_secs_f64();
             if secs > 0.0 {
-                self.metrics
-                    .cluster_rate_out
-                    .set(self.sent as f64 / secs);
+                self.metrics.cluster_rate_out.set(self.sent as f64 / secs);
                 self.metrics.cluster_rate_in.set(self.read as f64 / secs);
                 (self.sent, self.read, self.rate_at) = (0, 0, self.now);
             }

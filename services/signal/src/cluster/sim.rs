@@ -1046,9 +1046,7 @@ impl Sim {
                 }
                 if moved {
                     self.note(format!("node{n} {lane:?} shard {s}: another master"));
-                    self.nodes[n]
-                        .reg
-                        .handle_lane(now, s, Input::Failover(lane));
+                    self.nodes[n].reg.handle_lane(now, s, Input::Failover(lane));
                 }
                 self.nodes[n]
                     .reg
@@ -1128,7 +1126,11 @@ impl Sim {
             }
             Ev::ReadTimeout(n, s, epoch) => {
                 let name = self.nodes[n].name.clone();
-                if self.redis[s].parked.get(&name).is_some_and(|p| p.0 == epoch) {
+                if self.redis[s]
+                    .parked
+                    .get(&name)
+                    .is_some_and(|p| p.0 == epoch)
+                {
                     self.redis[s].parked.remove(&name);
                     self.answer_read(n, s, epoch, Value::Nil);
                 }
@@ -1580,11 +1582,7 @@ impl Sim {
     fn check_standing(&mut self) {
         for n in 0..self.nodes.len() {
             let name = self.nodes[n].name.clone();
-            if self
-                .redis
-                .iter()
-                .any(|r| r.up && !r.alive(&name, self.now))
-            {
+            if self.redis.iter().any(|r| r.up && !r.alive(&name, self.now)) {
                 for s in self.sessions.values_mut().filter(|s| s.node == n) {
                     s.standing = false;
                 }
