@@ -333,6 +333,69 @@ impl Sharded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::protocol::Script;
+    use redis::Value;
+    use std::time::Duration;
+
+    fn settings() -> Settings {
+        Settings {
+            node: "n1".into(),
+            shard: 0,
+            shards: 1,
+            lease: Duration::from_secs(1),
+            concurrent_limit: 10,
+            max_queued_per_dst: 10,
+            max_queued_total: 100,
+        }
+    }
+
+    /// Drains `s` until it waits; returns what it asked for besides the timeout.
+    fn drain(s: &mut Sharded) -> Vec<SOutput> {
+        let mut out = Vec::new();
+        loop {
+            match s.poll_output() {
+                SOutput::Timeout(_) => return out,
+                o => out.push(o),
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_with_another_shard_count_stays_down_and_says_why() {
+        let now = Instant::now();
+        let mut s = Sharded::new(now, &settings(), 2, Metrics::new());
+        drain(&mut s);
+        s.handle_lane(now, 1, Input::Connected(Lane::Main));
+        let out = drain(&mut s);
+        assert!(
+            matches!(&out[..], [SOutput::Redis(1, Lane::Main, Command::Run(_))]),
+            "{out:?}"
+        );
+        // The scripts load, then the hello finds the cluster uses 16 shards.
+        let loaded = vec![Ok(Value::Okay); Script::ALL.len()];
+        s.handle_lane(now, 1, Input::Reply(Lane::Main, loaded));
+        drain(&mut s);
+        let theirs = Value::Array(vec![
+            Value::BulkString(b"shards".to_vec()),
+            Value::BulkString(b"16".to_vec()),
+        ]);
+        s.handle_lane(now, 1, Input::Reply(Lane::Main, vec![Ok(theirs)]));
+        let out = drain(&mut s);
+        let fatal: Vec<&String> = out
+            .iter()
+            .filter_map(|o| match o {
+                SOutput::Fatal(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fatal.len(), 1, "{out:?}");
+        assert!(
+            fatal[0].contains("2 shards") && fatal[0].contains("16"),
+            "{}",
+            fatal[0]
+        );
+        assert!(!out.iter().any(|o| matches!(o, SOutput::Up(true))));
+    }
 
     #[test]
     fn ids_hash_like_redis_cluster() {
