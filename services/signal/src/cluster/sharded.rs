@@ -362,6 +362,7 @@ mod tests {
 
     #[test]
     fn a_node_with_another_shard_count_stays_down_and_says_why() {
+        #[allow(clippy::disallowed_methods)] // a fixed origin for the test's clock
         let now = Instant::now();
         let mut s = Sharded::new(now, &settings(), 2, Metrics::new());
         drain(&mut s);
