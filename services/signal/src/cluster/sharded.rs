@@ -87,6 +87,8 @@ pub(crate) struct Sharded {
     /// Claims waiting for the next count round, and the round in flight.
     claims: Vec<Cmd>,
     round: Option<Round>,
+    /// A shard was given input while its outputs were drained: drain them again.
+    dirty: bool,
     /// Messages out and in since `rate_at`.
     sent: u64,
     read: u64,
@@ -113,6 +115,7 @@ impl Sharded {
             ids: vec![0; shards],
             claims: Vec::new(),
             round: None,
+            dirty: false,
             sent: 0,
             read: 0,
             rate_at: now,
@@ -244,6 +247,7 @@ impl Sharded {
                 return o;
             }
             let mut wake: Option<Instant> = None;
+            self.dirty = false;
             for s in 0..self.shards.len() {
                 loop {
                     match self.shards[s].poll_output() {
@@ -255,7 +259,8 @@ impl Sharded {
                     }
                 }
             }
-            if self.out.is_empty() {
+            // A shard drained earlier in this pass may have been given work since.
+            if self.out.is_empty() && !self.dirty {
                 return SOutput::Timeout(wake.unwrap_or(self.now));
             }
         }
@@ -289,7 +294,10 @@ impl Sharded {
                 read,
             }) => self.stats(s, nodes, ids, sent, read),
             Output::Event(Event::Fatal(msg)) => self.out.push_back(SOutput::Fatal(msg)),
-            Output::Counted(ids) => self.counted(s, ids),
+            Output::Counted(ids) => {
+                self.counted(s, ids);
+                self.dirty = true;
+            }
             Output::Probed(mut f, held) => {
                 if !held {
                     // Not held again: route it in the receiver's shard (where the sender is
@@ -297,6 +305,7 @@ impl Sharded {
                     f.notice = false;
                     let d = shard_of(&f.dst, self.shards.len());
                     self.shards[d].handle_input(self.now, Input::Local(Cmd::Forward(f, 0)));
+                    self.dirty = true;
                 }
             }
             Output::Timeout(_) => {}
