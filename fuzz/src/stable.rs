@@ -27,11 +27,9 @@ impl Rng {
     }
 }
 
-/// The seed files of `fuzz/corpus/<target>/` (an empty input if there are none).
-pub fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("corpus")
-        .join(target);
+/// The seed files of `<corpus>/<target>/` (an empty input if there are none).
+pub fn seeds(corpus: &Path, target: &str) -> Vec<Vec<u8>> {
+    let dir = corpus.join(target);
     let mut out: Vec<Vec<u8>> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -145,10 +143,11 @@ pub struct Stats {
     pub largest_input: usize,
 }
 
-/// Runs every seed, then `iterations` mutated inputs through `check`; inputs that panic are
-/// kept as crashes. Some inputs are kept in the corpus to mutate further.
+/// Runs every seed of `target` in `corpus`, then `iterations` mutated inputs through `check`;
+/// inputs that panic are kept as crashes. Some inputs are kept to mutate further.
 #[allow(clippy::disallowed_methods)] // wall-clock time per input is what is measured
 pub fn run(
+    corpus: &Path,
     target: &str,
     check: fn(&[u8]),
     dict: &[&[u8]],
@@ -156,7 +155,7 @@ pub fn run(
     iterations: u64,
 ) -> Stats {
     let mut rng = Rng(seed | 1);
-    let mut corpus = seeds(target);
+    let mut corpus = seeds(corpus, target);
     let mut stats = Stats::default();
     let inputs = corpus.clone();
     let one = |input: &[u8], stats: &mut Stats| {

@@ -10,32 +10,10 @@ use std::process::ExitCode;
 
 #[path = "../stable.rs"]
 mod stable;
-#[path = "../harness/stun_util.rs"]
-mod stun_util;
+#[path = "../harness/mod.rs"]
+mod harness;
 
-#[path = "../harness/lan_frame.rs"]
-mod lan_frame;
-#[path = "../harness/lan_gate.rs"]
-mod lan_gate;
-#[path = "../harness/peerjs_frame.rs"]
-mod peerjs_frame;
-#[path = "../harness/redis_reply.rs"]
-mod redis_reply;
-#[path = "../harness/turn_client.rs"]
-mod turn_client;
-#[path = "../harness/turn_server.rs"]
-mod turn_server;
-
-type Target = (&'static str, fn(&[u8]), &'static [&'static [u8]]);
-
-const TARGETS: &[Target] = &[
-    ("lan_frame", lan_frame::check, lan_frame::DICT),
-    ("lan_gate", lan_gate::check, lan_gate::DICT),
-    ("peerjs_frame", peerjs_frame::check, peerjs_frame::DICT),
-    ("redis_reply", redis_reply::check, redis_reply::DICT),
-    ("turn_client", turn_client::check, turn_client::DICT),
-    ("turn_server", turn_server::check, turn_server::DICT),
-];
+use harness::{TARGETS, Target};
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -55,7 +33,8 @@ fn main() -> ExitCode {
     let mut failed = false;
     for (name, check, dict) in chosen {
         let started = std::time::Instant::now();
-        let stats = stable::run(name, *check, dict, seed, iterations);
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        let stats = stable::run(&corpus, name, *check, dict, seed, iterations);
         println!(
             "{name}: execs {} crashes {} slowest {:?} largest input {} B in {:.1?}",
             stats.execs,

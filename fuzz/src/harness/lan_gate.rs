@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::stun_util::{self, USERNAME};
+use super::stun_util::{self, USERNAME};
+
+const PRIORITY: u16 = 0x0024;
 use kibitz_lan_hub::gate::{Lifetimes, Quarantine, admit_binding, is_stun};
 
 /// Words libFuzzer and the stable runner splice in.
@@ -42,6 +44,8 @@ pub fn check(data: &[u8]) {
         if flags & 4 != 0 {
             attrs.extend(extra.iter().copied());
         }
+        // str0m wants PRIORITY in every Binding Request (browsers always send it).
+        attrs.push((PRIORITY, &[0x6e, 0x7f, 0x1e, 0xff][..]));
         attrs.push((USERNAME, &username[..]));
         let pwd: &[u8] = if flags & 8 != 0 { b"wrong" } else { PWD.as_bytes() };
         let msg = stun_util::build(0x0001, &txid, &attrs, Some(pwd), flags & 2 != 0);

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::stun_util::{self, NONCE, REALM, USERNAME};
+use super::stun_util::{self, NONCE, REALM, USERNAME};
 use kibitz_turn::core::{CoreConfig, Output, Server, TurnLimits};
 use kibitz_turn::{Secret, TurnAuth};
 use md5::{Digest, Md5};
