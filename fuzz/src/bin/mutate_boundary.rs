@@ -8,18 +8,24 @@
 
 use std::process::ExitCode;
 
-#[path = "../stable.rs"]
-mod stable;
 #[path = "../harness/mod.rs"]
 mod harness;
+#[path = "../stable.rs"]
+mod stable;
 
 use harness::{TARGETS, Target};
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_else(|| "all".into());
-    let iterations = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000u64);
-    let seed = args.next().and_then(|a| a.parse().ok()).unwrap_or(0x5eed_u64);
+    let iterations = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000u64);
+    let seed = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0x5eed_u64);
     let chosen: Vec<&Target> = TARGETS
         .iter()
         .filter(|t| which == "all" || t.0 == which)

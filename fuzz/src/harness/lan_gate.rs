@@ -12,9 +12,17 @@ use kibitz_lan_hub::gate::{Lifetimes, Quarantine, admit_binding, is_stun};
 
 /// Words libFuzzer and the stable runner splice in.
 pub const DICT: &[&[u8]] = &[
-    b"\x21\x12\xa4\x42", b"\x00\x01", b"\x00\x06", b"\x00\x08\x00\x14", b"\x80\x28\x00\x04",
-    b"\x00\x24\x00\x04", b"\x80\x29\x00\x08", b"\x80\x2a\x00\x08", b"\x00\x25\x00\x00",
-    b"hubufrag1:", b"+/",
+    b"\x21\x12\xa4\x42",
+    b"\x00\x01",
+    b"\x00\x06",
+    b"\x00\x08\x00\x14",
+    b"\x80\x28\x00\x04",
+    b"\x00\x24\x00\x04",
+    b"\x80\x29\x00\x08",
+    b"\x80\x2a\x00\x08",
+    b"\x00\x25\x00\x00",
+    b"hubufrag1:",
+    b"+/",
 ];
 
 const UFRAG: &str = "hubufrag1";
@@ -26,6 +34,12 @@ fn ice_char(b: u8) -> bool {
 
 /// Runs one input; panics on a broken invariant.
 pub fn check(data: &[u8]) {
+    let _ = run(data);
+}
+
+/// [`check`], telling whether the signed Binding Request was admitted.
+pub fn run(data: &[u8]) -> bool {
+    let mut admitted = false;
     let _ = is_stun(data);
     if let Some(remote) = admit_binding(data, UFRAG, PWD) {
         assert!(!remote.is_empty() && remote.len() <= 256 && remote.bytes().all(ice_char));
@@ -47,16 +61,22 @@ pub fn check(data: &[u8]) {
         // str0m wants PRIORITY in every Binding Request (browsers always send it).
         attrs.push((PRIORITY, &[0x6e, 0x7f, 0x1e, 0xff][..]));
         attrs.push((USERNAME, &username[..]));
-        let pwd: &[u8] = if flags & 8 != 0 { b"wrong" } else { PWD.as_bytes() };
+        let pwd: &[u8] = if flags & 8 != 0 {
+            b"wrong"
+        } else {
+            PWD.as_bytes()
+        };
         let msg = stun_util::build(0x0001, &txid, &attrs, Some(pwd), flags & 2 != 0);
         let got = admit_binding(&msg, UFRAG, PWD);
+        admitted = got.is_some();
         if let Some(r) = &got
             && flags & 4 == 0
         {
             assert_eq!(r.as_bytes(), remote, "admitted under another ufrag");
             assert!(flags & 8 == 0, "admitted with the wrong pwd");
         }
-        let acceptable = !remote.is_empty() && remote.len() <= 256 && remote.iter().all(|b| ice_char(*b));
+        let acceptable =
+            !remote.is_empty() && remote.len() <= 256 && remote.iter().all(|b| ice_char(*b));
         if flags & 0x0c == 0 && acceptable {
             assert!(got.is_some(), "a valid Binding Request was refused");
         }
@@ -65,6 +85,7 @@ pub fn check(data: &[u8]) {
         }
     }
     deadlines(data);
+    admitted
 }
 
 /// Per-source deadlines and the quarantine under an input-driven schedule.
@@ -75,7 +96,11 @@ fn deadlines(data: &[u8]) {
     let mut life: Lifetimes<u8> = Lifetimes::new(Duration::from_secs(10), Duration::from_secs(30));
     let mut q = Quarantine::new(Duration::from_secs(60), 4);
     for c in data.chunks(3).take(1024) {
-        let (op, src, step) = (c[0] % 7, c.get(1).copied().unwrap_or(0) % 16, c.get(2).copied());
+        let (op, src, step) = (
+            c[0] % 7,
+            c.get(1).copied().unwrap_or(0) % 16,
+            c.get(2).copied(),
+        );
         now += Duration::from_millis(u64::from(step.unwrap_or(0)) * 100);
         match op {
             0 => life.admit(now, src),

@@ -12,9 +12,28 @@ use serde_json::value::RawValue;
 
 /// Words libFuzzer and the stable runner splice in.
 pub const DICT: &[&[u8]] = &[
-    b"\"type\"", b"\"dst\"", b"\"payload\"", b"\"src\"", b"\"OFFER\"", b"\"ANSWER\"",
-    b"\"CANDIDATE\"", b"\"LEAVE\"", b"\"EXPIRE\"", b"\"HEARTBEAT\"", b"\"bob\"", b"\"alice\"",
-    b"null", b"\\u0000", b"\\ud800", b"{", b"}", b"[", b"]", b":", b",", b"\n",
+    b"\"type\"",
+    b"\"dst\"",
+    b"\"payload\"",
+    b"\"src\"",
+    b"\"OFFER\"",
+    b"\"ANSWER\"",
+    b"\"CANDIDATE\"",
+    b"\"LEAVE\"",
+    b"\"EXPIRE\"",
+    b"\"HEARTBEAT\"",
+    b"\"bob\"",
+    b"\"alice\"",
+    b"null",
+    b"\\u0000",
+    b"\\ud800",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b":",
+    b",",
+    b"\n",
 ];
 
 const SRC: &str = "src \"é\\\u{1}";
@@ -43,7 +62,9 @@ fn check_frame(text: &str) {
         Ok(k) => k,
         Err(e) => panic!("a relayed frame is not a JSON object: {e}"),
     };
-    let src = keys.get("src").map(|v| serde_json::from_str::<String>(v.get()));
+    let src = keys
+        .get("src")
+        .map(|v| serde_json::from_str::<String>(v.get()));
     assert!(matches!(src, Some(Ok(ref s)) if s == SRC), "src changed");
 }
 

@@ -14,10 +14,23 @@ use md5::{Digest, Md5};
 
 /// Words libFuzzer and the stable runner splice in.
 pub const DICT: &[&[u8]] = &[
-    b"\x21\x12\xa4\x42", b"\x00\x03", b"\x00\x04", b"\x00\x08", b"\x00\x09", b"\x00\x16",
-    b"\x00\x01", b"\x00\x19\x00\x04\x11\x00\x00\x00", b"\x00\x0d\x00\x04", b"\x00\x12\x00\x08",
-    b"\x00\x0c\x00\x04\x40\x00\x00\x00", b"\x00\x13", b"\x00\x18\x00\x01\x80", b"\x00\x22",
-    b"\x00\x1a", b"\x80\x00\x00\x04", b"\x40\x00",
+    b"\x21\x12\xa4\x42",
+    b"\x00\x03",
+    b"\x00\x04",
+    b"\x00\x08",
+    b"\x00\x09",
+    b"\x00\x16",
+    b"\x00\x01",
+    b"\x00\x19\x00\x04\x11\x00\x00\x00",
+    b"\x00\x0d\x00\x04",
+    b"\x00\x12\x00\x08",
+    b"\x00\x0c\x00\x04\x40\x00\x00\x00",
+    b"\x00\x13",
+    b"\x00\x18\x00\x01\x80",
+    b"\x00\x22",
+    b"\x00\x1a",
+    b"\x80\x00\x00\x04",
+    b"\x40\x00",
 ];
 
 const USER: &str = "wblan";
@@ -33,8 +46,21 @@ fn addr(i: u8, port: u16) -> SocketAddr {
     }
 }
 
+/// How far an input got: relay sockets bound and datagrams relayed (seeds must reach both).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Reach {
+    pub relays: usize,
+    pub relayed: usize,
+}
+
 /// Runs one input; panics on a broken invariant.
 pub fn check(data: &[u8]) {
+    let _ = run(data);
+}
+
+/// [`check`], telling how far the input got.
+pub fn run(data: &[u8]) -> Reach {
+    let mut reach = Reach::default();
     #[allow(clippy::disallowed_methods)] // a virtual clock's origin
     let t0 = Instant::now();
     let limits = TurnLimits {
@@ -50,7 +76,9 @@ pub fn check(data: &[u8]) {
             user: USER.into(),
             pass: Secret::new(PASS),
         },
-        advertised_ip: "192.168.1.10".parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+        advertised_ip: "192.168.1.10"
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
         limits,
     };
     let key: [u8; 16] = Md5::digest(format!("{USER}:{REALM_TEXT}:{PASS}")).into();
@@ -67,7 +95,11 @@ pub fn check(data: &[u8]) {
         match op % 4 {
             0 => {
                 if let Some(f) = s.handle_client(now, from, bytes) {
-                    assert!(f.range.end <= bytes.len(), "forward range outside the datagram");
+                    assert!(
+                        f.range.end <= bytes.len(),
+                        "forward range outside the datagram"
+                    );
+                    reach.relayed += 1;
                 }
             }
             1 if bytes.len() >= 14 => {
@@ -76,15 +108,20 @@ pub fn check(data: &[u8]) {
                 let ty = u16::from_be_bytes([bytes[0], bytes[1]]);
                 let mut txid = [0u8; 12];
                 txid.copy_from_slice(&bytes[2..14]);
+                // Before the first nonce, unsigned (the 401 that answers it brings one).
                 let mut attrs = stun_util::tlvs(&bytes[14..]);
-                attrs.push((USERNAME, USER.as_bytes()));
-                attrs.push((REALM, REALM_TEXT.as_bytes()));
-                if !nonce.is_empty() {
+                let key = (!nonce.is_empty()).then_some(&key[..]);
+                if key.is_some() {
+                    attrs.push((USERNAME, USER.as_bytes()));
+                    attrs.push((REALM, REALM_TEXT.as_bytes()));
                     attrs.push((NONCE, &nonce));
                 }
-                let msg = stun_util::build(ty, &txid, &attrs, Some(&key), op & 0x08 != 0);
+                let msg = stun_util::build(ty, &txid, &attrs, key, op & 0x08 != 0);
                 if let Some(f) = s.handle_client(now, from, &msg) {
-                    assert!(f.range.end <= msg.len(), "forward range outside the datagram");
+                    assert!(
+                        f.range.end <= msg.len(),
+                        "forward range outside the datagram"
+                    );
                 }
             }
             2 if !allocs.is_empty() => {
@@ -93,7 +130,11 @@ pub fn check(data: &[u8]) {
                 buf[4..].copy_from_slice(bytes);
                 let peer = addr(op >> 2, 3478);
                 if let Some(t) = s.handle_peer(now, alloc, peer, &mut buf, bytes.len()) {
-                    assert!(t.range.end <= buf.len(), "to-client range outside the buffer");
+                    assert!(
+                        t.range.end <= buf.len(),
+                        "to-client range outside the buffer"
+                    );
+                    reach.relayed += 1;
                 }
             }
             _ => {
@@ -109,10 +150,14 @@ pub fn check(data: &[u8]) {
             match out {
                 Output::Transmit { data, .. } => {
                     // Everything sent to a client is one well-formed STUN message.
-                    assert!(data.len() >= 20 && data[4..8] == stun_util::MAGIC, "not STUN");
+                    assert!(
+                        data.len() >= 20 && data[4..8] == stun_util::MAGIC,
+                        "not STUN"
+                    );
                     let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
                     assert_eq!(len + 20, data.len(), "length field");
-                    if let Some((_, v)) = stun_util::attrs(&data).into_iter().find(|a| a.0 == NONCE) {
+                    if let Some((_, v)) = stun_util::attrs(&data).into_iter().find(|a| a.0 == NONCE)
+                    {
                         nonce = v.to_vec();
                     }
                 }
@@ -124,6 +169,7 @@ pub fn check(data: &[u8]) {
                         let port = if even { next_port & !1 } else { next_port | 1 };
                         s.relay_bound(now, alloc, Ok(port));
                         allocs.push(alloc);
+                        reach.relays += 1;
                     }
                 }
                 Output::CloseRelay { alloc } => allocs.retain(|a| *a != alloc),
@@ -133,4 +179,5 @@ pub fn check(data: &[u8]) {
         }
         assert!(s.stats().allocations <= 8, "over the allocation cap");
     }
+    reach
 }

@@ -22,19 +22,27 @@ fn peer_from(b: &[u8]) -> SocketAddr {
 /// attributes it was given), every ChannelData message has the length it says.
 fn check_out(c: &mut TurnClient) {
     assert!(c.out.len() <= 4096, "send queue grows without bound");
-    assert!(c.pending.len() <= 4096, "pending requests grow without bound");
+    assert!(
+        c.pending.len() <= 4096,
+        "pending requests grow without bound"
+    );
     while let Some(d) = c.poll_transmit() {
         if (0x40..0x80).contains(&d[0]) {
             let len = usize::from(u16::from_be_bytes([d[2], d[3]]));
             assert!(4 + len <= d.len(), "short ChannelData");
         } else {
-            assert!(parse(&d).is_some(), "the client built a message it cannot parse");
+            assert!(
+                parse(&d).is_some(),
+                "the client built a message it cannot parse"
+            );
         }
     }
 }
 
-/// Runs one input; panics on a broken invariant.
-pub fn turn_client(t0: Instant, data: &[u8]) {
+/// Runs one input; panics on a broken invariant. Returns how far it got: allocations made and
+/// datagrams relayed to the client (seeds must reach both).
+pub fn turn_client(t0: Instant, data: &[u8]) -> (usize, usize) {
+    let mut reach = (0, 0);
     let cfg = RelayConfig {
         server: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3478),
         username: "1700000000:fuzz".into(),
@@ -70,10 +78,15 @@ pub fn turn_client(t0: Instant, data: &[u8]) {
                 }
                 match c.handle(now, &d) {
                     TurnInput::Data { data, .. } => {
-                        assert!(data.len() <= d.len(), "relayed data longer than the datagram")
+                        assert!(
+                            data.len() <= d.len(),
+                            "relayed data longer than the datagram"
+                        );
+                        reach.1 += 1;
                     }
                     TurnInput::Event(TurnEvent::Allocated(a)) => {
                         assert_eq!(c.relay(), Some(a));
+                        reach.0 += 1;
                     }
                     TurnInput::Event(TurnEvent::Failed(_)) | TurnInput::Nothing => {}
                 }
@@ -96,6 +109,7 @@ pub fn turn_client(t0: Instant, data: &[u8]) {
         check_out(&mut c);
     }
     round_trip(data);
+    reach
 }
 
 /// Messages the client builds parse back to what went in (values short enough for a
