@@ -50,7 +50,7 @@ fn push_attr(m: &mut Vec<u8>, t: u16, v: &[u8]) {
     m.extend_from_slice(&t.to_be_bytes());
     m.extend_from_slice(&u16::try_from(v.len()).unwrap_or(u16::MAX).to_be_bytes());
     m.extend_from_slice(v);
-    while m.len() % 4 != 0 {
+    while !m.len().is_multiple_of(4) {
         m.push(0);
     }
 }
