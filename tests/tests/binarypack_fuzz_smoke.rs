@@ -1,5 +1,6 @@
-//! A short run of the BinaryPack mutation fuzzer (`fuzz/src/mutator.rs`): mutated valid
-//! encodings and random bytes never panic the decoder or the reassembler. Long runs:
+//! A short run of the BinaryPack mutation fuzzer (`fuzz/src/mutator.rs`, libFuzzer target
+//! `binarypack_decode`): mutated valid encodings and random bytes never panic the decoder or
+//! the reassembler. Long runs:
 //! `cargo run --release --manifest-path fuzz/Cargo.toml --bin mutate -- 1000000`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -117,6 +117,13 @@ mod signal;
 pub mod tls;
 mod turn;
 
+/// Fuzzing entry points (cargo feature `fuzzing`); not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::turn::fuzz::turn_client;
+}
+
 pub use broker::{BrokerConfig, BrokerError, check_broker, fetch_id};
 pub use conn::{CloseReason, ConnError, SendError};
 pub use core::{CoreConfig, Event, Input, Output, PeerCore};

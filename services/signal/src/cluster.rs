@@ -57,6 +57,8 @@
 //! queues that died with Redis are not lost.
 
 mod driver;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod handle;
 mod held;
 mod protocol;

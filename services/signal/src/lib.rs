@@ -29,6 +29,10 @@ pub mod metrics;
 mod outbox;
 mod ws;
 
+/// Fuzzing entry points (cargo feature `fuzzing`); not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use cluster::fuzzing;
 pub use cluster::{MSG_RECOVERING, MSG_UNAVAILABLE, registry_shard, registry_slot};
 pub use config::{ClusterConfig, Config, ConfigError, Limits, RedisUrl, SignalArgs};
 
