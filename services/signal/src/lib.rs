@@ -23,6 +23,7 @@ pub mod config;
 mod conn;
 mod connect_rate;
 pub mod core;
+mod echo;
 mod http;
 mod hub;
 pub mod metrics;
@@ -30,6 +31,20 @@ mod outbox;
 mod ws;
 
 pub use cluster::{MSG_RECOVERING, MSG_UNAVAILABLE};
+#[doc(hidden)]
+pub use echo::serve_echo;
+
+/// What the broker parses from outside before and after the upgrade, exposed for the fuzz
+/// targets (`fuzz/`); not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::core::OpenParams;
+    pub use crate::http::{Handshake, open_params, origin_allowed, read_handshake};
+    pub use crate::ws::{
+        Decoder, Event, Violation, accept_key, encode_binary, encode_close, encode_pong,
+        encode_text,
+    };
+}
 pub use config::{ClusterConfig, Config, ConfigError, Limits, RedisUrl, SignalArgs};
 
 use hub::Hub;

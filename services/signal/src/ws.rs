@@ -59,7 +59,11 @@ pub struct Decoder {
     /// A fragmented message being assembled, and whether it is text.
     fragments: Vec<u8>,
     fragment_text: Option<bool>,
+    /// How much of a fragmented text message is known to be valid UTF-8 so far.
+    fragments_checked: usize,
     max_message: usize,
+    /// The client's close frame arrived: nothing after it is read (RFC 6455 §5.5.1).
+    closed: bool,
 }
 
 impl Decoder {
@@ -78,6 +82,9 @@ impl Decoder {
         input: &mut [u8],
         mut on_event: impl FnMut(Event<'_>),
     ) -> Result<(), Violation> {
+        if self.closed {
+            return Ok(());
+        }
         if self.partial.is_empty() {
             let used = self.decode(input, &mut on_event)?;
             self.partial.extend_from_slice(&input[used..]);
@@ -101,6 +108,10 @@ impl Decoder {
     ) -> Result<usize, Violation> {
         let mut pos = 0;
         loop {
+            if self.closed {
+                // Whatever follows the close frame is dropped, not kept for later.
+                return Ok(data.len());
+            }
             let rest = &mut data[pos..];
             let Some((header, len)) = parse_header(rest, self.max_message)? else {
                 return Ok(pos);
@@ -127,11 +138,19 @@ impl Decoder {
     ) -> Result<(), Violation> {
         match opcode {
             0x8 => {
-                let code = match payload.len() {
-                    0 => None,
-                    1 => return Err(PROTOCOL),
-                    _ => Some(u16::from_be_bytes([payload[0], payload[1]])),
+                let code = match payload {
+                    [] => None,
+                    [_] => return Err(PROTOCOL),
+                    [a, b, reason @ ..] => {
+                        let code = u16::from_be_bytes([*a, *b]);
+                        if !close_code_allowed(code) {
+                            return Err(PROTOCOL);
+                        }
+                        std::str::from_utf8(reason).map_err(|_| BAD_UTF8)?;
+                        Some(code)
+                    }
                 };
+                self.closed = true;
                 on_event(Event::Close(code));
             }
             0x9 => on_event(Event::Ping(payload)),
@@ -141,6 +160,10 @@ impl Decoder {
             0x1 | 0x2 => {
                 self.fragment_text = Some(opcode == 0x1);
                 self.fragments.extend_from_slice(payload);
+                self.fragments_checked = 0;
+                if opcode == 0x1 {
+                    self.check_fragments()?;
+                }
             }
             0x0 => {
                 let Some(text) = self.fragment_text else {
@@ -150,6 +173,9 @@ impl Decoder {
                     return Err(TOO_BIG);
                 }
                 self.fragments.extend_from_slice(payload);
+                if text {
+                    self.check_fragments()?;
+                }
                 if fin {
                     let msg = std::mem::take(&mut self.fragments);
                     self.fragment_text = None;
@@ -160,6 +186,25 @@ impl Decoder {
         }
         Ok(())
     }
+
+    /// Fails a fragmented text message as soon as its bytes so far cannot be the start of
+    /// valid UTF-8, not only at its last fragment. Checks each byte once.
+    fn check_fragments(&mut self) -> Result<(), Violation> {
+        let new = &self.fragments[self.fragments_checked..];
+        match std::str::from_utf8(new) {
+            Ok(_) => self.fragments_checked = self.fragments.len(),
+            // Cut inside a code point: fine until the next fragment says otherwise.
+            Err(e) if e.error_len().is_none() => self.fragments_checked += e.valid_up_to(),
+            Err(_) => return Err(BAD_UTF8),
+        }
+        Ok(())
+    }
+}
+
+/// Whether a client may send this close status (RFC 6455 §7.4; 1012–1014 are registered
+/// with IANA since). 1005 and 1006 are never sent; 1015 is TLS-only, reported locally.
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 fn emit(text: bool, payload: &[u8], on_event: &mut impl FnMut(Event<'_>)) -> Result<(), Violation> {
@@ -244,6 +289,12 @@ fn push_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
 pub fn encode_text(out: &mut Vec<u8>, text: &str) {
     push_header(out, 0x1, text.len());
     out.extend_from_slice(text.as_bytes());
+}
+
+/// Appends an unmasked binary frame.
+pub fn encode_binary(out: &mut Vec<u8>, payload: &[u8]) {
+    push_header(out, 0x2, payload.len());
+    out.extend_from_slice(payload);
 }
 
 /// Appends a pong answering a ping.
