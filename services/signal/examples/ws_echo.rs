@@ -9,11 +9,15 @@ use std::net::SocketAddr;
 async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr: SocketAddr = match args.next() {
-        Some(a) => a.parse().map_err(|e| std::io::Error::other(format!("address {a:?}: {e}")))?,
+        Some(a) => a
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("address {a:?}: {e}")))?,
         None => SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let max: usize = match args.next() {
-        Some(a) => a.parse().map_err(|e| std::io::Error::other(format!("max message {a:?}: {e}")))?,
+        Some(a) => a
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("max message {a:?}: {e}")))?,
         // Autobahn's section 9 sends messages up to 16 MiB.
         None => 64 << 20,
     };

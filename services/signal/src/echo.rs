@@ -91,5 +91,11 @@ pub async fn serve_echo(
         next_conn: AtomicU64::new(1),
     });
     let app = Router::new().fallback(upgrade).with_state(echo);
-    kibitz_http::serve(listener, app, kibitz_http::ServeOptions::default(), shutdown).await
+    kibitz_http::serve(
+        listener,
+        app,
+        kibitz_http::ServeOptions::default(),
+        shutdown,
+    )
+    .await
 }

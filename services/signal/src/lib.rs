@@ -39,12 +39,12 @@ pub use echo::serve_echo;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::core::OpenParams;
-    pub use axum::http;
     pub use crate::http::{Handshake, open_params, origin_allowed, read_handshake};
     pub use crate::ws::{
         Decoder, Event, Violation, accept_key, encode_binary, encode_close, encode_pong,
         encode_text,
     };
+    pub use axum::http;
 }
 pub use config::{ClusterConfig, Config, ConfigError, Limits, RedisUrl, SignalArgs};
 

@@ -425,13 +425,27 @@ mod tests {
     #[test]
     fn close_codes_no_endpoint_may_send_fail_with_1002() {
         // RFC 6455 §7.4 (Autobahn 7.7.x / 7.9.x).
-        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
-            let err = collect(&mut Decoder::new(100), &client_frame(true, 8, &code.to_be_bytes()));
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            let err = collect(
+                &mut Decoder::new(100),
+                &client_frame(true, 8, &code.to_be_bytes()),
+            );
             assert_eq!(err.unwrap_err().code, 1002, "code {code}");
         }
-        for code in [1000u16, 1001, 1002, 1003, 1007, 1011, 1012, 1014, 3000, 3999, 4000, 4999] {
-            let got = collect(&mut Decoder::new(100), &client_frame(true, 8, &code.to_be_bytes()));
-            assert_eq!(got.unwrap(), [format!("Close(Some({code}))")], "code {code}");
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1011, 1012, 1014, 3000, 3999, 4000, 4999,
+        ] {
+            let got = collect(
+                &mut Decoder::new(100),
+                &client_frame(true, 8, &code.to_be_bytes()),
+            );
+            assert_eq!(
+                got.unwrap(),
+                [format!("Close(Some({code}))")],
+                "code {code}"
+            );
         }
         // A reason that is not UTF-8 (Autobahn 7.5.1).
         let mut bad = 1000u16.to_be_bytes().to_vec();
@@ -447,7 +461,10 @@ mod tests {
         wire.extend(client_frame(true, 0x3, b"")); // would be a violation
         let mut d = Decoder::new(100);
         assert_eq!(collect(&mut d, &wire).unwrap(), ["Close(Some(1000))"]);
-        assert_eq!(collect(&mut d, &client_frame(true, 1, b"x")).unwrap().len(), 0);
+        assert_eq!(
+            collect(&mut d, &client_frame(true, 1, b"x")).unwrap().len(),
+            0
+        );
         assert_eq!(d.buffered(), 0);
     }
 
@@ -486,8 +503,8 @@ mod tests {
         assert_eq!(
             out,
             [
-                0x81, 2, b'h', b'i', 0x82, 1, 0xff, 0x88, 0, 0x88, 6, 0x03, 0xf0, b'r', b'a',
-                b't', b'e'
+                0x81, 2, b'h', b'i', 0x82, 1, 0xff, 0x88, 0, 0x88, 6, 0x03, 0xf0, b'r', b'a', b't',
+                b'e'
             ]
         );
         let mut long = Vec::new();
