@@ -1,8 +1,11 @@
 //! One broker WebSocket: reads frames in batches, feeds them to the hub under one lock, and
 //! writes everything queued for the socket in one write.
+//!
+//! The loop is generic over its [`App`] so the conformance echo (`echo`) runs the very same
+//! codec and loop as the broker, with only the application step swapped.
 
 use crate::core::ConnId;
-use crate::hub::{Hub, Incoming};
+use crate::metrics::Metrics;
 use crate::outbox::{Attention, Closing, Outbox};
 use crate::ws::{self, Decoder, Event};
 use std::future::poll_fn;
@@ -18,6 +21,29 @@ const READ_CHUNK: usize = 16 * 1024;
 /// How long a closing socket waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
+/// A complete data message from the client.
+#[derive(Debug)]
+pub(crate) enum Message<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+/// What a socket's messages go to: the broker's [`crate::hub::Hub`], or the echo.
+pub(crate) trait App: Send + Sync + 'static {
+    fn metrics(&self) -> &Metrics;
+    /// Largest message accepted (`--max-frame-bytes`).
+    fn max_message(&self) -> usize;
+    /// Runs `f` with a handler for one read batch's messages (the hub takes its lock once).
+    fn messages<R>(
+        &self,
+        conn: ConnId,
+        outbox: &Outbox,
+        f: impl FnOnce(&mut dyn FnMut(Message<'_>)) -> R,
+    ) -> R;
+    /// The socket is gone.
+    fn closed(&self, conn: ConnId);
+}
+
 enum ReadOutcome {
     /// Keep going.
     More,
@@ -27,12 +53,12 @@ enum ReadOutcome {
     Violation(ws::Violation),
 }
 
-/// Reads whatever is available and hands every complete message to the hub.
-fn poll_read_batch<R: AsyncRead + Unpin>(
+/// Reads whatever is available and hands every complete message to the app.
+fn poll_read_batch<R: AsyncRead + Unpin, A: App>(
     cx: &mut std::task::Context<'_>,
     io: &mut R,
     decoder: &mut Decoder,
-    hub: &Hub,
+    app: &A,
     conn: ConnId,
     outbox: &Outbox,
 ) -> Poll<ReadOutcome> {
@@ -43,20 +69,17 @@ fn poll_read_batch<R: AsyncRead + Unpin>(
         Poll::Ready(Err(_)) => Poll::Ready(ReadOutcome::Ended(None)),
         Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(ReadOutcome::Ended(None)),
         Poll::Ready(Ok(())) => {
-            hub.metrics.bytes_in.increment(rb.filled().len() as u64);
+            app.metrics().bytes_in.increment(rb.filled().len() as u64);
             let mut ended = None;
             let mut ponged = false;
-            let res = hub.messages(conn, |handle| {
+            let res = app.messages(conn, outbox, |handle| {
                 decoder.feed(rb.filled_mut(), |ev| match ev {
-                    Event::Text(t) => handle(Incoming::Text(t)),
-                    Event::Binary(b) => handle(match std::str::from_utf8(b) {
-                        Ok(t) => Incoming::Text(t),
-                        Err(_) => Incoming::Garbage,
-                    }),
+                    Event::Text(t) => handle(Message::Text(t)),
+                    Event::Binary(b) => handle(Message::Binary(b)),
                     Event::Ping(p) => {
                         ponged = true;
                         if !outbox.push(|b| ws::encode_pong(b, p)) {
-                            hub.reject("slow_reader");
+                            app.metrics().rejected("slow_reader");
                         }
                     }
                     Event::Close(code) => ended = Some(code),
@@ -75,25 +98,26 @@ fn poll_read_batch<R: AsyncRead + Unpin>(
 }
 
 /// Runs one upgraded socket to the end.
-pub(crate) async fn run<S>(io: S, hub: Arc<Hub>, conn: ConnId, outbox: Arc<Outbox>)
+pub(crate) async fn run<S, A>(io: S, app: Arc<A>, conn: ConnId, outbox: Arc<Outbox>)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
+    A: App,
 {
     let (mut rd, wr) = tokio::io::split(io);
     // Writes are made by whoever queues a frame (see `outbox`); this task only reads,
     // takes over stalled writes, and closes.
     outbox.install(Box::new(wr));
-    let mut decoder = Decoder::new(hub.config.limits.max_frame_bytes);
+    let mut decoder = Decoder::new(app.max_message());
     let ending = loop {
         tokio::select! {
             biased;
-            r = poll_fn(|cx| poll_read_batch(cx, &mut rd, &mut decoder, &hub, conn, &outbox)) => {
+            r = poll_fn(|cx| poll_read_batch(cx, &mut rd, &mut decoder, &*app, conn, &outbox)) => {
                 match r {
                     ReadOutcome::More => {}
                     // Answer the client's close, echoing its code.
                     ReadOutcome::Ended(code) => break Ending::Close(code, "", false),
                     ReadOutcome::Violation(v) => {
-                        hub.reject(if v.code == 1009 { "oversized" } else { "protocol" });
+                        app.metrics().rejected(if v.code == 1009 { "oversized" } else { "protocol" });
                         tracing::debug!(conn = conn.0, code = v.code, reason = v.reason, "protocol violation");
                         break Ending::Close(Some(v.code), v.reason, false);
                     }
@@ -115,11 +139,11 @@ where
             code,
             reason,
             wait_for_client,
-            &hub,
+            app.metrics(),
         ))
         .await;
     }
-    hub.closed(conn);
+    app.closed(conn);
 }
 
 /// How a socket's loop ended.
@@ -136,7 +160,7 @@ async fn say_goodbye<R, W>(
     code: Option<u16>,
     reason: &str,
     wait_for_client: bool,
-    hub: &Hub,
+    metrics: &Metrics,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -147,7 +171,7 @@ async fn say_goodbye<R, W>(
         .await
         .is_ok()
     {
-        hub.metrics.bytes_out.increment(bye.len() as u64);
+        metrics.bytes_out.increment(bye.len() as u64);
     }
     if wait_for_client {
         let _ = wr.shutdown().await;

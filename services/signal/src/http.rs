@@ -163,7 +163,7 @@ fn header_has_token(h: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 }
 
 /// Query parameters as the reference reads them: form-urlencoded, the last repeat wins.
-fn open_params(query: Option<&str>) -> OpenParams {
+pub fn open_params(query: Option<&str>) -> OpenParams {
     let mut p = OpenParams::default();
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*k {
@@ -176,35 +176,70 @@ fn open_params(query: Option<&str>) -> OpenParams {
     p
 }
 
-async fn upgrade(State(hub): State<Arc<Hub>>, mut req: Request) -> Response {
-    let h = req.headers();
+/// What the broker makes of an upgrade request's headers before switching protocols.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// No `Upgrade: websocket`: a plain GET on the socket path.
+    NotWebSocket,
+    /// An upgrade without a key, version 13 or `Connection: upgrade`.
+    Bad,
+    /// A valid handshake, with the `Sec-WebSocket-Accept` value to answer.
+    Accept(String),
+}
+
+/// Reads an upgrade request's `Upgrade`, `Connection`, `Sec-WebSocket-Version` and
+/// `Sec-WebSocket-Key` (RFC 6455 §4.2.1). Pure, so the fuzz target runs it as is.
+pub fn read_handshake(h: &HeaderMap) -> Handshake {
     if !header_has_token(h, header::UPGRADE, "websocket") {
-        // A plain GET on the socket path, as Express would answer it.
-        return typed(TEXT, StatusCode::NOT_FOUND, "Not Found");
+        return Handshake::NotWebSocket;
     }
-    let key = h
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(|k| k.as_bytes().to_vec());
     let version_ok = h
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v.as_bytes() == b"13");
-    let (Some(key), true, true) = (
-        key,
-        version_ok,
-        header_has_token(h, header::CONNECTION, "upgrade"),
-    ) else {
-        hub.reject("handshake");
-        return typed(TEXT, StatusCode::BAD_REQUEST, "Bad WebSocket handshake");
+    match h.get(header::SEC_WEBSOCKET_KEY) {
+        Some(key) if version_ok && header_has_token(h, header::CONNECTION, "upgrade") => {
+            Handshake::Accept(ws::accept_key(key.as_bytes()))
+        }
+        _ => Handshake::Bad,
+    }
+}
+
+/// Whether the broker admits a WebSocket from this `Origin`. Browsers apply no CORS to
+/// WebSockets, so the broker checks it itself; clients without one (not a browser) pass:
+/// they could send any origin anyway.
+pub fn origin_allowed(origins: &[String], h: &HeaderMap) -> bool {
+    origins.is_empty()
+        || h.get(header::ORIGIN).is_none_or(|origin| {
+            origin
+                .to_str()
+                .is_ok_and(|o| origins.iter().any(|a| a == o))
+        })
+}
+
+/// The 101 answering a valid handshake.
+pub(crate) fn switching_protocols(accept: &str) -> Response {
+    let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+async fn upgrade(State(hub): State<Arc<Hub>>, mut req: Request) -> Response {
+    let h = req.headers();
+    let accept = match read_handshake(h) {
+        // A plain GET on the socket path, as Express would answer it.
+        Handshake::NotWebSocket => return typed(TEXT, StatusCode::NOT_FOUND, "Not Found"),
+        Handshake::Bad => {
+            hub.reject("handshake");
+            return typed(TEXT, StatusCode::BAD_REQUEST, "Bad WebSocket handshake");
+        }
+        Handshake::Accept(accept) => accept,
     };
-    // Browsers apply no CORS to WebSockets: the broker checks the origin itself. Clients
-    // without one (not a browser) pass; they could send any origin anyway.
-    let origins = &hub.config.cors_origins;
-    if !origins.is_empty()
-        && let Some(origin) = h.get(header::ORIGIN)
-        && !origin
-            .to_str()
-            .is_ok_and(|o| origins.iter().any(|a| a == o))
-    {
+    if !origin_allowed(&hub.config.cors_origins, h) {
         hub.reject("origin");
         tracing::debug!("WebSocket upgrade from an origin not allowed");
         return typed(TEXT, StatusCode::FORBIDDEN, "Origin not allowed");
@@ -257,14 +292,7 @@ async fn upgrade(State(hub): State<Arc<Hub>>, mut req: Request) -> Response {
             .instrument(span)
             .await;
     });
-    let mut r = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let h = r.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&ws::accept_key(&key)) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    r
+    switching_protocols(&accept)
 }
 
 #[cfg(test)]

@@ -348,6 +348,41 @@ impl Hub {
     }
 }
 
+impl crate::conn::App for Hub {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn max_message(&self) -> usize {
+        self.config.limits.max_frame_bytes
+    }
+
+    fn messages<R>(
+        &self,
+        conn: ConnId,
+        _outbox: &Outbox,
+        f: impl FnOnce(&mut dyn FnMut(crate::conn::Message<'_>)) -> R,
+    ) -> R {
+        use crate::conn::Message;
+        Hub::messages(self, conn, |handle| {
+            f(&mut |m| {
+                handle(match m {
+                    Message::Text(t) => Incoming::Text(t),
+                    // The reference accepts binary frames that are UTF-8 as text.
+                    Message::Binary(b) => match std::str::from_utf8(b) {
+                        Ok(t) => Incoming::Text(t),
+                        Err(_) => Incoming::Garbage,
+                    },
+                })
+            })
+        })
+    }
+
+    fn closed(&self, conn: ConnId) {
+        Hub::closed(self, conn);
+    }
+}
+
 impl Local for Hub {
     fn now(&self) -> Instant {
         now()

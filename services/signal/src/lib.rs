@@ -23,17 +23,31 @@ pub mod config;
 mod conn;
 mod connect_rate;
 pub mod core;
+mod echo;
 mod http;
 mod hub;
 pub mod metrics;
 mod outbox;
 mod ws;
 
-/// Fuzzing entry points (cargo feature `fuzzing`); not an API.
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub use cluster::fuzzing;
 pub use cluster::{MSG_RECOVERING, MSG_UNAVAILABLE, registry_shard, registry_slot};
+#[doc(hidden)]
+pub use echo::serve_echo;
+
+/// What the broker parses from outside before and after the upgrade, exposed for the fuzz
+/// targets (`fuzz/`); not a stable API. The Redis reply parsers need the `fuzzing` feature.
+#[doc(hidden)]
+pub mod fuzzing {
+    #[cfg(feature = "fuzzing")]
+    pub use crate::cluster::fuzzing::redis_reply;
+    pub use crate::core::OpenParams;
+    pub use crate::http::{Handshake, open_params, origin_allowed, read_handshake};
+    pub use crate::ws::{
+        Decoder, Event, Violation, accept_key, encode_binary, encode_close, encode_pong,
+        encode_text,
+    };
+    pub use axum::http;
+}
 pub use config::{ClusterConfig, Config, ConfigError, Limits, RedisUrl, SignalArgs};
 
 use hub::Hub;

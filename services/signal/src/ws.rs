@@ -59,7 +59,11 @@ pub struct Decoder {
     /// A fragmented message being assembled, and whether it is text.
     fragments: Vec<u8>,
     fragment_text: Option<bool>,
+    /// How much of a fragmented text message is known to be valid UTF-8 so far.
+    fragments_checked: usize,
     max_message: usize,
+    /// The client's close frame arrived: nothing after it is read (RFC 6455 §5.5.1).
+    closed: bool,
 }
 
 impl Decoder {
@@ -71,6 +75,12 @@ impl Decoder {
         }
     }
 
+    /// Heap bytes held between reads (an incomplete frame, a fragmented message): zero for an
+    /// idle socket, and bounded by the message limit (the fuzz targets check it).
+    pub fn buffered(&self) -> usize {
+        self.partial.capacity() + self.fragments.capacity()
+    }
+
     /// Decodes everything complete in `input` (just read from the socket; unmasked in place),
     /// calling `on_event` for each message. Keeps an incomplete tail for the next call.
     pub fn feed(
@@ -78,6 +88,9 @@ impl Decoder {
         input: &mut [u8],
         mut on_event: impl FnMut(Event<'_>),
     ) -> Result<(), Violation> {
+        if self.closed {
+            return Ok(());
+        }
         if self.partial.is_empty() {
             let used = self.decode(input, &mut on_event)?;
             self.partial.extend_from_slice(&input[used..]);
@@ -101,6 +114,10 @@ impl Decoder {
     ) -> Result<usize, Violation> {
         let mut pos = 0;
         loop {
+            if self.closed {
+                // Whatever follows the close frame is dropped, not kept for later.
+                return Ok(data.len());
+            }
             let rest = &mut data[pos..];
             let Some((header, len)) = parse_header(rest, self.max_message)? else {
                 return Ok(pos);
@@ -127,11 +144,19 @@ impl Decoder {
     ) -> Result<(), Violation> {
         match opcode {
             0x8 => {
-                let code = match payload.len() {
-                    0 => None,
-                    1 => return Err(PROTOCOL),
-                    _ => Some(u16::from_be_bytes([payload[0], payload[1]])),
+                let code = match payload {
+                    [] => None,
+                    [_] => return Err(PROTOCOL),
+                    [a, b, reason @ ..] => {
+                        let code = u16::from_be_bytes([*a, *b]);
+                        if !close_code_allowed(code) {
+                            return Err(PROTOCOL);
+                        }
+                        std::str::from_utf8(reason).map_err(|_| BAD_UTF8)?;
+                        Some(code)
+                    }
                 };
+                self.closed = true;
                 on_event(Event::Close(code));
             }
             0x9 => on_event(Event::Ping(payload)),
@@ -141,6 +166,10 @@ impl Decoder {
             0x1 | 0x2 => {
                 self.fragment_text = Some(opcode == 0x1);
                 self.fragments.extend_from_slice(payload);
+                self.fragments_checked = 0;
+                if opcode == 0x1 {
+                    self.check_fragments()?;
+                }
             }
             0x0 => {
                 let Some(text) = self.fragment_text else {
@@ -150,6 +179,9 @@ impl Decoder {
                     return Err(TOO_BIG);
                 }
                 self.fragments.extend_from_slice(payload);
+                if text {
+                    self.check_fragments()?;
+                }
                 if fin {
                     let msg = std::mem::take(&mut self.fragments);
                     self.fragment_text = None;
@@ -160,6 +192,25 @@ impl Decoder {
         }
         Ok(())
     }
+
+    /// Fails a fragmented text message as soon as its bytes so far cannot be the start of
+    /// valid UTF-8, not only at its last fragment. Checks each byte once.
+    fn check_fragments(&mut self) -> Result<(), Violation> {
+        let new = &self.fragments[self.fragments_checked..];
+        match std::str::from_utf8(new) {
+            Ok(_) => self.fragments_checked = self.fragments.len(),
+            // Cut inside a code point: fine until the next fragment says otherwise.
+            Err(e) if e.error_len().is_none() => self.fragments_checked += e.valid_up_to(),
+            Err(_) => return Err(BAD_UTF8),
+        }
+        Ok(())
+    }
+}
+
+/// Whether a client may send this close status (RFC 6455 §7.4; 1012–1014 are registered
+/// with IANA since). 1005 and 1006 are never sent; 1015 is TLS-only, reported locally.
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 fn emit(text: bool, payload: &[u8], on_event: &mut impl FnMut(Event<'_>)) -> Result<(), Violation> {
@@ -246,6 +297,12 @@ pub fn encode_text(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
 }
 
+/// Appends an unmasked binary frame.
+pub fn encode_binary(out: &mut Vec<u8>, payload: &[u8]) {
+    push_header(out, 0x2, payload.len());
+    out.extend_from_slice(payload);
+}
+
 /// Appends a pong answering a ping.
 pub fn encode_pong(out: &mut Vec<u8>, payload: &[u8]) {
     push_header(out, 0xA, payload.len());
@@ -257,7 +314,13 @@ pub fn encode_close(out: &mut Vec<u8>, code: Option<u16>, reason: &str) {
     match code {
         None => push_header(out, 0x8, 0),
         Some(code) => {
-            let reason = &reason.as_bytes()[..reason.len().min(123)];
+            // A control frame carries at most 125 bytes; cut the reason at a char boundary
+            // so it stays UTF-8 (a client fails the connection over a reason that is not).
+            let mut n = reason.len().min(123);
+            while !reason.is_char_boundary(n) {
+                n -= 1;
+            }
+            let reason = &reason.as_bytes()[..n];
             push_header(out, 0x8, 2 + reason.len());
             out.extend_from_slice(&code.to_be_bytes());
             out.extend_from_slice(reason);
@@ -360,15 +423,88 @@ mod tests {
     }
 
     #[test]
+    fn close_codes_no_endpoint_may_send_fail_with_1002() {
+        // RFC 6455 §7.4 (Autobahn 7.7.x / 7.9.x).
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            let err = collect(
+                &mut Decoder::new(100),
+                &client_frame(true, 8, &code.to_be_bytes()),
+            );
+            assert_eq!(err.unwrap_err().code, 1002, "code {code}");
+        }
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1011, 1012, 1014, 3000, 3999, 4000, 4999,
+        ] {
+            let got = collect(
+                &mut Decoder::new(100),
+                &client_frame(true, 8, &code.to_be_bytes()),
+            );
+            assert_eq!(
+                got.unwrap(),
+                [format!("Close(Some({code}))")],
+                "code {code}"
+            );
+        }
+        // A reason that is not UTF-8 (Autobahn 7.5.1).
+        let mut bad = 1000u16.to_be_bytes().to_vec();
+        bad.extend_from_slice(&[0xce, 0xba, 0xff]);
+        let err = collect(&mut Decoder::new(100), &client_frame(true, 8, &bad));
+        assert_eq!(err.unwrap_err().code, 1007);
+    }
+
+    #[test]
+    fn nothing_after_the_close_frame_is_read() {
+        let mut wire = client_frame(true, 8, &1000u16.to_be_bytes());
+        wire.extend(client_frame(true, 9, b"late ping"));
+        wire.extend(client_frame(true, 0x3, b"")); // would be a violation
+        let mut d = Decoder::new(100);
+        assert_eq!(collect(&mut d, &wire).unwrap(), ["Close(Some(1000))"]);
+        assert_eq!(
+            collect(&mut d, &client_frame(true, 1, b"x")).unwrap().len(),
+            0
+        );
+        assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn fragmented_text_fails_at_the_first_bad_fragment() {
+        // Autobahn 6.4.1: the bad bytes are in fragment 2 of 3; the last never comes.
+        let mut d = Decoder::new(1000);
+        let mut wire = client_frame(false, 1, "κόσμε".as_bytes());
+        wire.extend(client_frame(false, 0, &[0xf4, 0x90, 0x80, 0x80]));
+        assert_eq!(collect(&mut d, &wire).unwrap_err().code, 1007);
+        // A code point cut across fragments is fine.
+        let mut d = Decoder::new(1000);
+        let e = "€".as_bytes();
+        let mut wire = client_frame(false, 1, &e[..1]);
+        wire.extend(client_frame(false, 0, &e[1..2]));
+        wire.extend(client_frame(true, 0, &e[2..]));
+        assert_eq!(collect(&mut d, &wire).unwrap(), ["Text(\"€\")"]);
+    }
+
+    #[test]
+    fn a_long_close_reason_is_cut_at_a_char_boundary() {
+        let mut out = Vec::new();
+        encode_close(&mut out, Some(1000), &"é".repeat(100));
+        assert_eq!(out[1] as usize, out.len() - 2);
+        assert!(out.len() - 4 <= 123);
+        assert!(std::str::from_utf8(&out[4..]).is_ok());
+    }
+
+    #[test]
     fn encodes_server_frames() {
         let mut out = Vec::new();
         encode_text(&mut out, "hi");
+        encode_binary(&mut out, &[0xff]);
         encode_close(&mut out, None, "");
         encode_close(&mut out, Some(1008), "rate");
         assert_eq!(
             out,
             [
-                0x81, 2, b'h', b'i', 0x88, 0, 0x88, 6, 0x03, 0xf0, b'r', b'a', b't', b'e'
+                0x81, 2, b'h', b'i', 0x82, 1, 0xff, 0x88, 0, 0x88, 6, 0x03, 0xf0, b'r', b'a', b't',
+                b'e'
             ]
         );
         let mut long = Vec::new();
