@@ -145,7 +145,7 @@ result() { grep '^RESULT ' "$OUT/$1.log" | tail -1 | sed 's/^RESULT //'; }
 PACED=$(result paced)
 CHURNED=$(result churn)
 echo
-echo "== soak trend ($(wc -l <"$SERIES") samples less the header; first $WARMUP_PCT % are warm-up)"
+echo "== soak trend ($(($(wc -l <"$SERIES") - 1)) samples every ${INTERVAL}s; the first $WARMUP_PCT % are warm-up)"
 awk -F'\t' -v warm="$WARMUP_PCT" -v peers="$PEERS" '
     NR == 1 { next }
     { n++; t[n] = $1; r[n] = $2; f[n] = $3; c[n] = $4 }

@@ -203,7 +203,7 @@ async fn slow_consumer_is_closed_at_its_send_queue_and_others_keep_relaying() {
     let mut a = k.peer("a").await;
     let mut b = k.peer("b").await;
     let mut c = k.peer("c").await;
-    let series = r#"kibitz_rejected_total{reason="slow_reader"}"#;
+    let series = r#"kibitz_signal_rejected_total{reason="slow_reader"}"#;
     assert_eq!(k.metric(series).await, 0.0);
 
     // `a` floods `slow` with 16 KiB offers (within the message rate burst) while `b` and `c`
