@@ -37,7 +37,9 @@ impl Signal {
         let mut cmd = match nofile {
             Some(n) => {
                 let mut c = tokio::process::Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(kibitz_bin());
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(kibitz_bin());
                 c
             }
             None => tokio::process::Command::new(kibitz_bin()),
@@ -247,7 +249,11 @@ async fn slow_consumer_is_closed_at_its_send_queue_and_others_keep_relaying() {
     relay(&mut a, &mut b, "b", 10_000).await;
     relay(&mut b, &mut a, "a", 10_001).await;
     relay(&mut c, &mut a, "a", 10_002).await;
-    assert_eq!(k.metric(series).await, 1.0, "exactly one slow reader closed");
+    assert_eq!(
+        k.metric(series).await,
+        1.0,
+        "exactly one slow reader closed"
+    );
     println!(
         "slow consumer: closed after {sent} x 16 KiB offers in {closed_after:?} \
          (--send-queue-bytes {QUEUE}); other pairs' worst relay meanwhile {worst:?} over \
@@ -260,12 +266,7 @@ async fn descriptor_exhaustion_refuses_cleanly_without_spinning_and_recovers() {
     const NOFILE: u32 = 128;
     let k = Signal::start(
         Some(NOFILE),
-        &[
-            "--per-ip-connections",
-            "0",
-            "--concurrent-limit",
-            "100000",
-        ],
+        &["--per-ip-connections", "0", "--concurrent-limit", "100000"],
     )
     .await;
     let mut a = k.peer("a").await;

@@ -83,7 +83,10 @@ pub async fn run(ctx: &Ctx, a: &AttackArgs) -> Result<Map<String, Value>> {
         .collect();
     let (targets, failed, err) = ctx.open_many(&target_ids, READ_BUF).await;
     if failed > 0 {
-        bail!("{failed} targets failed to open: {}", err.unwrap_or_default());
+        bail!(
+            "{failed} targets failed to open: {}",
+            err.unwrap_or_default()
+        );
     }
     let read_every = Duration::from_secs_f64(1.0 / a.target_reads);
     for (k, ws) in targets.into_iter().flatten().enumerate() {
