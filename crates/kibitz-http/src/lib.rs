@@ -117,7 +117,7 @@ pub async fn serve(
                         // Another failure, or no spare descriptor to shed with: back off
                         // instead of spinning (the listener stays readable while a
                         // connection waits); the listener stays up.
-                        tracing::debug!(error = %e, "accept failed");
+                        tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     continue;
