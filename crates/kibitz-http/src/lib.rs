@@ -117,7 +117,9 @@ pub async fn serve(
                         // Another failure, or no spare descriptor to shed with: back off
                         // instead of spinning (the listener stays readable while a
                         // connection waits); the listener stays up.
-                        tracing::warn!(error = %e, "accept failed");
+                        if !shed.exhausted() {
+                            tracing::warn!(error = %e, "accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     continue;
@@ -218,6 +220,11 @@ impl FdShed {
         }
         self.spare = std::fs::File::open("/dev/null").ok();
         self.spare.is_some()
+    }
+
+    /// Whether an exhaustion episode is on (it was logged already).
+    fn exhausted(&self) -> bool {
+        self.refused.is_some()
     }
 
     /// An accept succeeded: ends an exhaustion episode (logged once).
