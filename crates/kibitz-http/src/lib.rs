@@ -102,15 +102,26 @@ pub async fn serve(
     let draining = tokio_util::sync::CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
     let tls = opts.tls.map(tokio_rustls::TlsAcceptor::from);
+    let plain = tls.is_none();
+    let mut shed = FdShed::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(v) => v,
+                Ok(v) => {
+                    shed.recovered();
+                    v
+                }
                 Err(e) => {
-                    // Usually EMFILE: back off instead of spinning; the listener stays up.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if !shed.refuse_one(&listener, &e, plain) {
+                        // Another failure, or no spare descriptor to shed with: back off
+                        // instead of spinning (the listener stays readable while a
+                        // connection waits); the listener stays up.
+                        if !shed.exhausted() {
+                            tracing::warn!(error = %e, "accept failed");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                     continue;
                 }
             },
@@ -151,6 +162,83 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// What the accept loop does when the process runs out of file descriptors: accepting fails
+/// with EMFILE/ENFILE while the connection stays in the kernel's backlog, so the listener stays
+/// readable and a naive loop spins, and the client waits for nothing. So one descriptor is held
+/// in reserve: at the cap it is released, the waiting connection accepted and closed at once
+/// (after a `503` on plain HTTP), and the reserve taken again. The client sees a prompt refusal
+/// and the loop only wakes per arriving connection. Logged once per episode, not per attempt.
+struct FdShed {
+    /// The reserve (`/dev/null`); `None` if it could not be re-taken (then the loop backs off).
+    spare: Option<std::fs::File>,
+    /// Connections refused in the current episode; `None` while descriptors are available.
+    refused: Option<u64>,
+}
+
+/// Linux errno values: the process (EMFILE) or the system (ENFILE) is out of descriptors.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+impl FdShed {
+    fn new() -> Self {
+        Self {
+            spare: std::fs::File::open("/dev/null").ok(),
+            refused: None,
+        }
+    }
+
+    /// After `err` from accept: if it is descriptor exhaustion and the reserve is there,
+    /// refuses one waiting connection and returns true.
+    fn refuse_one(&mut self, listener: &TcpListener, err: &std::io::Error, plain: bool) -> bool {
+        if !matches!(err.raw_os_error(), Some(EMFILE | ENFILE)) {
+            return false;
+        }
+        let refused = self.refused.get_or_insert_with(|| {
+            tracing::warn!(
+                error = %err,
+                "out of file descriptors: refusing new connections until some close"
+            );
+            0
+        });
+        if self.spare.take().is_none() {
+            self.spare = std::fs::File::open("/dev/null").ok();
+            return false;
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(Ok((stream, _))) = listener.poll_accept(&mut cx) {
+            if plain {
+                // Best effort: if the request already arrived, closing resets instead.
+                let _ = stream.try_write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                );
+            }
+            drop(stream);
+            *refused += 1;
+            metrics::counter!("kibitz_accept_refused_total", "reason" => "fd_limit").increment(1);
+        }
+        self.spare = std::fs::File::open("/dev/null").ok();
+        self.spare.is_some()
+    }
+
+    /// Whether an exhaustion episode is on (it was logged already).
+    fn exhausted(&self) -> bool {
+        self.refused.is_some()
+    }
+
+    /// An accept succeeded: ends an exhaustion episode (logged once).
+    fn recovered(&mut self) {
+        if let Some(n) = self.refused.take() {
+            tracing::warn!(
+                refused = n,
+                "file descriptors available again: accepting connections"
+            );
+        }
+        if self.spare.is_none() {
+            self.spare = std::fs::File::open("/dev/null").ok();
+        }
+    }
 }
 
 /// What one accepted connection needs to be served.

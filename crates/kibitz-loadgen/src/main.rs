@@ -2,6 +2,7 @@
 //!
 //! Every scenario prints one human-readable line and one `RESULT {json}` line.
 
+mod attack;
 mod churn;
 mod connect;
 mod hello;
@@ -89,6 +90,8 @@ enum Cmd {
     Paced(paced::PacedArgs),
     /// Open and close connections at a fixed rate.
     Churn(churn::ChurnArgs),
+    /// Many sockets sending the largest allowed message at the allowed rate to slow readers.
+    Attack(attack::AttackArgs),
     /// Open and close connections as fast as N workers can (closed loop): connect throughput.
     Connect(connect::ConnectArgs),
     /// Closed-loop HTTP GETs (e.g. /api/turn), a new connection every N requests.
@@ -214,6 +217,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Relay(_) => "relay",
         Cmd::Paced(_) => "paced",
         Cmd::Churn(_) => "churn",
+        Cmd::Attack(_) => "attack",
         Cmd::Connect(_) => "connect",
         Cmd::Http(_) => "http",
         Cmd::FreePort => "free-port",
@@ -231,6 +235,7 @@ fn run(cli: Cli) -> Result<()> {
             Cmd::Relay(a) => relay::run(&ctx, a).await,
             Cmd::Paced(a) => paced::run(&ctx, a).await,
             Cmd::Churn(a) => churn::run(&ctx, a).await,
+            Cmd::Attack(a) => attack::run(&ctx, a).await,
             Cmd::Connect(a) => connect::run(&ctx, a).await,
             Cmd::Http(a) => http_load::run(&ctx, a).await,
             Cmd::FreePort | Cmd::HelloServer(_) | Cmd::TurnRelay(_) => Ok(Map::new()),

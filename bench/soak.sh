@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Soak the broker: a steady population of peers, connect churn and paced relay at once, for a
+# long time; sample the broker's RSS, open descriptors and CPU every 10 s and print the series
+# and its trend after a warm-up.
+#
+#   bench/soak.sh                 1 hour: 10,000 peers, 200 connects/s churn, 5,000 msg/s relayed
+#   bench/soak.sh --minutes N     the same load for N minutes
+#   bench/soak.sh --quick         ~1 min smoke: 1,000 peers, 50 connects/s, 500 msg/s
+#   bench/soak.sh --no-build      skip cargo build
+#   PROFILE=debug bench/soak.sh … debug binaries (the smoke in scripts/test)
+#
+# Load (three kibitz-loadgen processes, each under the 20,000 open-file cap):
+#   idle   PEERS - 2*PAIRS peers that only heartbeat (every 5 s) for the whole run;
+#   paced  PAIRS pairs (2*PAIRS more peers) relaying RATE OFFERs/s in total, open loop; it
+#          counts every message sent and received on pairs that stayed connected (lost =
+#          sent - delivered, after a 2 s drain);
+#   churn  CHURN new peers/s, each opened (to OPEN) and closed at once, unique ids.
+# Targets (checked after the warm-up, the first WARMUP_PCT % of samples): RSS within +-5 % of
+# its post-warm-up mean, open descriptors flat (linear trend over the run within
+# max(50, 0.5 % of the mean)), zero lost messages. Printed as ok/FAIL; the exit status is 0
+# either way unless a process failed. The broker and load generators run niced (SOAK_NICE,
+# default 10): this measures stability, not speed. Logs and the series go to
+# target/bench/soak-<timestamp>/.
+set -euo pipefail
+
+MINUTES=60
+PEERS=10000
+CHURN=200
+RATE=5000
+PAIRS=250
+SIZE=200
+INTERVAL=10
+WARMUP_PCT=20
+BUILD=1
+QUICK=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+    --quick) QUICK=1 ;;
+    --minutes) shift; MINUTES=$1 ;;
+    --no-build) BUILD=0 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+SECS=$((MINUTES * 60))
+if ((QUICK)); then
+    PEERS=1000 CHURN=50 RATE=500 PAIRS=50 SECS=60 INTERVAL=5
+fi
+IDLE=$((PEERS - 2 * PAIRS))
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PROFILE=${PROFILE:-release}
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
+LG="$BIN/kibitz-loadgen"
+KIBITZ="$BIN/kibitz"
+NICE=${SOAK_NICE:-10}
+ulimit -n 20000 || echo "warning: could not raise ulimit -n to 20000 (now $(ulimit -n))" >&2
+export RUST_LOG=${RUST_LOG:-warn}
+
+if ((BUILD)); then
+    if [[ $PROFILE == release ]]; then
+        cargo build --release -q -p kibitz-cli -p kibitz-loadgen
+    else
+        cargo build -q -p kibitz-cli -p kibitz-loadgen
+    fi
+fi
+
+OUT="$ROOT/target/bench/soak-$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$OUT"
+read -r load1 _ </proc/loadavg
+echo "soak: $PEERS peers ($IDLE idle + $PAIRS relay pairs), $CHURN connects/s churn, $RATE msg/s" \
+    "relayed, ${SECS}s, sample every ${INTERVAL}s; load average before $load1; logs in $OUT"
+
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+PORT=$("$LG" free-port)
+nice -n "$NICE" "$KIBITZ" signal --listen "127.0.0.1:$PORT" --per-ip-connections 0 \
+    --concurrent-limit 100000 >"$OUT/broker.log" 2>&1 &
+SPID=$!
+PIDS+=("$SPID")
+for _ in $(seq 100); do
+    kill -0 "$SPID" 2>/dev/null || { echo "broker exited; see $OUT/broker.log" >&2; exit 1; }
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+done
+
+lg() { nice -n "$NICE" "$LG" --port "$PORT" --server-pid "$SPID" --open-timeout-secs 60 "$@"; }
+
+# The steady population first; the run starts once it is open.
+lg idle --conns "$IDLE" --heartbeat-ms 5000 --hold-secs $((SECS + 5)) --open-rate 2000 \
+    >"$OUT/idle.log" 2>&1 &
+IPID=$!
+PIDS+=("$IPID")
+for _ in $(seq 600); do
+    grep -q "^idle: " "$OUT/idle.log" && break
+    kill -0 "$IPID" 2>/dev/null || { echo "idle load generator exited; see $OUT/idle.log" >&2; exit 1; }
+    sleep 0.5
+done
+grep "^idle: " "$OUT/idle.log" || { echo "idle peers did not open; see $OUT/idle.log" >&2; exit 1; }
+
+lg paced --pairs "$PAIRS" --rate "$RATE" --size "$SIZE" --secs "$SECS" --warmup-secs 2 \
+    --drain-secs 2 >"$OUT/paced.log" 2>&1 &
+PPID_=$!
+lg churn --rate "$CHURN" --secs "$SECS" --warmup-secs 0 >"$OUT/churn.log" 2>&1 &
+CPID=$!
+PIDS+=("$PPID_" "$CPID")
+
+# Sample: seconds since start, RSS (KiB), open descriptors, CPU % of one core since the last
+# sample.
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$SPID/status"; }
+cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$SPID/stat"; }
+fds() { find "/proc/$SPID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+SERIES="$OUT/series.tsv"
+printf 't_s\trss_kb\tfds\tcpu_pct\n' >"$SERIES"
+t0=$(date +%s.%N)
+prev_t=$t0
+prev_c=$(cpu_ticks)
+next=$INTERVAL
+while kill -0 "$PPID_" 2>/dev/null || kill -0 "$CPID" 2>/dev/null; do
+    now=$(date +%s.%N)
+    elapsed=$(awk -v a="$now" -v b="$t0" 'BEGIN { print a - b }')
+    if awk -v e="$elapsed" -v n="$next" 'BEGIN { exit !(e >= n) }'; then
+        kill -0 "$SPID" 2>/dev/null || { echo "broker died; see $OUT/broker.log" >&2; exit 1; }
+        c=$(cpu_ticks)
+        pct=$(awk -v c="$c" -v pc="$prev_c" -v t="$now" -v pt="$prev_t" \
+            'BEGIN { printf "%.1f", (c - pc) / (t - pt) }')
+        printf '%d\t%s\t%s\t%s\n' "$next" "$(rss_kb)" "$(fds)" "$pct" | tee -a "$SERIES"
+        prev_c=$c prev_t=$now
+        next=$((next + INTERVAL))
+    fi
+    sleep 0.5
+done
+wait "$PPID_" || echo "warning: paced load generator failed; see $OUT/paced.log" >&2
+wait "$CPID" || echo "warning: churn load generator failed; see $OUT/churn.log" >&2
+wait "$IPID" || echo "warning: idle load generator failed; see $OUT/idle.log" >&2
+
+result() { grep '^RESULT ' "$OUT/$1.log" | tail -1 | sed 's/^RESULT //'; }
+PACED=$(result paced)
+CHURNED=$(result churn)
+echo
+echo "== soak trend ($(($(wc -l <"$SERIES") - 1)) samples every ${INTERVAL}s; the first $WARMUP_PCT % are warm-up)"
+awk -F'\t' -v warm="$WARMUP_PCT" -v peers="$PEERS" '
+    NR == 1 { next }
+    { n++; t[n] = $1; r[n] = $2; f[n] = $3; c[n] = $4 }
+    END {
+        if (n < 3) { print "too few samples"; exit }
+        s = int(n * warm / 100) + 1
+        for (i = s; i <= n; i++) { m++; sr += r[i]; sf += f[i]; sc += c[i]; st += t[i] }
+        mr = sr / m; mf = sf / m; mt = st / m
+        rmin = rmax = r[s]; fmin = fmax = f[s]; cmax = c[s]
+        for (i = s; i <= n; i++) {
+            if (r[i] < rmin) rmin = r[i]; if (r[i] > rmax) rmax = r[i]
+            if (f[i] < fmin) fmin = f[i]; if (f[i] > fmax) fmax = f[i]
+            if (c[i] > cmax) cmax = c[i]
+            num += (t[i] - mt) * (f[i] - mf); den += (t[i] - mt) ^ 2
+        }
+        slope = den > 0 ? num / den : 0
+        drift = slope * (t[n] - t[s])
+        lo = 100 * (rmin - mr) / mr; hi = 100 * (rmax - mr) / mr
+        printf "RSS      start %d KiB, end %d KiB; after warm-up (t >= %d s) mean %d KiB, min %d (%+.2f %%), max %d (%+.2f %%)  %s\n",
+            r[1], r[n], t[s], mr, rmin, lo, rmax, hi, (lo >= -5 && hi <= 5) ? "ok (within +-5 %)" : "FAIL (target +-5 %)"
+        tol = 0.005 * mf; if (tol < 50) tol = 50
+        printf "fds      start %d, end %d; after warm-up mean %.0f, min %d, max %d, trend %+.3f/min (%+.1f over the run)  %s\n",
+            f[1], f[n], mf, fmin, fmax, slope * 60, drift, (drift <= tol && drift >= -tol) ? "ok (flat)" : "FAIL (not flat)"
+        printf "CPU      after warm-up mean %.1f %% of a core, max %.1f %%\n", sc / m, cmax
+    }' "$SERIES" | tee "$OUT/trend.txt"
+if [[ -n $PACED ]]; then
+    echo "$PACED" | jq -r '"relay    \(.sent) sent, \(.delivered) delivered, lost \(.lost) (pairs ok \(.pairs_ok)/\(.pairs), errors \(.errors)), \(.delivered_per_s) msg/s, p50 \(.lat_p50_us // "-") us, p99 \(.lat_p99_us // "-") us, max \(.lat_max_us // "-") us  \(if .lost == 0 and .errors == 0 then "ok (zero lost)" else "FAIL (lost messages)" end)"' |
+        tee -a "$OUT/trend.txt"
+else
+    echo "relay    no result; see $OUT/paced.log" | tee -a "$OUT/trend.txt"
+fi
+if [[ -n $CHURNED ]]; then
+    echo "$CHURNED" | jq -r '"churn    \(.opens) opened and closed of \(.attempted), \(.opens_per_s)/s, errors \(.errors), open p99 \(.open_p99_us // "-") us"' |
+        tee -a "$OUT/trend.txt"
+fi
+IDLED=$(result idle)
+if [[ -n $IDLED ]]; then
+    echo "$IDLED" | jq -r '"idle     \(.opened) of \(.conns) held, \(.dropped) dropped by the broker, \(.failed) failed to open"' |
+        tee -a "$OUT/trend.txt"
+fi
+echo "series: $SERIES"
