@@ -304,6 +304,16 @@ impl Redis {
     fn spawn(&mut self) -> bool {
         let child = std::process::Command::new("redis-server")
             .args(["--bind", &self.bind, "--port", &self.port.to_string()])
+            // Off loopback Redis refuses password-less clients; the other addresses are in a
+            // test's own network namespace.
+            .args([
+                "--protected-mode",
+                if self.bind == "127.0.0.1" {
+                    "yes"
+                } else {
+                    "no"
+                },
+            ])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)

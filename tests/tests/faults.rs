@@ -32,7 +32,12 @@ fn url(addr: SocketAddr, id: &str, token: &str) -> String {
 
 /// Connects as `id`/`token` and returns what the node says first within `wait` (a refused
 /// handshake or connection reads as `Gone`).
-async fn attempt(addr: SocketAddr, id: &str, token: &str, wait: Duration) -> (Option<Client>, Seen) {
+async fn attempt(
+    addr: SocketAddr,
+    id: &str,
+    token: &str,
+    wait: Duration,
+) -> (Option<Client>, Seen) {
     match tokio::time::timeout(wait, tokio_tungstenite::connect_async(url(addr, id, token))).await {
         Ok(Ok((ws, _))) => {
             let mut c = Client { ws };
@@ -54,7 +59,10 @@ async fn open(addr: SocketAddr, id: &str, token: &str) -> Client {
         {
             return c;
         }
-        assert!(Instant::now() < deadline, "{id}@{addr}: no OPEN, last {first:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{id}@{addr}: no OPEN, last {first:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -161,11 +169,25 @@ fn double_owners(id: &str, owner: &Shared<Inbox>, thefts: &Thefts) -> Vec<String
         .collect()
 }
 
+/// What a client was told first, short: the frame's type (and message), or how it ended.
+fn told(s: &Seen) -> String {
+    match s {
+        Seen::Text(t) => {
+            let v: serde_json::Value = serde_json::from_str(t).unwrap_or_default();
+            match v["payload"]["msg"].as_str() {
+                Some(m) => format!("{} \"{m}\"", v["type"].as_str().unwrap_or("?")),
+                None => v["type"].as_str().unwrap_or("?").to_owned(),
+            }
+        }
+        other => format!("{other:?}"),
+    }
+}
+
 /// The thief's answers, counted by kind.
 fn answers(log: &Thefts) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for (_, s, _) in log.lock().unwrap().iter() {
-        *m.entry(format!("{s:?}")).or_default() += 1;
+        *m.entry(told(s)).or_default() += 1;
     }
     m
 }
@@ -215,7 +237,12 @@ impl Flow {
     /// Sends the next OFFER (a socket already closed is noted by its reader, not here).
     async fn send(&mut self) {
         let dst = self.dsts[(self.next % self.dsts.len() as u64) as usize];
-        if self.tx.send(Message::text(offer(dst, self.next))).await.is_ok() {
+        if self
+            .tx
+            .send(Message::text(offer(dst, self.next)))
+            .await
+            .is_ok()
+        {
             self.sent.push((self.next, dst, Instant::now()));
         }
         self.next += 1;
@@ -229,7 +256,7 @@ impl Flow {
         inboxes: &BTreeMap<&str, Shared<Inbox>>,
         ttl: Duration,
     ) -> (usize, usize, Duration, Vec<String>) {
-        let mut problems = Vec::new();
+        let (mut problems, mut lost) = (Vec::new(), Vec::new());
         let (mut delivered, mut expired, mut late) = (0, 0, Duration::ZERO);
         let me = self.inbox.lock().unwrap();
         for (n, dst, at) in &self.sent {
@@ -241,12 +268,17 @@ impl Flow {
                         expired += 1;
                         late = late.max((*t - *at).saturating_sub(ttl));
                     }
-                    None => problems.push(format!(
-                        "message {n} to {dst}: neither delivered nor EXPIREd"
-                    )),
+                    None => lost.push(format!("{n}→{dst}")),
                 },
                 k => problems.push(format!("message {n} to {dst}: delivered {k} times")),
             }
+        }
+        if !lost.is_empty() {
+            problems.push(format!(
+                "{} messages neither delivered nor EXPIREd to their sender: {}",
+                lost.len(),
+                lost.join(" ")
+            ));
         }
         (delivered, expired, late, problems)
     }
@@ -335,7 +367,10 @@ async fn run_fault(s: Scenario<'_>, fault: &mut dyn Fault) {
             if first == Seen::Text(OPEN.into()) {
                 return (ended.elapsed(), c);
             }
-            assert!(Instant::now() < deadline, "no claim granted on c after the fault: {first:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no claim granted on c after the fault: {first:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
@@ -352,7 +387,13 @@ async fn run_fault(s: Scenario<'_>, fault: &mut dyn Fault) {
     // Recovery: the first message sent after the fault delivered, on each path.
     let back = |flow: &Flow, mark: usize, dst: &str| {
         let (n, _, _) = flow.sent.iter().skip(mark).find(|(_, d, _)| *d == dst)?;
-        let t = inboxes[dst].lock().unwrap().got.iter().find(|(m, _)| m == n)?.1;
+        let t = inboxes[dst]
+            .lock()
+            .unwrap()
+            .got
+            .iter()
+            .find(|(m, _)| m == n)?
+            .1;
         Some(t - ended)
     };
     let a_to_c = back(&alice, a_mark, "carol");
@@ -363,7 +404,12 @@ async fn run_fault(s: Scenario<'_>, fault: &mut dyn Fault) {
     stop_tx.send(true).unwrap();
 
     let mut problems = Vec::new();
-    println!("{} for {:?} (lease {LEASE_MS} ms, queue lifetime {:?}):", fault.name(), s.hold, s.ttl);
+    println!(
+        "{} for {:?} (lease {LEASE_MS} ms, queue lifetime {:?}):",
+        fault.name(),
+        s.hold,
+        s.ttl
+    );
     for (who, flow) in [("alice", &alice), ("carol", &carol)] {
         let (d, e, late, p) = flow.account(&inboxes, s.ttl);
         println!(
@@ -373,15 +419,22 @@ async fn run_fault(s: Scenario<'_>, fault: &mut dyn Fault) {
         problems.extend(p);
     }
     problems.extend(double_owners("vic", &vic, &thefts));
-    println!("  newcomer on the faulted node: {saw_c:?} after {took_c:?}; on another node: {saw_b:?} after {took_b:?}");
-    println!("  after the fault: a claim on the faulted node granted in {claim_back:?}; first message alice→carol delivered in {a_to_c:?}, carol→bob in {c_to_b:?}");
+    println!(
+        "  a newcomer on the faulted node was told {} after {took_c:?}; on another node {} after {took_b:?}",
+        told(&saw_c),
+        told(&saw_b)
+    );
+    println!(
+        "  after the fault: a claim on the faulted node granted in {claim_back:?}; first message alice→carol delivered in {a_to_c:?}, carol→bob in {c_to_b:?}"
+    );
     println!("  foreign claims on vic: {:?}", answers(&thefts));
     for (id, i) in &inboxes {
         let i = i.lock().unwrap();
         println!(
             "  {id}: socket {}, other frames {:?}",
             match &i.ended {
-                Some((t, seen)) => format!("ended {seen:?} {:?} after the fault began", *t - began),
+                Some((t, seen)) =>
+                    format!("ended ({seen:?}) {:?} after the fault began", *t - began),
                 None => "open".into(),
             },
             i.other
@@ -479,12 +532,18 @@ impl CutOff {
         let pid = holder.id();
         let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::fs::read_link(format!("/proc/{pid}/ns/net")).ok().as_ref() == Some(&ours) {
+        while std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .ok()
+            .as_ref()
+            == Some(&ours)
+        {
             assert!(std::time::Instant::now() < deadline, "no namespace");
             std::thread::sleep(Duration::from_millis(10));
         }
         sh("ip link set lo up");
-        sh(&format!("ip link add kbz0 type veth peer name kbz1 netns {pid}"));
+        sh(&format!(
+            "ip link add kbz0 type veth peer name kbz1 netns {pid}"
+        ));
         sh("ip addr add 10.99.0.1/24 dev kbz0 && ip link set kbz0 up");
         sh(&format!("ip addr add {}/32 dev lo", Self::REDIS));
         let n = Self { holder };
@@ -505,8 +564,17 @@ impl CutOff {
         let mut cmd = tokio::process::Command::new("nsenter");
         cmd.args(["-t", &self.holder.id().to_string(), "-n"])
             .arg(kibitz_e2e::kibitz_bin())
-            .args(["serve", "--listen", &format!("{}:0", Self::C), "--log-format", "json"])
-            .args(["--redis-url", &format!("redis://{}:{redis_port}/", Self::REDIS)])
+            .args([
+                "serve",
+                "--listen",
+                &format!("{}:0", Self::C),
+                "--log-format",
+                "json",
+            ])
+            .args([
+                "--redis-url",
+                &format!("redis://{}:{redis_port}/", Self::REDIS),
+            ])
             .args(["--redis-lease-ms", &LEASE_MS.to_string()]);
         cmd
     }
@@ -526,10 +594,14 @@ impl Fault for Cut<'_> {
         "one node cut off from redis (its route blackholed)".into()
     }
     fn begin(&mut self) {
-        self.0.inside(&format!("ip route replace blackhole {}/32", CutOff::REDIS));
+        self.0
+            .inside(&format!("ip route replace blackhole {}/32", CutOff::REDIS));
     }
     fn end(&mut self) {
-        self.0.inside(&format!("ip route replace {}/32 via 10.99.0.1", CutOff::REDIS));
+        self.0.inside(&format!(
+            "ip route replace {}/32 via 10.99.0.1",
+            CutOff::REDIS
+        ));
     }
 }
 
@@ -544,7 +616,9 @@ async fn a_node_cut_off_from_redis() {
     if std::env::var_os("KIBITZ_FAULTS_NETNS_CHILD").is_some() {
         return cut_off_child().await;
     }
-    let probe = std::process::Command::new("unshare").args(["-n", "true"]).status();
+    let probe = std::process::Command::new("unshare")
+        .args(["-n", "true"])
+        .status();
     if !probe.is_ok_and(|s| s.success()) {
         eprintln!("SKIPPED: unshare -n needs root (CI runs as root)");
         return;
@@ -567,7 +641,10 @@ async fn a_node_cut_off_from_redis() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{text}");
-    assert!(out.status.success() && text.contains("netns child: ok"), "netns child failed");
+    assert!(
+        out.status.success() && text.contains("netns child: ok"),
+        "netns child failed"
+    );
 }
 
 async fn cut_off_child() {
@@ -666,7 +743,13 @@ impl Watched {
 /// the port it took.
 async fn serve(port: u16) -> (tokio::process::Child, u16) {
     let mut cmd = tokio::process::Command::new(kibitz_e2e::kibitz_bin());
-    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"]);
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--log-format",
+        "json",
+    ]);
     serve_with(cmd).await
 }
 
@@ -708,7 +791,13 @@ const NAMES: [&str; 4] = ["Alice", "Bob", "Browser", "Carol"];
 fn one_room(joins: &[Watched], page: &Watched) -> Result<&'static str, String> {
     let mut coordinators = Vec::new();
     for j in joins {
-        let status = j.last(&["* connected", "* reconnecting", "* looking", "* connecting", "* left"]);
+        let status = j.last(&[
+            "* connected",
+            "* reconnecting",
+            "* looking",
+            "* connecting",
+            "* left",
+        ]);
         let roster = j.last(&["* in the room:"]).unwrap_or_default();
         match status.as_deref() {
             Some("* connected (you coordinate the room)") => coordinators.push(j.name),
@@ -745,7 +834,15 @@ async fn until_one_room(joins: &[Watched], page: &Watched, wait: Duration) -> &'
                 joins
                     .iter()
                     .chain([page])
-                    .map(|w| (w.name, w.lines.lock().unwrap().iter().map(|(_, l)| l.clone()).collect::<Vec<_>>()))
+                    .map(|w| (
+                        w.name,
+                        w.lines
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .map(|(_, l)| l.clone())
+                            .collect::<Vec<_>>()
+                    ))
                     .collect::<Vec<_>>()
             ),
         }
@@ -769,8 +866,18 @@ async fn broker_killed_under_a_live_room_and_restarted_on_the_same_port() {
     };
     let joins = vec![join("Alice"), join("Bob"), join("Carol")];
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(format!("{}/node/room-fault.mjs", env!("CARGO_MANIFEST_DIR")))
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--room", room]);
+    cmd.arg(format!(
+        "{}/node/room-fault.mjs",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--room",
+        room,
+    ]);
     let mut page = Watched::spawn("browser", cmd);
     let first = until_one_room(&joins, &page, Duration::from_secs(60)).await;
     println!("one room before the fault, {first} coordinating");
