@@ -795,6 +795,9 @@ async fn serve(port: u16) -> (tokio::process::Child, u16) {
         &format!("127.0.0.1:{port}"),
         "--log-format",
         "json",
+        // A clean stop closes the sockets at once (no load balancer to wait for here).
+        "--drain-grace-ms",
+        "0",
     ]);
     serve_with(cmd).await
 }
@@ -902,9 +905,19 @@ async fn until_one_room(joins: &[Watched], page: &Watched, wait: Duration) -> &'
 /// within a bound this test measures and prints (and asserts generously: 60 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_under_a_live_room_and_restarted_on_the_same_port() {
+    broker_restart_under_a_live_room("KILL", "fault-room-kill").await;
+}
+
+/// The baseline for the crash above, in the same suite: the broker stopped cleanly (SIGTERM,
+/// no drain grace: every socket closed 1001) and started again on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_stopped_cleanly_under_a_live_room_and_restarted_on_the_same_port() {
+    broker_restart_under_a_live_room("TERM", "fault-room-term").await;
+}
+
+async fn broker_restart_under_a_live_room(sig: &str, room: &str) {
     let (mut broker, port) = serve(0).await;
     let signal = format!("ws://127.0.0.1:{port}");
-    let room = "fault-room";
     let join = |name: &'static str| {
         let mut cmd = tokio::process::Command::new(kibitz_e2e::kibitz_bin());
         cmd.args(["join", room, "--name", name, "--signal-host", &signal]);
@@ -928,21 +941,30 @@ async fn broker_killed_under_a_live_room_and_restarted_on_the_same_port() {
     let first = until_one_room(&joins, &page, Duration::from_secs(60)).await;
     println!("one room before the fault, {first} coordinating");
 
-    let killed = Instant::now();
-    broker.start_kill().unwrap();
-    broker.wait().await.unwrap();
+    let signalled = Instant::now();
+    let pid = broker.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(sent, "kill -{sig} {pid}");
+    let status = tokio::time::timeout(Duration::from_secs(30), broker.wait())
+        .await
+        .expect("the broker exits within 30 s")
+        .unwrap();
+    let exited = signalled.elapsed();
     let (mut broker, again) = serve(port).await;
     let restarted = Instant::now();
     assert_eq!(again, port);
     let coordinator = until_one_room(&joins, &page, Duration::from_secs(60)).await;
-    let took = killed.elapsed();
+    let took = signalled.elapsed();
     println!(
-        "broker SIGKILLed and restarted on port {port} ({:?} later): one room again {took:?} after the kill ({:?} after the restart), {coordinator} coordinating (was {first})",
-        restarted - killed,
+        "broker SIG{sig} ({status}, gone after {exited:?}) and restarted on port {port} ({:?} after the signal): one room again {took:?} after the signal ({:?} after the restart), {coordinator} coordinating (was {first})",
+        restarted - signalled,
         restarted.elapsed()
     );
     for w in joins.iter().chain([&page]) {
-        println!("  {} saw: {:#?}", w.name, w.since(killed));
+        println!("  {} saw: {:#?}", w.name, w.since(signalled));
     }
     assert!(took < Duration::from_secs(60), "{took:?}");
 
