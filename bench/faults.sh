@@ -74,7 +74,7 @@ summary() {
         /a claim on the faulted node granted in/ {
             add("a claim on the faulted node granted after the fault", after($0, "granted in "))
             add("first message alice->carol delivered after the fault", after($0, "alice→carol delivered in "))
-            add("first message carol->bob delivered after the fault", after($0, "carol→bob delivered in "))
+            add("first message carol->bob delivered after the fault", after($0, "carol→bob in "))
         }
         function bad(k) { if (!((k, FILENAME) in seen)) { seen[k, FILENAME] = 1; nbad[k]++ } }
         /a second client got OPEN/ { bad("an id OPEN twice at once") }

@@ -78,8 +78,13 @@ window.M = (() => {
     });
     c.on("close", () => { if (link === l) giveUp("authority channel closed"); });
     c.on("error", () => { if (link === l) giveUp("authority channel failed"); });
-    // Not open within 15 s: try again.
-    setTimeout(() => { if (link === l && !l.open && mine === gen) giveUp("open timed out"); }, 15000);
+    // Not open within 15 s: try again (saying how far the connection got).
+    setTimeout(() => {
+      if (link !== l || l.open || mine !== gen) return;
+      const pc = c.peerConnection;
+      giveUp("open timed out: " + (pc ? pc.signalingState + "/" + pc.iceConnectionState + "/" + pc.connectionState : "no peer connection") +
+        ", presence " + (presence.open ? "open" : "not open"));
+    }, 15000);
   }
   // The data mesh's sig lane, as the web client: the smaller id dials.
   function wireSig(conn) {
