@@ -6,12 +6,16 @@
 //!   Redis over a veth pair whose route is blackholed, then restored).
 //! * `kibitz serve` killed with SIGKILL under a live room (three `kibitz join` processes and a
 //!   room member on the official `peerjs` client in headless Chromium) and started again on
-//!   the same port.
+//!   the same port; and, as its baseline, stopped cleanly (SIGTERM) and started again.
 //!
 //! Each prints what users saw and the recovery time it measured (`cargo test -p kibitz-e2e
-//! --test faults -- --nocapture`). The invariants checked: never two owners of an id (no id
-//! OPEN for two clients at once; the registry's records name the node that holds the socket),
-//! every message delivered once or EXPIREd to its sender, and one room with one coordinator.
+//! --test faults -- --nocapture`; `bench/faults.sh` repeats them for the spread). The
+//! invariants checked: never two owners of an id (no id OPEN for two clients at once; the
+//! registry's records name the node that holds the socket), every message delivered once or
+//! EXPIREd to its sender by its deadline, and one room with one coordinator.
+//!
+//! The two cluster scenarios fail on this version's registry (docs/operator.md lists the
+//! defects they find): they stay as they are, to pass once the registry is fixed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures_util::{SinkExt, StreamExt};
