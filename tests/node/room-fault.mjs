@@ -13,6 +13,7 @@
 //   status <joining|connected|reconnecting (why)>
 //   roster <names, sorted, comma-separated>
 //   broker <up|down> <media|presence>
+// and with --verbose, peerjs's own log as `console <time> <text>` lines.
 import { parseArgs } from "node:util";
 import { openPeerjsPage } from "./chromium.mjs";
 
@@ -130,7 +131,7 @@ window.M = (() => {
 `;
 
 const { values: args } = parseArgs({
-  options: { host: { type: "string" }, port: { type: "string" }, room: { type: "string" } },
+  options: { host: { type: "string" }, port: { type: "string" }, room: { type: "string" }, verbose: { type: "boolean" } },
 });
 if (!args.host || !args.port || !args.room) {
   console.error("usage: node tests/node/room-fault.mjs --host HOST --port PORT --room ROOM");
@@ -142,7 +143,9 @@ process.stdin.on("end", () => { done = true; });
 process.stdin.resume();
 try {
   const { page, consoleErrors } = await openPeerjsPage(state, "kibitz room participant", PAGE_JS);
-  const opts = { host: args.host, port: Number(args.port), path: "/", secure: false, debug: 0, config: { iceServers: [] } };
+  // --verbose: peerjs's own log (every server message), stamped with the wall clock.
+  if (args.verbose) page.on("console", (m) => console.log(`console ${new Date().toISOString()} ${m.text().replace(/\s+/g, " ").slice(0, 300)}`));
+  const opts = { host: args.host, port: Number(args.port), path: "/", secure: false, debug: args.verbose ? 3 : 0, config: { iceServers: [] } };
   const id = await page.evaluate(([o, r]) => M.join(o, r), [opts, args.room]);
   console.log(`voice ${id}`);
   let last = {};

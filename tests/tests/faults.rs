@@ -922,9 +922,15 @@ async fn broker_stopped_cleanly_under_a_live_room_and_restarted_on_the_same_port
 async fn broker_restart_under_a_live_room(sig: &str, room: &str) {
     let (mut broker, port) = serve(0).await;
     let signal = format!("ws://127.0.0.1:{port}");
+    // KIBITZ_FAULTS_VERBOSE=1: the participants' peer logs too (kibitz-rtc at debug on
+    // stderr, peerjs's log in the page's output), to see where a slow rejoin stalled.
+    let verbose = std::env::var_os("KIBITZ_FAULTS_VERBOSE").is_some();
     let join = |name: &'static str| {
         let mut cmd = tokio::process::Command::new(kibitz_e2e::kibitz_bin());
         cmd.args(["join", room, "--name", name, "--signal-host", &signal]);
+        if verbose {
+            cmd.env("KIBITZ_LOG", "info,kibitz_rtc=debug,kibitz_join=debug");
+        }
         Watched::spawn(name, cmd)
     };
     let joins = vec![join("Alice"), join("Bob"), join("Carol")];
@@ -941,6 +947,9 @@ async fn broker_restart_under_a_live_room(sig: &str, room: &str) {
         "--room",
         room,
     ]);
+    if verbose {
+        cmd.arg("--verbose");
+    }
     let mut page = Watched::spawn("browser", cmd);
     let first = until_one_room(&joins, &page, Duration::from_secs(60)).await;
     println!("one room before the fault, {first} coordinating");
