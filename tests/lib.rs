@@ -274,8 +274,9 @@ impl Redis {
         Self::start_bound("127.0.0.1")
     }
 
-    /// Like [`Redis::start`], listening on `bind` too (space-separated addresses; for a test
-    /// inside a network namespace of its own, where other addresses are private to it).
+    /// Like [`Redis::start`], listening on `bind` instead (space-separated addresses, e.g.
+    /// `127.0.0.1 10.99.1.1`: for a test inside a network namespace of its own, where other
+    /// addresses than loopback are private to it).
     pub fn start_bound(bind: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "kibitz-redis-{}-{}",
