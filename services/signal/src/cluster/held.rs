@@ -112,7 +112,8 @@ impl Held {
             self.metrics.rejected("queue_full");
             return;
         }
-        let deadline = now + fwd.ttl;
+        // Its original deadline (a message taken back after a timed-out request keeps it).
+        let deadline = fwd.deadline.unwrap_or(now + fwd.ttl);
         self.waiting_due = Some(self.waiting_due.map_or(deadline, |d| d.min(deadline)));
         self.waiting.push_back(Waiting { fwd, seq, deadline });
         self.gauge();
@@ -161,7 +162,7 @@ impl Held {
         }
         self.recent.push_back(Recent {
             at: t,
-            until: t + fwd.ttl,
+            until: fwd.deadline.unwrap_or(t + fwd.ttl),
             seq,
             fwd,
             queued,
