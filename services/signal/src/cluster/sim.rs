@@ -738,6 +738,8 @@ struct Sim {
     ranked: usize,
     /// (sender client, from id, at).
     expires: Vec<(usize, String, u64)>,
+    /// Clients whose socket a fence closed: (client, at).
+    fenced: Vec<(usize, u64)>,
     lease: u64,
     latency: (u64, u64),
     /// Virtual ms Redis was away or restarting, and when faults end.
@@ -772,6 +774,8 @@ struct Stats {
     faults: usize,
     /// Times a node dropped a shard's ids because its lease was not renewed in time.
     fences: usize,
+    /// Messages neither delivered nor EXPIREd whose sender's socket a fence closed meanwhile.
+    sender_fenced: usize,
     /// Main-lane requests in flight at once, at most (pipelining is exercised).
     max_in_flight: usize,
     /// Route requests that carried more than one message.
@@ -794,6 +798,7 @@ impl std::ops::AddAssign for Stats {
         self.expire_dropped += o.expire_dropped;
         self.faults += o.faults;
         self.fences += o.fences;
+        self.sender_fenced += o.sender_fenced;
         self.max_in_flight = self.max_in_flight.max(o.max_in_flight);
         self.batched_routes += o.batched_routes;
         self.sharded_runs += o.sharded_runs;
@@ -1098,6 +1103,7 @@ impl Sim {
             Ev::Connect(n, s, lane, epoch) => {
                 let alive = self.nodes[n].alive;
                 let (up, id) = (self.redis[s].up, self.redis[s].id);
+                let up = up && self.nodes[n].cut_until <= self.now;
                 let cluster = self.cluster;
                 let now = self.at(self.now);
                 let ln = &mut self.nodes[n].lanes[s][lane_ix(lane)];
@@ -1105,7 +1111,7 @@ impl Sim {
                     return;
                 }
                 ln.inflight = 0;
-                if !up || self.nodes[n].cut_until > self.now {
+                if !up {
                     self.nodes[n]
                         .reg
                         .handle_lane(now, s, Input::Disconnected(lane));
@@ -1579,6 +1585,7 @@ impl Sim {
                         s.state = SessionState::Lost;
                         // The client reconnects, as a real one told to try again later.
                         let client = s.client;
+                        self.fenced.push((client, self.now));
                         let t = self.now + RETRY;
                         self.schedule(t, Ev::Open(client, n));
                     }
@@ -1752,6 +1759,7 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
         msgs: Vec::new(),
         ranked: 0,
         expires: Vec::new(),
+        fenced: Vec::new(),
         lease,
         latency,
         outage_ms: 0,
@@ -2027,7 +2035,16 @@ fn check(sim: &mut Sim, end: u64) {
             .iter()
             .flat_map(|r| &r.dropped_expires)
             .any(|(to, from, at)| to == sender && *from == m.dst && *at >= m.sent);
+        // No EXPIRE is owed to a sender whose socket a fence closed before it came.
+        let gone = sim
+            .fenced
+            .iter()
+            .any(|(c, at)| *c == m.src && *at >= m.sent && *at <= deadline + slack);
         let line = match expired {
+            _ if gone && expired.is_none_or(|at| at > deadline + slack) => {
+                sim.stats.sender_fenced += 1;
+                continue;
+            }
             _ if dropped && expired.is_none_or(|at| at > deadline + slack) => {
                 sim.stats.expire_dropped += 1;
                 continue;
