@@ -206,3 +206,33 @@ fn add_sender(due: &mut Vec<(String, Vec<String>)>, fwd: &Forward) {
         None => due.push((fwd.dst.clone(), vec![src])),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_message_taken_back_keeps_its_original_deadline() {
+        #[allow(clippy::disallowed_methods)] // a fixed origin for the test's clock
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(3);
+        let fwd = Forward {
+            kind: MessageType::Offer,
+            src: Arc::from("a"),
+            dst: "b".into(),
+            text: "x".into(),
+            ttl,
+            requeue: false,
+            notice: false,
+            deadline: Some(t0 + ttl),
+        };
+        let mut h = Held::new(10, Metrics::new());
+        // Its request timed out a second later: it waits, still due at t0 + ttl.
+        h.wait(t0 + Duration::from_secs(1), fwd, 1);
+        assert_eq!(h.due(), Some(t0 + ttl));
+        assert!(h.expire_waiting(t0 + ttl - Duration::from_millis(1)).is_empty());
+        let due = h.expire_waiting(t0 + ttl);
+        assert_eq!(due, vec![("b".to_owned(), vec!["a".to_owned()])]);
+    }
+}
