@@ -63,7 +63,9 @@ fn close_status(reason: CloseReason) -> Closing {
         CloseReason::Garbage => Closing::Graceful(Some(1007), "too many invalid frames"),
         CloseReason::Lost => Closing::Graceful(Some(1001), "id taken over after a registry outage"),
         // 1013 (try again later): the client should reconnect, which claims the id afresh.
-        CloseReason::Fenced => Closing::Graceful(Some(1013), "cluster registry unreachable; reconnect"),
+        CloseReason::Fenced => {
+            Closing::Graceful(Some(1013), "cluster registry unreachable; reconnect")
+        }
     }
 }
 

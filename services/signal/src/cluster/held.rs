@@ -231,7 +231,10 @@ mod tests {
         // Its request timed out a second later: it waits, still due at t0 + ttl.
         h.wait(t0 + Duration::from_secs(1), fwd, 1);
         assert_eq!(h.due(), Some(t0 + ttl));
-        assert!(h.expire_waiting(t0 + ttl - Duration::from_millis(1)).is_empty());
+        assert!(
+            h.expire_waiting(t0 + ttl - Duration::from_millis(1))
+                .is_empty()
+        );
         let due = h.expire_waiting(t0 + ttl);
         assert_eq!(due, vec![("b".to_owned(), vec!["a".to_owned()])]);
     }

@@ -430,7 +430,8 @@ mod tests {
         s.handle_input(fence - Duration::from_millis(1), Input::Timeout);
         let out = drain(&mut s);
         assert!(
-            !out.iter().any(|o| matches!(o, SOutput::Core(ToCore::Fenced { .. }))),
+            !out.iter()
+                .any(|o| matches!(o, SOutput::Core(ToCore::Fenced { .. }))),
             "{out:?}"
         );
         // At the fence the core is told to drop the shard's ids, and the registry starts over.
