@@ -268,7 +268,7 @@ impl Registry {
     /// over with hello and a re-assert of what the core still holds, which also removes the
     /// dropped ids from Redis if the lease was still alive.
     fn check_fence(&mut self) {
-        if !self.fence_at.is_some_and(|at| at <= self.now) {
+        if self.fence_at.is_none_or(|at| at > self.now) {
             return;
         }
         self.fence_at = None;
