@@ -129,6 +129,9 @@ struct Redis {
     parked: BTreeMap<String, (u64, Sid, u64)>,
     /// Frames taken out of offline queues by the request running now.
     popped: Vec<String>,
+    /// Frames the reaper moved from a lapsed node's inbox into offline queues (their sender
+    /// counts them as delivered to an inbox).
+    taken: Vec<String>,
     /// `EXPIRE`s dropped because their receiver was not held: (receiver, from, at).
     dropped_expires: Vec<(String, String, u64)>,
 }
@@ -243,6 +246,7 @@ impl Redis {
                     }
                     None if kind == "LEAVE" || kind == "EXPIRE" => {}
                     None => {
+                        self.taken.push(get("m"));
                         let due: u64 = get("e").parse().unwrap_or(0);
                         let q = self.d.queues.entry(dst.clone()).or_default();
                         let d = self.d.qd.entry(dst).or_insert(due);
@@ -1055,6 +1059,24 @@ impl Sim {
         for m in wiped {
             self.msgs[m].wiped = true;
         }
+        // Messages the reaper moved from a lapsed node's inbox into a queue: their sender
+        // counts them as handed to an inbox, so they come back as the wiped ones do.
+        let queued: BTreeSet<String> = self.redis[s]
+            .d
+            .queues
+            .values()
+            .flatten()
+            .map(|(_, m, _)| m.clone())
+            .collect();
+        let moved: Vec<usize> = self.redis[s]
+            .taken
+            .iter()
+            .filter(|m| queued.contains(*m))
+            .filter_map(|m| m.strip_prefix('m')?.parse().ok())
+            .collect();
+        for m in moved {
+            self.msgs[m].wiped = true;
+        }
         // A message queued past its own deadline (in a queue another message started
         // later) is forgotten by its sender: it dies with the queue.
         let outlived: Vec<usize> = self.redis[s]
@@ -1748,6 +1770,7 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
                 total: 100_000,
                 parked: BTreeMap::new(),
                 popped: Vec::new(),
+                taken: Vec::new(),
                 dropped_expires: Vec::new(),
             })
             .collect(),
