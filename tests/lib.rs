@@ -264,11 +264,20 @@ pub struct Redis {
     pub port: u16,
     child: Option<std::process::Child>,
     dir: std::path::PathBuf,
+    /// Addresses it listens on (space-separated, as `--bind` takes them).
+    bind: String,
 }
 
 impl Redis {
     /// Starts one on a free loopback port and waits until it answers.
     pub fn start() -> Self {
+        Self::start_bound("127.0.0.1")
+    }
+
+    /// Like [`Redis::start`], listening on `bind` instead (space-separated addresses, e.g.
+    /// `127.0.0.1 10.99.1.1`: for a test inside a network namespace of its own, where other
+    /// addresses than loopback are private to it).
+    pub fn start_bound(bind: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "kibitz-redis-{}-{}",
             std::process::id(),
@@ -284,6 +293,7 @@ impl Redis {
                 port,
                 child: None,
                 dir: dir.clone(),
+                bind: bind.into(),
             };
             if r.spawn() {
                 return r;
@@ -294,7 +304,17 @@ impl Redis {
 
     fn spawn(&mut self) -> bool {
         let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", &self.bind, "--port", &self.port.to_string()])
+            // Off loopback Redis refuses password-less clients; the other addresses are in a
+            // test's own network namespace.
+            .args([
+                "--protected-mode",
+                if self.bind == "127.0.0.1" {
+                    "yes"
+                } else {
+                    "no"
+                },
+            ])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -340,6 +360,25 @@ impl Redis {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Freezes it (SIGSTOP): connections stay open, nothing is answered, until [`Redis::thaw`].
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a frozen one go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {pid}");
     }
 
     /// Starts it again, empty, on the same port.

@@ -12,14 +12,22 @@ use tokio::time::Instant;
 // Short enough to keep the tests quick, long enough for a loaded CI machine to renew in time
 // (every third of it).
 const LEASE_MS: u64 = 2000;
+/// The lease of the scenarios whose Redis outage (or failover) the peers must ride out: a
+/// node that cannot renew its lease for nine tenths of it drops its ids and closes their
+/// sockets (fencing), so the lease must outlast the outage, on a loaded machine too.
+const OUTAGE_LEASE_MS: u64 = 8000;
 
 fn nodes(redis: &Registry, n: usize, config: &Config) -> Vec<Node> {
+    nodes_leased(redis, n, config, LEASE_MS)
+}
+
+fn nodes_leased(redis: &Registry, n: usize, config: &Config, lease_ms: u64) -> Vec<Node> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     (0..n)
-        .map(|_| Node::start(redis.config(config.clone(), LEASE_MS)))
+        .map(|_| Node::start(redis.config(config.clone(), lease_ms)))
         .collect()
 }
 
@@ -186,7 +194,7 @@ async fn a_redis_restart_mid_relay_loses_no_message(kind: RegistryKind) {
         expire_timeout: TTL,
         ..Config::default()
     };
-    let ns = nodes(&redis, 2, &config);
+    let ns = nodes_leased(&redis, 2, &config, OUTAGE_LEASE_MS);
     let mut a = open(&ns[0], "alice", "ta").await;
     let mut b = open(&ns[1], "bob", "tb").await;
     let reader = tokio::spawn(async move {
@@ -322,7 +330,7 @@ async fn a_clean_shutdown_frees_ids_at_once(kind: RegistryKind) {
 /// When Redis is back (empty), claims resume once the cluster has settled.
 async fn while_redis_is_down_new_ids_are_refused_clearly(kind: RegistryKind) {
     let mut redis = Registry::start(kind);
-    let ns = nodes(&redis, 2, &Config::default());
+    let ns = nodes_leased(&redis, 2, &Config::default(), OUTAGE_LEASE_MS);
     // Both nodes have joined (and seen the registry's epoch) before it goes away.
     for n in &ns {
         kibitz_e2e::wait_cluster_ready(n.addr.port()).await;
@@ -394,7 +402,7 @@ async fn queues_that_expire_during_an_outage_still_expire(kind: RegistryKind) {
         expire_timeout: Duration::from_millis(600),
         ..Config::default()
     };
-    let ns = nodes(&redis, 2, &config);
+    let ns = nodes_leased(&redis, 2, &config, OUTAGE_LEASE_MS);
     let mut a = open(&ns[0], "alice", "ta").await;
     a.send(&offer("ghost-q", 1)).await;
     a.send(&offer("ghost-q", 2)).await;
@@ -511,7 +519,7 @@ async fn a_redis_cluster_master_failover_keeps_one_owner_and_every_message() {
             Node::start(kibitz_e2e::redis_cluster_config(
                 config.clone(),
                 &rc,
-                LEASE_MS,
+                OUTAGE_LEASE_MS,
             ))
         })
         .collect();

@@ -62,6 +62,10 @@ fn close_status(reason: CloseReason) -> Closing {
         CloseReason::RateLimited => Closing::Graceful(Some(1008), "message rate limit exceeded"),
         CloseReason::Garbage => Closing::Graceful(Some(1007), "too many invalid frames"),
         CloseReason::Lost => Closing::Graceful(Some(1001), "id taken over after a registry outage"),
+        // 1013 (try again later): the client should reconnect, which claims the id afresh.
+        CloseReason::Fenced => {
+            Closing::Graceful(Some(1013), "cluster registry unreachable; reconnect")
+        }
     }
 }
 
@@ -262,6 +266,16 @@ impl Hub {
         self.with_core(|core| core.handle_lost(now(), id));
     }
 
+    /// Cluster mode: this node's lease in registry shard `shard` (of `shards`) may have
+    /// lapsed: every id of that shard held here is dropped.
+    pub(crate) fn fenced(&self, shard: usize, shards: usize) {
+        self.with_core(|core| {
+            core.handle_fenced(now(), |id| {
+                crate::cluster::registry_shard(id, shards) == shard
+            });
+        });
+    }
+
     /// Cluster mode: expired offline queues: (dst, senders).
     pub(crate) fn expired(&self, due: &[(String, Vec<String>)]) {
         self.with_core(|core| {
@@ -398,6 +412,7 @@ impl Local for Hub {
             ToCore::Remote(msgs) => self.remote(msgs),
             ToCore::Moved(id) => self.moved(&id),
             ToCore::Lost(id) => self.lost(&id),
+            ToCore::Fenced { shard, shards } => self.fenced(shard, shards),
             ToCore::Expired(due) => self.expired(&due),
         }
     }

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub reasserts: Counter,
     /// Cluster mode: ids this node lost to another client after a registry outage.
     pub leases_lost: Counter,
+    /// Cluster mode: times this node dropped a registry shard's ids because its lease there
+    /// was not renewed in time (fencing).
+    pub cluster_fences: Counter,
     /// Cluster mode: 1 while the registry is reachable.
     pub registry_up: Gauge,
     /// Cluster mode: messages waiting here for the registry to come back.
@@ -123,6 +126,7 @@ impl Metrics {
             lease_renewals: counter!("kibitz_signal_cluster_lease_renewals_total"),
             reasserts: counter!("kibitz_signal_cluster_reasserts_total"),
             leases_lost: counter!("kibitz_signal_cluster_leases_lost_total"),
+            cluster_fences: counter!("kibitz_signal_cluster_fences_total"),
             registry_up: gauge!("kibitz_signal_cluster_registry_up"),
             cluster_pending: gauge!("kibitz_signal_cluster_pending_messages"),
             cluster_mode: gauge!("kibitz_signal_cluster_mode"),

@@ -112,7 +112,8 @@ impl Held {
             self.metrics.rejected("queue_full");
             return;
         }
-        let deadline = now + fwd.ttl;
+        // Its original deadline (a message taken back after a timed-out request keeps it).
+        let deadline = fwd.deadline.unwrap_or(now + fwd.ttl);
         self.waiting_due = Some(self.waiting_due.map_or(deadline, |d| d.min(deadline)));
         self.waiting.push_back(Waiting { fwd, seq, deadline });
         self.gauge();
@@ -161,7 +162,7 @@ impl Held {
         }
         self.recent.push_back(Recent {
             at: t,
-            until: t + fwd.ttl,
+            until: fwd.deadline.unwrap_or(t + fwd.ttl),
             seq,
             fwd,
             queued,
@@ -203,5 +204,38 @@ fn add_sender(due: &mut Vec<(String, Vec<String>)>, fwd: &Forward) {
         Some((_, s)) if s.contains(&src) => {}
         Some((_, s)) => s.push(src),
         None => due.push((fwd.dst.clone(), vec![src])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_message_taken_back_keeps_its_original_deadline() {
+        #[allow(clippy::disallowed_methods)] // a fixed origin for the test's clock
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(3);
+        let fwd = Forward {
+            kind: MessageType::Offer,
+            src: Arc::from("a"),
+            dst: "b".into(),
+            text: "x".into(),
+            ttl,
+            requeue: false,
+            notice: false,
+            deadline: Some(t0 + ttl),
+        };
+        let mut h = Held::new(10, Metrics::new());
+        // Its request timed out a second later: it waits, still due at t0 + ttl.
+        h.wait(t0 + Duration::from_secs(1), fwd, 1);
+        assert_eq!(h.due(), Some(t0 + ttl));
+        assert!(
+            h.expire_waiting(t0 + ttl - Duration::from_millis(1))
+                .is_empty()
+        );
+        let due = h.expire_waiting(t0 + ttl);
+        assert_eq!(due, vec![("b".to_owned(), vec!["a".to_owned()])]);
     }
 }

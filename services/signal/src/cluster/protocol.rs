@@ -212,6 +212,13 @@ pub(crate) enum ToCore {
     Remote(Vec<(MessageType, String, String, String)>),
     Moved(String),
     Lost(String),
+    /// This node's lease in registry shard `shard` (of `shards`) may lapse before a renewal
+    /// lands: drop every id of that shard held here, so none speaks from here once another
+    /// node may grant it.
+    Fenced {
+        shard: usize,
+        shards: usize,
+    },
     /// Expired offline queues: (dst, senders).
     Expired(Vec<(String, Vec<String>)>),
 }

@@ -36,6 +36,9 @@ const ACK_WAIT: Duration = Duration::from_secs(1);
 /// Reconnect backoff of the main lane after a failed connect: doubles up to the maximum.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The fence's margin is this fraction of the lease: it covers timer slack and the time the
+/// core needs to close the sockets.
+const FENCE_MARGIN_DIV: u32 = 10;
 /// Pause before the inbox lane tries again after a failed connect.
 const INBOX_RETRY: Duration = Duration::from_millis(200);
 
@@ -58,7 +61,8 @@ enum Main {
 #[derive(Debug)]
 enum Step {
     Load,
-    Hello,
+    /// Sent at this instant (a lease that holds from then on).
+    Hello(Instant),
     /// Waiting for [`Input::Registrations`] (nothing in flight).
     Registrations,
     /// `ReassertBegin` (when `chunk` is false) or a chunk in flight, the rest to follow.
@@ -68,7 +72,8 @@ enum Step {
     },
     ReassertDone,
     Exec(Vec<Cmd>),
-    Renew,
+    /// Sent at this instant.
+    Renew(Instant),
     Sweep,
     Leave,
 }
@@ -128,6 +133,12 @@ pub(crate) struct Registry {
     /// The main lane reaches another Redis than before: its next hello treats this shard's
     /// data as lost.
     failover: bool,
+    /// When this node must stop speaking for this shard's ids unless a renewal lands first:
+    /// a successful renewal sent at t0 means Redis set the lease's expiry at or after t0, so
+    /// the lease holds until at least t0 + lease; the fence falls a margin before that.
+    /// `None` while this node holds nothing on the lease (before the first hello, after a
+    /// fence).
+    fence_at: Option<Instant>,
 }
 
 impl Registry {
@@ -160,6 +171,7 @@ impl Registry {
             in_n: 0,
             limit: 0,
             failover: false,
+            fence_at: None,
         };
         r.limit = r.cfg.concurrent_limit;
         r.redis(Lane::Main, Command::Connect);
@@ -197,6 +209,9 @@ impl Registry {
             Input::Timeout => {}
             Input::Stop => self.stop(),
         }
+        // After the input: a renewal answered late still proves the lease from when it was
+        // sent, so it may move the fence before it falls.
+        self.check_fence();
     }
 
     /// The next thing to do; [`Output::Timeout`] once there is nothing else.
@@ -232,7 +247,7 @@ impl Registry {
             Inbox::Down { retry_at } => Some(*retry_at),
             _ => None,
         };
-        [main, inbox]
+        [main, inbox, self.fence_at]
             .into_iter()
             .flatten()
             .min()
@@ -240,8 +255,42 @@ impl Registry {
             .unwrap_or(self.now + Duration::from_secs(3600))
     }
 
+    /// A successful lease renewal (or hello) sent at `sent`: the fence moves to a margin
+    /// before the lease it proves ends.
+    fn leased(&mut self, sent: Instant) {
+        let at = sent + self.cfg.lease - self.cfg.lease / FENCE_MARGIN_DIV;
+        self.fence_at = Some(self.fence_at.map_or(at, |f| f.max(at)));
+    }
+
+    /// Past the fence with no newer renewal: Redis may let this node's lease lapse any
+    /// moment, and another node may then grant its ids. Stop speaking for them first: the
+    /// core drops them (their clients reconnect and claim again), and the registry starts
+    /// over with hello and a re-assert of what the core still holds, which also removes the
+    /// dropped ids from Redis if the lease was still alive.
+    fn check_fence(&mut self) {
+        if self.fence_at.is_none_or(|at| at > self.now) {
+            return;
+        }
+        self.fence_at = None;
+        self.metrics.cluster_fences.increment(1);
+        tracing::warn!(
+            shard = self.cfg.shard,
+            "cluster lease not renewed in time; dropping this node's ids in the shard"
+        );
+        self.core(ToCore::Fenced {
+            shard: self.cfg.shard,
+            shards: self.cfg.shards,
+        });
+        match self.main {
+            Main::Busy(Step::Leave) | Main::Stopped => {}
+            Main::Serving(_) | Main::Busy(_) if !self.stopping => self.stale(),
+            Main::Serving(_) | Main::Busy(_) | Main::Down { .. } | Main::Connecting => {}
+        }
+    }
+
     /// Starts whatever is due.
     fn advance(&mut self) {
+        self.check_fence();
         let now = self.now;
         if let Main::Down { retry_at } = self.main {
             if self.held.due().is_some_and(|d| d <= now) {
@@ -289,11 +338,14 @@ impl Registry {
         } else if self.renew_at <= now {
             self.renew_at = next_tick(self.renew_at, now, self.cfg.lease / 3);
             let mut calls = vec![Call::Renew, Call::Stats];
+            // Lapsed nodes are reaped soon after their lease ends (their unread messages are
+            // routed again with their deadlines), but not in the first lease after this node
+            // was set up, so nodes coming back from the same outage can re-assert first.
             if self.reap_at <= now {
-                self.reap_at = now + self.cfg.lease;
+                self.reap_at = now + self.cfg.lease / 3;
                 calls.push(Call::Reap);
             }
-            self.run(Step::Renew, calls);
+            self.run(Step::Renew(now), calls);
         } else if self.sweep_at <= now {
             self.sweep_at = next_tick(self.sweep_at, now, SWEEP_EVERY);
             // Claims whose old node never confirmed (it stalled or lost the registry):
@@ -329,7 +381,11 @@ impl Registry {
         }
     }
 
-    fn local(&mut self, cmd: Cmd) {
+    fn local(&mut self, mut cmd: Cmd) {
+        // A message's queue deadline counts from when the registry took it, and stays.
+        if let Cmd::Forward(f, _) = &mut cmd {
+            f.deadline.get_or_insert(self.now + f.ttl);
+        }
         match self.main {
             Main::Down { .. } => self.offline(cmd),
             Main::Stopped => match cmd {
@@ -498,7 +554,7 @@ impl Registry {
             Step::Load => {
                 self.hellos += 1;
                 let fresh = format!("{}-{}", self.cfg.node, self.hellos);
-                self.main = Main::Busy(Step::Hello);
+                self.main = Main::Busy(Step::Hello(self.now));
                 let known = self.epoch.clone();
                 let force = self.failover;
                 self.redis(
@@ -510,7 +566,7 @@ impl Registry {
                     }]),
                 );
             }
-            Step::Hello => {
+            Step::Hello(sent) => {
                 let v = results.next().unwrap_or(Value::Nil);
                 if wire::text_tag(&v).as_deref() == Some("shards") {
                     let theirs = wire::items(v).into_iter().nth(1).and_then(wire::text);
@@ -527,6 +583,7 @@ impl Registry {
                 let Some(epoch) = wire::text(v) else {
                     return self.broken();
                 };
+                self.leased(sent);
                 if !self.epoch.is_empty() && self.epoch != epoch {
                     tracing::warn!(
                         shard = self.cfg.shard,
@@ -553,10 +610,13 @@ impl Registry {
                 self.reassert_next(rest);
             }
             Step::ReassertDone => self.serve(),
-            Step::Renew => {
+            Step::Renew(sent) => {
                 match results.next().as_ref().and_then(wire::int) {
                     Some(0) => return self.stale(),
-                    Some(_) => self.metrics.lease_renewals.increment(1),
+                    Some(_) => {
+                        self.metrics.lease_renewals.increment(1);
+                        self.leased(sent);
+                    }
                     None => return self.broken(),
                 }
                 if let Some(Value::Array(stats)) = results.next()
@@ -697,10 +757,19 @@ impl Registry {
                     id: id.clone(),
                     reg: *reg,
                 }),
-                Cmd::Forward(fwd, seq) => match calls.last_mut() {
-                    Some(Call::Route(msgs)) => msgs.push((fwd.clone(), *seq)),
-                    _ => calls.push(Call::Route(vec![(fwd.clone(), *seq)])),
-                },
+                Cmd::Forward(fwd, seq) => {
+                    // The queue gets what is left of the message's lifetime.
+                    let mut fwd = fwd.clone();
+                    if let Some(d) = fwd.deadline {
+                        fwd.ttl = d
+                            .saturating_duration_since(self.now)
+                            .max(Duration::from_millis(1));
+                    }
+                    match calls.last_mut() {
+                        Some(Call::Route(msgs)) => msgs.push((fwd, *seq)),
+                        _ => calls.push(Call::Route(vec![(fwd, *seq)])),
+                    }
+                }
             }
         }
         let routes = calls.iter().filter(|c| matches!(c, Call::Route(_))).count();

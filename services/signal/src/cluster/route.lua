@@ -14,6 +14,7 @@ local function held(id)
   return nil
 end
 local queued = nil
+local now_ms = nil
 for i = 5, #ARGV, 8 do
   local kind, src, dst, text = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local ttl, requeue, notice, mid = tonumber(ARGV[i + 4]), ARGV[i + 5] == '1', ARGV[i + 6] == '1', ARGV[i + 7]
@@ -30,9 +31,16 @@ for i = 5, #ARGV, 8 do
         batches[owner] = b
         order[#order + 1] = owner
       end
+      -- The deadline ('e', ms on this master's clock) goes along: if the holder's lease lapses
+      -- before it reads the message, the reaper queues it with this deadline.
+      if now_ms == nil then
+        local t = redis.call('TIME')
+        now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+      end
       local n = #b
       b[n + 1], b[n + 2], b[n + 3], b[n + 4], b[n + 5] = 'k', kind, 's', src, 'd'
-      b[n + 6], b[n + 7], b[n + 8], b[n + 9], b[n + 10] = dst, 'm', text, 'i', mid
+      b[n + 6], b[n + 7], b[n + 8], b[n + 9], b[n + 10] = dst, 'm', text, 'e', now_ms + ttl
+      b[n + 11], b[n + 12] = 'i', mid
       r = 'sent'
     elseif kind == 'LEAVE' or kind == 'EXPIRE' then
       r = 'dropped'
@@ -58,9 +66,9 @@ for i = 5, #ARGV, 8 do
 end
 for _, owner in ipairs(order) do
   local b = batches[owner]
-  for s = 1, #b, 10 * CHUNK do
+  for s = 1, #b, 12 * CHUNK do
     redis.call('XADD', p..'inbox:'..owner, 'MAXLEN', '~', 100000, '*', 't', 'b',
-      unpack(b, s, math.min(s + 10 * CHUNK - 1, #b)))
+      unpack(b, s, math.min(s + 12 * CHUNK - 1, #b)))
   end
 end
 return out

@@ -196,10 +196,23 @@ impl Ctx<'_> {
                 c
             }
             Call::Trim { upto } => {
+                // Everything up to and including `upto` (read and handed to the core): what
+                // is left is unread, which the reaper routes again if this node's lease lapses.
                 let mut c = redis::cmd("XTRIM");
-                c.arg(self.inbox(&s.node)).arg("MINID").arg(upto);
+                c.arg(self.inbox(&s.node)).arg("MINID").arg(after(upto));
                 c
             }
         }
+    }
+}
+
+/// The stream id right after `id` ("ms-seq" → "ms-(seq+1)"); `id` itself if it is not one.
+fn after(id: &str) -> String {
+    match id.split_once('-') {
+        Some((ms, seq)) => match seq.parse::<u64>() {
+            Ok(n) => format!("{ms}-{}", n.saturating_add(1)),
+            Err(_) => id.to_owned(),
+        },
+        None => id.to_owned(),
     }
 }

@@ -408,6 +408,62 @@ mod tests {
     }
 
     #[test]
+    fn a_node_drops_its_ids_before_its_lease_can_lapse() {
+        #[allow(clippy::disallowed_methods)] // a fixed origin for the test's clock
+        let t0 = Instant::now();
+        let lease = settings().lease;
+        let mut s = Sharded::new(t0, &settings(), 1, Metrics::new());
+        drain(&mut s);
+        // Set up: scripts, hello (sent at t0: the lease holds until t0 + lease at least),
+        // an empty re-assert.
+        s.handle_lane(t0, 0, Input::Connected(Lane::Main));
+        drain(&mut s);
+        let loaded = vec![Ok(Value::Okay); Script::ALL.len()];
+        s.handle_lane(t0, 0, Input::Reply(Lane::Main, loaded));
+        drain(&mut s);
+        let epoch = Value::BulkString(b"e1".to_vec());
+        s.handle_lane(t0, 0, Input::Reply(Lane::Main, vec![Ok(epoch)]));
+        let out = drain(&mut s);
+        assert!(
+            out.iter().any(|o| matches!(o, SOutput::NeedRegistrations)),
+            "{out:?}"
+        );
+        s.handle_input(t0, Input::Registrations(Vec::new()));
+        drain(&mut s);
+        for _ in 0..2 {
+            s.handle_lane(t0, 0, Input::Reply(Lane::Main, vec![Ok(Value::Okay)]));
+            drain(&mut s);
+        }
+        // No renewal is ever answered. Just before nine tenths of the lease: nothing yet.
+        let fence = t0 + lease - lease / 10;
+        s.handle_input(fence - Duration::from_millis(1), Input::Timeout);
+        let out = drain(&mut s);
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, SOutput::Core(ToCore::Fenced { .. }))),
+            "{out:?}"
+        );
+        // At the fence the core is told to drop the shard's ids, and the registry starts over.
+        s.handle_input(fence, Input::Timeout);
+        let out = drain(&mut s);
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                SOutput::Core(ToCore::Fenced {
+                    shard: 0,
+                    shards: 1
+                })
+            )),
+            "{out:?}"
+        );
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, SOutput::Redis(0, Lane::Main, Command::Connect))),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn ids_hash_like_redis_cluster() {
         // Redis Cluster's documented example: CRC16 of "123456789" is 0x31C3.
         assert_eq!(CRC16.checksum(b"123456789"), 0x31C3);

@@ -129,6 +129,9 @@ struct Redis {
     parked: BTreeMap<String, (u64, Sid, u64)>,
     /// Frames taken out of offline queues by the request running now.
     popped: Vec<String>,
+    /// Frames the reaper moved from a lapsed node's inbox into offline queues (their sender
+    /// counts them as delivered to an inbox).
+    taken: Vec<String>,
     /// `EXPIRE`s dropped because their receiver was not held: (receiver, from, at).
     dropped_expires: Vec<(String, String, u64)>,
 }
@@ -204,6 +207,66 @@ impl Redis {
             return None;
         }
         Some(arr(vec![arr(vec![bulk("inbox"), arr(entries)])]))
+    }
+
+    /// As reap.lua: a lapsed node's unread messages go to their id's live holder, or into
+    /// its offline queue expiring no later than the message.
+    fn take_over(&mut self, node: &str, now: u64) {
+        let entries = self.d.inboxes.remove(node).unwrap_or_default();
+        let mut out: Vec<(String, Vec<(&str, String)>)> = Vec::new();
+        for (_, f) in entries {
+            if f.first().is_none_or(|(k, v)| k != "t" || v != "b") {
+                continue;
+            }
+            let mut m: BTreeMap<String, String> = BTreeMap::new();
+            for (k, v) in f.into_iter().skip(1) {
+                if k == "k" {
+                    m.clear();
+                }
+                m.insert(k.clone(), v);
+                if k != "i" {
+                    continue;
+                }
+                let get = |k: &str| m.get(k).cloned().unwrap_or_default();
+                let (kind, dst) = (get("k"), get("d"));
+                match self.held(&dst, now).filter(|o| o != node) {
+                    Some(owner) => {
+                        let f = [
+                            ("k", kind),
+                            ("s", get("s")),
+                            ("d", dst),
+                            ("m", get("m")),
+                            ("e", get("e")),
+                            ("i", get("i")),
+                        ];
+                        match out.iter_mut().find(|b| b.0 == owner) {
+                            Some(b) => b.1.extend(f),
+                            None => out.push((owner, f.into())),
+                        }
+                    }
+                    None if kind == "LEAVE" || kind == "EXPIRE" => {}
+                    None => {
+                        self.taken.push(get("m"));
+                        let due: u64 = get("e").parse().unwrap_or(0);
+                        let q = self.d.queues.entry(dst.clone()).or_default();
+                        let d = self.d.qd.entry(dst).or_insert(due);
+                        if !q.is_empty() {
+                            *d = (*d).min(due);
+                        }
+                        q.push((get("s"), get("m"), get("i")));
+                        self.d.queued += 1;
+                    }
+                }
+                m.clear();
+            }
+        }
+        for (owner, fields) in out {
+            for chunk in fields.chunks(6 * 200) {
+                let mut f = vec![("t", "b".to_owned())];
+                f.extend(chunk.iter().cloned());
+                self.xadd(&owner, f, now);
+            }
+        }
     }
 
     /// Runs one call from `me` at `now`.
@@ -338,6 +401,7 @@ impl Redis {
                             ("s", fwd.src.to_string()),
                             ("d", fwd.dst.clone()),
                             ("m", fwd.text.clone()),
+                            ("e", (now + fwd.ttl.as_millis() as u64).to_string()),
                             ("i", mid),
                         ];
                         match batches.iter_mut().find(|b| b.0 == owner) {
@@ -371,7 +435,7 @@ impl Redis {
                     out.push(bulk("queued"));
                 }
                 for (owner, fields) in batches {
-                    for chunk in fields.chunks(5 * 200) {
+                    for chunk in fields.chunks(6 * 200) {
                         let mut f = vec![("t", "b".to_owned())];
                         f.extend(chunk.iter().cloned());
                         self.xadd(&owner, f, now);
@@ -489,6 +553,7 @@ impl Redis {
                             self.d.ids.remove(&id);
                         }
                     }
+                    self.take_over(&node, now);
                     self.d.nodes.remove(&node);
                     self.d.seen.remove(&node);
                     self.d.inboxes.remove(&node);
@@ -517,7 +582,7 @@ impl Redis {
             Call::Trim { upto } => {
                 let upto = parse_sid(upto);
                 if let Some(s) = self.d.inboxes.get_mut(me) {
-                    s.retain(|(sid, _)| *sid >= upto);
+                    s.retain(|(sid, _)| *sid > upto);
                 }
                 Value::Int(0)
             }
@@ -540,8 +605,9 @@ struct Session {
     client: usize,
     node: usize,
     state: SessionState,
-    /// Registered on a node that is in good standing since (cleared when that node's lease
-    /// lapses or the registry loses its data: another client may then take the id).
+    /// Registered, and the registry has not lost its data since (cleared by a data loss:
+    /// another client may then take the id before this node re-asserts it). A lapsed lease
+    /// does not clear it: the node must have dropped the id before (fencing).
     standing: bool,
 }
 
@@ -612,6 +678,12 @@ enum Ev {
         for_ms: u64,
     },
     Drop(usize, usize, Lane),
+    /// A node is cut off from every shard's Redis for `for_ms` (its connections break and
+    /// it cannot connect; its clients stay).
+    Partition {
+        node: usize,
+        for_ms: u64,
+    },
     Crash(usize),
     Open(usize, usize),
     /// The client's open socket closes.
@@ -646,6 +718,8 @@ struct Node {
     lanes: Vec<[LaneNet; 2]>,
     alive: bool,
     timer: u64,
+    /// Cut off from Redis until then.
+    cut_until: u64,
 }
 
 struct Sim {
@@ -668,6 +742,8 @@ struct Sim {
     ranked: usize,
     /// (sender client, from id, at).
     expires: Vec<(usize, String, u64)>,
+    /// Clients whose socket a fence closed: (client, at).
+    fenced: Vec<(usize, u64)>,
     lease: u64,
     latency: (u64, u64),
     /// Virtual ms Redis was away or restarting, and when faults end.
@@ -700,6 +776,10 @@ struct Stats {
     /// `EXPIRE`s dropped because the sender's node had lost its lease meanwhile.
     expire_dropped: usize,
     faults: usize,
+    /// Times a node dropped a shard's ids because its lease was not renewed in time.
+    fences: usize,
+    /// Messages neither delivered nor EXPIREd whose sender's socket a fence closed meanwhile.
+    sender_fenced: usize,
     /// Main-lane requests in flight at once, at most (pipelining is exercised).
     max_in_flight: usize,
     /// Route requests that carried more than one message.
@@ -721,6 +801,8 @@ impl std::ops::AddAssign for Stats {
         self.queue_outlived += o.queue_outlived;
         self.expire_dropped += o.expire_dropped;
         self.faults += o.faults;
+        self.fences += o.fences;
+        self.sender_fenced += o.sender_fenced;
         self.max_in_flight = self.max_in_flight.max(o.max_in_flight);
         self.batched_routes += o.batched_routes;
         self.sharded_runs += o.sharded_runs;
@@ -977,6 +1059,24 @@ impl Sim {
         for m in wiped {
             self.msgs[m].wiped = true;
         }
+        // Messages the reaper moved from a lapsed node's inbox into a queue: their sender
+        // counts them as handed to an inbox, so they come back as the wiped ones do.
+        let queued: BTreeSet<String> = self.redis[s]
+            .d
+            .queues
+            .values()
+            .flatten()
+            .map(|(_, m, _)| m.clone())
+            .collect();
+        let moved: Vec<usize> = self.redis[s]
+            .taken
+            .iter()
+            .filter(|m| queued.contains(*m))
+            .filter_map(|m| m.strip_prefix('m')?.parse().ok())
+            .collect();
+        for m in moved {
+            self.msgs[m].wiped = true;
+        }
         // A message queued past its own deadline (in a queue another message started
         // later) is forgotten by its sender: it dies with the queue.
         let outlived: Vec<usize> = self.redis[s]
@@ -1025,6 +1125,7 @@ impl Sim {
             Ev::Connect(n, s, lane, epoch) => {
                 let alive = self.nodes[n].alive;
                 let (up, id) = (self.redis[s].up, self.redis[s].id);
+                let up = up && self.nodes[n].cut_until <= self.now;
                 let cluster = self.cluster;
                 let now = self.at(self.now);
                 let ln = &mut self.nodes[n].lanes[s][lane_ix(lane)];
@@ -1212,6 +1313,17 @@ impl Sim {
                     self.disconnect(n, s, lane);
                 }
             }
+            Ev::Partition { node: n, for_ms } => {
+                self.note(format!("node{n} cut off from redis for {for_ms} ms"));
+                self.stats.faults += 1;
+                self.outage_ms += for_ms;
+                self.nodes[n].cut_until = self.now + for_ms;
+                for s in 0..self.redis.len() {
+                    for lane in [Lane::Main, Lane::Inbox] {
+                        self.disconnect(n, s, lane);
+                    }
+                }
+            }
             Ev::Crash(n) => {
                 self.note(format!("node{n} crashes"));
                 self.nodes[n].alive = false;
@@ -1394,6 +1506,7 @@ impl Sim {
                 ttl: Duration::from_millis(TTL),
                 requeue,
                 notice: false,
+                deadline: None,
             },
             0,
         ));
@@ -1476,6 +1589,30 @@ impl Sim {
                     }
                 }
             }
+            ToCore::Fenced { shard, shards } => {
+                self.note(format!("node{n}: fenced in shard {shard}"));
+                self.stats.fences += 1;
+                let ids: Vec<String> = self.nodes[n]
+                    .core
+                    .peers
+                    .iter()
+                    .filter(|(id, p)| !p.3 && shard_of(id, shards) == shard)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in ids {
+                    let Some(p) = self.nodes[n].core.peers.remove(&id) else {
+                        continue;
+                    };
+                    if let Some(s) = self.sessions.get_mut(&p.0) {
+                        s.state = SessionState::Lost;
+                        // The client reconnects, as a real one told to try again later.
+                        let client = s.client;
+                        self.fenced.push((client, self.now));
+                        let t = self.now + RETRY;
+                        self.schedule(t, Ev::Open(client, n));
+                    }
+                }
+            }
             ToCore::Expired(due) => {
                 for (dst, senders) in due {
                     for sender in senders {
@@ -1530,8 +1667,14 @@ impl Sim {
                         **c != conn
                             && s.state == SessionState::Open
                             && s.standing
+                            && self.nodes[s.node].alive
                             && self.clients[s.client].id == id
                             && self.clients[s.client].token != token
+                            && self.nodes[s.node]
+                                .core
+                                .peers
+                                .get(&id)
+                                .is_some_and(|p| p.0 == **c && !p.3)
                     })
                     .map(|(c, s)| format!("conn{} on node{}", c.0, s.node))
                     .collect();
@@ -1578,18 +1721,6 @@ impl Sim {
         }
     }
 
-    /// Leases that lapsed: sessions on those nodes lose their standing.
-    fn check_standing(&mut self) {
-        for n in 0..self.nodes.len() {
-            let name = self.nodes[n].name.clone();
-            if self.redis.iter().any(|r| r.up && !r.alive(&name, self.now)) {
-                for s in self.sessions.values_mut().filter(|s| s.node == n) {
-                    s.standing = false;
-                }
-            }
-        }
-    }
-
     fn run_until(&mut self, end: u64) {
         while let Some(Reverse((t, _, slot))) = self.events.peek().copied() {
             if t > end {
@@ -1597,7 +1728,6 @@ impl Sim {
             }
             self.events.pop();
             self.now = t;
-            self.check_standing();
             if let Some(ev) = self.slots[slot].take() {
                 self.event(ev);
             }
@@ -1640,6 +1770,7 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
                 total: 100_000,
                 parked: BTreeMap::new(),
                 popped: Vec::new(),
+                taken: Vec::new(),
                 dropped_expires: Vec::new(),
             })
             .collect(),
@@ -1651,6 +1782,7 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
         msgs: Vec::new(),
         ranked: 0,
         expires: Vec::new(),
+        fenced: Vec::new(),
         lease,
         latency,
         outage_ms: 0,
@@ -1681,6 +1813,7 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
             lanes: (0..shards).map(|_| Default::default()).collect(),
             alive: true,
             timer: 0,
+            cut_until: 0,
         });
     }
     sim.note(format!(
@@ -1751,7 +1884,7 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
     for _ in 0..rng.range(0, 3) {
         let at = rng.range(500, traffic_end);
         let shard = rng.below(shards as u64) as usize;
-        match rng.below(if shards > 1 { 5 } else { 4 }) {
+        match rng.below(7) {
             0 | 1 => {
                 let n = rng.below(n_nodes as u64) as usize;
                 let lane = if rng.chance(70) {
@@ -1761,7 +1894,27 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
                 };
                 sim.schedule(at, Ev::Drop(n, shard, lane));
             }
-            4 => {
+            5 => {
+                // A node cut off from Redis, often for longer than its lease.
+                let n = rng.below(n_nodes as u64) as usize;
+                let for_ms = rng.range(lease / 2, 3 * lease);
+                outages += for_ms;
+                sim.schedule(at, Ev::Partition { node: n, for_ms });
+            }
+            6 => {
+                // Redis away for longer than every lease (a stall of the whole registry).
+                let for_ms = rng.range(lease, 3 * lease);
+                outages += for_ms;
+                sim.schedule(
+                    at,
+                    Ev::RedisDown {
+                        shard,
+                        lose_data: false,
+                        for_ms,
+                    },
+                );
+            }
+            4 if shards > 1 => {
                 // A shard's master dies; its replica, a little behind, takes over.
                 let lag = rng.range(0, 100);
                 let for_ms = rng.range(100, 1500);
@@ -1771,7 +1924,7 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
             }
             kind => {
                 // An outage, or a restart that loses everything (shorter).
-                let lose_data = kind == 3;
+                let lose_data = kind >= 3;
                 let for_ms = rng.range(10, if lose_data { 800 } else { 1500 });
                 outages += for_ms;
                 sim.schedule(
@@ -1905,7 +2058,16 @@ fn check(sim: &mut Sim, end: u64) {
             .iter()
             .flat_map(|r| &r.dropped_expires)
             .any(|(to, from, at)| to == sender && *from == m.dst && *at >= m.sent);
+        // No EXPIRE is owed to a sender whose socket a fence closed before it came.
+        let gone = sim
+            .fenced
+            .iter()
+            .any(|(c, at)| *c == m.src && *at >= m.sent && *at <= deadline + slack);
         let line = match expired {
+            _ if gone && expired.is_none_or(|at| at > deadline + slack) => {
+                sim.stats.sender_fenced += 1;
+                continue;
+            }
             _ if dropped && expired.is_none_or(|at| at > deadline + slack) => {
                 sim.stats.expire_dropped += 1;
                 continue;

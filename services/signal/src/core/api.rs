@@ -26,6 +26,10 @@ pub enum CloseReason {
     /// Cluster mode: the shared registry gave this socket's id to another client (after a
     /// registry outage), so the socket no longer holds it.
     Lost,
+    /// Cluster mode: this node could not renew its registry lease in time, so another node
+    /// may grant the id: the socket stops speaking for it (the client reconnects and claims
+    /// again).
+    Fenced,
 }
 
 /// What the core asks the I/O layer to do, one [`Broker::poll_output`] at a time.
@@ -92,6 +96,10 @@ pub struct Forward {
     pub requeue: bool,
     /// A room leave notice: drop it if `src` is held again by anyone.
     pub notice: bool,
+    /// When its queue lifetime ends: `None` from the core (it ends `ttl` after the registry
+    /// takes the message); the registry sets it, so the message keeps its deadline however
+    /// often it is taken back and handed over again.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// The shared registry's answer to [`Output::Claim`].

@@ -507,6 +507,7 @@ impl Broker {
                 ttl,
                 requeue: false,
                 notice: false,
+                deadline: None,
             }));
             return;
         }
@@ -609,6 +610,7 @@ impl Broker {
                         ttl: self.cfg.expire_timeout,
                         requeue: false,
                         notice: true,
+                        deadline: None,
                     }));
                 } else {
                     self.relay(now, MessageType::Leave, room.clone(), &peer, text);

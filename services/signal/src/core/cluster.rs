@@ -96,6 +96,7 @@ impl Broker {
                 ttl: self.cfg.expire_timeout,
                 requeue: true,
                 notice: false,
+                deadline: None,
             }));
         }
     }
@@ -125,6 +126,7 @@ impl Broker {
             ttl,
             requeue: true,
             notice: false,
+            deadline: None,
         }));
     }
 
@@ -147,6 +149,25 @@ impl Broker {
         self.saw(now);
         if let Some(conn) = self.mark_moved(id) {
             self.close_moved(now, id, conn, CloseReason::Lost);
+        }
+    }
+
+    /// Cluster mode: this node may no longer hold the ids for which `in_shard` is true (its
+    /// registry lease may lapse before it can renew it): their sockets are closed without
+    /// releasing anything, so no id speaks from here once another node may grant it. The
+    /// registry forgets them when this node re-asserts its ids.
+    pub fn handle_fenced(&mut self, now: Instant, in_shard: impl Fn(&str) -> bool) {
+        self.saw(now);
+        let ids: Vec<Arc<str>> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| !p.moved && in_shard(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Some(conn) = self.mark_moved(&id) {
+                self.close_moved(now, &id, conn, CloseReason::Fenced);
+            }
         }
     }
 

@@ -571,6 +571,7 @@ fn cluster_relays_locally_or_forwards() {
             ttl: Duration::from_secs(5),
             requeue: false,
             notice: false,
+            deadline: None,
         })]
     );
     // From another node: delivered here, or handed back if the id left.
