@@ -56,11 +56,13 @@
 //! numbered, and receivers drop numbers they have seen, so unread inbox entries and offline
 //! queues that died with Redis are not lost.
 
+mod direct;
 mod driver;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod handle;
 mod held;
+mod link;
 mod protocol;
 mod registry;
 mod scripts;
@@ -69,6 +71,7 @@ mod sharded;
 mod sim;
 mod wire;
 
+pub(crate) use direct::DirectMsg;
 pub(crate) use driver::{Local, run};
 pub(crate) use handle::Cluster;
 pub(crate) use protocol::{Cmd, ToCore};

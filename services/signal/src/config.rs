@@ -46,6 +46,10 @@ pub struct ClusterConfig {
     pub redis_cluster: bool,
     /// Registry shards, each one hash slot (every node of a cluster must agree).
     pub shards: usize,
+    /// Where this node listens for node links (direct copies of messages; `None`: off),
+    /// and the address other nodes dial (default: the bound address).
+    pub link: Option<String>,
+    pub link_advertise: Option<String>,
 }
 
 impl ClusterConfig {
@@ -57,6 +61,8 @@ impl ClusterConfig {
             prefix: prefix.to_owned(),
             redis_cluster: false,
             shards: 1,
+            link: None,
+            link_advertise: None,
         }
     }
 
@@ -382,6 +388,15 @@ pub struct SignalArgs {
     /// 1 on one Redis). Every node of a cluster must use the same number.
     #[arg(long, env = "KIBITZ_REDIS_SHARDS")]
     pub redis_shards: Option<usize>,
+    /// Cluster mode: listen here (host:port, port 0 for any) for node links, which carry a
+    /// direct copy of each cross-node message beside the one through Redis, so it arrives
+    /// sooner (Redis still delivers it if the link cannot). Off when unset.
+    #[arg(long, env = "KIBITZ_CLUSTER_LINK")]
+    pub cluster_link: Option<String>,
+    /// Cluster mode: the host:port other nodes dial for this node's link (default: the
+    /// address --cluster-link bound; required when that is 0.0.0.0 or [::]).
+    #[arg(long, env = "KIBITZ_CLUSTER_LINK_ADVERTISE")]
+    pub cluster_link_advertise: Option<String>,
 }
 
 /// `/`, `/myapp` or `/myapp/` → `/`, `/myapp/`, `/myapp/`.
@@ -483,6 +498,11 @@ impl SignalArgs {
                         prefix: self.redis_prefix.clone(),
                         redis_cluster,
                         shards,
+                        link: self.cluster_link.clone().filter(|l| !l.is_empty()),
+                        link_advertise: self
+                            .cluster_link_advertise
+                            .clone()
+                            .filter(|l| !l.is_empty()),
                     })
                 }
             },

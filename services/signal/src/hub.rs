@@ -256,6 +256,15 @@ impl Hub {
         });
     }
 
+    /// Cluster mode: direct copies from another node; whether each was delivered.
+    pub(crate) fn direct(&self, msgs: &[crate::cluster::DirectMsg]) -> Vec<bool> {
+        self.with_core(|core| {
+            msgs.iter()
+                .map(|m| core.handle_direct(m.kind, &m.src, &m.dst, m.text.clone()))
+                .collect()
+        })
+    }
+
     /// Cluster mode: `id` was re-attached on another node.
     pub(crate) fn moved(&self, id: &str) {
         self.with_core(|core| core.handle_moved(now(), id));
@@ -419,6 +428,10 @@ impl Local for Hub {
 
     fn registrations(&self) -> Vec<(Arc<str>, String, u64)> {
         Hub::registrations(self)
+    }
+
+    fn direct(&self, msgs: &[crate::cluster::DirectMsg]) -> Vec<bool> {
+        Hub::direct(self, msgs)
     }
 }
 

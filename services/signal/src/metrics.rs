@@ -66,6 +66,14 @@ pub struct Metrics {
     pub cluster_masters: Gauge,
     /// Cluster mode: 1 when the registry runs on a Redis Cluster.
     pub cluster_redis_cluster: Gauge,
+    /// Direct copies sent over node links, delivered from them, and dropped on arrival (late,
+    /// ahead of their predecessor, or for an id not held here: the Redis copy delivers).
+    pub cluster_direct_out: Counter,
+    pub cluster_direct_in: Counter,
+    pub cluster_direct_dropped: Counter,
+    /// Node links this node dials that are up, and link handshakes refused.
+    pub cluster_links: Gauge,
+    pub cluster_link_refused: Counter,
     messages: [Counter; 6],
     rejected: Vec<(&'static str, Counter)>,
 }
@@ -142,6 +150,11 @@ impl Metrics {
             cluster_shards_up: gauge!("kibitz_signal_cluster_registry_shards_up"),
             cluster_masters: gauge!("kibitz_signal_cluster_registry_masters"),
             cluster_redis_cluster: gauge!("kibitz_signal_cluster_redis_cluster"),
+            cluster_direct_out: counter!("kibitz_signal_cluster_direct_total", "direction" => "out"),
+            cluster_direct_in: counter!("kibitz_signal_cluster_direct_total", "direction" => "in"),
+            cluster_direct_dropped: counter!("kibitz_signal_cluster_direct_dropped_total"),
+            cluster_links: gauge!("kibitz_signal_cluster_links"),
+            cluster_link_refused: counter!("kibitz_signal_cluster_link_refused_total"),
             messages: TYPES.map(|t| counter!("kibitz_signal_messages_total", "type" => t.as_str())),
             rejected: REJECT_REASONS
                 .iter()

@@ -7,7 +7,9 @@
 //! holds the shard: `2 × shards` in all, plus a short-lived one per connect on a Redis
 //! Cluster to read the slot map (and one per master for each `/peers` request).
 
+use super::direct::DirectMsg;
 use super::handle::Cluster;
+use super::link::{self, Inbound, Outgoing};
 use super::protocol::{Command, Input, Lane, Reply, ToCore};
 use super::scripts::Ctx;
 use super::sharded::{SOutput, Sharded};
@@ -36,6 +38,8 @@ pub(crate) trait Local: Send + Sync + 'static {
     fn deliver(&self, ev: ToCore);
     /// This node's live registrations (id, token, registry number).
     fn registrations(&self) -> Vec<(Arc<str>, String, u64)>;
+    /// Delivers direct copies whose receiver is held here; whether each was.
+    fn direct(&self, msgs: &[DirectMsg]) -> Vec<bool>;
 }
 
 enum Done {
@@ -250,10 +254,26 @@ impl Lanes {
 }
 
 /// Runs the registry's outputs until it only waits; returns when to wake it.
-fn drain<L: Local>(reg: &mut Sharded, local: &L, c: &Arc<Cluster>, lanes: &mut Lanes) -> Instant {
+fn drain<L: Local>(
+    reg: &mut Sharded,
+    local: &L,
+    c: &Arc<Cluster>,
+    lanes: &mut Lanes,
+    links: &mut Option<Outgoing>,
+) -> Instant {
     loop {
         match reg.poll_output() {
-            SOutput::Timeout(at) => return at,
+            SOutput::Timeout(at) => {
+                if let Some(l) = links {
+                    l.flush(local.now());
+                }
+                return at;
+            }
+            SOutput::Direct(to, m) => {
+                if let Some(l) = links {
+                    l.push(to, &m);
+                }
+            }
             SOutput::Core(ev) => local.deliver(ev),
             SOutput::Up(up) => c.set_up(up),
             SOutput::NeedRegistrations => {
@@ -294,8 +314,22 @@ pub(crate) async fn run<L: Local>(local: Arc<L>, stop: CancellationToken) {
     tracing::info!(node = %c.node, redis = %c.cfg.redis_url, shards, redis_cluster = c.cfg.redis_cluster, "cluster mode");
     let mut reg = Sharded::new(local.now(), &c.settings, shards, c.metrics.clone());
     let mut lanes = Lanes::new(shards);
+    // Node links: direct copies out and in (see `direct`), when this node has one.
+    let (mut links, mut inbound): (Option<Outgoing>, Option<Inbound>) = match c.take_link() {
+        Some(l) => {
+            let key = link::Key::default();
+            let rx = link::start(&c, l, key.clone(), stop.clone());
+            tracing::info!(node = %c.node, "cluster links on");
+            (
+                rx.is_some()
+                    .then(|| Outgoing::new(&c.node, key, c.metrics.clone())),
+                rx,
+            )
+        }
+        None => (None, None),
+    };
     loop {
-        let wake = drain(&mut reg, &*local, &c, &mut lanes);
+        let wake = drain(&mut reg, &*local, &c, &mut lanes, &mut links);
         c.metrics.cluster_inflight.set(lanes.in_flight() as f64);
         let (shard, inputs) = tokio::select! {
             biased;
@@ -317,6 +351,26 @@ pub(crate) async fn run<L: Local>(local: Arc<L>, stop: CancellationToken) {
                 reg.handle_input(local.now(), Input::Timeout);
                 continue;
             }
+            Some((from, msgs)) = async {
+                match &mut inbound {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let ok = reg.direct_in(&from, msgs);
+                if !ok.is_empty() {
+                    let done = local.direct(&ok);
+                    for (m, delivered) in ok.iter().zip(done) {
+                        if delivered {
+                            reg.direct_delivered(&from, m);
+                            c.metrics.cluster_direct_in.increment(1);
+                        } else {
+                            c.metrics.cluster_direct_dropped.increment(1);
+                        }
+                    }
+                }
+                continue;
+            }
         };
         for i in inputs {
             reg.handle_lane(local.now(), shard, i);
@@ -325,7 +379,7 @@ pub(crate) async fn run<L: Local>(local: Arc<L>, stop: CancellationToken) {
     reg.handle_input(local.now(), Input::Stop);
     let leave = async {
         loop {
-            drain(&mut reg, &*local, &c, &mut lanes);
+            drain(&mut reg, &*local, &c, &mut lanes, &mut None);
             if reg.is_stopped() || !lanes.mains_busy() {
                 break;
             }

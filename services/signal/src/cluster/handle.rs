@@ -42,6 +42,8 @@ pub(crate) struct Cluster {
     prefixes: Vec<String>,
     shards_keys: Vec<String>,
     slots: Vec<u16>,
+    /// The node-link listener, until the driver takes it.
+    link: Mutex<Option<std::net::TcpListener>>,
 }
 
 /// A Redis Cluster slot range and its master (host, port).
@@ -78,7 +80,21 @@ impl Cluster {
                 Vec::new()
             }
         };
-        let node = uuid::Uuid::new_v4().simple().to_string();
+        // With node links, the id names the link address (`{uuid}@{host}:{port}`), so a
+        // route answer naming a holder also says where to send its direct copies.
+        let mut node = uuid::Uuid::new_v4().simple().to_string();
+        let link = cfg.link.as_deref().and_then(|bind| {
+            match bind_link(bind, cfg.link_advertise.as_deref()) {
+                Ok((l, advertise)) => {
+                    node = format!("{node}@{advertise}");
+                    Some(l)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, link = bind, "cluster link off");
+                    None
+                }
+            }
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         let shards = cfg.shards.max(1);
         let settings = Settings {
@@ -108,7 +124,30 @@ impl Cluster {
             seeds,
             known: Mutex::new(Vec::new()),
             scripts: Scripts::new(),
+            link: Mutex::new(link),
         }
+    }
+
+    /// The node-link listener, once (for the driver).
+    pub(crate) fn take_link(&self) -> Option<std::net::TcpListener> {
+        self.link.lock().ok().and_then(|mut l| l.take())
+    }
+
+    /// The cluster's link key, stored as `fresh` if there is none yet.
+    pub(crate) async fn link_key(&self, fresh: &str) -> redis::RedisResult<String> {
+        let (mut con, _) = self.connect_shard(0, Some(Duration::from_secs(1))).await?;
+        let key = format!("{}linkkey", self.prefix(0));
+        let (k,): (String,) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(fresh)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(&key)
+            .query_async(&mut con)
+            .await?;
+        Ok(k)
     }
 
     /// Queues a command for the driver (never blocks; called under the broker lock). A claim
@@ -315,6 +354,29 @@ impl Cluster {
         ids.sort();
         Some(ids.into_iter().map(|(_, id)| id).collect())
     }
+}
+
+/// Binds the node-link listener: it, and the address other nodes dial.
+fn bind_link(
+    bind: &str,
+    advertise: Option<&str>,
+) -> std::io::Result<(std::net::TcpListener, String)> {
+    let l = std::net::TcpListener::bind(bind)?;
+    l.set_nonblocking(true)?;
+    let at = l.local_addr()?;
+    let advertise = match advertise {
+        Some(a) => a.to_owned(),
+        None if at.ip().is_unspecified() => {
+            return Err(std::io::Error::other(
+                "a link on 0.0.0.0 or [::] needs --cluster-link-advertise",
+            ));
+        }
+        None => at.to_string(),
+    };
+    if advertise.contains(['{', '}', '@', ' ']) {
+        return Err(std::io::Error::other("unusable --cluster-link-advertise"));
+    }
+    Ok((l, advertise))
 }
 
 /// The master (host, port) serving `slot`.

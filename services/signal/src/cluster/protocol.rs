@@ -250,6 +250,8 @@ pub(crate) enum Output {
     Probed(Forward, bool),
     /// The answer to a [`Cmd::Count`] (`None`: the shard did not answer).
     Counted(Option<u64>),
+    /// Send this copy of a message to node `.0` over a node link (best effort).
+    Direct(Arc<str>, super::direct::DirectMsg),
     /// Nothing more to do until this instant (or the next input).
     Timeout(Instant),
 }

@@ -13,6 +13,7 @@
 //! [`Input::Disconnected`] (which stands for every request in flight on it). The registry never reads the clock, never draws
 //! randomness and never touches a socket; the module docs of `cluster` explain the model.
 
+use super::direct::{self, DirectMsg};
 use super::held::Held;
 use super::protocol::{
     BATCH, Call, Cmd, Command, Event, Input, Lane, MAX_INFLIGHT, Output, Reply, Script, Settings,
@@ -118,6 +119,11 @@ pub(crate) struct Registry {
     /// delivering to its socket: (id, socket, answer, give up at).
     acks: Vec<(String, ConnId, Claim, Instant)>,
     seen: Seen,
+    /// Direct copies: this node has a link address (its id names it), what it sends, and
+    /// what it received (see `direct`).
+    links: bool,
+    dout: direct::Out,
+    din: direct::In,
     /// The inbox stream id read up to.
     last: String,
     renew_at: Instant,
@@ -144,6 +150,7 @@ pub(crate) struct Registry {
 impl Registry {
     /// A registry that starts connecting both lanes at once.
     pub(crate) fn new(now: Instant, cfg: Settings, metrics: Metrics) -> Self {
+        let links = direct::link_addr(&cfg.node).is_some();
         let held = Held::new(cfg.max_queued_total, metrics.clone());
         let mut r = Self {
             cfg,
@@ -162,6 +169,9 @@ impl Registry {
             replay_at: None,
             acks: Vec::new(),
             seen: Seen::default(),
+            links,
+            dout: direct::Out::default(),
+            din: direct::In::default(),
             last: "0".to_owned(),
             renew_at: now,
             sweep_at: now,
@@ -357,6 +367,7 @@ impl Registry {
             for (_, conn, claim, _) in due {
                 self.core(ToCore::Claim(conn, claim));
             }
+            self.din.expire(now);
             self.run(Step::Sweep, vec![Call::Sweep]);
         } else if !self.pending.is_empty() {
             let n = self.pending.len().min(BATCH);
@@ -383,8 +394,14 @@ impl Registry {
 
     fn local(&mut self, mut cmd: Cmd) {
         // A message's queue deadline counts from when the registry took it, and stays.
-        if let Cmd::Forward(f, _) = &mut cmd {
+        if let Cmd::Forward(f, seq) = &mut cmd {
             f.deadline.get_or_insert(self.now + f.ttl);
+            // Numbered on arrival (in the order the core sent them), so a direct copy can
+            // go at once, whatever Redis is doing.
+            if !matches!(self.main, Main::Stopped) {
+                *seq = self.held.number(*seq);
+                self.direct_copy(f, *seq);
+            }
         }
         match self.main {
             Main::Down { .. } => self.offline(cmd),
@@ -398,6 +415,61 @@ impl Registry {
             },
             _ => self.pending.push_back(cmd),
         }
+    }
+
+    /// A copy of message `n` for the node holding its receiver, when that is known and so
+    /// is the sender's previous message to it (see `direct`).
+    fn direct_copy(&mut self, f: &crate::core::Forward, n: u64) {
+        if !self.links || f.requeue || f.notice {
+            return;
+        }
+        if let Some((to, prev)) = self.dout.sent(&self.cfg.node, &f.src, &f.dst, n) {
+            self.metrics.cluster_direct_out.increment(1);
+            self.out.push_back(Output::Direct(
+                to,
+                DirectMsg {
+                    shard: self.cfg.shard as u32,
+                    n,
+                    prev,
+                    kind: f.kind,
+                    src: f.src.to_string(),
+                    dst: f.dst.clone(),
+                    text: f.text.clone(),
+                },
+            ));
+        }
+    }
+
+    /// The prefix of `node`'s message numbers in this shard.
+    fn sender_key(&self, node: &str) -> String {
+        if self.cfg.shards > 1 {
+            format!("{node}.{}", self.cfg.shard)
+        } else {
+            node.to_owned()
+        }
+    }
+
+    /// Whether direct copy `m` from `node` may be delivered now: not seen, and its sender's
+    /// previous message to the same id delivered here already (or among `earlier`, the
+    /// numbers passed earlier in the same batch).
+    pub(crate) fn direct_ok(&self, node: &str, m: &DirectMsg, earlier: &[u64]) -> bool {
+        if !self.links {
+            return false;
+        }
+        let key = self.sender_key(node);
+        if self.seen.contains(&format!("{key}.{}", m.n)) {
+            return false;
+        }
+        let prev_seen =
+            earlier.contains(&m.prev) || self.seen.contains(&format!("{key}.{}", m.prev));
+        self.din.may_deliver(&key, m.n, m.prev, prev_seen)
+    }
+
+    /// Direct copy `n` from `node` was delivered: its Redis copy is a repeat.
+    pub(crate) fn direct_delivered(&mut self, node: &str, n: u64) {
+        let key = self.sender_key(node);
+        self.seen.fresh(&format!("{key}.{n}"));
+        self.din.delivered(self.now, &key, n);
     }
 
     /// Registry down: refuse claims, keep messages (bounded) until their deadline.
@@ -837,12 +909,21 @@ impl Registry {
                     self.core(ToCore::Claim(conn, Claim::Unavailable(MSG_UNAVAILABLE)));
                 }
                 (Cmd::Forward(f, seq), Ok(v)) => match wire::text(v).as_deref() {
-                    Some("sent") => {
+                    Some(r) if r.starts_with("sent") => {
+                        if self.links && !f.requeue {
+                            let owner = r.strip_prefix("sent:").filter(|o| !o.is_empty());
+                            self.dout.routed(&f.dst, owner);
+                        }
                         self.out_n += 1;
                         self.metrics.cluster_out.increment(1);
                         self.held.remember(self.now, f, seq, false);
                     }
-                    Some("queued") => self.held.remember(self.now, f, seq, true),
+                    Some("queued") => {
+                        if self.links {
+                            self.dout.routed(&f.dst, None);
+                        }
+                        self.held.remember(self.now, f, seq, true);
+                    }
                     _ => {}
                 },
                 (Cmd::Forward(f, seq), Err(())) => {
@@ -932,7 +1013,12 @@ impl Registry {
         for e in entries {
             match e {
                 Entry::Message(kind, src, dst, text, mid) => {
-                    if self.seen.fresh(&mid) {
+                    // The Redis copy of a message delivered direct is a repeat.
+                    let twin = match direct::split_mid(&mid) {
+                        Some((sender, n)) if self.links => self.din.read(sender, n),
+                        _ => false,
+                    };
+                    if self.seen.fresh(&mid) && !twin {
                         msgs.push((kind, src, dst, text));
                     }
                 }

@@ -41,7 +41,8 @@ for i = 5, #ARGV, 8 do
       b[n + 1], b[n + 2], b[n + 3], b[n + 4], b[n + 5] = 'k', kind, 's', src, 'd'
       b[n + 6], b[n + 7], b[n + 8], b[n + 9], b[n + 10] = dst, 'm', text, 'e', now_ms + ttl
       b[n + 11], b[n + 12] = 'i', mid
-      r = 'sent'
+      -- The holder goes back, so the sender can send later messages for dst straight there too.
+      r = 'sent:'..owner
     elseif kind == 'LEAVE' or kind == 'EXPIRE' then
       r = 'dropped'
     else

@@ -17,10 +17,12 @@
 //!
 //! With one shard this is the plain registry, unchanged.
 
+use super::direct::DirectMsg;
 use super::protocol::{Cmd, Command, Event, Input, Lane, Output, Settings, ToCore};
 use super::registry::Registry;
 use crate::metrics::Metrics;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Redis Cluster's key hash (CRC16/XMODEM).
@@ -62,6 +64,8 @@ pub(crate) enum SOutput {
     NeedRegistrations,
     /// This node cannot join (see [`Event::Fatal`]).
     Fatal(String),
+    /// Send this copy of a message to node `.0` over a node link.
+    Direct(Arc<str>, DirectMsg),
     Timeout(Instant),
 }
 
@@ -240,6 +244,34 @@ impl Sharded {
         }
     }
 
+    /// Direct copies from node `from` (see `direct`): those that may be delivered now, in
+    /// order. Tell [`Sharded::direct_delivered`] which were.
+    pub(crate) fn direct_in(&mut self, from: &str, msgs: Vec<DirectMsg>) -> Vec<DirectMsg> {
+        let n = self.shards.len();
+        let mut earlier: Vec<Vec<u64>> = vec![Vec::new(); n];
+        let mut ok = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let s = m.shard as usize;
+            let pass = s < n
+                && shard_of(&m.dst, n) == s
+                && self.shards[s].direct_ok(from, &m, &earlier[s]);
+            if pass {
+                earlier[s].push(m.n);
+                ok.push(m);
+            } else {
+                self.metrics.cluster_direct_dropped.increment(1);
+            }
+        }
+        ok
+    }
+
+    /// Direct copy `m` from node `from` was delivered.
+    pub(crate) fn direct_delivered(&mut self, from: &str, m: &DirectMsg) {
+        if let Some(r) = self.shards.get_mut(m.shard as usize) {
+            r.direct_delivered(from, m.n);
+        }
+    }
+
     /// The next thing to do; [`SOutput::Timeout`] once there is nothing else.
     pub(crate) fn poll_output(&mut self) -> SOutput {
         loop {
@@ -308,6 +340,7 @@ impl Sharded {
                     self.dirty = true;
                 }
             }
+            Output::Direct(to, m) => self.out.push_back(SOutput::Direct(to, m)),
             Output::Timeout(_) => {}
         }
     }

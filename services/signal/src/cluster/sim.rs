@@ -404,11 +404,12 @@ impl Redis {
                             ("e", (now + fwd.ttl.as_millis() as u64).to_string()),
                             ("i", mid),
                         ];
+                        out.push(bulk(&format!("sent:{owner}")));
                         match batches.iter_mut().find(|b| b.0 == owner) {
                             Some(b) => b.1.extend(f),
                             None => batches.push((owner, f.into())),
                         }
-                        out.push(bulk("sent"));
+
                         continue;
                     }
                     if matches!(fwd.kind, MessageType::Leave | MessageType::Expire) {
@@ -691,6 +692,8 @@ enum Ev {
     Send(usize, String),
     /// A dead node's id must be free by now.
     Takeover(usize, String, u64),
+    /// A direct copy reaches node `.0` over the link from node `.1`.
+    Direct(usize, usize, super::direct::DirectMsg),
 }
 
 #[derive(Default)]
@@ -724,6 +727,10 @@ struct Node {
 
 struct Sim {
     rng: Rng,
+    /// Node links (direct copies): their own randomness, so the other draws stay as they
+    /// were for every seed; when each link last delivered (links are FIFO).
+    link_rng: Rng,
+    link_last: BTreeMap<(usize, usize), u64>,
     now: u64,
     base: Instant,
     seq: u64,
@@ -787,6 +794,9 @@ struct Stats {
     /// Runs with several shards, and shard failovers (master lost with its last writes).
     sharded_runs: usize,
     failovers: usize,
+    /// Direct copies sent over node links, and delivered from them.
+    direct_sent: usize,
+    direct_delivered: usize,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -807,6 +817,8 @@ impl std::ops::AddAssign for Stats {
         self.batched_routes += o.batched_routes;
         self.sharded_runs += o.sharded_runs;
         self.failovers += o.failovers;
+        self.direct_sent += o.direct_sent;
+        self.direct_delivered += o.direct_delivered;
     }
 }
 
@@ -909,6 +921,20 @@ impl Sim {
                 }
                 SOutput::Redis(s, lane, cmd) => self.redis_cmd(n, s, lane, cmd),
                 SOutput::Fatal(msg) => self.fail(format!("node{n}: {msg}")),
+                SOutput::Direct(to, m) => {
+                    // Now and then a copy is lost (a link that broke or was full).
+                    let Some(t) = self.nodes.iter().position(|x| *x.name == *to) else {
+                        continue;
+                    };
+                    if self.link_rng.chance(5) {
+                        continue;
+                    }
+                    let last = self.link_last.get(&(n, t)).copied().unwrap_or(0);
+                    let at = (self.now + self.link_rng.range(0, 8)).max(last);
+                    self.link_last.insert((n, t), at);
+                    self.stats.direct_sent += 1;
+                    self.schedule(at, Ev::Direct(t, n, m));
+                }
             }
         }
     }
@@ -1115,6 +1141,23 @@ impl Sim {
 
     fn event(&mut self, ev: Ev) {
         match ev {
+            Ev::Direct(t, from, m) => {
+                if !self.nodes[t].alive {
+                    return;
+                }
+                let from = self.nodes[from].name.clone();
+                let ok = self.nodes[t].reg.direct_in(&from, vec![m]);
+                for m in ok {
+                    let held = self.nodes[t].core.peers.get(&m.dst).filter(|p| !p.3);
+                    if let Some(conn) = held.map(|p| p.0) {
+                        self.note(format!("{} direct to node{t}", m.text));
+                        self.stats.direct_delivered += 1;
+                        self.deliver(conn, m.kind, &m.src, m.text.clone());
+                        self.nodes[t].reg.direct_delivered(&from, &m);
+                    }
+                }
+                self.pump(t);
+            }
             Ev::Timer(n) => {
                 if self.nodes[n].timer == self.now {
                     let now = self.at(self.now);
@@ -1752,6 +1795,8 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
     };
     let mut sim = Sim {
         rng: Rng::new(seed ^ 0x5eed),
+        link_rng: Rng::new(seed ^ 0x11d4),
+        link_last: BTreeMap::new(),
         now: 0,
         base,
         seq: 0,
@@ -1795,8 +1840,14 @@ fn run(seed: u64) -> Result<Stats, (String, Vec<String>)> {
     // One more node than the others, that crashes (when the seed says so).
     let crash = rng.chance(40);
     let total_nodes = n_nodes + usize::from(crash);
+    // Node links on half the seeds (not chosen by `rng`, so the other draws stay put).
+    let links = matches!(seed % 4, 1 | 2);
     for n in 0..total_nodes {
-        let name = format!("node{n}");
+        let name = if links {
+            format!("node{n}@sim:{n}")
+        } else {
+            format!("node{n}")
+        };
         let settings = Settings {
             node: name.clone(),
             shard: 0,
@@ -2122,6 +2173,12 @@ fn registry_invariants_hold_over_seeded_runs() {
         }
     }
     println!("{seeds} seeds: {total:?}");
+    if seeds >= 100 {
+        assert!(
+            total.direct_delivered > 0,
+            "node links never delivered a direct copy: {total:?}"
+        );
+    }
     assert!(
         failures.is_empty(),
         "{} of {seeds} seeds failed (replay one with KIBITZ_CLUSTER_SIM_SEED=<n>); first ones:\n{}",

@@ -23,6 +23,11 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
+    /// Whether message number `mid` was seen (and is still remembered).
+    pub(crate) fn contains(&self, mid: &str) -> bool {
+        self.set.contains(mid)
+    }
+
     /// Whether message number `mid` is new here (and remembers it). Unnumbered messages
     /// always pass.
     pub(crate) fn fresh(&mut self, mid: &str) -> bool {

@@ -130,6 +130,26 @@ impl Broker {
         }));
     }
 
+    /// Cluster mode: a direct copy of a message from another node (its Redis copy follows):
+    /// delivered only if `dst` is held here; whether it was. Never queued or sent on: if
+    /// it is not delivered here, the Redis copy goes where `dst` is.
+    pub fn handle_direct(&mut self, kind: MessageType, src: &str, dst: &str, text: String) -> bool {
+        let Some(p) = self.peers.get(dst).filter(|p| !p.moved) else {
+            return false;
+        };
+        let conn = p.conn;
+        self.metrics.cluster_in.increment(1);
+        if matches!(
+            kind,
+            MessageType::Offer | MessageType::Answer | MessageType::Candidate
+        ) {
+            let dst: Arc<str> = Arc::from(dst);
+            self.note_contact(&dst, src);
+        }
+        self.send(conn, text);
+        true
+    }
+
     /// Cluster mode: `id` was re-attached (same token) on another node. With takeover the
     /// socket here is closed; otherwise it keeps speaking for the id, as an older re-attached
     /// socket does on one node, but is no longer delivered to.
