@@ -692,10 +692,24 @@ impl Registry {
     }
 
     /// `config` as a cluster node on this registry with a `lease_ms` lease.
+    /// `config` as a cluster node on this registry, with node links on 127.0.0.1 (so
+    /// cross-node messages go direct as well as through Redis).
     pub fn config(&self, config: Config, lease_ms: u64) -> Config {
-        match self {
+        let mut config = match self {
             Self::Single(r) => cluster_config(config, r, lease_ms),
             Self::Cluster(c) => redis_cluster_config(config, c, lease_ms),
+        };
+        if let Some(cc) = config.cluster.as_mut() {
+            cc.link = Some("127.0.0.1:0".into());
+        }
+        config
+    }
+
+    /// The one `redis-server` (`None` on a Redis Cluster).
+    pub fn single(&self) -> Option<&Redis> {
+        match self {
+            Self::Single(r) => Some(r),
+            Self::Cluster(_) => None,
         }
     }
 }

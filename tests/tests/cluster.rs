@@ -460,6 +460,42 @@ async fn ten_thousand_messages_across_nodes_arrive_in_order(kind: RegistryKind) 
     reader.await.unwrap();
 }
 
+/// Node links: once a sender's node knows where its receiver is, a message crosses nodes
+/// over the link even while Redis answers nothing (frozen), in order, and the Redis copy
+/// that follows once Redis is back is not delivered again.
+#[tokio::test]
+async fn a_cross_node_message_goes_over_the_link_while_redis_is_frozen() {
+    let redis = Registry::start(RegistryKind::Single);
+    let ns = nodes_leased(&redis, 2, &Config::default(), OUTAGE_LEASE_MS);
+    let mut a = open(&ns[0], "alice", "ta").await;
+    let mut b = open(&ns[1], "bob", "tb").await;
+    // Through Redis first; each answer tells alice's node where bob is.
+    for n in 0..20 {
+        a.send(&offer("bob", n)).await;
+        b.expect(&relayed("alice", "bob", n)).await;
+    }
+    let frozen = redis.single().expect("one redis-server");
+    frozen.freeze();
+    for n in 20..25 {
+        a.send(&offer("bob", n)).await;
+    }
+    for n in 20..25 {
+        match b.next_within(Duration::from_secs(5)).await {
+            Seen::Text(t) => assert_eq!(t, relayed("alice", "bob", n), "over the link"),
+            other => {
+                frozen.thaw();
+                panic!("message {n} not relayed while Redis was frozen: {other:?}");
+            }
+        }
+    }
+    frozen.thaw();
+    // Redis delivers its copies of 20..25 now: dropped as repeats, so 25 comes next.
+    a.send(&offer("bob", 25)).await;
+    b.expect(&relayed("alice", "bob", 25)).await;
+    b.send(&offer("alice", 26)).await;
+    a.expect(&relayed("bob", "alice", 26)).await;
+}
+
 /// Each scenario on one Redis and on a Redis Cluster.
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
