@@ -11,6 +11,7 @@
 #                                     `ulimit -n` open files: a node needs N + ~15)
 #   bench/cluster.sh --no-build       skip cargo build
 #   bench/cluster.sh --no-idle        only the relay runs
+#   bench/cluster.sh --no-links       nodes without node links (every message through Redis only)
 #   PROFILE=debug bench/cluster.sh …  use debug binaries (the smoke in scripts/test)
 #
 # idle: one load generator per node holds N peers that only heartbeat (every 5 s); the
@@ -30,6 +31,8 @@ RELAY=(relay --pairs 100 --size 200 --window 16 --secs 10 --warmup-secs 2)
 PING=(relay --pairs 100 --size 200 --window 1 --secs 10 --warmup-secs 2)
 BUILD=1
 IDLE=1
+# Node links on (direct copies beside the Redis path); --no-links measures Redis alone.
+LINK_ARGS=(--cluster-link 127.0.0.1:0)
 BACKENDS=(single cluster)
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -43,7 +46,8 @@ while [[ $# -gt 0 ]]; do
     --cluster-only) BACKENDS=(cluster) ;;
     --per-node) shift; PER_NODE=$1 ;;
     --no-build) BUILD=0 ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    --no-links) LINK_ARGS=() ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -141,7 +145,7 @@ run_backend() { # run_backend single|cluster: fills $DIR
         port=$("$LG" free-port)
         "$KIBITZ" signal --listen "127.0.0.1:$port" "${REDIS_ARGS[@]}" \
             --concurrent-limit 1000000 --per-ip-connections 0 --max-queued-total 1000000 \
-            --msg-rate 1000000 --msg-burst 1000000 >"$DIR/node$i.log" 2>&1 &
+            --msg-rate 1000000 --msg-burst 1000000 "${LINK_ARGS[@]}" >"$DIR/node$i.log" 2>&1 &
         NPIDS+=($!)
         PIDS+=($!)
         PORTS+=("$port")

@@ -15,9 +15,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Receivers remembered per shard on the sending side (beyond it the table starts over:
-/// the next message to each goes through Redis alone).
-const OUT_CAP: usize = 100_000;
+/// Receivers (and sender-receiver pairs) remembered on the sending side, over all shards
+/// (beyond it a shard's table starts over: the next message to each goes through Redis
+/// alone).
+const OUT_CAP: usize = 200_000;
 /// Direct deliveries awaiting their Redis copy, per sending node and shard; beyond it direct
 /// copies are dropped (the Redis copies deliver them).
 const IN_CAP: usize = 50_000;
@@ -45,16 +46,27 @@ pub(crate) fn link_addr(node: &str) -> Option<&str> {
 }
 
 /// The sending side of one shard.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Out {
     /// Where each receiver was held as of the last route answer naming it.
     owner: HashMap<String, Arc<str>>,
     /// The number of each sender's last message to each receiver.
     last: HashMap<Arc<str>, HashMap<String, u64>>,
     last_len: usize,
+    cap: usize,
 }
 
 impl Out {
+    /// The sending side of one shard of `shards`.
+    pub(crate) fn new(shards: usize) -> Self {
+        Self {
+            owner: HashMap::new(),
+            last: HashMap::new(),
+            last_len: 0,
+            cap: (OUT_CAP / shards.max(1)).max(1000),
+        }
+    }
+
     /// Message `n` from `src` to `dst` is on its way through Redis: the node to send a copy
     /// to, with the number of the previous message from `src` to `dst`.
     pub(crate) fn sent(
@@ -64,7 +76,7 @@ impl Out {
         dst: &str,
         n: u64,
     ) -> Option<(Arc<str>, u64)> {
-        if self.last_len >= OUT_CAP {
+        if self.last_len >= self.cap {
             self.last.clear();
             self.last_len = 0;
         }
@@ -88,7 +100,7 @@ impl Out {
                 if self.owner.get(dst).is_some_and(|x| &**x == o) {
                     return;
                 }
-                if self.owner.len() >= OUT_CAP {
+                if self.owner.len() >= self.cap {
                     self.owner.clear();
                 }
                 self.owner.insert(dst.to_owned(), Arc::from(o));
@@ -191,7 +203,7 @@ mod tests {
 
     #[test]
     fn a_copy_goes_only_with_a_known_holder_and_a_previous_message() {
-        let mut o = Out::default();
+        let mut o = Out::new(1);
         let a: Arc<str> = Arc::from("a");
         assert_eq!(o.sent("me@h:1", &a, "b", 1), None, "no previous message");
         assert_eq!(o.sent("me@h:1", &a, "b", 2), None, "holder unknown");

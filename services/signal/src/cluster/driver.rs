@@ -334,23 +334,7 @@ pub(crate) async fn run<L: Local>(local: Arc<L>, stop: CancellationToken) {
         let (shard, inputs) = tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            i = lanes.next(), if lanes.busy() => i,
-            cmd = rx.recv(), if reg.wants_local() => {
-                let Some(cmd) = cmd else { break };
-                c.took(&cmd);
-                // Everything queued meanwhile goes in too, so it runs as one batch.
-                reg.handle_input(local.now(), Input::Local(cmd));
-                while reg.wants_local() {
-                    let Ok(cmd) = rx.try_recv() else { break };
-                    c.took(&cmd);
-                    reg.handle_input(local.now(), Input::Local(cmd));
-                }
-                continue;
-            }
-            () = tokio::time::sleep_until(wake.into()) => {
-                reg.handle_input(local.now(), Input::Timeout);
-                continue;
-            }
+            // Direct copies first: they are cheap, and late ones are wasted.
             Some((from, msgs)) = async {
                 match &mut inbound {
                     Some(rx) => rx.recv().await,
@@ -369,6 +353,23 @@ pub(crate) async fn run<L: Local>(local: Arc<L>, stop: CancellationToken) {
                         }
                     }
                 }
+                continue;
+            }
+            i = lanes.next(), if lanes.busy() => i,
+            cmd = rx.recv(), if reg.wants_local() => {
+                let Some(cmd) = cmd else { break };
+                c.took(&cmd);
+                // Everything queued meanwhile goes in too, so it runs as one batch.
+                reg.handle_input(local.now(), Input::Local(cmd));
+                while reg.wants_local() {
+                    let Ok(cmd) = rx.try_recv() else { break };
+                    c.took(&cmd);
+                    reg.handle_input(local.now(), Input::Local(cmd));
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(wake.into()) => {
+                reg.handle_input(local.now(), Input::Timeout);
                 continue;
             }
         };

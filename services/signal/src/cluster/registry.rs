@@ -151,6 +151,7 @@ impl Registry {
     /// A registry that starts connecting both lanes at once.
     pub(crate) fn new(now: Instant, cfg: Settings, metrics: Metrics) -> Self {
         let links = direct::link_addr(&cfg.node).is_some();
+        let dout = direct::Out::new(cfg.shards);
         let held = Held::new(cfg.max_queued_total, metrics.clone());
         let mut r = Self {
             cfg,
@@ -170,7 +171,7 @@ impl Registry {
             acks: Vec::new(),
             seen: Seen::default(),
             links,
-            dout: direct::Out::default(),
+            dout,
             din: direct::In::default(),
             last: "0".to_owned(),
             renew_at: now,
