@@ -1,6 +1,6 @@
 //! Short stable mutation runs of every trust-boundary fuzz harness (`fuzz/src/harness/`: PeerJS
-//! frames through the broker core, Redis replies, the TURN client and server, the LAN hub's
-//! frames and STUN gate), seeded from `fuzz/corpus/`, and a check that every libFuzzer target in
+//! frames through the broker core, Redis replies, cluster node-link frames, the TURN client
+//! and server, the LAN hub's frames and STUN gate), seeded from `fuzz/corpus/`, and a check that every libFuzzer target in
 //! `fuzz/fuzz_targets/` gets such a run in CI. Long runs: `fuzz/run TARGET SECONDS`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -92,6 +92,8 @@ fn seeds_reach_past_authentication() {
     assert!(r.relays >= 1 && r.relayed >= 2, "{r:?}");
     let (allocated, data) = harness::turn_client::run(&seed("turn_client", "allocate-flow"));
     assert!(allocated == 1 && data >= 2, "{allocated} {data}");
+    // A chain of direct copies (each naming the one before) passes the receiver's checks.
+    assert!(harness::cluster_link::run(&seed("cluster_link", "chain")) > 0);
     assert!(harness::lan_gate::run(&seed("lan_gate", "build-plain")));
     assert!(harness::lan_gate::run(&seed("lan_gate", "build-extra")));
     assert!(!harness::lan_gate::run(&seed("lan_gate", "build-bad")));

@@ -3,6 +3,7 @@
 //! CI smoke test `tests/tests/boundary_fuzz_smoke.rs` (which include this table). A check
 //! panics on a broken invariant; anything else it returns from is a pass.
 
+pub mod cluster_link;
 pub mod lan_frame;
 pub mod lan_gate;
 pub mod peerjs_frame;
@@ -16,6 +17,7 @@ pub type Target = (&'static str, fn(&[u8]), &'static [&'static [u8]]);
 
 /// Every harness here.
 pub const TARGETS: &[Target] = &[
+    ("cluster_link", cluster_link::check, cluster_link::DICT),
     ("lan_frame", lan_frame::check, lan_frame::DICT),
     ("lan_gate", lan_gate::check, lan_gate::DICT),
     ("peerjs_frame", peerjs_frame::check, peerjs_frame::DICT),

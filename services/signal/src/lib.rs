@@ -39,7 +39,7 @@ pub use echo::serve_echo;
 #[doc(hidden)]
 pub mod fuzzing {
     #[cfg(feature = "fuzzing")]
-    pub use crate::cluster::fuzzing::redis_reply;
+    pub use crate::cluster::fuzzing::{cluster_link, redis_reply};
     pub use crate::core::OpenParams;
     pub use crate::http::{Handshake, open_params, origin_allowed, read_handshake};
     pub use crate::ws::{
