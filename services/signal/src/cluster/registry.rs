@@ -193,7 +193,14 @@ impl Registry {
     /// Whether the driver should hand over more commands now (otherwise they wait in its
     /// bounded queue).
     pub(crate) fn wants_local(&self) -> bool {
-        self.pending.len() < BATCH
+        // With node links every message is taken at once (its direct copy goes then), up to
+        // the queue bound; without, a batch's worth waits here and the rest in the queue.
+        let room = if self.links {
+            self.cfg.max_queued_total.max(BATCH)
+        } else {
+            BATCH
+        };
+        self.pending.len() < room
     }
 
     /// Ids this shard may hold: the cluster-wide limit less what the other shards held when
