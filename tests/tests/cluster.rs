@@ -496,6 +496,62 @@ async fn a_cross_node_message_goes_over_the_link_while_redis_is_frozen() {
     a.expect(&relayed("bob", "alice", 26)).await;
 }
 
+/// A node's link port takes only nodes that prove they know the cluster's link key: a wrong
+/// proof, an oversized hello and garbage are each refused (the connection closed), and the
+/// nodes' own links keep working (a message crosses over the link while Redis is frozen).
+#[tokio::test]
+async fn a_node_link_refuses_strangers_and_garbage() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = Registry::start(RegistryKind::Single);
+    let ns = nodes_leased(&redis, 2, &Config::default(), OUTAGE_LEASE_MS);
+    let mut a = open(&ns[0], "alice", "ta").await;
+    let mut b = open(&ns[1], "bob", "tb").await;
+    let single = redis.single().expect("one redis-server");
+    let port = single.port;
+    // Node ids name their link address: {uuid}@127.0.0.1:PORT.
+    let keys = kibitz_e2e::redis_cli(port, &["KEYS", "kibitz:node:*"]).expect("redis-cli");
+    let links: Vec<String> = keys
+        .lines()
+        .filter_map(|k| k.split_once('@').map(|(_, a)| a.to_owned()))
+        .collect();
+    assert_eq!(links.len(), 2, "two nodes with links: {keys}");
+    // Each stranger must be closed by the node (read returns 0 or fails), within 5 s.
+    async fn refused(addr: &str, hello: &[u8]) {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("link port");
+        let mut challenge = [0u8; 32];
+        s.read_exact(&mut challenge).await.expect("a challenge");
+        let _ = s.write_all(hello).await;
+        let mut rest = [0u8; 64];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest)).await;
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "a stranger was not refused: {r:?}"
+        );
+    }
+    let mut forged = vec![0u8, 9];
+    forged.extend_from_slice(b"x@1.2.3.4");
+    forged.extend_from_slice(&[0u8; 32]);
+    refused(&links[0], &forged).await;
+    refused(&links[0], &[0xff, 0xff, 1, 2, 3]).await;
+    refused(
+        &links[1],
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n0123456789012345678901234567890123456789",
+    )
+    .await;
+    // The nodes' own links still carry messages.
+    for n in 0..20 {
+        a.send(&offer("bob", n)).await;
+        b.expect(&relayed("alice", "bob", n)).await;
+    }
+    single.freeze();
+    a.send(&offer("bob", 20)).await;
+    let got = b.next_within(Duration::from_secs(5)).await;
+    single.thaw();
+    assert_eq!(got, Seen::Text(relayed("alice", "bob", 20)));
+}
+
 /// Each scenario on one Redis and on a Redis Cluster.
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
