@@ -74,6 +74,8 @@ pub struct Metrics {
     /// Node links this node dials that are up, and link handshakes refused.
     pub cluster_links: Gauge,
     pub cluster_link_refused: Counter,
+    /// Bytes written to node links.
+    pub cluster_link_bytes: Counter,
     messages: [Counter; 6],
     rejected: Vec<(&'static str, Counter)>,
 }
@@ -155,6 +157,7 @@ impl Metrics {
             cluster_direct_dropped: counter!("kibitz_signal_cluster_direct_dropped_total"),
             cluster_links: gauge!("kibitz_signal_cluster_links"),
             cluster_link_refused: counter!("kibitz_signal_cluster_link_refused_total"),
+            cluster_link_bytes: counter!("kibitz_signal_cluster_link_bytes_total"),
             messages: TYPES.map(|t| counter!("kibitz_signal_messages_total", "type" => t.as_str())),
             rejected: REJECT_REASONS
                 .iter()

@@ -12,10 +12,12 @@
 use super::direct::DirectMsg;
 use super::handle::Cluster;
 use crate::metrics::Metrics;
+use crate::outbox::{Attention, Outbox};
 use hmac::{Hmac, Mac};
 use kibitz_proto::peerjs::MessageType;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 /// The largest frame a link takes (a message is at most `--max-frame-bytes` plus ids).
 const MAX_FRAME: usize = 4 << 20;
-/// Batches waiting for one outgoing link, and received batches waiting for the driver;
-/// beyond them copies are dropped (their Redis copies deliver).
-const OUT_BATCHES: usize = 256;
+/// Bytes waiting for one outgoing link (beyond it the link is dropped and dialled again),
+/// and received batches waiting for the driver (beyond it copies are dropped); either way
+/// the Redis copies deliver.
+const OUT_BYTES: usize = 4 << 20;
 pub(crate) const IN_BATCHES: usize = 1024;
 /// How long a handshake may take, and the pause before dialling a node again.
 const HANDSHAKE: Duration = Duration::from_secs(2);
@@ -355,9 +358,11 @@ async fn accept_hello(s: &mut TcpStream, me: &str, key: &Key) -> Result<Arc<str>
     Ok(Arc::from(from))
 }
 
-/// One outgoing link (owned by the driver).
+/// One outgoing link: the driver writes its frames straight to the socket when it takes
+/// them (no task in between); the link's task handshakes, then drives stalled writes.
 struct OutLink {
-    tx: mpsc::Sender<Vec<u8>>,
+    outbox: Arc<Outbox>,
+    alive: Arc<AtomicBool>,
 }
 
 /// The links this node dials, and the copies gathered for them during one drain.
@@ -402,7 +407,10 @@ impl Outgoing {
             if buf.is_empty() {
                 continue;
             }
-            let alive = self.links.get(&to).is_some_and(|l| !l.tx.is_closed());
+            let alive = self
+                .links
+                .get(&to)
+                .is_some_and(|l| l.alive.load(std::sync::atomic::Ordering::Relaxed));
             if !alive {
                 self.links.remove(&to);
                 if self.wait.get(&to).is_some_and(|t| *t > now) {
@@ -415,22 +423,27 @@ impl Outgoing {
                     continue;
                 }
                 self.wait.insert(to.clone(), now + REDIAL);
-                let (tx, rx) = mpsc::channel(OUT_BATCHES);
+                let outbox = Arc::new(Outbox::new(
+                    OUT_BYTES,
+                    self.metrics.cluster_link_bytes.clone(),
+                ));
+                let alive = Arc::new(AtomicBool::new(true));
                 tokio::spawn(dial(
                     addr.to_owned(),
                     self.me.clone(),
                     to.clone(),
                     self.key.clone(),
-                    rx,
+                    outbox.clone(),
+                    alive.clone(),
                     self.metrics.clone(),
                     self.up.clone(),
                 ));
-                self.links.insert(to.clone(), OutLink { tx });
+                self.links.insert(to.clone(), OutLink { outbox, alive });
             }
-            if let Some(l) = self.links.get(&to)
-                && l.tx.try_send(buf).is_err()
-            {
-                // A slow or dead link: the Redis copies deliver these.
+            if let Some(l) = self.links.get(&to) {
+                // Past the bound the outbox aborts the link: the Redis copies deliver these.
+                l.outbox.push(|b| b.extend_from_slice(&buf));
+                l.outbox.flush();
             }
         }
         if self.wait.len() > 4096 {
@@ -439,17 +452,33 @@ impl Outgoing {
     }
 }
 
-/// Dials node `to` at `addr` and writes what comes in `rx` until either side closes.
+/// Dials node `to` at `addr`, handshakes, then hands the socket's write half to `outbox`
+/// and drives its stalled writes until either side closes; `alive` is cleared at the end.
+#[allow(clippy::too_many_arguments)]
 async fn dial(
     addr: String,
     me: Arc<str>,
     to: Arc<str>,
     key: Key,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    outbox: Arc<Outbox>,
+    alive: Arc<AtomicBool>,
     metrics: Metrics,
     up: Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    let Ok(Ok(mut s)) = tokio::time::timeout(HANDSHAKE, TcpStream::connect(&addr)).await else {
+    run_link(&addr, &me, &to, &key, &outbox, &metrics, &up).await;
+    alive.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn run_link(
+    addr: &str,
+    me: &str,
+    to: &str,
+    key: &Key,
+    outbox: &Outbox,
+    metrics: &Metrics,
+    up: &std::sync::atomic::AtomicUsize,
+) {
+    let Ok(Ok(mut s)) = tokio::time::timeout(HANDSHAKE, TcpStream::connect(addr)).await else {
         tracing::debug!(node = %to, "cluster link dial failed");
         return;
     };
@@ -461,35 +490,36 @@ async fn dial(
         let mut hello = Vec::with_capacity(2 + me.len() + 32);
         hello.extend_from_slice(&u16::try_from(me.len()).ok()?.to_be_bytes());
         hello.extend_from_slice(me.as_bytes());
-        hello.extend_from_slice(&proof(&k, &challenge, &me, &to));
+        hello.extend_from_slice(&proof(&k, &challenge, me, to));
         s.write_all(&hello).await.ok()
     };
     if !matches!(tokio::time::timeout(HANDSHAKE, hello).await, Ok(Some(()))) {
         tracing::debug!(node = %to, "cluster link handshake failed");
         return;
     }
-    up.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    metrics
-        .cluster_links
-        .set(up.load(std::sync::atomic::Ordering::Relaxed) as f64);
-    let mut buf = Vec::new();
-    while let Some(first) = rx.recv().await {
-        buf.clear();
-        buf.extend_from_slice(&first);
-        while buf.len() < MAX_FRAME {
-            match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
-                Err(_) => break,
+    let (mut read, write) = s.into_split();
+    outbox.install(Box::new(write));
+    let n = up.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    metrics.cluster_links.set(n as f64);
+    let mut scratch = [0u8; 64];
+    loop {
+        tokio::select! {
+            a = std::future::poll_fn(|cx| outbox.poll_attention(cx)) => {
+                let Attention::Close(_) = a;
+                break;
+            }
+            // The other node sends nothing: a read that ends means the link is gone.
+            r = read.read(&mut scratch) => {
+                if !matches!(r, Ok(n) if n > 0) {
+                    break;
+                }
             }
         }
-        if s.write_all(&buf).await.is_err() {
-            break;
-        }
     }
-    up.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    metrics
-        .cluster_links
-        .set(up.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    let n = up
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(1);
+    metrics.cluster_links.set(n as f64);
 }
 
 #[cfg(test)]
