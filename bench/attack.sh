@@ -8,6 +8,7 @@
 #   bench/attack.sh               10,000 attackers, 10 slow targets, 64 KiB at 200/s each, 60 s
 #   bench/attack.sh --quick       1,000 attackers, 10 s (the smoke in scripts/test)
 #   bench/attack.sh --no-build    skip cargo build
+#   bench/attack.sh --probe-after S  start the probe S seconds into the attack (default 0)
 #   bench/attack.sh --no-fair     the broker without its inbound gate (--heavy-bytes-per-sec 0),
 #                                 to compare the probe's p99 with and without it
 #   PROFILE=debug bench/attack.sh …
@@ -26,6 +27,7 @@ PROBE=(paced --pairs 10 --rate 1000 --size 200 --secs 15 --warmup-secs 1 --drain
 BUILD=1
 HEAVY_RATE=32768       # --heavy-bytes-per-sec (the default; 0 with --no-fair)
 HEAVY_BURST=262144     # --heavy-burst-bytes
+PROBE_AFTER=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --quick)
@@ -36,7 +38,9 @@ while [[ $# -gt 0 ]]; do
     --secs) shift; SECS=$1 ;;
     --no-build) BUILD=0 ;;
     --no-fair) HEAVY_RATE=0 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    --heavy-burst) shift; HEAVY_BURST=$1 ;;
+    --probe-after) shift; PROBE_AFTER=$1 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -126,6 +130,7 @@ for _ in $(seq 1200); do
 done
 grep "^attack: " "$OUT/attack.log"
 # Let the attack fill every buffer it can before probing.
+sleep "$PROBE_AFTER"
 r0=$(runq_ns) t0=$(now_ns)
 ( lg --label during "${PROBE[@]}" >"$OUT/probe-during.log" 2>&1 ) &
 PRPID=$!
