@@ -117,6 +117,7 @@ mod tests {
     #[test]
     fn burst_then_heavy_until_drained_and_refilled() {
         let g = gate();
+        #[allow(clippy::disallowed_methods)] // a fixed origin for the test's clock
         let t0 = Instant::now();
         let mut b = g.bucket(t0);
         // The burst is free, and one read may overdraw it.
@@ -139,6 +140,7 @@ mod tests {
     #[test]
     fn debt_is_at_most_one_burst_and_is_repaid_before_light() {
         let g = gate();
+        #[allow(clippy::disallowed_methods)] // a fixed origin for the test's clock
         let t0 = Instant::now();
         let mut b = g.bucket(t0);
         // 1 MB read (gated or not): the debt stops at one burst, 4000 B.
@@ -159,6 +161,7 @@ mod tests {
     #[test]
     fn steady_light_traffic_is_never_gated() {
         let g = gate();
+        #[allow(clippy::disallowed_methods)] // a fixed origin for the test's clock
         let t0 = Instant::now();
         let mut b = g.bucket(t0);
         // 900 B every second against a refill of 1000 B/s.
