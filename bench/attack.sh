@@ -8,6 +8,9 @@
 #   bench/attack.sh               10,000 attackers, 10 slow targets, 64 KiB at 200/s each, 60 s
 #   bench/attack.sh --quick       1,000 attackers, 10 s (the smoke in scripts/test)
 #   bench/attack.sh --no-build    skip cargo build
+#   bench/attack.sh --probe-after S  start the probe S seconds into the attack (default 0)
+#   bench/attack.sh --no-fair     the broker without its inbound gate (--heavy-bytes-per-sec 0),
+#                                 to compare the probe's p99 with and without it
 #   PROFILE=debug bench/attack.sh …
 #
 # The broker runs with its default limits, spelled out below (only --per-ip-connections 0 and
@@ -22,6 +25,9 @@ TARGETS=10
 SECS=60
 PROBE=(paced --pairs 10 --rate 1000 --size 200 --secs 15 --warmup-secs 1 --drain-secs 3)
 BUILD=1
+HEAVY_RATE=32768       # --heavy-bytes-per-sec (the default; 0 with --no-fair)
+HEAVY_BURST=262144     # --heavy-burst-bytes
+PROBE_AFTER=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --quick)
@@ -31,7 +37,10 @@ while [[ $# -gt 0 ]]; do
     --conns) shift; CONNS=$1 ;;
     --secs) shift; SECS=$1 ;;
     --no-build) BUILD=0 ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    --no-fair) HEAVY_RATE=0 ;;
+    --heavy-burst) shift; HEAVY_BURST=$1 ;;
+    --probe-after) shift; PROBE_AFTER=$1 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -67,7 +76,7 @@ OUT="$ROOT/target/bench/attack-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
 read -r load1 _ </proc/loadavg
 echo "attack: $CONNS attackers -> $TARGETS slow targets, ${MAX_FRAME} B messages at $MSG_RATE/s each," \
-    "${SECS}s; load average before $load1; logs in $OUT"
+    "${SECS}s; --heavy-bytes-per-sec $HEAVY_RATE; load average before $load1; logs in $OUT"
 
 PIDS=()
 cleanup() {
@@ -80,7 +89,8 @@ PORT=$("$LG" free-port)
 nice -n "$NICE" "$KIBITZ" signal --listen "127.0.0.1:$PORT" --per-ip-connections 0 \
     --concurrent-limit 100000 --max-frame-bytes "$MAX_FRAME" --send-queue-bytes "$SEND_QUEUE" \
     --msg-rate "$MSG_RATE" --msg-burst "$MSG_BURST" --max-queued-per-dst "$Q_PER_DST" \
-    --max-queued-total "$Q_TOTAL" >"$OUT/broker.log" 2>&1 &
+    --max-queued-total "$Q_TOTAL" --heavy-bytes-per-sec "$HEAVY_RATE" \
+    --heavy-burst-bytes "$HEAVY_BURST" >"$OUT/broker.log" 2>&1 &
 SPID=$!
 PIDS+=("$SPID")
 for _ in $(seq 100); do
@@ -92,13 +102,20 @@ rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$SPID/status"; }
 hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$SPID/status"; }
 lg() { nice -n "$NICE" "$LG" --port "$PORT" --server-pid "$SPID" --open-timeout-secs 60 "$@"; }
 result() { grep '^RESULT ' "$1" | tail -1 | sed 's/^RESULT //'; }
+# Nanoseconds the broker's threads have spent runnable but waiting for a CPU (schedstat field
+# 2): how much of the probe's latency is other processes (the attackers, builds) on the cores.
+runq_ns() { cat /proc/"$SPID"/task/*/schedstat 2>/dev/null | awk '{ s += $2 } END { printf "%.0f", s }'; }
+now_ns() { date +%s%N; }
+RUNQ=()
 
 # What an idle connection costs this broker (the fixed per-connection term of the bound).
 lg idle --conns "$CONNS" --hold-secs 2 >"$OUT/idle.log" 2>&1
 PER_CONN_KB=$(result "$OUT/idle.log" | jq -r '.server_rss_per_conn_kb')
 echo "idle connection: $PER_CONN_KB KiB each (measured over $CONNS)"
 
+r0=$(runq_ns) t0=$(now_ns)
 lg --label before "${PROBE[@]}" >"$OUT/probe-before.log" 2>&1
+RUNQ+=("$(( ($(runq_ns) - r0) / (($(now_ns) - t0) / 1000) ))")
 BEFORE=$(result "$OUT/probe-before.log")
 BASE_KB=$(rss_kb)
 
@@ -113,6 +130,8 @@ for _ in $(seq 1200); do
 done
 grep "^attack: " "$OUT/attack.log"
 # Let the attack fill every buffer it can before probing.
+sleep "$PROBE_AFTER"
+r0=$(runq_ns) t0=$(now_ns)
 ( lg --label during "${PROBE[@]}" >"$OUT/probe-during.log" 2>&1 ) &
 PRPID=$!
 PIDS+=("$PRPID")
@@ -123,6 +142,7 @@ while kill -0 "$APID" 2>/dev/null; do
     sleep 1
 done
 wait "$PRPID" || true
+RUNQ+=("$(( ($(runq_ns) - r0) / (($(now_ns) - t0) / 1000) ))")
 wait "$APID" || echo "warning: attack load generator failed; see $OUT/attack.log" >&2
 HWM_KB=$(hwm_kb)
 # What the broker itself counted: slow readers closed, offline-queue drops, expiries.
@@ -137,6 +157,8 @@ echo "$ATTACK" | jq -r '"sent     \(.sent) messages of \(.msg_bytes) B, \(.sent_
 echo "broker   closed $(metric 'kibitz_signal_rejected_total{reason="slow_reader"}') slow readers (send queue full)," \
     "dropped $(metric 'kibitz_signal_rejected_total{reason="queue_full"}') messages for offline ids (queue full)," \
     "expired $(metric 'kibitz_signal_expired_total') queues, closed $(metric 'kibitz_signal_rejected_total{reason="rate_limited"}') over the message rate"
+echo "gate     $(metric 'kibitz_signal_throttled_reads_total') reads by heavy sockets through the gate;" \
+    "$(metric 'kibitz_signal_bytes_total{direction="in"}') B read in all; load average after $(cut -d' ' -f1 /proc/loadavg)"
 N=$((CONNS + TARGETS + 20))
 awk -v base="$BASE_KB" -v per="$PER_CONN_KB" -v n="$N" -v t="$TARGETS" -v m="$MAX_FRAME" \
     -v q="$SEND_QUEUE" -v qp="$Q_PER_DST" -v qt="$Q_TOTAL" -v peak="$HWM_KB" -v max="$MAX_KB" '
@@ -152,10 +174,10 @@ awk -v base="$BASE_KB" -v per="$PER_CONN_KB" -v n="$N" -v t="$TARGETS" -v m="$MA
             peak / 1024, max / 1024, 100 * peak / bound, peak <= bound ? "ok" : "FAIL (over the bound)"
     }' | tee "$OUT/bound.txt"
 for w in before during; do
-    v=$BEFORE
-    [[ $w == during ]] && v=$DURING
+    v=$BEFORE q=${RUNQ[0]:-}
+    [[ $w == during ]] && v=$DURING q=${RUNQ[1]:-}
     if [[ -n $v ]]; then
-        echo "$v" | jq -r --arg w "$w" '"probe \($w | .[0:6] | . + (" " * (6 - length))) \(.pairs) pairs at \(.target_rate) msg/s: p50 \(.lat_p50_us // "-") us, p99 \(.lat_p99_us // "-") us, max \(.lat_max_us // "-") us, lost \(.lost), errors \(.errors)"'
+        echo "$v" | jq -r --arg w "$w" --arg q "$q" '"probe \($w | .[0:6] | . + (" " * (6 - length))) \(.pairs) pairs at \(.target_rate) msg/s: p50 \(.lat_p50_us // "-") us, p99 \(.lat_p99_us // "-") us, max \(.lat_max_us // "-") us, lost \(.lost), errors \(.errors); loadgen send lag p99 \(.send_lag_p99_us // "-") us; broker threads waited for a CPU \($q) ms/s"'
     else
         echo "probe $w: no result (see $OUT/probe-$w.log)"
     fi

@@ -3,6 +3,8 @@
 //! - a slow consumer (a raw WebSocket client with a small receive buffer that stops reading)
 //!   is closed once its queue passes `--send-queue-bytes`, counted in /metrics, and the
 //!   relay between its peers keeps flowing;
+//! - heavy senders (sockets flooding as fast as TCP takes it) read through the shared gate
+//!   (`--heavy-bytes-per-sec`): counted in /metrics, never closed, while a light pair relays;
 //! - descriptor exhaustion (the broker under `prlimit --nofile`): at the cap new connections
 //!   are refused promptly, the accept loop does not spin, existing peers keep relaying, and
 //!   service resumes once descriptors free.
@@ -338,5 +340,114 @@ async fn descriptor_exhaustion_refuses_cleanly_without_spinning_and_recovers() {
     println!(
         "recovery: a new peer opened {recovery:?} after 10 peers closed; \
          kibitz_accept_refused_total {refused_total}"
+    );
+}
+
+/// One masked (all-zero key) text frame carrying `text`, as a client sends it.
+fn client_text_frame(text: &str) -> Vec<u8> {
+    let len = text.len();
+    let mut f = vec![0x81];
+    match len {
+        0..=125 => f.push(0x80 | len as u8),
+        126..=65535 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(text.as_bytes());
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_senders_are_throttled_while_light_peers_keep_relaying() {
+    // Low thresholds so a few test sockets are plainly heavy; message limits out of the way,
+    // so the flood is held back by the gate (and TCP), not closed.
+    let k = Signal::start(
+        None,
+        &[
+            "--heavy-bytes-per-sec",
+            "65536",
+            "--heavy-burst-bytes",
+            "65536",
+            "--msg-rate",
+            "1000000",
+            "--msg-burst",
+            "1000000",
+        ],
+    )
+    .await;
+    let throttled = "kibitz_signal_throttled_reads_total";
+    let mut a = k.peer("a").await;
+    let mut b = k.peer("b").await;
+    // Light signalling never goes through the gate.
+    for n in 0..20 {
+        relay(&mut a, &mut b, "b", n).await;
+        relay(&mut b, &mut a, "a", n).await;
+    }
+    assert_eq!(k.metric(throttled).await, 0.0, "light peers were gated");
+
+    // Four sockets send 16 KiB offers (to an id nobody holds) as fast as TCP takes them, and
+    // discard what comes back (EXPIREs).
+    let frame = Arc::new(client_text_frame(&format!(
+        r#"{{"type":"OFFER","dst":"nobody","payload":{{"pad":"{}"}}}}"#,
+        "x".repeat(16 * 1024)
+    )));
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let (mut rd, mut wr) = stalled_reader(k.addr, &format!("flood{i}"))
+            .await
+            .into_split();
+        let (frame, sent) = (frame.clone(), sent.clone());
+        flood.spawn(async move {
+            let mut sink = vec![0u8; 64 * 1024];
+            let drain = async {
+                while let Ok(n) = rd.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            };
+            let send = async {
+                while wr.write_all(&frame).await.is_ok() {
+                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            };
+            tokio::select! { () = drain => {}, () = send => {} }
+        });
+    }
+    // The flood's reads go through the gate.
+    let t0 = Instant::now();
+    while k.metric(throttled).await < 100.0 {
+        assert!(t0.elapsed() < WAIT, "flood not throttled");
+        assert!(flood.try_join_next().is_none(), "a flood socket ended");
+        tokio::task::yield_now().await;
+    }
+    // Meanwhile the light pair relays, each message within relay()'s deadline, while the
+    // flood goes on (the gate keeps counting).
+    let before = k.metric(throttled).await;
+    let mut worst = Duration::ZERO;
+    for n in 100..140 {
+        worst = worst.max(relay(&mut a, &mut b, "b", n).await);
+        worst = worst.max(relay(&mut b, &mut a, "a", n).await);
+    }
+    let after = k.metric(throttled).await;
+    assert!(after > before, "the flood stopped while the pair relayed");
+    assert!(flood.try_join_next().is_none(), "a flood socket ended");
+    // Throttled, not closed: nobody was over a limit.
+    for reason in ["rate_limited", "slow_reader", "oversized", "protocol"] {
+        let series = format!(r#"kibitz_signal_rejected_total{{reason="{reason}"}}"#);
+        assert_eq!(k.metric(&series).await, 0.0, "{reason}");
+    }
+    flood.abort_all();
+    println!(
+        "heavy senders: {} x 16 KiB offers sent by 4 flood sockets, {after} throttled reads; \
+         light pair's worst relay meanwhile {worst:?} over 40 rounds each way",
+        sent.load(std::sync::atomic::Ordering::Relaxed)
     );
 }

@@ -204,6 +204,12 @@ pub fn check_url(url: &RedisUrl) -> Result<(), String> {
     Ok(())
 }
 
+/// `--heavy-bytes-per-sec`: far above signalling (a few KiB per connection and minute), while
+/// 10,000 sockets at this rate are still less than one core can read.
+const DEFAULT_HEAVY_RATE: u64 = 32 * 1024;
+/// `--heavy-burst-bytes`: a room's worth of SDP offers at once.
+const DEFAULT_HEAVY_BURST: u64 = 256 * 1024;
+
 /// Abuse limits. Zero means unlimited where noted.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -227,6 +233,11 @@ pub struct Limits {
     pub max_queued_total: usize,
     /// Bytes waiting to be written to one peer before it is closed as too slow.
     pub send_queue_bytes: usize,
+    /// Bytes per second a socket reads on the fast path; beyond that and its burst it is
+    /// heavy and takes turns with other heavy sockets (see `fair`). 0 = off.
+    pub heavy_bytes_per_sec: u64,
+    /// Bytes a socket may read at once before it is heavy.
+    pub heavy_burst_bytes: u64,
 }
 
 impl Default for Config {
@@ -260,6 +271,8 @@ impl Default for Limits {
             max_queued_per_dst: 200,
             max_queued_total: 100_000,
             send_queue_bytes: 1 << 20,
+            heavy_bytes_per_sec: DEFAULT_HEAVY_RATE,
+            heavy_burst_bytes: DEFAULT_HEAVY_BURST,
         }
     }
 }
@@ -359,6 +372,14 @@ pub struct SignalArgs {
     /// Bytes waiting to be written to one peer before it is closed as too slow.
     #[arg(long, env = "KIBITZ_SEND_QUEUE_BYTES", default_value_t = 1 << 20)]
     pub send_queue_bytes: usize,
+    /// Bytes per second a socket reads at once; a socket past this and its burst is heavy:
+    /// until it has caught up, it takes turns with other heavy sockets at a gate of one
+    /// permit per worker thread, so floods cannot delay light peers. 0 = off.
+    #[arg(long, env = "KIBITZ_HEAVY_BYTES_PER_SEC", default_value_t = DEFAULT_HEAVY_RATE)]
+    pub heavy_bytes_per_sec: u64,
+    /// Bytes a socket may send at once before it is heavy (see --heavy-bytes-per-sec).
+    #[arg(long, env = "KIBITZ_HEAVY_BURST_BYTES", default_value_t = DEFAULT_HEAVY_BURST)]
+    pub heavy_burst_bytes: u64,
     /// When the socket holding a Kibitz room id (kbz-v1-…) closes and the id is not taken again
     /// within the grace, send LEAVE from the room id to every peer that signalled with it.
     #[arg(long, env = "KIBITZ_ROOM_LEAVE_NOTICES")]
@@ -468,6 +489,8 @@ impl SignalArgs {
                 max_queued_total: self.max_queued_total,
                 send_queue_bytes: positive(self.send_queue_bytes as u64, "send-queue-bytes")?
                     as usize,
+                heavy_bytes_per_sec: self.heavy_bytes_per_sec,
+                heavy_burst_bytes: positive(self.heavy_burst_bytes, "heavy-burst-bytes")?,
             },
             room_notices: self.room_leave_notices.then_some(crate::core::RoomNotices {
                 grace: Duration::from_millis(self.room_leave_grace_ms),

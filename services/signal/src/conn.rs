@@ -5,6 +5,7 @@
 //! codec and loop as the broker, with only the application step swapped.
 
 use crate::core::ConnId;
+use crate::fair::{Bucket, Gate};
 use crate::metrics::Metrics;
 use crate::outbox::{Attention, Closing, Outbox};
 use crate::ws::{self, Decoder, Event};
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::PollSemaphore;
 
 /// Bytes read per wake-up. Lives on the stack during one poll only, so idle sockets hold none.
 const READ_CHUNK: usize = 16 * 1024;
@@ -33,6 +35,10 @@ pub(crate) trait App: Send + Sync + 'static {
     fn metrics(&self) -> &Metrics;
     /// Largest message accepted (`--max-frame-bytes`).
     fn max_message(&self) -> usize;
+    /// The gate heavy sockets take turns at (`fair`); `None`: every read is made at once.
+    fn gate(&self) -> Option<&Gate> {
+        None
+    }
     /// Runs `f` with a handler for one read batch's messages (the hub takes its lock once).
     fn messages<R>(
         &self,
@@ -53,7 +59,68 @@ enum ReadOutcome {
     Violation(ws::Violation),
 }
 
-/// Reads whatever is available and hands every complete message to the app.
+/// A socket's standing at the gate (see `fair`).
+struct Turn<'g> {
+    gate: &'g Gate,
+    bucket: Bucket,
+    /// Its place in the gate's queue, made the first time it is heavy (light sockets never
+    /// pay for one).
+    queue: Option<PollSemaphore>,
+    /// Queued at the gate: keep waiting even if the bucket refilled meanwhile, so a permit
+    /// granted to this socket is never left unused.
+    waiting: bool,
+}
+
+/// Reads one batch: at once while the socket is light, with a permit of the gate while it is
+/// heavy (the permit is held for this one read and its processing only).
+fn poll_read_fair<R: AsyncRead + Unpin, A: App>(
+    cx: &mut std::task::Context<'_>,
+    turn: Option<&mut Turn<'_>>,
+    io: &mut R,
+    decoder: &mut Decoder,
+    app: &A,
+    conn: ConnId,
+    outbox: &Outbox,
+) -> Poll<ReadOutcome> {
+    let Some(t) = turn else {
+        return poll_read_batch(cx, io, decoder, app, conn, outbox).map(|(o, _)| o);
+    };
+    let now = crate::hub::now();
+    if !t.waiting && !t.bucket.heavy(t.gate, now) {
+        return poll_read_batch(cx, io, decoder, app, conn, outbox).map(|(o, n)| {
+            t.bucket.spent(t.gate, n);
+            o
+        });
+    }
+    let queue = t
+        .queue
+        .get_or_insert_with(|| PollSemaphore::new(t.gate.permits.clone()));
+    // `None` (the gate closed) cannot happen: the hub never closes it; read anyway.
+    let permit = match queue.poll_acquire(cx) {
+        Poll::Pending => {
+            t.waiting = true;
+            return Poll::Pending;
+        }
+        Poll::Ready(p) => p,
+    };
+    t.waiting = false;
+    let r = poll_read_batch(cx, io, decoder, app, conn, outbox);
+    drop(permit);
+    match r {
+        Poll::Ready((o, n)) => {
+            t.gate.throttled.increment(1);
+            t.bucket.spent(t.gate, n);
+            Poll::Ready(o)
+        }
+        Poll::Pending => {
+            t.bucket.drained(t.gate, now);
+            Poll::Pending
+        }
+    }
+}
+
+/// Reads whatever is available and hands every complete message to the app; also returns
+/// the bytes read.
 fn poll_read_batch<R: AsyncRead + Unpin, A: App>(
     cx: &mut std::task::Context<'_>,
     io: &mut R,
@@ -61,15 +128,16 @@ fn poll_read_batch<R: AsyncRead + Unpin, A: App>(
     app: &A,
     conn: ConnId,
     outbox: &Outbox,
-) -> Poll<ReadOutcome> {
+) -> Poll<(ReadOutcome, usize)> {
     let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
     let mut rb = ReadBuf::uninit(&mut stack);
     match Pin::new(io).poll_read(cx, &mut rb) {
         Poll::Pending => Poll::Pending,
-        Poll::Ready(Err(_)) => Poll::Ready(ReadOutcome::Ended(None)),
-        Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(ReadOutcome::Ended(None)),
+        Poll::Ready(Err(_)) => Poll::Ready((ReadOutcome::Ended(None), 0)),
+        Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready((ReadOutcome::Ended(None), 0)),
         Poll::Ready(Ok(())) => {
-            app.metrics().bytes_in.increment(rb.filled().len() as u64);
+            let n = rb.filled().len();
+            app.metrics().bytes_in.increment(n as u64);
             let mut ended = None;
             let mut ponged = false;
             let res = app.messages(conn, outbox, |handle| {
@@ -88,11 +156,12 @@ fn poll_read_batch<R: AsyncRead + Unpin, A: App>(
             if ponged {
                 outbox.flush();
             }
-            Poll::Ready(match (res, ended) {
+            let outcome = match (res, ended) {
                 (Err(v), _) => ReadOutcome::Violation(v),
                 (Ok(()), Some(code)) => ReadOutcome::Ended(code),
                 (Ok(()), None) => ReadOutcome::More,
-            })
+            };
+            Poll::Ready((outcome, n))
         }
     }
 }
@@ -108,10 +177,16 @@ where
     // takes over stalled writes, and closes.
     outbox.install(Box::new(wr));
     let mut decoder = Decoder::new(app.max_message());
+    let mut turn = app.gate().map(|gate| Turn {
+        gate,
+        bucket: gate.bucket(crate::hub::now()),
+        queue: None,
+        waiting: false,
+    });
     let ending = loop {
         tokio::select! {
             biased;
-            r = poll_fn(|cx| poll_read_batch(cx, &mut rd, &mut decoder, &*app, conn, &outbox)) => {
+            r = poll_fn(|cx| poll_read_fair(cx, turn.as_mut(), &mut rd, &mut decoder, &*app, conn, &outbox)) => {
                 match r {
                     ReadOutcome::More => {}
                     // Answer the client's close, echoing its code.

@@ -47,6 +47,8 @@ pub(crate) struct Hub {
     pub(crate) connect_rate: crate::connect_rate::ConnectRate,
     /// Cluster mode: the shared registry's driver handle.
     pub(crate) cluster: Option<Arc<Cluster>>,
+    /// Where heavy sockets take turns (`--heavy-bytes-per-sec`; `None` when 0).
+    gate: Option<crate::fair::Gate>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -162,7 +164,20 @@ impl Hub {
         // A fresh core has nothing to send; this only reads its first timeout.
         inner.drain(&metrics, cluster.as_deref());
         inner.armed = inner.due;
+        // One permit per runtime worker: every worker may be busy with a heavy socket, and a
+        // light socket's task still waits behind at most that many heavy steps.
+        let workers = tokio::runtime::Handle::try_current().map_or_else(
+            |_| std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |h| h.metrics().num_workers(),
+        );
+        let gate = crate::fair::Gate::new(
+            config.limits.heavy_bytes_per_sec,
+            config.limits.heavy_burst_bytes,
+            workers,
+            metrics.throttled_reads.clone(),
+        );
         Self {
+            gate,
             inner: Mutex::new(inner),
             timer: Notify::new(),
             next_conn: AtomicU64::new(1),
@@ -378,6 +393,10 @@ impl crate::conn::App for Hub {
 
     fn max_message(&self) -> usize {
         self.config.limits.max_frame_bytes
+    }
+
+    fn gate(&self) -> Option<&crate::fair::Gate> {
+        self.gate.as_ref()
     }
 
     fn messages<R>(

@@ -15,7 +15,8 @@
 //! outbox of every socket, and the one timer; it routes each output to a socket's outbox or,
 //! in cluster mode, to the registry driver in `cluster`, and it is what connection tasks,
 //! HTTP handlers and `cluster` call with their inputs. `outbox` is a socket's bounded send
-//! side; `conn` runs a socket; `ws` is the WebSocket codec; `http` is the HTTP surface.
+//! side; `conn` runs a socket, taking turns at `fair`'s gate while it floods; `ws` is the
+//! WebSocket codec; `http` is the HTTP surface.
 //! Payloads are relayed as opaque bytes and never logged.
 
 mod cluster;
@@ -24,6 +25,7 @@ mod conn;
 mod connect_rate;
 pub mod core;
 mod echo;
+mod fair;
 mod http;
 mod hub;
 pub mod metrics;

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub bytes_in: Counter,
     /// Bytes of WebSocket frames sent.
     pub bytes_out: Counter,
+    /// Reads a heavy socket made through the shared gate (`--heavy-bytes-per-sec`).
+    pub throttled_reads: Counter,
     /// Cluster mode: messages handed to the registry for another node or its offline queue.
     pub cluster_out: Counter,
     /// Cluster mode: messages received from other nodes (or their queues) through this
@@ -131,6 +133,7 @@ impl Metrics {
             leave_notices: counter!("kibitz_signal_room_leave_notices_total"),
             bytes_in: counter!("kibitz_signal_bytes_total", "direction" => "in"),
             bytes_out: counter!("kibitz_signal_bytes_total", "direction" => "out"),
+            throttled_reads: counter!("kibitz_signal_throttled_reads_total"),
             cluster_out: counter!("kibitz_signal_cluster_messages_total", "direction" => "out"),
             cluster_in: counter!("kibitz_signal_cluster_messages_total", "direction" => "in"),
             lease_renewals: counter!("kibitz_signal_cluster_lease_renewals_total"),
