@@ -143,7 +143,10 @@ mod tests {
         // Not for the id, not queueable, or past the bound: on their way.
         assert!(c.hold(now, msg("y", "m2", MessageType::Offer)).is_some());
         assert!(c.hold(now, msg("x", "bye", MessageType::Leave)).is_some());
-        assert!(c.hold(now, msg("x", "m3", MessageType::Candidate)).is_none());
+        assert!(
+            c.hold(now, msg("x", "m3", MessageType::Candidate))
+                .is_none()
+        );
         assert!(c.hold(now, msg("x", "m4", MessageType::Answer)).is_some());
         let mut claim = Claim::New {
             reg: 1,
@@ -174,7 +177,10 @@ mod tests {
         let back = c.answered(ConnId(2), &mut Claim::Limit);
         assert_eq!(texts(&back), ["m1", "m2"]);
         // They keep the deadline they got when they started waiting.
-        assert!(back.iter().all(|c| matches!(c, Cmd::Forward(f, _) if f.deadline.is_some())));
+        assert!(
+            back.iter()
+                .all(|c| matches!(c, Cmd::Forward(f, _) if f.deadline.is_some()))
+        );
         // An answer for a socket that never claimed changes nothing.
         assert!(c.answered(ConnId(9), &mut Claim::Taken).is_empty());
     }

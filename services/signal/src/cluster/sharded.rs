@@ -283,7 +283,8 @@ impl Sharded {
             Output::Redis(lane, cmd) => self.out.push_back(SOutput::Redis(s, lane, cmd)),
             Output::Core(ToCore::Claim(conn, mut claim)) => {
                 let back = self.claiming.answered(conn, &mut claim);
-                self.out.push_back(SOutput::Core(ToCore::Claim(conn, claim)));
+                self.out
+                    .push_back(SOutput::Core(ToCore::Claim(conn, claim)));
                 for cmd in back {
                     self.local(cmd);
                     self.dirty = true;
