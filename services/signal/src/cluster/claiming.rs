@@ -132,13 +132,20 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_grant_carries_what_waited_after_what_redis_queued() {
+    /// A clock origin, and `max_per_id` bounds with claims for "x" by sockets `conns`.
+    fn claiming(max_per_id: usize, conns: &[u64]) -> (Instant, Claiming) {
         #[allow(clippy::disallowed_methods)] // a fixed origin for the test's clock
         let now = Instant::now();
-        let mut c = Claiming::new(2);
-        let id: Arc<str> = Arc::from("x");
-        c.claim(ConnId(1), &id);
+        let mut c = Claiming::new(max_per_id);
+        for conn in conns {
+            c.claim(ConnId(*conn), &Arc::from("x"));
+        }
+        (now, c)
+    }
+
+    #[test]
+    fn a_grant_carries_what_waited_after_what_redis_queued() {
+        let (now, mut c) = claiming(2, &[1]);
         assert!(c.hold(now, msg("x", "m1", MessageType::Offer)).is_none());
         // Not for the id, not queueable, or past the bound: on their way.
         assert!(c.hold(now, msg("y", "m2", MessageType::Offer)).is_some());
@@ -164,12 +171,7 @@ mod tests {
 
     #[test]
     fn a_refusal_sends_on_what_waited_once_no_claim_is_left() {
-        #[allow(clippy::disallowed_methods)] // a fixed origin for the test's clock
-        let now = Instant::now();
-        let mut c = Claiming::new(10);
-        let id: Arc<str> = Arc::from("x");
-        c.claim(ConnId(1), &id);
-        c.claim(ConnId(2), &id);
+        let (now, mut c) = claiming(10, &[1, 2]);
         assert!(c.hold(now, msg("x", "m1", MessageType::Offer)).is_none());
         assert!(c.hold(now, msg("x", "m2", MessageType::Offer)).is_none());
         let mut taken = Claim::Taken;
