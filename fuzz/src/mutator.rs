@@ -5,9 +5,21 @@
 //!
 //! Inputs are valid encodings (spec vectors, captured frames, random values) mutated by bit
 //! flips, byte and length-field overwrites, inserts, deletes and splices, plus plain random
-//! bytes. [`check`] panics on a broken invariant; the runner counts panics as crashes.
+//! bytes. [`check`] panics on a broken invariant; the shared runner (`stable.rs`) counts
+//! panics as crashes.
 
 use std::time::{Duration, Instant};
+
+// Each harness uses part of the shared runner.
+#[allow(dead_code)]
+#[path = "stable.rs"]
+pub mod stable;
+
+use stable::{
+    Harness, Keep, delete_run, flip_bit, insert_byte, random_bytes, run_loop, set_byte,
+    splice_tail, write_at,
+};
+pub use stable::{Outcome, Rng, Stats};
 
 use kibitz_proto::binarypack::chunk::{CLOSE, Chunker, Reassembler};
 use kibitz_proto::binarypack::{Limits, Value, decode, encode};
@@ -18,26 +30,6 @@ pub const LIMITS: Limits = Limits {
     max_depth: 64,
     max_values: 1 << 16,
 };
-
-/// xorshift64*.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
 
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len() / 2)
@@ -100,48 +92,27 @@ pub fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
     for _ in 0..=rng.below(4) {
         let len = b.len();
         match rng.below(9) {
-            0 if len > 0 => {
-                let i = rng.below(len);
-                b[i] ^= 1 << rng.below(8);
-            }
-            1 if len > 0 => {
-                let i = rng.below(len);
-                b[i] = rng.next() as u8;
-            }
+            0 if len > 0 => flip_bit(rng, &mut b),
+            1 if len > 0 => set_byte(rng, &mut b, |r| r.next() as u8),
             2 if len > 0 => {
                 // A tag byte, often a length-carrying one.
-                let i = rng.below(len);
-                b[i] = [
-                    0xdb, 0xdd, 0xdf, 0xd9, 0xda, 0xdc, 0xde, 0xd8, 0x9f, 0x8f, 0xcb, 0xca, 0xc1,
-                ][rng.below(13)];
+                set_byte(rng, &mut b, |r| {
+                    [
+                        0xdb, 0xdd, 0xdf, 0xd9, 0xda, 0xdc, 0xde, 0xd8, 0x9f, 0x8f, 0xcb, 0xca,
+                        0xc1,
+                    ][r.below(13)]
+                });
             }
             3 if len > 0 => {
                 // A big length right after a random position.
                 let i = rng.below(len);
                 let big = [0xff, 0xff, 0xff, 0xff, 0x7f, 0x00, 0x01, 0x80];
                 let n = rng.below(5);
-                for (j, x) in big.iter().skip(rng.below(4)).take(n).enumerate() {
-                    if let Some(slot) = b.get_mut(i + j) {
-                        *slot = *x;
-                    }
-                }
+                write_at(&mut b, i, big.into_iter().skip(rng.below(4)).take(n));
             }
-            4 => {
-                let i = rng.below(len + 1);
-                b.insert(i, rng.next() as u8);
-            }
-            5 if len > 0 => {
-                let i = rng.below(len);
-                let n = rng.below(len - i + 1);
-                b.drain(i..i + n);
-            }
-            6 if !corpus.is_empty() => {
-                let other = &corpus[rng.below(corpus.len())];
-                let i = rng.below(len + 1);
-                let j = rng.below(other.len() + 1);
-                b.truncate(i);
-                b.extend_from_slice(&other[j..]);
-            }
+            4 => insert_byte(rng, &mut b),
+            5 if len > 0 => delete_run(rng, &mut b, usize::MAX),
+            6 if !corpus.is_empty() => splice_tail(rng, &mut b, corpus),
             7 => {
                 // Deep nesting prefix.
                 let n = rng.below(200);
@@ -150,7 +121,7 @@ pub fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
                 p.extend_from_slice(&b);
                 b = p;
             }
-            _ => b = (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+            _ => b = random_bytes(rng, 64),
         }
     }
     b
@@ -174,15 +145,6 @@ fn same_shape(a: &Value, b: &Value) -> bool {
         _ if num(a) => num(b),
         _ => a == b,
     }
-}
-
-/// What [`check`] saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Decoded.
-    Ok,
-    /// Refused with an error.
-    Rejected,
 }
 
 /// Decodes `input`; if that works, re-encodes and decodes again. Panics on a broken invariant.
@@ -211,50 +173,46 @@ pub fn check(input: &[u8], reassembler: &mut Reassembler, now: Instant) -> Outco
     }
 }
 
-/// Totals of one run.
-#[derive(Debug, Clone, Default)]
-pub struct Stats {
-    pub execs: u64,
-    pub decoded: u64,
-    pub rejected: u64,
-    pub crashes: Vec<Vec<u8>>,
-    pub slowest: Duration,
-    pub largest_input: usize,
+fn reassembler() -> Reassembler {
+    Reassembler::new(LIMITS, 1 << 20, Duration::from_secs(30))
 }
 
-/// Runs `iterations` inputs from `seed`; panics inside are caught and recorded as crashes.
-#[allow(clippy::disallowed_methods)] // wall-clock time per input is what is measured
+/// [`mutate`] and [`check`], with one reassembler across inputs (a fresh one after a crash),
+/// each input a millisecond after the last.
+struct Binarypack {
+    reassembler: Reassembler,
+    epoch: Instant,
+    n: u64,
+}
+
+impl Harness for Binarypack {
+    // Keep some valid novel inputs to mutate further.
+    const KEEP: Keep = Keep::new(4096, 8);
+    fn mutate(&mut self, rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
+        mutate(rng, input, corpus)
+    }
+    fn check(&mut self, input: &[u8]) -> Outcome {
+        let now = self.epoch + Duration::from_millis(self.n);
+        self.n += 1;
+        check(input, &mut self.reassembler, now)
+    }
+    fn crashed(&mut self) {
+        self.reassembler = reassembler();
+    }
+}
+
+/// Runs `iterations` inputs from `seed` (`ok` counts the decoded ones); panics inside are
+/// caught and recorded as crashes.
+#[allow(clippy::disallowed_methods)] // a clock origin for the reassembler's timeouts
 pub fn run(seed: u64, iterations: u64) -> Stats {
     let mut rng = Rng(seed | 1);
     let mut corpus = seeds(&mut rng);
     let mut stats = Stats::default();
-    let epoch = Instant::now();
-    let mut reassembler = Reassembler::new(LIMITS, 1 << 20, Duration::from_secs(30));
-    for i in 0..iterations {
-        let base = &corpus[rng.below(corpus.len())];
-        let input = mutate(&mut rng, base, &corpus);
-        let now = epoch + Duration::from_millis(i);
-        let started = Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            check(&input, &mut reassembler, now)
-        }));
-        stats.slowest = stats.slowest.max(started.elapsed());
-        stats.execs += 1;
-        stats.largest_input = stats.largest_input.max(input.len());
-        match result {
-            Ok(Outcome::Ok) => {
-                stats.decoded += 1;
-                // Keep some valid novel inputs to mutate further.
-                if corpus.len() < 4096 && rng.below(8) == 0 {
-                    corpus.push(input);
-                }
-            }
-            Ok(Outcome::Rejected) => stats.rejected += 1,
-            Err(_) => {
-                stats.crashes.push(input);
-                reassembler = Reassembler::new(LIMITS, 1 << 20, Duration::from_secs(30));
-            }
-        }
-    }
+    let mut harness = Binarypack {
+        reassembler: reassembler(),
+        epoch: Instant::now(),
+        n: 0,
+    };
+    run_loop(&mut harness, &mut rng, &mut corpus, iterations, &mut stats);
     stats
 }

@@ -18,25 +18,13 @@ use kibitz_signal::fuzzing::{
     open_params, origin_allowed, read_handshake,
 };
 
-/// xorshift64*.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
+// Each harness uses part of the shared runner.
+#[allow(dead_code)]
+#[path = "stable.rs"]
+pub mod stable;
 
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
+use stable::{Harness, Keep, delete_run, flip_bit, random_bytes, run_loop, set_byte, splice_tail};
+pub use stable::{Outcome, Rng, Stats};
 
 /// A decoded event, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,17 +87,10 @@ fn decode_in(wire: &[u8], max: usize, reads: &[usize]) -> (Vec<Ev>, Option<u16>)
     (events, None)
 }
 
-/// What [`check_decode`] saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every byte decoded (maybe with an incomplete tail).
-    Ok,
-    /// A violation closed the connection.
-    Rejected,
-}
-
 /// Arbitrary bytes as client frames: the first byte picks the message limit, the next two
-/// the read sizes; the rest is the wire. One read and split reads must agree.
+/// the read sizes; the rest is the wire. One read and split reads must agree. `Ok` when every
+/// byte decoded (maybe with an incomplete tail), `Rejected` when a violation closed the
+/// connection.
 pub fn check_decode(data: &[u8]) -> Outcome {
     let (ctl, wire) = data.split_at(data.len().min(3));
     let [a, b, c] = [0, 1, 2].map(|i| ctl.get(i).copied().unwrap_or(0) as usize);
@@ -385,40 +366,25 @@ pub fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
     for _ in 0..=rng.below(4) {
         let len = b.len();
         match rng.below(8) {
-            0 if len > 0 => {
-                let i = rng.below(len);
-                b[i] ^= 1 << rng.below(8);
-            }
+            0 if len > 0 => flip_bit(rng, &mut b),
             1 if len > 0 => {
-                let i = rng.below(len);
                 // Frame-header and HTTP-ish bytes are the interesting ones.
-                b[i] = [
-                    0x80, 0x81, 0x82, 0x88, 0x89, 0x8a, 0x00, 0x7e, 0x7f, 0xfe, 0xff, b'\r', b'\n',
-                    b':', b',', b'%', b'&', b'=',
-                ][rng.below(18)];
+                set_byte(rng, &mut b, |r| {
+                    [
+                        0x80, 0x81, 0x82, 0x88, 0x89, 0x8a, 0x00, 0x7e, 0x7f, 0xfe, 0xff, b'\r',
+                        b'\n', b':', b',', b'%', b'&', b'=',
+                    ][r.below(18)]
+                });
             }
-            2 if len > 0 => {
-                let i = rng.below(len);
-                b[i] = rng.next() as u8;
-            }
+            2 if len > 0 => set_byte(rng, &mut b, |r| r.next() as u8),
             3 => {
                 let i = rng.below(len + 1);
                 let n = 1 + rng.below(8);
                 let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
                 b.splice(i..i, bytes);
             }
-            4 if len > 0 => {
-                let i = rng.below(len);
-                let n = rng.below(len - i + 1);
-                b.drain(i..i + n);
-            }
-            5 if !corpus.is_empty() => {
-                let other = &corpus[rng.below(corpus.len())];
-                let i = rng.below(len + 1);
-                let j = rng.below(other.len() + 1);
-                b.truncate(i);
-                b.extend_from_slice(&other[j..]);
-            }
+            4 if len > 0 => delete_run(rng, &mut b, usize::MAX),
+            5 if !corpus.is_empty() => splice_tail(rng, &mut b, corpus),
             6 if len > 0 => {
                 // Duplicate a run (repeated frames, repeated headers).
                 let i = rng.below(len);
@@ -426,56 +392,42 @@ pub fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
                 let run = b[i..i + n].to_vec();
                 b.splice(i..i, run);
             }
-            _ => b = (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+            _ => b = random_bytes(rng, 64),
         }
     }
     b
 }
 
-/// Totals of one run.
-#[derive(Debug, Clone, Default)]
-pub struct Stats {
-    pub execs: u64,
-    pub ok: u64,
-    pub rejected: u64,
-    pub crashes: Vec<Vec<u8>>,
-    pub slowest: std::time::Duration,
-    pub largest_input: usize,
+/// The decoder checks ([`check`]) or [`check_handshake`] on [`mutate`]d inputs, cut at
+/// 20,000 bytes (libFuzzer's default -max_len is 4096; a little more here, for 16-bit
+/// lengths).
+struct Ws {
+    handshake: bool,
+}
+
+impl Harness for Ws {
+    const KEEP: Keep = Keep::new(2048, 8);
+    fn mutate(&mut self, rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
+        let mut input = mutate(rng, input, corpus);
+        input.truncate(20_000);
+        input
+    }
+    fn check(&mut self, input: &[u8]) -> Outcome {
+        if self.handshake {
+            check_handshake(input)
+        } else {
+            check(input)
+        }
+    }
 }
 
 /// Runs `iterations` mutated inputs from `seed` through [`check`] (or [`check_handshake`]);
 /// panics are caught and recorded as crashes.
-#[allow(clippy::disallowed_methods)] // wall-clock time per input is what is measured
 pub fn run(handshake: bool, seed: u64, iterations: u64) -> Stats {
     let mut rng = Rng(seed | 1);
     let mut corpus = seeds(handshake);
     let mut stats = Stats::default();
-    for _ in 0..iterations {
-        let base = &corpus[rng.below(corpus.len())];
-        let mut input = mutate(&mut rng, base, &corpus);
-        // libFuzzer's default -max_len is 4096; a little more here, for 16-bit lengths.
-        input.truncate(20_000);
-        let started = std::time::Instant::now();
-        let result = std::panic::catch_unwind(|| {
-            if handshake {
-                check_handshake(&input)
-            } else {
-                check(&input)
-            }
-        });
-        stats.slowest = stats.slowest.max(started.elapsed());
-        stats.execs += 1;
-        stats.largest_input = stats.largest_input.max(input.len());
-        match result {
-            Ok(Outcome::Ok) => {
-                stats.ok += 1;
-                if corpus.len() < 2048 && rng.below(8) == 0 {
-                    corpus.push(input);
-                }
-            }
-            Ok(Outcome::Rejected) => stats.rejected += 1,
-            Err(_) => stats.crashes.push(input),
-        }
-    }
+    let mut harness = Ws { handshake };
+    run_loop(&mut harness, &mut rng, &mut corpus, iterations, &mut stats);
     stats
 }

@@ -550,6 +550,44 @@ async fn a_node_link_refuses_strangers_and_garbage() {
     let got = b.next_within(Duration::from_secs(5)).await;
     single.thaw();
     assert_eq!(got, Seen::Text(relayed("alice", "bob", 20)));
+/// A sender streams messages to an id that opens on the sender's node meanwhile: every one
+/// arrives once and in order. Those relayed while the id's claim is in flight would go
+/// through the node's own inbox and be overtaken by those relayed straight to the socket once
+/// the claim is answered (the cluster simulation's seeds 1663 and 2131); they wait for the
+/// answer and follow OPEN and what Redis had queued instead.
+async fn messages_to_an_id_opening_on_the_senders_node_keep_their_order(kind: RegistryKind) {
+    const N: u64 = 3000;
+    let redis = Registry::start(kind);
+    let mut config = Config::default();
+    config.limits.msg_rate = 1_000_000;
+    config.limits.msg_burst = 1_000_000;
+    // Everything sent before carol is open is queued for her, none refused.
+    config.limits.max_queued_per_dst = 100_000;
+    let ns = nodes(&redis, 2, &config);
+    let mut a = open(&ns[0], "alice", "ta").await;
+    let (started, go) = tokio::sync::oneshot::channel();
+    let sender = tokio::spawn(async move {
+        let mut started = Some(started);
+        for n in 0..N {
+            a.send(&offer("carol", n)).await;
+            if n == 100
+                && let Some(s) = started.take()
+            {
+                let _ = s.send(());
+            }
+        }
+        a
+    });
+    go.await.unwrap();
+    let mut c = ns[0].broker().connect("carol", "tc").await;
+    c.expect(r#"{"type":"OPEN"}"#).await;
+    for n in 0..N {
+        match c.next_within(Duration::from_secs(10)).await {
+            Seen::Text(t) => assert_eq!(t, relayed("alice", "carol", n), "message {n}"),
+            other => panic!("message {n}: {other:?}"),
+        }
+    }
+    sender.await.unwrap();
 }
 
 /// Each scenario on one Redis and on a Redis Cluster.
@@ -583,7 +621,8 @@ on_both!(
     a_clean_shutdown_frees_ids_at_once,
     while_redis_is_down_new_ids_are_refused_clearly,
     queues_that_expire_during_an_outage_still_expire,
-    ten_thousand_messages_across_nodes_arrive_in_order
+    ten_thousand_messages_across_nodes_arrive_in_order,
+    messages_to_an_id_opening_on_the_senders_node_keep_their_order
 );
 
 /// A master of a Redis Cluster (3 masters, 3 replicas) holding a live id's shard is killed

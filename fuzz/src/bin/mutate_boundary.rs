@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 #[path = "../harness/mod.rs"]
 mod harness;
+#[allow(dead_code)] // the runner for every harness; this one uses part of it
 #[path = "../stable.rs"]
 mod stable;
 
@@ -18,14 +19,7 @@ use harness::{TARGETS, Target};
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_else(|| "all".into());
-    let iterations = args
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000u64);
-    let seed = args
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(0x5eed_u64);
+    let (iterations, seed) = stable::iterations_and_seed(args, 0x5eed);
     let chosen: Vec<&Target> = TARGETS
         .iter()
         .filter(|t| which == "all" || t.0 == which)
@@ -49,17 +43,8 @@ fn main() -> ExitCode {
             stats.largest_input,
             started.elapsed()
         );
-        if stats.crashes.is_empty() {
-            continue;
-        }
-        failed = true;
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("artifacts")
-            .join(name);
-        let _ = std::fs::create_dir_all(&dir);
-        for (i, c) in stats.crashes.iter().enumerate().take(20) {
-            let _ = std::fs::write(dir.join(format!("stable-crash-{i}")), c);
-        }
+        failed |= !stats.crashes.is_empty();
+        let _ = stable::save_crashes(name, "stable-crash-", "", &stats.crashes);
     }
     if failed {
         ExitCode::FAILURE

@@ -7,13 +7,14 @@
 
 use std::process::ExitCode;
 
+#[allow(dead_code)]
+#[path = "../stable.rs"]
+mod stable;
 #[path = "../token_mutator.rs"]
 mod token_mutator;
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let iterations = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000u64);
-    let seed = args.next().and_then(|a| a.parse().ok()).unwrap_or(0x70c3_u64);
+    let (iterations, seed) = stable::iterations_and_seed(std::env::args().skip(1), 0x70c3);
     std::panic::set_hook(Box::new(|_| {}));
     let started = std::time::Instant::now();
     let stats = token_mutator::run(seed, iterations);
@@ -23,13 +24,5 @@ fn main() -> ExitCode {
         stats.crashes.len(),
         started.elapsed()
     );
-    if stats.crashes.is_empty() {
-        return ExitCode::SUCCESS;
-    }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/tokens");
-    let _ = std::fs::create_dir_all(&dir);
-    for (i, c) in stats.crashes.iter().enumerate().take(20) {
-        let _ = std::fs::write(dir.join(format!("crash-{i}.txt")), c);
-    }
-    ExitCode::FAILURE
+    stable::save_crashes("tokens", "crash-", ".txt", &stats.crashes)
 }

@@ -21,32 +21,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let iterations = args
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000u64);
-    let seed = args
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(0x5eed_u64);
+    let (iterations, seed) = ws_mutator::stable::iterations_and_seed(args, 0x5eed);
     std::panic::set_hook(Box::new(|_| {}));
     let stats = ws_mutator::run(handshake, seed, iterations);
-    println!(
-        "execs {} accepted {} rejected {} crashes {} slowest {:?} largest input {} B",
-        stats.execs,
-        stats.ok,
-        stats.rejected,
-        stats.crashes.len(),
-        stats.slowest,
-        stats.largest_input
-    );
-    if stats.crashes.is_empty() {
-        return ExitCode::SUCCESS;
-    }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/mutate_ws");
-    let _ = std::fs::create_dir_all(&dir);
-    for (i, c) in stats.crashes.iter().enumerate().take(20) {
-        let _ = std::fs::write(dir.join(format!("crash-{i}.bin")), c);
-    }
-    ExitCode::FAILURE
+    println!("{}", stats.line("accepted"));
+    ws_mutator::stable::save_crashes("mutate_ws", "crash-", ".bin", &stats.crashes)
 }

@@ -4,7 +4,7 @@
 //! (time, the core's commands and Redis replies in; Redis calls and answers for the core
 //! out), with its inputs and outputs in `protocol` and the messages it keeps in `held`;
 //! `sharded` puts one per shard behind one state machine (see its docs for what crosses
-//! shards);
+//! shards, and `claiming` for messages to an id whose claim is in flight here);
 //! `driver` is the thin async layer that owns the Redis connections; `handle` is what the
 //! broker holds (the bounded command queue, health); `scripts` holds the Lua scripts (the
 //! `.lua` files) and turns calls into Redis commands; `wire` reads Redis answers.
@@ -56,6 +56,7 @@
 //! numbered, and receivers drop numbers they have seen, so unread inbox entries and offline
 //! queues that died with Redis are not lost.
 
+mod claiming;
 mod direct;
 mod driver;
 #[cfg(feature = "fuzzing")]

@@ -15,8 +15,11 @@
 //!   gives one spurious notice;
 //! - node and id counts, rates and health: merged here (up only when every shard is).
 //!
+//! Messages for an id whose claim is in flight here wait for its answer ([`Claiming`]).
+//!
 //! With one shard this is the plain registry, unchanged.
 
+use super::claiming::Claiming;
 use super::direct::DirectMsg;
 use super::protocol::{Cmd, Command, Event, Input, Lane, Output, Settings, ToCore};
 use super::registry::Registry;
@@ -91,6 +94,8 @@ pub(crate) struct Sharded {
     /// Claims waiting for the next count round, and the round in flight.
     claims: Vec<Cmd>,
     round: Option<Round>,
+    /// Messages waiting for a claim in flight here.
+    claiming: Claiming,
     /// A shard was given input while its outputs were drained: drain them again.
     dirty: bool,
     /// Messages out and in since `rate_at`.
@@ -119,6 +124,7 @@ impl Sharded {
             ids: vec![0; shards],
             claims: Vec::new(),
             round: None,
+            claiming: Claiming::new(cfg.max_queued_per_dst),
             dirty: false,
             sent: 0,
             read: 0,
@@ -175,6 +181,12 @@ impl Sharded {
     }
 
     fn local(&mut self, cmd: Cmd) {
+        if let Cmd::Claim { conn, id, .. } = &cmd {
+            self.claiming.claim(*conn, id);
+        }
+        let Some(cmd) = self.claiming.hold(self.now, cmd) else {
+            return;
+        };
         let n = self.shards.len();
         if n > 1 && matches!(cmd, Cmd::Claim { .. }) {
             self.claims.push(cmd);
@@ -301,6 +313,15 @@ impl Sharded {
     fn take(&mut self, s: usize, o: Output) {
         match o {
             Output::Redis(lane, cmd) => self.out.push_back(SOutput::Redis(s, lane, cmd)),
+            Output::Core(ToCore::Claim(conn, mut claim)) => {
+                let back = self.claiming.answered(conn, &mut claim);
+                self.out
+                    .push_back(SOutput::Core(ToCore::Claim(conn, claim)));
+                for cmd in back {
+                    self.local(cmd);
+                    self.dirty = true;
+                }
+            }
             Output::Core(ev) => self.out.push_back(SOutput::Core(ev)),
             Output::Event(Event::Up(up)) => {
                 self.up[s] = up;
