@@ -550,6 +550,8 @@ async fn a_node_link_refuses_strangers_and_garbage() {
     let got = b.next_within(Duration::from_secs(5)).await;
     single.thaw();
     assert_eq!(got, Seen::Text(relayed("alice", "bob", 20)));
+}
+
 /// A sender streams messages to an id that opens on the sender's node meanwhile: every one
 /// arrives once and in order. Those relayed while the id's claim is in flight would go
 /// through the node's own inbox and be overtaken by those relayed straight to the socket once
