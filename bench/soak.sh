@@ -51,47 +51,16 @@ IDLE=$((PEERS - 2 * PAIRS))
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-PROFILE=${PROFILE:-release}
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
-LG="$BIN/kibitz-loadgen"
-KIBITZ="$BIN/kibitz"
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 NICE=${SOAK_NICE:-10}
-ulimit -n 20000 || echo "warning: could not raise ulimit -n to 20000 (now $(ulimit -n))" >&2
-export RUST_LOG=${RUST_LOG:-warn}
-
-if ((BUILD)); then
-    if [[ $PROFILE == release ]]; then
-        cargo build --release -q -p kibitz-cli -p kibitz-loadgen
-    else
-        cargo build -q -p kibitz-cli -p kibitz-loadgen
-    fi
-fi
-
-OUT="$ROOT/target/bench/soak-$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$OUT"
-read -r load1 _ </proc/loadavg
+bench_bins
+bench_out soak
 echo "soak: $PEERS peers ($IDLE idle + $PAIRS relay pairs), $CHURN connects/s churn, $RATE msg/s" \
     "relayed, ${SECS}s, sample every ${INTERVAL}s; load average before $load1; logs in $OUT"
+trap stop_bg EXIT
 
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-PORT=$("$LG" free-port)
-nice -n "$NICE" "$KIBITZ" signal --listen "127.0.0.1:$PORT" --per-ip-connections 0 \
-    --concurrent-limit 100000 >"$OUT/broker.log" 2>&1 &
-SPID=$!
-PIDS+=("$SPID")
-for _ in $(seq 100); do
-    kill -0 "$SPID" 2>/dev/null || { echo "broker exited; see $OUT/broker.log" >&2; exit 1; }
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-done
-
-lg() { nice -n "$NICE" "$LG" --port "$PORT" --server-pid "$SPID" --open-timeout-secs 60 "$@"; }
+start_broker --per-ip-connections 0 --concurrent-limit 100000
 
 # The steady population first; the run starts once it is open.
 lg idle --conns "$IDLE" --heartbeat-ms 5000 --hold-secs $((SECS + 5)) --open-rate 2000 \
@@ -114,9 +83,6 @@ PIDS+=("$PPID_" "$CPID")
 
 # Sample: seconds since start, RSS (KiB), open descriptors, CPU % of one core since the last
 # sample.
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$SPID/status"; }
-cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$SPID/stat"; }
-fds() { find "/proc/$SPID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 SERIES="$OUT/series.tsv"
 printf 't_s\trss_kb\tfds\tcpu_pct\n' >"$SERIES"
 t0=$(date +%s.%N)
