@@ -64,12 +64,13 @@ launch_server() {
 PIDS=()
 SPID=""
 
-# bench_bins: sets BIN, LG and KIBITZ for $PROFILE and builds them unless BUILD=0.
+# bench_bins: sets BIN, LG and KIBITZ (unless set: another broker binary to compare) for
+# $PROFILE and builds them unless BUILD=0.
 bench_bins() {
     PROFILE=${PROFILE:-release}
     BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
     LG="$BIN/kibitz-loadgen"
-    KIBITZ="$BIN/kibitz"
+    KIBITZ=${KIBITZ:-$BIN/kibitz}
     if ((${BUILD:-1})); then
         if [[ $PROFILE == release ]]; then
             cargo build --release -q -p kibitz-cli -p kibitz-loadgen

@@ -8,6 +8,7 @@
 #   bench/soak.sh --quick         ~1 min smoke: 1,000 peers, 50 connects/s, 500 msg/s
 #   bench/soak.sh --no-build      skip cargo build
 #   PROFILE=debug bench/soak.sh … debug binaries (the smoke in scripts/test)
+#   KIBITZ=path bench/soak.sh …   soak another kibitz binary (an A/B, e.g. of allocators)
 #
 # Load (three kibitz-loadgen processes, each under the 20,000 open-file cap):
 #   idle   PEERS - 2*PAIRS peers that only heartbeat (every 5 s) for the whole run;
@@ -38,7 +39,7 @@ while [[ $# -gt 0 ]]; do
     --quick) QUICK=1 ;;
     --minutes) shift; MINUTES=$1 ;;
     --no-build) BUILD=0 ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift

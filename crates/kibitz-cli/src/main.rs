@@ -20,6 +20,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+// jemalloc rather than glibc malloc: under the broker's connect churn glibc's per-thread arenas
+// kept freed pages and RSS stepped up ~1.5 MiB at a time, never back (bench/soak.sh; see
+// docs/operator.md, "Memory over time"); jemalloc hands unused pages back within seconds.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Kibitz Edge: self-hosted helpers for Kibitz calls.
 #[derive(Debug, Parser)]
 #[command(version, about)]
