@@ -87,8 +87,12 @@ bench_out() {
     read -r load1 _ </proc/loadavg
 }
 
+# A background `lg …` is a subshell whose child is the load generator: stop both.
 stop_bg() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do
+        pkill -P "$p" 2>/dev/null || true
+        kill "$p" 2>/dev/null || true
+    done
     wait 2>/dev/null || true
 }
 
