@@ -63,7 +63,10 @@ mod tests {
             kept_max = kept_max.max(kept.capacity());
         }
         assert_eq!(plain.len(), kept.len());
-        assert!(plain_max >= 2 * start, "std's table did not double: {plain_max}");
+        assert!(
+            plain_max >= 2 * start,
+            "std's table did not double: {plain_max}"
+        );
         assert_eq!(kept_max, start, "the kept table grew under churn");
     }
 
