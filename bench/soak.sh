@@ -22,8 +22,9 @@
 # either way unless a process failed. Warm-up is short on purpose: the population and its
 # tables are in place before the clock starts, and the allocator hands back the pages of the
 # opening burst within ~30 s; anything that grows later counts. A table of medians per tenth
-# of the run follows, to tell a level that moves from single samples that spike (on a loaded
-# machine the broker stalls, connections pile up, and RSS follows them for a sample or two). The broker and load generators run niced (SOAK_NICE,
+# of the run follows, and the range of those medians against the same +-5 %, to tell a level
+# that moves from single samples that spike (on a loaded machine the broker stalls, messages
+# and connections pile up, and RSS follows them for a sample or two). The broker and load generators run niced (SOAK_NICE,
 # default 10): this measures stability, not speed. Logs and the series go to
 # target/bench/soak-<timestamp>/.
 set -euo pipefail
@@ -155,9 +156,14 @@ awk -F'\t' -v warm="$WARMUP_SECS" '
                 for (j = k; j > 1 && rv[j - 1] > rv[j]; j--) { x = rv[j]; rv[j] = rv[j - 1]; rv[j - 1] = x }
                 for (j = k; j > 1 && fv[j - 1] > fv[j]; j--) { x = fv[j]; fv[j] = fv[j - 1]; fv[j - 1] = x }
             }
-            if (k > 0)
-                printf "%5d-%-7d %8d KiB %6d KiB %6d KiB %10d %7.1f %%\n", t[first], t[last], rv[int((k + 1) / 2)], lo, hi, fv[int((k + 1) / 2)], cs / k
+            if (k == 0) continue
+            med = rv[int((k + 1) / 2)]
+            if (!nm++ || med < mlo) mlo = med; if (med > mhi) mhi = med
+            printf "%5d-%-7d %8d KiB %6d KiB %6d KiB %10d %7.1f %%\n", t[first], t[last], med, lo, hi, fv[int((k + 1) / 2)], cs / k
         }
+        lo = 100 * (mlo - mr) / mr; hi = 100 * (mhi - mr) / mr
+        printf "RSS level (the medians above) min %d KiB (%+.2f %%), max %d KiB (%+.2f %%)  %s\n", mlo, lo, mhi, hi,
+            (lo >= -5 && hi <= 5) ? "ok (within +-5 %)" : "FAIL (target +-5 %)"
     }' "$SERIES" | tee "$OUT/trend.txt"
 if [[ -n $PACED ]]; then
     echo "$PACED" | jq -r '"relay    \(.sent) sent, \(.delivered) delivered, lost \(.lost) (pairs ok \(.pairs_ok)/\(.pairs), errors \(.errors)), \(.delivered_per_s) msg/s, p50 \(.lat_p50_us // "-") us, p99 \(.lat_p99_us // "-") us, max \(.lat_max_us // "-") us  \(if .lost == 0 and .errors == 0 then "ok (zero lost)" else "FAIL (lost messages)" end)"' |
