@@ -56,51 +56,22 @@ Q_TOTAL=100000         # --max-queued-total
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-PROFILE=${PROFILE:-release}
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
-LG="$BIN/kibitz-loadgen"
-KIBITZ="$BIN/kibitz"
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 # The broker and the probe run at NICE; the attackers, the background load, at nice 19 so the
 # probe measures the broker rather than a starved load generator next to it.
 NICE=${ATTACK_NICE:-0}
-ulimit -n 20000 || echo "warning: could not raise ulimit -n to 20000 (now $(ulimit -n))" >&2
-export RUST_LOG=${RUST_LOG:-warn}
-if ((BUILD)); then
-    if [[ $PROFILE == release ]]; then
-        cargo build --release -q -p kibitz-cli -p kibitz-loadgen
-    else
-        cargo build -q -p kibitz-cli -p kibitz-loadgen
-    fi
-fi
-OUT="$ROOT/target/bench/attack-$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p "$OUT"
-read -r load1 _ </proc/loadavg
+bench_bins
+bench_out attack
 echo "attack: $CONNS attackers -> $TARGETS slow targets, ${MAX_FRAME} B messages at $MSG_RATE/s each," \
     "${SECS}s; --heavy-bytes-per-sec $HEAVY_RATE; load average before $load1; logs in $OUT"
+trap stop_bg EXIT
 
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-PORT=$("$LG" free-port)
-nice -n "$NICE" "$KIBITZ" signal --listen "127.0.0.1:$PORT" --per-ip-connections 0 \
+start_broker --per-ip-connections 0 \
     --concurrent-limit 100000 --max-frame-bytes "$MAX_FRAME" --send-queue-bytes "$SEND_QUEUE" \
     --msg-rate "$MSG_RATE" --msg-burst "$MSG_BURST" --max-queued-per-dst "$Q_PER_DST" \
     --max-queued-total "$Q_TOTAL" --heavy-bytes-per-sec "$HEAVY_RATE" \
-    --heavy-burst-bytes "$HEAVY_BURST" >"$OUT/broker.log" 2>&1 &
-SPID=$!
-PIDS+=("$SPID")
-for _ in $(seq 100); do
-    kill -0 "$SPID" 2>/dev/null || { echo "broker exited; see $OUT/broker.log" >&2; exit 1; }
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-done
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$SPID/status"; }
-hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$SPID/status"; }
-lg() { nice -n "$NICE" "$LG" --port "$PORT" --server-pid "$SPID" --open-timeout-secs 60 "$@"; }
+    --heavy-burst-bytes "$HEAVY_BURST"
 result() { grep '^RESULT ' "$1" | tail -1 | sed 's/^RESULT //'; }
 # Nanoseconds the broker's threads have spent runnable but waiting for a CPU (schedstat field
 # 2): how much of the probe's latency is other processes (the attackers, builds) on the cores.

@@ -56,3 +56,67 @@ launch_server() {
     stop_server
     return 1
 }
+
+# ---- The long-running broker benches (soak.sh, attack.sh): one unpinned broker at $NICE,
+# background processes (in PIDS) stopped on exit, and /proc samples of the broker. Callers set
+# ROOT, PROFILE (default release) and BUILD (default 1), call bench_bins, then `trap stop_bg EXIT`.
+
+PIDS=()
+SPID=""
+
+# bench_bins: sets BIN, LG and KIBITZ (unless set: another broker binary to compare) for
+# $PROFILE and builds them unless BUILD=0.
+bench_bins() {
+    PROFILE=${PROFILE:-release}
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE
+    LG="$BIN/kibitz-loadgen"
+    KIBITZ=${KIBITZ:-$BIN/kibitz}
+    if ((${BUILD:-1})); then
+        if [[ $PROFILE == release ]]; then
+            cargo build --release -q -p kibitz-cli -p kibitz-loadgen
+        else
+            cargo build -q -p kibitz-cli -p kibitz-loadgen
+        fi
+    fi
+}
+
+# bench_out NAME: creates target/bench/NAME-<UTC time> as OUT; sets load1 (the load average).
+bench_out() {
+    OUT="$ROOT/target/bench/$1-$(date -u +%Y%m%dT%H%M%SZ)"
+    mkdir -p "$OUT"
+    read -r load1 _ </proc/loadavg
+}
+
+# A background `lg …` is a subshell whose child is the load generator: stop both.
+stop_bg() {
+    for p in "${PIDS[@]}"; do
+        pkill -P "$p" 2>/dev/null || true
+        kill "$p" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+}
+
+# start_broker ARGS…: `kibitz signal --listen 127.0.0.1:$PORT ARGS…` on a free PORT at nice
+# $NICE, logging to $OUT/broker.log; sets SPID once it listens, exits the script if it does not.
+start_broker() {
+    PORT=$("$LG" free-port)
+    nice -n "$NICE" "$KIBITZ" signal --listen "127.0.0.1:$PORT" "$@" >"$OUT/broker.log" 2>&1 &
+    SPID=$!
+    PIDS+=("$SPID")
+    for _ in $(seq 100); do
+        kill -0 "$SPID" 2>/dev/null || { echo "broker exited; see $OUT/broker.log" >&2; exit 1; }
+        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "broker did not listen on $PORT within 10 s; see $OUT/broker.log" >&2
+    exit 1
+}
+
+# lg ARGS…: the load generator against the broker, at nice $NICE.
+lg() { nice -n "$NICE" "$LG" --port "$PORT" --server-pid "$SPID" --open-timeout-secs 60 "$@"; }
+
+# The broker's resident set and its peak (KiB), open descriptors, CPU ticks (user + system).
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$SPID/status"; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$SPID/status"; }
+fds() { find "/proc/$SPID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$SPID/stat"; }

@@ -226,7 +226,11 @@ impl Hub {
             self.config.limits.send_queue_bytes,
             self.metrics.bytes_out.clone(),
         ));
-        self.lock().outboxes.insert(conn, outbox.clone());
+        {
+            let mut inner = self.lock();
+            crate::table::make_room(&mut inner.outboxes, &conn);
+            inner.outboxes.insert(conn, outbox.clone());
+        }
         self.metrics.connections.increment(1.0);
         tracing::debug!(conn = conn.0, ip = ?ip, "socket open");
         self.with_core(|core| core.handle_open(now(), conn, ip, params));

@@ -30,6 +30,7 @@ mod http;
 mod hub;
 pub mod metrics;
 mod outbox;
+mod table;
 mod ws;
 
 pub use cluster::{MSG_RECOVERING, MSG_UNAVAILABLE, registry_shard, registry_slot};

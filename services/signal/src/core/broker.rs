@@ -289,6 +289,7 @@ impl Broker {
         self.seq += 1;
         let seq = self.seq;
         let filed = now + self.cfg.alive_timeout;
+        crate::table::make_room(&mut self.peers, id);
         self.peers.insert(
             id.clone(),
             Peer {
@@ -319,8 +320,10 @@ impl Broker {
         id: Option<(Arc<str>, u64)>,
     ) {
         if let Some(ip) = ip {
+            crate::table::make_room(&mut self.per_ip, &ip);
             *self.per_ip.entry(ip).or_insert(0) += 1;
         }
+        crate::table::make_room(&mut self.conns, &conn);
         self.conns.insert(
             conn,
             Conn {
@@ -360,6 +363,7 @@ impl Broker {
             }
         }
         if let Some(p) = c.pending {
+            crate::table::make_room(&mut self.orphans, &conn);
             self.orphans.insert(conn, p.id);
         }
         if let Some((id, _)) = c.id
@@ -525,6 +529,7 @@ impl Broker {
                 let key = (now + ttl, self.seq);
                 let dst: Arc<str> = Arc::from(dst);
                 self.queue_deadlines.insert(key, dst.clone());
+                crate::table::make_room(&mut self.queues, &dst);
                 self.queues.entry(dst).or_insert(Queue {
                     deadline: key,
                     msgs: VecDeque::new(),
