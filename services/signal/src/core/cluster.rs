@@ -105,18 +105,9 @@ impl Broker {
     /// `dst`. Delivered if `dst` is held here; otherwise it goes back to the registry.
     pub fn handle_remote(&mut self, kind: MessageType, src: &str, dst: &str, text: String) {
         self.metrics.cluster_in.increment(1);
-        if let Some(p) = self.peers.get(dst).filter(|p| !p.moved) {
-            let conn = p.conn;
-            if matches!(
-                kind,
-                MessageType::Offer | MessageType::Answer | MessageType::Candidate
-            ) {
-                let dst: Arc<str> = Arc::from(dst);
-                self.note_contact(&dst, src);
-            }
-            self.send(conn, text);
+        let Err(text) = self.deliver_held(kind, src, dst, text) else {
             return;
-        }
+        };
         let ttl = self.queue_ttl(dst);
         self.out.push_back(Output::Forward(Forward {
             kind,
@@ -134,11 +125,25 @@ impl Broker {
     /// delivered only if `dst` is held here; whether it was. Never queued or sent on: if
     /// it is not delivered here, the Redis copy goes where `dst` is.
     pub fn handle_direct(&mut self, kind: MessageType, src: &str, dst: &str, text: String) -> bool {
-        let Some(p) = self.peers.get(dst).filter(|p| !p.moved) else {
-            return false;
+        let delivered = self.deliver_held(kind, src, dst, text).is_ok();
+        if delivered {
+            self.metrics.cluster_in.increment(1);
+        }
+        delivered
+    }
+
+    /// Sends a message from another node to `dst`'s socket if `dst` is held here (and not
+    /// moved away); otherwise hands the frame back.
+    fn deliver_held(
+        &mut self,
+        kind: MessageType,
+        src: &str,
+        dst: &str,
+        text: String,
+    ) -> Result<(), String> {
+        let Some(conn) = self.peers.get(dst).filter(|p| !p.moved).map(|p| p.conn) else {
+            return Err(text);
         };
-        let conn = p.conn;
-        self.metrics.cluster_in.increment(1);
         if matches!(
             kind,
             MessageType::Offer | MessageType::Answer | MessageType::Candidate
@@ -147,7 +152,7 @@ impl Broker {
             self.note_contact(&dst, src);
         }
         self.send(conn, text);
-        true
+        Ok(())
     }
 
     /// Cluster mode: `id` was re-attached (same token) on another node. With takeover the
